@@ -1,0 +1,14 @@
+"""tf_bigmodels: the Transformer layer, GPT and BERT as correct, tested Keras 3 code.
+
+Importing the package registers every layer and model with Keras, so a saved ``.keras`` file
+loads with ``keras.saving.load_model`` and no ``custom_objects``.
+
+Example:
+
+>>> import tf_bigmodels as tfb
+>>> layer = tfb.layers.TransformerLayer(d_model=64, num_heads=4, dff=256, causal=True)
+"""
+
+__version__ = "0.1.0"
+
+from tf_bigmodels import layers, models  # noqa: E402,F401  (registers serializables)
