@@ -71,7 +71,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     Call arguments:
         x: tensor `(B, T, d_model)`.
-        mask: bool tensor broadcastable to `(B, T, T)`, True where attending is allowed.
+        attention_mask: bool tensor broadcastable to `(B, T, T)`, True where attending is
+            allowed, or None.
         training: bool.
         return_attention_scores: bool. Also return the float32 weights `(B, heads, T, T)`.
 
@@ -107,12 +108,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             bias_initializer=clone_initializer(self.bias_initializer), dtype=self.dtype_policy, name="output_dense")
         self.output_dense.build(input_shape)
 
-    def call(self, x, mask=None, training=None, return_attention_scores=False):
+    def call(self, x, attention_mask=None, training=None, return_attention_scores=False):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.num_heads, self.head_dim))
         query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3)  # 3 x (B, h, T, hd)
         heads, weights = scaled_dot_product_attention(
-            query, key, value, mask, dropout=self.attention_dropout, training=training)
+            query, key, value, attention_mask, dropout=self.attention_dropout, training=training)
         heads = ops.reshape(ops.transpose(heads, (0, 2, 1, 3)), (batch, length, -1))  # (B, T, d)
         output = self.output_dense(heads)
         return (output, weights) if return_attention_scores else output

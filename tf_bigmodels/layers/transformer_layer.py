@@ -51,6 +51,8 @@ class TransformerLayer(keras.layers.Layer):
         training: bool. Enables dropout.
         return_attention_scores: bool. Also return the float32 attention weights
             `(batch, heads, seq, seq)`.
+        mask: the Keras mask of the input (e.g. from `Embedding(mask_zero=True)`), used as the
+            padding mask when `padding_mask` is None. Keras passes it automatically.
 
     Example:
 
@@ -111,15 +113,18 @@ class TransformerLayer(keras.layers.Layer):
         self.ffn_output.build(tuple(input_shape[:-1]) + (self.dff,))
         self.ffn_norm.build(input_shape)
 
-    def call(self, x, padding_mask=None, training=None, return_attention_scores=False):
+    def call(self, x, padding_mask=None, training=None, return_attention_scores=False, mask=None):
+        if padding_mask is None:
+            padding_mask = mask
         length = ops.shape(x)[1]
-        mask = attention_mask(padding_mask, causal=self.causal, query_length=length,
-                              key_length=length)
+        allowed = attention_mask(padding_mask, causal=self.causal, query_length=length,
+                                 key_length=length)
 
         residual = x
         if self.norm_first:
             x = self.attention_norm(x)
-        x, weights = self.attention(x, mask, training=training, return_attention_scores=True)
+        x, weights = self.attention(x, attention_mask=allowed, training=training,
+                                    return_attention_scores=True)
         x = residual + self.attention_dropout(x, training=training)
         if not self.norm_first:
             x = self.attention_norm(x)

@@ -109,6 +109,7 @@ class BERTEncoder(keras.Model):
             name="pooler")
 
     def build(self, input_shape):
+        _check_keys(input_shape, _ENCODER_INPUTS, ("token_ids",), "BERTEncoder")
         token_shape = tuple(input_shape["token_ids"])
         hidden_shape = token_shape + (self.d_model,)
         self.token_embedding.build(token_shape)
@@ -213,6 +214,8 @@ class BERTPretrainer(_EncoderWrapper):
             dtype=encoder.dtype_policy, name="nsp_head")
 
     def build(self, input_shape):
+        _check_keys(input_shape, _ENCODER_INPUTS + ("mask_positions",),
+                    ("token_ids", "mask_positions"), "BERTPretrainer")
         if not self.encoder.built:
             self.encoder.build({k: v for k, v in input_shape.items() if k != "mask_positions"})
         token_shape = tuple(input_shape["token_ids"])

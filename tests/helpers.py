@@ -1,0 +1,169 @@
+"""Checks every layer and model must pass, so each test file states only what is special to it.
+
+`check_layer` verifies, for one class and one set of constructor arguments:
+  * `get_config()` names every constructor argument, and `from_config` rebuilds an equal config;
+  * eager and symbolic (`keras.Input`) calls give the expected output shapes, float32 outputs;
+  * under `mixed_bfloat16` the outputs have the documented dtypes;
+  * optionally, one `fit` step on a wrapping functional model changes the weights;
+  * a `.keras` file saved here reloads in a fresh Python process that imports only `keras` and
+    `tf_bigmodels` (no `custom_objects`) and gives the same outputs.
+"""
+
+import inspect
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import keras
+import numpy as np
+from keras import tree
+
+_RELOAD_SCRIPT = textwrap.dedent("""
+    import pickle
+    import sys
+    import numpy as np
+    import keras
+    import tf_bigmodels  # registers the package's serializables; nothing else is imported
+    model_path, data_path, wrapped = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    with open(data_path, "rb") as file:
+        args, expected = pickle.load(file)
+    model = keras.saving.load_model(model_path)
+    if wrapped:
+        outputs = model(args)
+    else:
+        first, *rest = args
+        outputs = model(args[first], **{k: args[k] for k in rest})
+    for got, want in zip(keras.tree.flatten(outputs), keras.tree.flatten(expected)):
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-6, rtol=0)
+    print("RELOAD_OK")
+""")
+
+
+def _to_numpy(structure):
+    return tree.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), structure)
+
+
+def call_with(layer, call_args, **extra):
+    """Calls `layer` with the first entry of the ordered dict `call_args` positional."""
+    first, *rest = call_args
+    return layer(call_args[first], **{k: call_args[k] for k in rest}, **extra)
+
+
+def _symbolic(value, name):
+    if isinstance(value, dict):
+        return {k: _symbolic(v, k) for k, v in value.items()}
+    value = np.asarray(value)
+    return keras.Input(batch_shape=value.shape, dtype=str(value.dtype), name=name)
+
+
+def check_layer(cls, init_kwargs, call_args, expected_shapes, *, mixed_dtypes="bfloat16",
+                fit=True, tmp_path=None):
+    """Runs the common checks on `cls(**init_kwargs)` called with `call_args`.
+
+    Args:
+        cls: the layer or model class.
+        init_kwargs: dict of constructor arguments.
+        call_args: ordered dict of call arguments by name (numpy arrays or dicts of them); the first
+            is passed positionally.
+        expected_shapes: output shape (tuple) or a dict of them, for the given inputs.
+        mixed_dtypes: dtype (or dict of dtypes) of the outputs under "mixed_bfloat16".
+        fit: whether to run one `fit` step (tensor outputs only).
+        tmp_path: directory for the saved model (a temporary one if None).
+    Returns:
+        The built float32 instance.
+    """
+    layer = cls(**init_kwargs)
+
+    # Config: every constructor argument is saved, and the round trip is exact.
+    config = layer.get_config()
+    params = inspect.signature(cls.__init__).parameters
+    arguments = [n for n, p in params.items() if n != "self" and p.kind not in (
+        inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    missing = [name for name in arguments if name not in config]
+    assert not missing, f"{cls.__name__}.get_config() misses constructor arguments {missing}"
+    restored = cls.from_config(config)
+    assert _comparable(restored.get_config()) == _comparable(config)
+
+    # Eager call: shapes, float32.
+    outputs = call_with(layer, call_args)
+    got_shapes = tree.map_structure(lambda t: tuple(t.shape), outputs)
+    assert got_shapes == expected_shapes, f"output shapes {got_shapes}, expected {expected_shapes}"
+    for tensor in tree.flatten(outputs):
+        assert keras.backend.standardize_dtype(tensor.dtype) == "float32", tensor.dtype
+
+    # Symbolic call: same shapes.
+    symbolic_args = {k: _symbolic(v, k) for k, v in call_args.items()}
+    symbolic_out = call_with(cls(**init_kwargs), symbolic_args)
+    assert tree.map_structure(lambda t: tuple(t.shape), symbolic_out) == got_shapes
+
+    # Mixed precision: documented output dtypes.
+    mixed = cls(**{**init_kwargs, **_mixed(init_kwargs)})
+    mixed_out = call_with(mixed, call_args)
+    want = mixed_dtypes if isinstance(mixed_dtypes, dict) else tree.map_structure(
+        lambda _: mixed_dtypes, mixed_out)
+    got = tree.map_structure(lambda t: keras.backend.standardize_dtype(t.dtype), mixed_out)
+    assert got == want, f"mixed_bfloat16 output dtypes {got}, expected {want}"
+    for tensor in tree.flatten(mixed_out):
+        assert np.all(np.isfinite(np.asarray(keras.ops.cast(tensor, "float32"))))
+
+    if fit:
+        _check_fit_step(cls, init_kwargs, call_args)
+
+    _check_reload(layer, call_args, _to_numpy(outputs), tmp_path)
+    return layer
+
+
+def _mixed(init_kwargs):
+    """Constructor arguments that put a layer (or an encoder inside a model) under mixed_bfloat16."""
+    return {"dtype": "mixed_bfloat16"} if "encoder" not in init_kwargs else {
+        "encoder": init_kwargs["encoder"].__class__.from_config(
+            {**init_kwargs["encoder"].get_config(), "dtype": "mixed_bfloat16"})}
+
+
+def _comparable(config):
+    """A config without the build/compile state that only an already-used instance records."""
+    if isinstance(config, dict):
+        return {k: _comparable(v) for k, v in config.items()
+                if k not in ("build_config", "compile_config")}
+    if isinstance(config, (list, tuple)):
+        return [_comparable(v) for v in config]
+    return config
+
+
+def _check_fit_step(cls, init_kwargs, call_args):
+    symbolic_args = {k: _symbolic(v, k) for k, v in call_args.items()}
+    layer = cls(**init_kwargs)
+    outputs = call_with(layer, symbolic_args)
+    model = keras.Model(symbolic_args, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    target = np.zeros(tuple(outputs.shape), "float32")
+    history = model.fit(call_args, target, epochs=1, batch_size=len(target), verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
+    assert any(changed), "one fit step changed no weight"
+
+
+def _check_reload(layer, call_args, expected, tmp_path):
+    directory = pathlib.Path(tmp_path or tempfile.mkdtemp())
+    wrapped = not isinstance(layer, keras.Model)
+    if wrapped:
+        symbolic_args = {k: _symbolic(v, k) for k, v in call_args.items()}
+        model = keras.Model(symbolic_args, call_with(layer, symbolic_args))
+        expected = _to_numpy(model(call_args))
+    else:
+        model = layer
+    model_path = directory / f"{layer.__class__.__name__}.keras"
+    data_path = directory / "reload_data.pkl"
+    model.save(model_path)
+    data_path.write_bytes(pickle.dumps((call_args, expected)))
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-c", _RELOAD_SCRIPT, str(model_path), str(data_path),
+         "1" if wrapped else "0"],
+        capture_output=True, text=True, timeout=300, env=environment)
+    assert "RELOAD_OK" in result.stdout, result.stderr[-3000:]
