@@ -1,0 +1,21 @@
+"""keras-hub weights in our models: GPT-2 and BERT backbones, and BERT's masked-LM head.
+
+Nothing else in the package imports this module (it is the only one that needs keras-hub models).
+
+Example:
+
+>>> import keras_hub
+>>> from tf_bigmodels.convert import gpt_from_keras_hub
+>>> backbone = keras_hub.models.GPT2Backbone(
+...     vocabulary_size=300, num_layers=2, num_heads=4, hidden_dim=64,
+...     intermediate_dim=128, max_sequence_length=32)
+>>> model = gpt_from_keras_hub(backbone)
+"""
+
+from tf_bigmodels.convert.keras_hub import (
+    bert_from_keras_hub,
+    bert_pretrainer_from_keras_hub,
+    gpt_from_keras_hub,
+)
+
+__all__ = ["bert_from_keras_hub", "bert_pretrainer_from_keras_hub", "gpt_from_keras_hub"]
