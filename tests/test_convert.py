@@ -131,10 +131,6 @@ def test_mlm_logits_match_bert_masked_lm_head(vocab, width, heads, dff, layers, 
     assert outputs["nsp_logits"].shape == (3, 2)  # freshly initialised: no keras-hub counterpart
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BERTPretrainer always builds its MLM head with the encoder's activation and epsilon and "
-    "does not serialize the head's own: keras-hub's head (exact GELU, 1e-5) becomes "
-    "gelu_approximate/1e-12 after get_config/from_config (or a .keras reload)."))
 def test_converted_pretrainer_keeps_parity_through_config_round_trip():
     masked_lm = keras_hub.models.BertMaskedLM(_bert_backbone(97, 48, 3, 96, 1, 12))
     _randomize(masked_lm, seed=0)

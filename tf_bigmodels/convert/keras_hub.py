@@ -165,11 +165,6 @@ def bert_pretrainer_from_keras_hub(masked_lm):
     The NSP head has no keras-hub counterpart: it stays freshly initialised and must be trained
     (or ignored) before "nsp_logits" means anything.
 
-    Note: `BERTPretrainer.get_config` does not record the MLM head's activation and epsilon
-    (they are re-derived from the encoder), so a converted pre-trainer saved to `.keras` and
-    reloaded gets the encoder's activation and epsilon in its head and its MLM logits drift
-    from keras-hub's (by about 1e-3). Use the returned object, or save its weights only.
-
     Args:
         masked_lm: `keras_hub.models.BertMaskedLM`. The model to convert.
 
@@ -203,13 +198,12 @@ def bert_pretrainer_from_keras_hub(masked_lm):
             "BERTPretrainer ties its MLM output projection to the token embedding.")
 
     encoder = bert_from_keras_hub(masked_lm.backbone)
-    pretrainer = BERTPretrainer(encoder)
-    # BERTPretrainer derives the head's settings from the encoder; keras-hub's head differs
-    # from its encoder, so set them on the (not yet built) head before anything is built.
     transform, norm = head._intermediate_dense, head._intermediate_layer_norm
-    pretrainer.mlm_head.activation = get_activation(_activation_name(
-        transform.activation, f"{head.name}/{transform.name}.activation"))
-    pretrainer.mlm_head.epsilon = float(norm.epsilon)
+    pretrainer = BERTPretrainer(
+        encoder,
+        mlm_activation=_activation_name(
+            transform.activation, f"{head.name}/{transform.name}.activation"),
+        mlm_epsilon=float(norm.epsilon))
     pretrainer.build({"token_ids": (None, None), "mask_positions": (None, None)})
 
     _copy_dense(pretrainer.mlm_head.transform, transform)

@@ -181,6 +181,10 @@ class BERTPretrainer(_EncoderWrapper):
 
     Args:
         encoder: a `BERTEncoder`.
+        mlm_activation: str or callable. Activation of the MLM transform; None uses the
+            encoder's. Defaults to None.
+        mlm_epsilon: float. Layer-norm epsilon of the MLM head; None uses the encoder's.
+            Defaults to None.
         **kwargs: base model arguments.
 
     Call arguments:
@@ -198,13 +202,17 @@ class BERTPretrainer(_EncoderWrapper):
     >>> # pretrainer.fit(bert_pretraining_dataset(...))
     """
 
-    def __init__(self, encoder, **kwargs):
+    def __init__(self, encoder, *, mlm_activation=None, mlm_epsilon=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(encoder, BERTEncoder):
             raise TypeError(f"`encoder` must be a BERTEncoder, got {type(encoder).__name__}.")
         self.encoder = encoder
+        self.mlm_activation = serialize_activation(get_activation(
+            encoder.activation if mlm_activation is None else mlm_activation))
+        self.mlm_epsilon = _checks.positive_float(
+            "mlm_epsilon", encoder.epsilon if mlm_epsilon is None else mlm_epsilon)
         self.mlm_head = MaskedLMHead(
-            encoder.vocab_size, activation=encoder.activation, epsilon=encoder.epsilon,
+            encoder.vocab_size, activation=self.mlm_activation, epsilon=self.mlm_epsilon,
             kernel_initializer=keras.initializers.TruncatedNormal(
                 stddev=encoder.initializer_range),
             dtype=encoder.dtype_policy, name="mlm_head")
@@ -248,6 +256,11 @@ class BERTPretrainer(_EncoderWrapper):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         nsp_loss = ops.mean(nsp) / replicas
         return mlm_loss + nsp_loss + ops.sum(self.losses)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mlm_activation=self.mlm_activation, mlm_epsilon=self.mlm_epsilon)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="tf_bigmodels")
