@@ -184,3 +184,21 @@ def test_bad_config_names_the_argument(kwargs, argument):
 def test_wrong_input_width_is_a_clear_error():
     with pytest.raises(ValueError, match="d_model"):
         TransformerLayer(32, 4, 64)(np.zeros((1, 3, 16), "float32"))
+
+
+def test_keras_mask_from_embedding_acts_as_padding_mask():
+    token_ids = keras.Input((T,), dtype="int32")
+    x = keras.layers.Embedding(50, D, mask_zero=True)(token_ids)
+    x = TransformerLayer(D, H, DFF)(x)
+    model = keras.Model(token_ids, x)
+    tokens = np.random.default_rng(0).integers(1, 50, size=(2, T)).astype("int32")
+    tokens[1, 5:] = 0
+    out = np.asarray(model(tokens))
+    # Make the padded positions' embeddings different while keeping their id 0 masked.
+    embedding = model.layers[1]
+    table = embedding.embeddings.numpy()
+    table[0] += 5.0
+    embedding.embeddings.assign(table)
+    changed = np.asarray(model(tokens))
+    np.testing.assert_allclose(changed[1, :5], out[1, :5], atol=1e-6, rtol=0)
+    assert np.abs(changed[1, 5:] - out[1, 5:]).max() > 1e-3
