@@ -1,0 +1,299 @@
+"""Corpus loading and the GPT / BERT tf.data pipelines: windows, splits, masking statistics."""
+
+import pathlib
+import random
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_bigmodels.data import bert_pretraining_dataset, lm_dataset, load_corpus
+from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
+
+BYTES = ByteTokenizer()
+
+
+# ---- load_corpus -------------------------------------------------------------------------------
+
+def test_shakespeare_is_100_documents_that_rebuild_the_file():
+    docs = load_corpus("shakespeare")
+    assert len(docs) == 100 and docs[0].startswith("First Citizen:")
+    assert len("\n\n".join(docs)) == 1115394  # characters of tinyshakespeare.txt
+    assert max(map(len, docs)) < 2 * min(map(len, docs))
+
+
+def test_files_globs_and_separator(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha\n\nbeta", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("你好", encoding="utf-8")
+    assert load_corpus(str(tmp_path / "*.txt")) == ["alpha\n\nbeta", "你好"]
+    assert load_corpus([tmp_path / "b.txt", tmp_path / "a.txt"]) == ["你好", "alpha\n\nbeta"]
+    assert load_corpus(tmp_path / "a.txt", document_separator="\n\n") == ["alpha", "beta"]
+
+
+def test_load_corpus_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="'nope.txt' is not an existing file"):
+        load_corpus("nope.txt")
+    with pytest.raises(ValueError, match="matches no file"):
+        load_corpus(str(tmp_path / "*.txt"))
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(ValueError, match="holds no text"):
+        load_corpus(tmp_path / "empty.txt")
+    (tmp_path / "gbk.txt").write_bytes("你好".encode("gbk"))
+    with pytest.raises(ValueError, match=r"gbk.txt' is not valid UTF-8 \(byte 0xc4 at offset 0\)"):
+        load_corpus(tmp_path / "gbk.txt")
+    assert "\ufffd" in load_corpus(tmp_path / "gbk.txt", errors="replace")[0]
+    with pytest.raises(ValueError, match="errors='ignore' is not allowed"):
+        load_corpus("shakespeare", errors="ignore")
+
+
+# ---- lm_dataset --------------------------------------------------------------------------------
+
+def _numbered_text(lines):
+    return "".join(f"{i:06d}\n" for i in range(lines))  # 7 bytes per line
+
+
+def _line_numbers(windows):
+    """Whole 6-digit line numbers seen in byte windows [n, seq_len]."""
+    found = set()
+    for row in windows:
+        found.update(int(m) for m in re.findall(rb"(?<![0-9])[0-9]{6}(?![0-9])", bytes(row.tolist())))
+    return found
+
+
+def _all(ds):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_lm_windows_shift_by_one_and_have_static_shapes():
+    ds = lm_dataset(load_corpus("shakespeare")[:10], BYTES, seq_len=64, batch_size=12)
+    assert ds.element_spec[0].shape == (12, 64) and ds.element_spec[0].dtype == tf.int32
+    x, y = _all(ds)
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    # and y's last token is the stream's next token: every window's x[0] is some y[-1]
+    assert set(x[:, 0].tolist()) & set(y[:, -1].tolist())
+
+
+def test_lm_split_is_by_position_and_no_window_crosses_it():
+    text = _numbered_text(3000)
+    x_train, _ = _all(lm_dataset([text], BYTES, seq_len=20, batch_size=4))
+    x_val, y_val = _all(lm_dataset([text], BYTES, seq_len=20, batch_size=4, split="val"))
+    train, val = _line_numbers(x_train), _line_numbers(np.concatenate([x_val, y_val]))
+    assert max(train) < min(val)
+    assert abs(min(val) - 2700) <= 1  # 90% of the lines
+    # every window of each side is there: (tokens - 1) // seq_len, rounded down to whole batches
+    assert len(x_train) == (2700 * 7 - 1) // 20 // 4 * 4
+    assert len(x_val) == (300 * 7 + 1 - 1) // 20 // 4 * 4  # + the end-of-text token
+
+
+def test_lm_seeds():
+    docs = load_corpus("shakespeare")[:5]
+    first = lambda ds: next(iter(ds))[0].numpy()  # noqa: E731
+    a, b = lm_dataset(docs, BYTES, 32, 8, seed=1), lm_dataset(docs, BYTES, 32, 8, seed=1)
+    np.testing.assert_array_equal(_all(a)[0], _all(b)[0])
+    assert not np.array_equal(first(a), first(lm_dataset(docs, BYTES, 32, 8, seed=2)))
+    epoch1, epoch2 = _all(a)[0], _all(a)[0]
+    assert not np.array_equal(epoch1, epoch2)  # a new order each epoch, of the same windows
+    # (up to the remainder that drop_remainder leaves out, fewer than one batch)
+    assert len({tuple(r) for r in epoch1} ^ {tuple(r) for r in epoch2}) <= 2 * 7
+
+
+def test_lm_streams_files_with_end_of_text_between_documents(tmp_path):
+    (tmp_path / "a.txt").write_text(_numbered_text(400))
+    (tmp_path / "b.txt").write_text(_numbered_text(400))
+    x, y = _all(lm_dataset(tmp_path / "*.txt", BYTES, seq_len=16, batch_size=4))
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    assert (x == BYTES.end_id).sum() == 1  # after a.txt; b.txt ends in the "val" split
+    for split in ("train", "val"):
+        x_paths, _ = _all(lm_dataset([tmp_path / "a.txt", tmp_path / "b.txt"], BYTES, 16, 4,
+                                     split=split))
+        x_docs, _ = _all(lm_dataset([_numbered_text(400)] * 2, BYTES, 16, 4, split=split))
+        assert {tuple(r) for r in x_paths} == {tuple(r) for r in x_docs}
+
+
+def test_lm_with_word_piece_uses_sep_between_documents():
+    tok = WordPieceTokenizer.train(load_corpus("shakespeare")[:3], vocab_size=300, verbose=False)
+    x, _ = _all(lm_dataset(load_corpus("shakespeare")[:3], tok, seq_len=32, batch_size=4))
+    assert (x == tok.sep_id).any() and x.max() < tok.vocab_size
+
+
+def test_lm_input_context_shards_disjoint_windows():
+    docs = [_numbered_text(2000)]
+    whole, _ = _all(lm_dataset(docs, BYTES, 14, 8, split="val"))
+    shards = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(2, pipeline_id, num_replicas_in_sync=2)
+        ds = lm_dataset(docs, BYTES, 14, 8, split="val", input_context=context)
+        assert ds.element_spec[0].shape == (4, 14)  # per-replica batch
+        shards.append({tuple(r) for r in _all(ds)[0]})
+    assert not shards[0] & shards[1]
+    assert shards[0] | shards[1] <= {tuple(r) for r in whole}
+    assert len(shards[0] | shards[1]) >= len(whole) - 8
+
+
+def test_lm_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="texts is empty"):
+        lm_dataset([], BYTES, 8, 2)
+    with pytest.raises(ValueError, match=r"texts too short.*seq_len=64.*batch_size=2"):
+        lm_dataset(["a short text"], BYTES, 64, 2)
+    with pytest.raises(ValueError, match="texts: .*missing.txt' is not an existing file"):
+        lm_dataset(tmp_path / "missing.txt", BYTES, 8, 2)
+    with pytest.raises(TypeError, match="got one str"):
+        lm_dataset("shakespeare", BYTES, 8, 2)
+    with pytest.raises(ValueError, match="split='test' is not allowed"):
+        lm_dataset(["text"], BYTES, 8, 2, split="test")
+    with pytest.raises(ValueError, match="seq_len=0 is not allowed"):
+        lm_dataset(["text"], BYTES, 0, 2)
+    # Invalid UTF-8 inside the text is replaced, not fatal.
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe" + b"abc\n" * 200)
+    x, _ = _all(lm_dataset(tmp_path / "bad.txt", BYTES, 8, 2))
+    assert (x == 0xEF).any()  # first byte of U+FFFD
+
+
+# ---- bert_pretraining_dataset ------------------------------------------------------------------
+
+NUM_DOCS = 150
+WORDS = [f"w{k}" for k in range(NUM_DOCS)]
+SYNTHETIC = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + WORDS)
+
+
+def _synthetic_documents():
+    """Document k says only the word w<k>, so every token tells which document it came from."""
+    rng = random.Random(0)
+    return [" ".join(" ".join([word] * rng.randint(2, 9)) + " ." for _ in range(60))
+            for word in WORDS]
+
+
+def _unmasked(features, labels):
+    """Original token ids (mask positions put back), as numpy [batch, seq_len]."""
+    ids = features["token_ids"].numpy().copy()
+    for row, positions, originals, weights in zip(ids, features["mask_positions"].numpy(),
+                                                  labels["mask_ids"].numpy(),
+                                                  labels["mask_weights"].numpy()):
+        real = weights > 0
+        row[positions[real]] = originals[real]
+    return ids
+
+
+@pytest.fixture(scope="module")
+def shakespeare_word_piece():
+    return WordPieceTokenizer.train(load_corpus("shakespeare")[:20], vocab_size=1000, verbose=False)
+
+
+def test_bert_masking_statistics(shakespeare_word_piece):
+    tok = shakespeare_word_piece
+    ds = bert_pretraining_dataset(load_corpus("shakespeare")[:20], tok, seq_len=128, batch_size=16,
+                                  seed=3)
+    assert ds.element_spec[0]["token_ids"].shape == (16, 128)
+    assert ds.element_spec[1]["mask_weights"].dtype == tf.float32
+    chosen = tokens = masked = randomised = kept = 0
+    for _ in range(2):  # two epochs: masks differ, statistics pool
+        for features, labels in ds:
+            originals = _unmasked(features, labels)
+            for i in range(len(originals)):
+                real = features["padding_mask"].numpy()[i] == 1
+                n = int(np.sum(real & ~np.isin(originals[i], [tok.cls_id, tok.sep_id])))
+                weights = labels["mask_weights"].numpy()[i]
+                positions = features["mask_positions"].numpy()[i][weights > 0]
+                assert len(positions) == min(20, max(1, round(0.15 * n)))
+                assert real[positions].all()
+                assert not np.isin(originals[i][positions], [tok.cls_id, tok.sep_id]).any()
+                now = features["token_ids"].numpy()[i][positions]
+                was = originals[i][positions]
+                masked += np.sum(now == tok.mask_id)
+                kept += np.sum(now == was)
+                randomised += np.sum((now != was) & (now != tok.mask_id))
+                chosen += len(positions)
+                tokens += n
+    assert abs(chosen / tokens - 0.15) < 0.01
+    assert abs(masked / chosen - 0.8) < 0.02
+    assert abs(randomised / chosen - 0.1) < 0.02
+    assert abs(kept / chosen - 0.1) < 0.02
+
+
+def test_bert_pairs_next_sentence_labels_and_layout():
+    ds = bert_pretraining_dataset(_synthetic_documents(), SYNTHETIC, seq_len=16, batch_size=64,
+                                  max_predictions_per_seq=3)
+    labels_seen, count = [], 0
+    for features, labels in ds:
+        originals = _unmasked(features, labels)
+        for ids, segments, mask, label in zip(originals, features["segment_ids"].numpy(),
+                                              features["padding_mask"].numpy(),
+                                              labels["next_sentence_labels"].numpy()):
+            ids, segments = ids[mask == 1], segments[mask == 1]
+            seps = np.flatnonzero(ids == SYNTHETIC.sep_id)
+            assert ids[0] == SYNTHETIC.cls_id and len(seps) == 2 and seps[1] == len(ids) - 1
+            assert (segments[:seps[0] + 1] == 0).all() and (segments[seps[0] + 1:] == 1).all()
+            words_a = set(ids[1:seps[0]]) - {5}  # 5 is "."
+            words_b = set(ids[seps[0] + 1:seps[1]]) - {5}
+            assert len(words_a) <= 1 and len(words_b) <= 1
+            if words_a and words_b:
+                assert (words_a == words_b) == (label == 0)  # "not next" B: another document
+            labels_seen.append(label)
+            count += 1
+    assert count > 5000
+    assert abs(np.mean(labels_seen) - 0.5) < 0.02
+
+
+def test_bert_masks_are_dynamic_and_seeded():
+    docs = _synthetic_documents()[:40]
+    make = lambda seed: bert_pretraining_dataset(docs, SYNTHETIC, 32, 32, seed=seed)  # noqa: E731
+    positions = lambda ds: np.concatenate(  # noqa: E731
+        [f["mask_positions"].numpy() for f, _ in ds])
+    a = make(5)
+    epoch1, epoch2 = positions(a), positions(a)
+    np.testing.assert_array_equal(epoch1, positions(make(5)))
+    assert not np.array_equal(epoch1, epoch2)
+    assert not np.array_equal(epoch1, positions(make(6)))
+
+
+def test_bert_whole_word_masking_masks_every_piece(shakespeare_word_piece):
+    tok = shakespeare_word_piece
+    continuation = np.array([t.startswith("##") for t in tok.vocabulary])
+    ds = bert_pretraining_dataset(load_corpus("shakespeare")[:20], tok, seq_len=64, batch_size=32,
+                                  whole_word_masking=True)
+    multi_piece_words = 0
+    for features, labels in ds.take(10):
+        originals = _unmasked(features, labels)
+        for ids, positions, weights in zip(originals, features["mask_positions"].numpy(),
+                                           labels["mask_weights"].numpy()):
+            chosen = set(positions[weights > 0].tolist())
+            for p in chosen:
+                if p + 1 < len(ids) and continuation[ids[p + 1]]:
+                    assert p + 1 in chosen
+                    multi_piece_words += 1
+                if continuation[ids[p]]:
+                    assert p - 1 in chosen
+    assert multi_piece_words > 0
+
+
+def test_bert_input_context_gives_disjoint_shards(shakespeare_word_piece):
+    docs = load_corpus("shakespeare")[:10]
+    shards = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(2, pipeline_id, num_replicas_in_sync=2)
+        ds = bert_pretraining_dataset(docs, shakespeare_word_piece, 64, 16, input_context=context)
+        assert ds.element_spec[0]["token_ids"].shape == (8, 64)
+        shards.append({tuple(r) for f, l in ds for r in _unmasked(f, l)})
+    assert shards[0] and shards[1] and not shards[0] & shards[1]
+
+
+def test_bert_bad_input(shakespeare_word_piece):
+    tok, docs = shakespeare_word_piece, load_corpus("shakespeare")[:3]
+    with pytest.raises(ValueError, match="1 document.*at least 2"):
+        bert_pretraining_dataset(docs[:1], tok, 64, 4)
+    with pytest.raises(ValueError, match="texts is empty"):
+        bert_pretraining_dataset(["", " "], tok, 64, 4)
+    with pytest.raises(TypeError, match="lacks .*cls_id"):
+        bert_pretraining_dataset(docs, BYTES, 64, 4)
+    with pytest.raises(ValueError, match="seq_len=4 is not allowed"):
+        bert_pretraining_dataset(docs, tok, 4, 4)
+    with pytest.raises(ValueError, match="max_predictions_per_seq=62 is not allowed"):
+        bert_pretraining_dataset(docs, tok, 64, 4, max_predictions_per_seq=62)
+    with pytest.raises(ValueError, match="masked_lm_prob=0 is not allowed"):
+        bert_pretraining_dataset(docs, tok, 64, 4, masked_lm_prob=0)
+    with pytest.raises(ValueError, match=r"texts too short.*batch_size=100000"):
+        bert_pretraining_dataset(docs, tok, 64, 100_000)
+    with pytest.raises(ValueError, match="texts: .*missing.txt' is not an existing file"):
+        bert_pretraining_dataset([pathlib.Path("missing.txt")], tok, 64, 4)

@@ -1,0 +1,162 @@
+"""GPT pipeline: text -> token ids -> packed (x, y) windows shifted by one."""
+
+import os
+
+import tensorflow as tf
+
+from tf_bigmodels.data._inputs import check_int, shard_settings, split_texts
+
+TRAIN_FRACTION = 0.9
+_LINES_PER_STEP = 256  # lines tokenized per call
+
+
+def lm_dataset(texts, tokenizer, seq_len, batch_size, *, split="train", seed=0,
+               shuffle_buffer=10_000, input_context=None):
+    """Returns a `tf.data.Dataset` of `(x, y)` next-token windows for language modelling.
+
+    The documents are read line by line, tokenized, and packed into one token stream with an
+    end-of-text token after every document (`tokenizer.end_id`, or `tokenizer.sep_id` for a
+    WordPiece tokenizer). The stream is cut into consecutive windows: window `i` has
+    `x = stream[i*seq_len : (i+1)*seq_len]` and `y = stream[i*seq_len + 1 : (i+1)*seq_len + 1]`,
+    so `y[t] == x[t+1]` and every next-token pair of the stream is in exactly one window.
+
+    Train/validation split by position, as nanoGPT: the lines that start in the first 90% of the
+    text's UTF-8 bytes are "train", the rest "val"; the two streams are packed separately, so no
+    window crosses the split. "train" windows are shuffled with `seed` (a new, reproducible order
+    every epoch); "val" keeps text order. Batches are `[batch, seq_len]` int32 with static shapes
+    (`drop_remainder=True`, as TPU/XLA need), prefetched.
+
+    Streaming: given file paths, the files are read with `tf.data.TextLineDataset` and tokenized on
+    the fly, so a corpus larger than memory works (only `shuffle_buffer` windows are held). For a
+    list of strings the pipeline first counts the split's tokens once, so that a corpus too short
+    for one batch is a `ValueError` here and not an empty dataset later; for files the check uses
+    the file sizes (exact for the byte tokenizer, an upper bound for others).
+
+    Under `tf.distribute`, pass the `input_context` that `strategy.distribute_datasets_from_function`
+    hands to your function: each input pipeline then takes every `num_input_pipelines`-th window
+    from `input_pipeline_id` on, batches `get_per_replica_batch_size(batch_size)` windows, and
+    shuffles with `seed + 1_000_003 * input_pipeline_id`.
+
+    Args:
+        texts: list of str (documents, e.g. from `load_corpus`), or a `pathlib.Path` or list of
+            `pathlib.Path`s of UTF-8 text files to stream (each file one document; a path may be a
+            glob such as `Path("texts/*.txt")`). Invalid UTF-8 becomes U+FFFD.
+        tokenizer: a tokenizer with `tokenize(strings)` and `end_id` or `sep_id`, e.g.
+            `ByteTokenizer()`.
+        seq_len: int. Window length, >= 1.
+        batch_size: int. Global batch size (per replica when `input_context` is given: the
+            context's share of it).
+        split: `"train"` (first 90%) or `"val"` (last 10%). Defaults to `"train"`.
+        seed: int >= 0. Shuffle seed. Defaults to 0.
+        shuffle_buffer: int. Windows held for shuffling "train". Defaults to 10,000.
+        input_context: `tf.distribute.InputContext` or `None`. Defaults to `None` (one pipeline).
+
+    Returns:
+        A `tf.data.Dataset` of `(x, y)`, each int32 `[batch_size, seq_len]`.
+
+    Example:
+
+    >>> from tf_bigmodels.data import load_corpus
+    >>> from tf_bigmodels.tokenizers import ByteTokenizer
+    >>> ds = lm_dataset(load_corpus("shakespeare"), ByteTokenizer(), seq_len=64, batch_size=12)
+    >>> x, y = next(iter(ds))
+    >>> x.shape, y.dtype
+    (TensorShape([12, 64]), tf.int32)
+    """
+    check_int("seq_len", seq_len, 1)
+    check_int("shuffle_buffer", shuffle_buffer, 1)
+    if split not in ("train", "val"):
+        raise ValueError(f"split={split!r} is not allowed; use 'train' or 'val'.")
+    documents, files = split_texts(texts)
+    num_pipelines, pipeline_id, per_replica_batch, pipeline_seed = shard_settings(
+        batch_size, seed, input_context)
+    if documents is not None:
+        # Every line gets its "\n" back (as from a file), so a document without one grows by 1.
+        sizes = [len(d.encode("utf-8")) + (not d.endswith("\n")) for d in documents]
+        sources, read_lines = documents, _lines_of_string
+    else:
+        sizes = [os.path.getsize(f) for f in files]
+        sources, read_lines = files, tf.data.TextLineDataset
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    split_at = int(TRAIN_FRACTION * sum(sizes))
+    records = tf.data.Dataset.from_tensor_slices(
+        (sources, tf.constant(starts, tf.int64), tf.constant(sizes, tf.int64))
+    ).flat_map(lambda source, start, size: _line_records(read_lines(source), start, size))
+    if split == "train":
+        records = records.take_while(lambda line, offset, is_end: offset < split_at)
+    else:
+        records = records.filter(lambda line, offset, is_end: offset >= split_at)
+    end_id = _end_id(tokenizer)
+    tokens = records.batch(_LINES_PER_STEP).map(
+        lambda lines, offsets, is_end: _tokenize_lines(tokenizer, end_id, lines, is_end),
+        num_parallel_calls=tf.data.AUTOTUNE)  # 1-D chunks of the token stream
+
+    num_tokens = (int(tokens.reduce(tf.constant(0, tf.int64),
+                                    lambda n, chunk: n + tf.size(chunk, tf.int64)))
+                  if documents is not None else
+                  (split_at if split == "train" else sum(sizes) - split_at) + len(files))
+    num_windows = max(num_tokens - 1, 0) // seq_len
+    if num_windows // num_pipelines < per_replica_batch:
+        raise ValueError(
+            f"texts too short: its {split!r} split has {'about ' if files else ''}{num_tokens} "
+            f"tokens, {num_windows} windows of seq_len={seq_len} (+1 for the target), "
+            f"{num_windows // num_pipelines} per input pipeline; one batch needs batch_size="
+            f"{per_replica_batch}. Give more text or a smaller seq_len or batch_size.")
+
+    windows = tokens.rebatch(seq_len).scan(
+        (tf.zeros([seq_len], tf.int32), False), _shift_by_one
+    ).filter(_is_complete).map(_window)
+    windows = windows.shard(num_pipelines, pipeline_id)
+    if split == "train":
+        windows = windows.shuffle(shuffle_buffer, seed=pipeline_seed, reshuffle_each_iteration=True)
+    return windows.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _lines_of_string(document):
+    """The lines of a string, as `tf.data.TextLineDataset` reads them from a file."""
+    document = tf.strings.regex_replace(document, "\n$", "")
+    return tf.data.Dataset.from_tensor_slices(tf.strings.split(document, "\n"))
+
+
+def _line_records(lines, start, size):
+    """(line + "\\n", its byte offset, False) per line, then ("", last offset, True) as the end."""
+    def step(offset, line):
+        line = line + "\n"
+        return offset + tf.cast(tf.strings.length(line), tf.int64), (line, offset, False)
+
+    end = tf.data.Dataset.from_tensors((tf.constant(""), start + size - 1, tf.constant(True)))
+    return lines.scan(start, step).concatenate(end)
+
+
+def _tokenize_lines(tokenizer, end_id, lines, is_end):
+    ids = tokenizer.tokenize(lines)  # [lines, (tokens)]
+    ends = tf.cast(is_end, tf.int64)
+    end_tokens = tf.RaggedTensor.from_row_lengths(
+        tf.fill([tf.reduce_sum(ends)], tf.constant(end_id, ids.dtype)), ends)
+    return tf.cast(tf.concat([ids, end_tokens], axis=1).flat_values, tf.int32)
+
+
+def _shift_by_one(state, chunk):
+    """Scan step over seq_len chunks of the stream: the previous chunk is x, y borrows chunk[0]."""
+    previous, have_previous = state
+    seq_len = previous.shape[0]
+    y = tf.concat([previous[1:], chunk[:1]], axis=0)
+    chunk = tf.pad(chunk, [[0, seq_len - tf.size(chunk)]])  # only the stream's last chunk is short
+    return (tf.ensure_shape(chunk, [seq_len]), True), (
+        (previous, tf.ensure_shape(y, [seq_len])), have_previous)
+
+
+def _is_complete(window, complete):
+    return complete
+
+
+def _window(window, complete):
+    return window
+
+
+def _end_id(tokenizer):
+    for attribute in ("end_id", "sep_id"):
+        if hasattr(tokenizer, attribute):
+            return getattr(tokenizer, attribute)
+    raise TypeError(f"tokenizer {type(tokenizer).__name__} has neither end_id nor sep_id; the "
+                    f"pipeline needs one to mark the end of each document.")
