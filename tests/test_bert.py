@@ -188,3 +188,21 @@ def test_wrappers_take_only_an_encoder():
         BERTPretrainer("bert")
     with pytest.raises(ValueError, match="num_classes"):
         BERTClassifier(BERTEncoder(**SMALL), num_classes=0)
+
+
+def test_pretrainer_reports_mlm_accuracy_over_real_predictions_and_nsp_accuracy():
+    pretrainer = BERTPretrainer(BERTEncoder(**SMALL))
+    pretrainer.compile(optimizer="sgd")
+    inputs, labels = _pretraining_inputs(), _labels()
+    out = pretrainer(inputs)
+    predicted = np.asarray(out["mlm_logits"]).argmax(-1)
+    # Make exactly the first real prediction right and the unused slot "right" too: the unused
+    # slot must not count.
+    labels["mask_ids"] = np.where(np.arange(3)[None] == 0, predicted, (predicted + 1) % VOCAB)
+    labels["mask_ids"][1, 2] = predicted[1, 2]
+    labels["mask_ids"] = labels["mask_ids"].astype("int32")
+    nsp_predicted = np.asarray(out["nsp_logits"]).argmax(-1)
+    labels["next_sentence_labels"] = np.array([nsp_predicted[0], 1 - nsp_predicted[1]], "int32")
+    results = pretrainer.evaluate(inputs, labels, batch_size=2, verbose=0, return_dict=True)
+    assert results["mlm_accuracy"] == pytest.approx(2 / 5)
+    assert results["nsp_accuracy"] == pytest.approx(0.5)

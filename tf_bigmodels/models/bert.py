@@ -177,7 +177,8 @@ class BERTPretrainer(_EncoderWrapper):
     `tf_bigmodels.data.bert_pretraining_dataset` ("mask_ids", "mask_weights",
     "next_sentence_labels") with loss = MLM cross-entropy averaged over real predictions only
     (slots with weight 0 count for nothing, and the average is taken over the *global* batch under
-    `tf.distribute`) + NSP cross-entropy averaged over examples.
+    `tf.distribute`) + NSP cross-entropy averaged over examples, and reports "mlm_accuracy" (over
+    real predictions) and "nsp_accuracy".
 
     Args:
         encoder: a `BERTEncoder`.
@@ -220,6 +221,8 @@ class BERTPretrainer(_EncoderWrapper):
             2, kernel_initializer=keras.initializers.TruncatedNormal(
                 stddev=encoder.initializer_range),
             dtype=encoder.dtype_policy, name="nsp_head")
+        self.mlm_accuracy = keras.metrics.SparseCategoricalAccuracy(name="mlm_accuracy")
+        self.nsp_accuracy = keras.metrics.SparseCategoricalAccuracy(name="nsp_accuracy")
 
     def build(self, input_shape):
         _check_keys(input_shape, _ENCODER_INPUTS + ("mask_positions",),
@@ -256,6 +259,13 @@ class BERTPretrainer(_EncoderWrapper):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         nsp_loss = ops.mean(nsp) / replicas
         return mlm_loss + nsp_loss + ops.sum(self.losses)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if self.loss is None:
+            self.mlm_accuracy.update_state(y["mask_ids"], y_pred["mlm_logits"],
+                                           sample_weight=y["mask_weights"])
+            self.nsp_accuracy.update_state(y["next_sentence_labels"], y_pred["nsp_logits"])
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def get_config(self):
         config = super().get_config()
