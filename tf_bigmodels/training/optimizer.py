@@ -1,0 +1,55 @@
+"""AdamW as GPT and BERT are trained: decoupled weight decay on kernels only, clipped gradients."""
+
+import keras
+
+from tf_bigmodels.training.schedules import WarmupDecay
+
+
+def no_decay_variables(model):
+    """The trainable variables weight decay must skip: biases, layer norms and embeddings.
+
+    Every variable of rank < 2 (biases, norm scales and offsets) and every embedding table (token,
+    position, segment); what remains are the matrices of the Dense projections.
+
+    Example:
+
+    >>> [v.path for v in no_decay_variables(model)][:2]
+    ['gpt_model/token_embedding/embeddings', 'gpt_model/position_embedding/embeddings']
+    """
+    return [v for v in model.trainable_variables
+            if len(v.shape) < 2 or v.path.rsplit("/", 1)[-1] == "embeddings"]
+
+
+def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="cosine",
+                    min_ratio=0.1, weight_decay=0.1, beta_2=0.95, clipnorm=1.0,
+                    gradient_accumulation_steps=None):
+    """AdamW with a `WarmupDecay` schedule, decay excluded from `no_decay_variables`, clipping.
+
+    Build the model (call it once) before calling this, inside the strategy's scope.
+
+    Args:
+        model: a built Keras model.
+        learning_rate: float. Peak learning rate.
+        total_steps: int. Optimizer steps of the whole run.
+        warmup_steps: int. Linear warm-up steps.
+        decay: "cosine" (GPT) or "linear" (BERT). Defaults to "cosine".
+        min_ratio: float. Final rate as a fraction of the peak. Defaults to 0.1.
+        weight_decay: float. Decoupled weight decay of the kernels. Defaults to 0.1.
+        beta_2: float. Adam's second-moment decay. Defaults to 0.95 (GPT); BERT used 0.999.
+        clipnorm: float or None. Global-norm gradient clipping. Defaults to 1.0.
+        gradient_accumulation_steps: int >= 2 or None. Average gradients over this many batches
+            before each update (Keras's accumulation, which also works under `tf.distribute`).
+
+    Example:
+
+    >>> optimizer = build_optimizer(model, learning_rate=1e-3, total_steps=2000, warmup_steps=100)
+    >>> model.compile(optimizer=optimizer, loss=...)
+    """
+    if not model.built:
+        raise ValueError("`model` must be built (called once) before `build_optimizer`.")
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=WarmupDecay(learning_rate, warmup_steps, total_steps, decay, min_ratio),
+        weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2, epsilon=1e-8,
+        global_clipnorm=clipnorm, gradient_accumulation_steps=gradient_accumulation_steps)
+    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
+    return optimizer

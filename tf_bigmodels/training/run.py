@@ -1,0 +1,374 @@
+"""The fit driver: one run of GPT or BERT pre-training, resumable, under any strategy."""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_bigmodels import __version__
+from tf_bigmodels.data import bert_pretraining_dataset, load_corpus, lm_dataset
+from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
+from tf_bigmodels.training import callbacks as cb
+from tf_bigmodels.training.multi_worker import prepare_for_multi_worker
+from tf_bigmodels.training.optimizer import build_optimizer
+from tf_bigmodels.training.presets import build_model, get_preset
+from tf_bigmodels.training.strategy import get_strategy, is_chief
+
+logger = logging.getLogger("tf_bigmodels")
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# Settings that fix the model's shape or the meaning of a step: a resumed run must keep them.
+_FIXED_ON_RESUME = ("model", "preset", "d_model", "num_heads", "dff", "num_layers", "seq_len",
+                    "batch_size", "vocab_size", "eval_every")
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when the loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything one training run needs; `None` fields take the preset's value.
+
+    Attributes:
+        model: "gpt" or "bert".
+        preset: a name from `presets.GPT_PRESETS` / `BERT_PRESETS`; None is "gpt-nano" / "bert-tiny".
+        corpus: "shakespeare" (bundled), a path, a glob, or a list of paths.
+        steps: training steps (batches).
+        batch_size: global batch size (split over the replicas).
+        seq_len: tokens per example.
+        learning_rate, warmup_steps: peak rate and linear warm-up; then cosine (GPT) or
+            linear (BERT) decay to a tenth of the peak.
+        weight_decay, clipnorm: AdamW decay of kernels; global-norm gradient clipping.
+        gradient_accumulation_steps: average gradients over this many batches per update.
+        d_model, num_heads, dff, num_layers, rate, vocab_size: override the preset's model.
+        strategy, devices: see `get_strategy`.
+        precision: "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16".
+        jit_compile: compile the train step with XLA.
+        steps_per_execution: batches run per call into the compiled function.
+        eval_every, eval_steps: validate (and checkpoint) every `eval_every` steps on
+            `eval_steps` batches; `steps` must be a multiple of `eval_every`.
+        out, name: the run directory is `out/name` (name defaults to `model`).
+        resume: continue from the run directory's checkpoint if there is one; if False, a run
+            directory that already has checkpoints is an error (nothing is overwritten).
+        seed: seeds data order, masks and initialisation.
+        samples, sample_tokens: GPT samples printed at the end.
+        export: write a SavedModel under `out/name/export/` at the end (when available).
+        verbose: Keras progress bar (1), one line per epoch (2) or silent (0).
+    """
+
+    model: str = "gpt"
+    preset: str = None
+    corpus: object = "shakespeare"
+    steps: int = None
+    batch_size: int = None
+    seq_len: int = None
+    learning_rate: float = None
+    warmup_steps: int = None
+    weight_decay: float = 0.1
+    clipnorm: float = 1.0
+    gradient_accumulation_steps: int = None
+    d_model: int = None
+    num_heads: int = None
+    dff: int = None
+    num_layers: int = None
+    rate: float = None
+    vocab_size: int = None
+    strategy: str = "auto"
+    devices: list = None
+    precision: str = "float32"
+    jit_compile: bool = True
+    steps_per_execution: int = 1
+    eval_every: int = 250
+    eval_steps: int = 20
+    out: str = "runs"
+    name: str = None
+    resume: bool = True
+    seed: int = 0
+    samples: int = 2
+    sample_tokens: int = 200
+    export: bool = True
+    verbose: int = 1
+
+    def resolved(self):
+        """A copy with every `None` filled from the preset, checked; raises ValueError if bad."""
+        preset = get_preset(self.model, self.preset)
+        values = dataclasses.asdict(self)
+        values["preset"] = self.preset or {"gpt": "gpt-nano", "bert": "bert-tiny"}[self.model]
+        for field in ("steps", "batch_size", "seq_len", "learning_rate", "warmup_steps"):
+            if values[field] is None:
+                values[field] = getattr(preset, field)
+        for field, value in preset.model.items():
+            if values[field] is None:
+                values[field] = value
+        if values["vocab_size"] is None and self.model == "bert":
+            values["vocab_size"] = preset.vocab_size
+        if values["name"] is None:
+            values["name"] = self.model
+        config = RunConfig(**values)
+        config._check()
+        return config
+
+    def _check(self):
+        for field in ("steps", "batch_size", "seq_len", "eval_every", "eval_steps",
+                      "steps_per_execution", "d_model", "num_heads", "dff", "num_layers"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{field}` must be a positive integer, got {value!r}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {list(PRECISIONS)}, "
+                             f"got {self.precision!r}.")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ValueError(f"`learning_rate` must be a positive number, got "
+                             f"{self.learning_rate!r}.")
+        self.eval_every = min(self.eval_every, self.steps)
+        if self.steps % self.eval_every:
+            raise ValueError(f"`steps`={self.steps} must be a multiple of `eval_every`="
+                             f"{self.eval_every} (validation and checkpoints happen every "
+                             "`eval_every` steps).")
+        accumulation = self.gradient_accumulation_steps or 1
+        if self.warmup_steps >= self.steps // accumulation:
+            self.warmup_steps = max(0, self.steps // accumulation // 10)
+        if self.seq_len < 5 and self.model == "bert":
+            raise ValueError(f"`seq_len` must be at least 5 for BERT, got {self.seq_len}.")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run produced.
+
+    Attributes:
+        run_dir: the run directory.
+        model: the trained model (the `GPTModel` or the `BERTPretrainer`).
+        tokenizer: its tokenizer.
+        history: per-epoch metrics of this invocation (empty if the run was already complete).
+        step: the optimizer step reached.
+        samples: generated texts (GPT).
+        export_path: the SavedModel written, or None.
+    """
+
+    run_dir: pathlib.Path
+    model: keras.Model
+    tokenizer: object
+    history: dict
+    step: int
+    samples: list
+    export_path: str = None
+
+
+def train(config):
+    """Trains a GPT or a BERT pre-trainer with `model.fit` as `config` says; resumes if it can.
+
+    The run directory `config.out/config.name/` receives `config.json`, `checkpoints/` (model,
+    optimizer and step every `eval_every` steps: a killed run re-run with the same settings
+    continues from there), `logs/` (TensorBoard), `metrics.jsonl`, `best.keras` (lowest
+    validation loss), `model.keras` (final), the BERT tokenizer's vocabulary in `tokenizer/`,
+    and the SavedModel in `export/` when exporting is available. Under several workers only the
+    chief writes.
+
+    Args:
+        config: a `RunConfig`.
+
+    Returns:
+        A `RunResult`.
+
+    Raises:
+        ValueError: bad settings, a corpus too small, or a run directory that does not match.
+        TrainingDiverged: the loss became NaN; the last good checkpoint is intact.
+
+    Example:
+
+    >>> result = train(RunConfig(model="gpt", preset="gpt-test", steps=20, eval_every=10))
+    >>> result.samples[0]
+    """
+    config = config.resolved()
+    texts = load_corpus(config.corpus)
+    run_dir = pathlib.Path(config.out) / config.name
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        strategy = get_strategy(config.strategy, devices=config.devices)
+        chief = is_chief(strategy)
+        replicas = strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise ValueError(
+                f"`batch_size`={config.batch_size} must be divisible by the {replicas} replicas "
+                f"of the {type(strategy).__name__} (each replica takes batch_size / replicas).")
+        _prepare_run_dir(run_dir, config, chief)
+        keras.utils.set_random_seed(config.seed)
+        tokenizer = _tokenizer(config, texts, run_dir, chief)
+        train_data, val_data = _datasets(config, texts, tokenizer)
+        with strategy.scope():
+            model = build_model(config.model, _model_kwargs(config), tokenizer.vocab_size,
+                                config.seq_len)
+            model(_dummy_inputs(config))
+            optimizer = build_optimizer(
+                model, learning_rate=config.learning_rate,
+                total_steps=config.steps // (config.gradient_accumulation_steps or 1),
+                warmup_steps=config.warmup_steps,
+                decay="cosine" if config.model == "gpt" else "linear",
+                weight_decay=config.weight_decay, clipnorm=config.clipnorm,
+                beta_2=0.95 if config.model == "gpt" else 0.999,
+                gradient_accumulation_steps=config.gradient_accumulation_steps)
+            loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+                    if config.model == "gpt" else None)
+            model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile,
+                          steps_per_execution=config.steps_per_execution)
+            optimizer.build(model.trainable_variables)
+            prepare_for_multi_worker(model, strategy)
+            checkpoint = cb.RunCheckpoint(run_dir / "checkpoints", model, chief=chief)
+            epoch = checkpoint.restore() // _steps_per_epoch_in_updates(config)
+        epochs = config.steps // config.eval_every
+        history = {}
+        if epoch < epochs:
+            if epoch:
+                logger.info("Resuming %s at step %d.", run_dir, epoch * config.eval_every)
+            guard = cb.StopOnNaN()
+            callbacks = [guard, cb.Throughput(config.batch_size * config.seq_len,
+                                              perplexity=config.model == "gpt"),
+                         cb.CheckpointEveryEpoch(checkpoint)]
+            if chief:
+                callbacks += [
+                    cb.MetricsLog(run_dir / "metrics.jsonl"),
+                    keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor="val_loss",
+                                                    save_best_only=True),
+                    keras.callbacks.TensorBoard(run_dir / "logs", update_freq=50)]
+            fit = model.fit(
+                train_data.skip(epoch * config.eval_every), epochs=epochs, initial_epoch=epoch,
+                steps_per_epoch=config.eval_every, validation_data=val_data,
+                callbacks=callbacks, verbose=config.verbose, shuffle=False)
+            history = fit.history
+            if guard.diverged_at is not None:
+                last = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+                raise TrainingDiverged(
+                    f"The training loss became NaN or infinite at step {guard.diverged_at}; "
+                    f"training stopped and nothing was saved after it. The last good checkpoint "
+                    f"is {last or 'none (it diverged before the first one)'}. Lower --lr, keep "
+                    "--clipnorm, or use float32/bfloat16 instead of float16.")
+        step = epochs * config.eval_every
+        samples, export_path = [], None
+        if chief:
+            cb.atomic_save_model(model, run_dir / "model.keras")
+            if config.model == "gpt" and config.samples:
+                samples = _samples(model, tokenizer, config)
+            if config.export:
+                export_path = _export(model, tokenizer, run_dir / "export", config)
+        return RunResult(run_dir, model, tokenizer, history, step, samples, export_path)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _steps_per_epoch_in_updates(config):
+    return config.eval_every // (config.gradient_accumulation_steps or 1)
+
+
+def _model_kwargs(config):
+    return {field: getattr(config, field)
+            for field in ("d_model", "num_heads", "dff", "num_layers", "rate")
+            if getattr(config, field) is not None}
+
+
+def _dummy_inputs(config):
+    ids = np.zeros((1, config.seq_len), "int32")
+    if config.model == "gpt":
+        return ids
+    return {"token_ids": ids, "segment_ids": ids, "padding_mask": np.ones_like(ids),
+            "mask_positions": np.zeros((1, 1), "int32")}
+
+
+def _prepare_run_dir(run_dir, config, chief):
+    config_path = run_dir / "config.json"
+    record = {"version": __version__, **{k: v for k, v in dataclasses.asdict(config).items()
+                                         if k != "devices"}}
+    if config_path.exists():
+        try:
+            saved = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{config_path} is unreadable ({error}); choose another --name or "
+                             "--out.") from error
+        if not config.resume and tf.train.latest_checkpoint(str(run_dir / "checkpoints")):
+            raise ValueError(
+                f"{run_dir} already holds a run; re-run with --resume to continue it, or choose "
+                "another --name or --out (nothing was overwritten).")
+        if saved.get("version") != __version__:
+            raise ValueError(
+                f"{run_dir} was written by tf_bigmodels {saved.get('version')!r}, this is "
+                f"{__version__}; start a new run with another --name or --out.")
+        changed = [f"{key}: {saved.get(key)!r} -> {record[key]!r}" for key in _FIXED_ON_RESUME
+                   if saved.get(key) != record[key]]
+        if changed:
+            raise ValueError(
+                f"{run_dir} holds a run with other settings ({'; '.join(changed)}); resume it "
+                "with the same settings, or choose another --name or --out.")
+    if chief:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            temporary = config_path.with_suffix(".json.tmp")
+            temporary.write_text(json.dumps(record, indent=2), encoding="utf-8")
+            os.replace(temporary, config_path)
+        except OSError as error:
+            raise ValueError(f"cannot write the run directory {run_dir}: {error.strerror}."
+                             ) from error
+
+
+def _tokenizer(config, texts, run_dir, chief):
+    if config.model == "gpt":
+        return ByteTokenizer()
+    directory = run_dir / "tokenizer"
+    if (directory / "vocab.txt").exists():
+        return WordPieceTokenizer.load(directory)
+    tokenizer = WordPieceTokenizer.train(texts, config.vocab_size, verbose=config.verbose > 0)
+    if chief:
+        tokenizer.save(directory)
+    return tokenizer
+
+
+def _datasets(config, texts, tokenizer):
+    if config.model == "gpt":
+        train = lm_dataset(texts, tokenizer, config.seq_len, config.batch_size, split="train",
+                           seed=config.seed)
+        val = lm_dataset(texts, tokenizer, config.seq_len, config.batch_size, split="val")
+        return train.repeat(), _finite(val, config.eval_steps)
+    if len(texts) < 4:
+        raise ValueError(f"BERT pre-training needs at least 4 documents (2 for validation), "
+                         f"the corpus has {len(texts)}.")
+    cut = max(2, len(texts) // 10)
+    train = bert_pretraining_dataset(texts[:-cut], tokenizer, config.seq_len, config.batch_size,
+                                     seed=config.seed)
+    val = bert_pretraining_dataset(texts[-cut:], tokenizer, config.seq_len, config.batch_size,
+                                   seed=config.seed + 1)
+    return train.repeat(), _finite(val, config.eval_steps)
+
+
+def _finite(dataset, steps):
+    """The first `steps` batches (or all, if fewer), with a known length so Keras does not warn."""
+    dataset = dataset.take(steps)
+    count = int(dataset.reduce(0, lambda count, _: count + 1))
+    return dataset.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def _samples(model, tokenizer, config):
+    prompts = ["\n", "ROMEO:"][:config.samples] + ["\n"] * max(0, config.samples - 2)
+    texts = []
+    for index, prompt in enumerate(prompts):
+        ids = tokenizer.tokenize(tf.constant([prompt]))
+        new_tokens = min(config.sample_tokens, model.max_length - int(ids.row_lengths()[0]))
+        out = model.generate(ids, new_tokens, temperature=0.8, top_k=40, seed=config.seed + index)
+        texts.append(tokenizer.detokenize(out)[0].numpy().decode("utf-8", "replace"))
+    return texts
+
+
+def _export(model, tokenizer, directory, config):
+    try:
+        from tf_bigmodels.export import export_bert, export_gpt
+    except ImportError:
+        return None
+    if config.model == "gpt":
+        return export_gpt(model, tokenizer, str(directory))
+    return export_bert(model, tokenizer, str(directory))
