@@ -61,6 +61,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     We write this layer rather than use `keras.layers.MultiHeadAttention` because the GPT decoder
     needs a fused QKV projection and a key/value cache that Keras's layer does not have.
 
+    Key/value cache (incremental decoding): pass `cache`, a tensor
+    `(B, 2, num_heads, cache_length, head_dim)` holding the keys (`[:, 0]`) and values (`[:, 1]`)
+    of earlier positions, and `cache_index`, the slot of the first query. The layer writes the
+    keys and values of `x` into slots `cache_index .. cache_index + T - 1` and attends to all
+    `cache_length` slots; `attention_mask` (`(B, T, cache_length)`) must hide the slots not yet
+    written (a causal mask with `query_offset=cache_index` does). The call then also returns the
+    updated cache. The cache has a static shape, so the same graph serves every decoding step.
+
     Args:
         num_heads: int. Number of heads; must divide the input width.
         rate: float in [0, 1). Dropout on the attention weights. Defaults to 0.
@@ -74,7 +82,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         attention_mask: bool tensor broadcastable to `(B, T, T)`, True where attending is
             allowed, or None.
         training: bool.
-        return_attention_scores: bool. Also return the float32 weights `(B, heads, T, T)`.
+        return_attention_scores: bool. Also return the float32 weights `(B, heads, T, keys)`.
+        cache: optional key/value cache `(B, 2, heads, cache_length, head_dim)` (see above).
+        cache_index: int or scalar int tensor. Cache slot of the first query. Defaults to 0.
+
+    Returns:
+        The output `(B, T, d_model)`, followed by the weights if `return_attention_scores` and
+        by the updated cache if `cache` is given (a tuple when there is more than one).
 
     Example:
 
@@ -108,15 +122,29 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             bias_initializer=clone_initializer(self.bias_initializer), dtype=self.dtype_policy, name="output_dense")
         self.output_dense.build(input_shape)
 
-    def call(self, x, attention_mask=None, training=None, return_attention_scores=False):
+    def call(self, x, attention_mask=None, training=None, return_attention_scores=False,
+             cache=None, cache_index=0):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.num_heads, self.head_dim))
-        query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3)  # 3 x (B, h, T, hd)
+        qkv = ops.transpose(qkv, (0, 2, 3, 1, 4))  # (B, 3, h, T, hd)
+        query = qkv[:, 0]
+        if cache is not None:
+            zero = ops.zeros((), "int32")
+            cache = ops.slice_update(
+                cache, (zero, zero, zero, ops.cast(cache_index, "int32"), zero),
+                ops.cast(qkv[:, 1:], cache.dtype))  # (B, 2, h, cache_length, hd)
+            key, value = cache[:, 0], cache[:, 1]
+        else:
+            key, value = qkv[:, 1], qkv[:, 2]
         heads, weights = scaled_dot_product_attention(
             query, key, value, attention_mask, dropout=self.attention_dropout, training=training)
         heads = ops.reshape(ops.transpose(heads, (0, 2, 1, 3)), (batch, length, -1))  # (B, T, d)
-        output = self.output_dense(heads)
-        return (output, weights) if return_attention_scores else output
+        outputs = (self.output_dense(heads),)
+        if return_attention_scores:
+            outputs += (weights,)
+        if cache is not None:
+            outputs += (cache,)
+        return outputs if len(outputs) > 1 else outputs[0]
 
     def get_config(self):
         config = super().get_config()

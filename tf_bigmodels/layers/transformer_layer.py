@@ -53,6 +53,14 @@ class TransformerLayer(keras.layers.Layer):
             `(batch, heads, seq, seq)`.
         mask: the Keras mask of the input (e.g. from `Embedding(mask_zero=True)`), used as the
             padding mask when `padding_mask` is None. Keras passes it automatically.
+        cache: optional key/value cache `(batch, 2, num_heads, cache_length, d_model // num_heads)`
+            for incremental decoding (see `MultiHeadSelfAttention`). With a cache, `x` holds the
+            positions at cache slots `cache_index .. cache_index + seq - 1`, `padding_mask` covers
+            the cache slots `(batch, cache_length)`, and the call returns `(output, cache)` (or
+            `(output, weights, cache)`). Slots after the current query are hidden by the causal
+            mask, so use a cache only with `causal=True`.
+        cache_index: int or scalar int tensor. Cache slot of the first position of `x`.
+            Defaults to 0.
 
     Example:
 
@@ -113,18 +121,29 @@ class TransformerLayer(keras.layers.Layer):
         self.ffn_output.build(tuple(input_shape[:-1]) + (self.dff,))
         self.ffn_norm.build(input_shape)
 
-    def call(self, x, padding_mask=None, training=None, return_attention_scores=False, mask=None):
+    def call(self, x, padding_mask=None, training=None, return_attention_scores=False, mask=None,
+             cache=None, cache_index=0):
         if padding_mask is None:
             padding_mask = mask
+        if cache is not None and not self.causal:
+            raise ValueError(f"TransformerLayer '{self.name}' got a `cache` but has causal=False; "
+                             "a key/value cache is allowed only with causal=True.")
         length = ops.shape(x)[1]
+        key_length = length if cache is None else ops.shape(cache)[3]
         allowed = attention_mask(padding_mask, causal=self.causal, query_length=length,
-                                 key_length=length)
+                                 key_length=key_length,
+                                 query_offset=0 if cache is None else cache_index)
 
         residual = x
         if self.norm_first:
             x = self.attention_norm(x)
-        x, weights = self.attention(x, attention_mask=allowed, training=training,
-                                    return_attention_scores=True)
+        if cache is None:
+            x, weights = self.attention(x, attention_mask=allowed, training=training,
+                                        return_attention_scores=True)
+        else:
+            x, weights, cache = self.attention(
+                x, attention_mask=allowed, training=training, return_attention_scores=True,
+                cache=cache, cache_index=cache_index)
         x = residual + self.attention_dropout(x, training=training)
         if not self.norm_first:
             x = self.attention_norm(x)
@@ -136,7 +155,10 @@ class TransformerLayer(keras.layers.Layer):
         x = residual + self.ffn_dropout(x, training=training)
         if not self.norm_first:
             x = self.ffn_norm(x)
-        return (x, weights) if return_attention_scores else x
+        outputs = (x, weights) if return_attention_scores else (x,)
+        if cache is not None:
+            outputs += (cache,)
+        return outputs if len(outputs) > 1 else outputs[0]
 
     def compute_mask(self, x, mask=None):
         return mask

@@ -9,6 +9,7 @@ from tf_bigmodels import _checks
 from tf_bigmodels.layers import PositionEmbedding, TransformerLayer
 from tf_bigmodels.layers.activations import get_activation, serialize_activation
 from tf_bigmodels.layers.initializers import clone_initializer
+from tf_bigmodels.models import generation
 
 
 @keras.saving.register_keras_serializable(package="tf_bigmodels")
@@ -20,6 +21,8 @@ class GPTModel(keras.Model):
     GPT-2 default) or a separate output matrix. Training minimises
     L = -sum_i log P(y_i | x_<i), the sparse categorical cross-entropy of these logits against the
     inputs shifted by one; the causal mask is what makes P(y_i | .) depend only on x_<=i.
+    `generate` decodes with a key/value cache (`init_cache`, `hidden_states(..., cache=...)`) in
+    one XLA-compiled `tf.while_loop`.
 
     Initialisation follows GPT-2: weights normal(0, `initializer_range`), the two residual
     projections of each block normal(0, `initializer_range` / sqrt(2 * num_layers)), biases zero.
@@ -107,10 +110,26 @@ class GPTModel(keras.Model):
 
     def call(self, token_ids, padding_mask=None, training=False):
         x = self.hidden_states(token_ids, padding_mask=padding_mask, training=training)
-        return ops.cast(self.token_embedding(x, reverse=True), "float32")  # (B, T, vocab)
+        return self.logits_from_hidden_states(x)
 
-    def hidden_states(self, token_ids, padding_mask=None, training=False):
+    def hidden_states(self, token_ids, padding_mask=None, training=False, *, positions=None,
+                      cache=None, cache_index=0):
         """The final hidden states `(batch, seq, d_model)`, before the output projection.
+
+        With `cache` (from `init_cache`) this is one step of incremental decoding: `token_ids`
+        stand at cache slots `cache_index .. cache_index + seq - 1`, `padding_mask`
+        `(batch, cache_length)` marks the cache slots that hold real tokens (False for left
+        padding), and the result is `(hidden_states, updated_cache)`.
+
+        Args:
+            token_ids: int tensor `(batch, seq)`.
+            padding_mask: optional bool/0-1 tensor, 1 = real token: `(batch, seq)` without a
+                cache, `(batch, cache_length)` with one.
+            training: bool. Enables dropout.
+            positions: optional int tensor `(batch, seq)` of absolute positions (for left-padded
+                rows); None means `0 .. seq - 1`.
+            cache: optional tuple of `num_layers` tensors, as returned by `init_cache`.
+            cache_index: int or scalar int tensor. Cache slot of the first token. Defaults to 0.
 
         Example:
 
@@ -119,12 +138,88 @@ class GPTModel(keras.Model):
         TensorShape([1, 8, 32])
         """
         x = self.token_embedding(token_ids)
-        x = self.embedding_dropout(x + self.position_embedding(x), training=training)
-        for block in self.blocks:
-            x = block(x, padding_mask=padding_mask, training=training)
+        x = self.embedding_dropout(x + self.position_embedding(x, positions=positions),
+                                   training=training)
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            if cache is None:
+                x = block(x, padding_mask=padding_mask, training=training)
+            else:
+                x, layer_cache = block(x, padding_mask=padding_mask, training=training,
+                                       cache=cache[i], cache_index=cache_index)
+                new_cache.append(layer_cache)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x
+        return x if cache is None else (x, tuple(new_cache))
+
+    def logits_from_hidden_states(self, hidden_states):
+        """Float32 next-token logits `(..., vocab_size)` of hidden states `(..., d_model)`.
+
+        Example:
+
+        >>> model = GPTModel(100, 32, 2, 64, 1, max_length=16)
+        >>> tokens = keras.ops.ones((1, 8), "int32")
+        >>> model.logits_from_hidden_states(model.hidden_states(tokens)).shape
+        TensorShape([1, 8, 100])
+        """
+        return ops.cast(self.token_embedding(hidden_states, reverse=True), "float32")
+
+    def init_cache(self, batch_size, cache_length):
+        """An empty key/value cache: `num_layers` zero tensors in the compute dtype.
+
+        Each has shape `(batch_size, 2, num_heads, cache_length, d_model // num_heads)` (keys at
+        index 0 and values at index 1 of axis 1), static for a whole decode loop.
+
+        Args:
+            batch_size: int or scalar int tensor.
+            cache_length: int or scalar int tensor. Number of token slots.
+
+        Example:
+
+        >>> model = GPTModel(100, 32, 2, 64, 2, max_length=16)
+        >>> [tuple(c.shape) for c in model.init_cache(3, 16)]
+        [(3, 2, 2, 16, 16), (3, 2, 2, 16, 16)]
+        """
+        shape = (batch_size, 2, self.num_heads, cache_length, self.d_model // self.num_heads)
+        return tuple(ops.zeros(shape, self.compute_dtype) for _ in self.blocks)
+
+    def generate(self, token_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
+                 seed=None, end_id=None, pad_id=0, jit_compile=True):
+        """Continues each prompt by `max_new_tokens` tokens with a key/value cache.
+
+        Greedy when `temperature == 0` (or `top_k == 1`), otherwise samples from
+        softmax(logits / temperature), restricted to the `top_k` most likely tokens and/or the
+        smallest set whose probability reaches `top_p`. Runs
+        `tf_bigmodels.models.generation.generate`; see there for the padding, truncation,
+        bucketing and retracing rules.
+
+        Args:
+            token_ids: prompts: int array/tensor `(batch, seq)`, a `tf.RaggedTensor`, or a list
+                of lists of ids (rows may differ in length; each needs at least one id).
+            max_new_tokens: int in `[0, max_length - 1]`. Number of tokens to add.
+            temperature: float >= 0. Defaults to 1.0.
+            top_k: int >= 0 or None (0/None = no top-k filter). Defaults to None.
+            top_p: float in (0, 1] or None (no nucleus filter). Defaults to None.
+            seed: int or None. Same seed, same tokens; None draws a random seed.
+            end_id: int or None. A row stops after generating this id; its later positions
+                hold `pad_id`. Defaults to None (never stop early).
+            pad_id: int. Fill value after `end_id`. Defaults to 0.
+            jit_compile: bool. Compile the decode loop with XLA. Defaults to True.
+
+        Returns:
+            The prompts followed by the new tokens: an int32 `(batch, seq + max_new_tokens)`
+            tensor for dense input, a `tf.RaggedTensor` (each row ending at its end token) for
+            ragged or list input.
+
+        Example:
+
+        >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+        >>> model.generate([[104, 105], [72]], max_new_tokens=5, temperature=0.0).shape
+        TensorShape([2, None])
+        """
+        return generation.generate(
+            self, token_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=seed, end_id=end_id, pad_id=pad_id, jit_compile=jit_compile)
 
     def get_config(self):
         config = super().get_config()
