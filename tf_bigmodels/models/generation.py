@@ -79,7 +79,7 @@ def generate(model, token_ids, max_new_tokens, *, temperature=1.0, top_k=None, t
     """
     dense = not isinstance(token_ids, (list, tuple, tf.RaggedTensor))
     prompts = _as_ragged(token_ids)
-    _check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id,
+    check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id,
                     pad_id)
     if seed is None:
         seed = random.randrange(2 ** 31)
@@ -334,8 +334,21 @@ def _as_ragged(token_ids):
     return tf.RaggedTensor.from_tensor(tf.cast(token_ids, tf.int32))
 
 
-def _check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id,
-                    pad_id):
+def check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id,
+                   pad_id):
+    """Raises a ValueError naming the first bad argument of `generate`; returns None otherwise.
+
+    Args:
+        model: the `GPTModel` (for `max_length` and `vocab_size`).
+        prompts: int32 `tf.RaggedTensor` of prompts.
+        max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id: as in `generate`.
+
+    Example:
+
+    >>> check_settings(model, tf.ragged.constant([[1]]), 8, 1.0, None, 1.5, None, None, 0)
+    ... # doctest: +SKIP
+    ValueError: `top_p` must be None or a number in (0, 1], got 1.5.
+    """
     def is_int(value):
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

@@ -1,0 +1,21 @@
+"""SavedModel export: raw strings in, text or scores out, in TF Serving's `export_dir/<version>/`.
+
+- `export_gpt(model, tokenizer, export_dir)`: signatures `serving_default`, `generate`, `logits`.
+- `export_bert(model, tokenizer, export_dir)`: a `BERTPretrainer` (`serving_default`,
+  `encode_pair`, `fill_mask`) or a `BERTClassifier` (`serving_default`: probabilities and label).
+- `stream_text(source, prompt, max_new_tokens)`: text pieces as they are generated, from a
+  SavedModel directory, a `.keras` file or a `GPTModel`.
+
+The SavedModels load with `tf.saved_model.load` in a process that imports only `tensorflow` and
+`tensorflow_text`.
+
+Example:
+
+>>> from tf_bigmodels.export import export_gpt
+>>> from tf_bigmodels.tokenizers import ByteTokenizer
+>>> path = export_gpt(model, ByteTokenizer(), "exports/gpt")  # doctest: +SKIP
+"""
+
+from tf_bigmodels.export.gpt import GPTServingModule, export_gpt
+
+__all__ = ["GPTServingModule", "export_gpt"]

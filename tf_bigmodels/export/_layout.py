@@ -1,0 +1,48 @@
+"""TF Serving layout: `export_dir/<version>/`, written to a temporary directory and renamed."""
+
+import numbers
+import os
+import shutil
+import tempfile
+
+
+def write_version(export_dir, version, write):
+    """Calls `write(path)` on a fresh temporary directory, then renames it to `export_dir/<version>`.
+
+    The temporary directory sits inside `export_dir` (same file system, so the rename is atomic)
+    and its name starts with a dot, which TF Serving ignores. If `write` raises, the temporary
+    directory is removed and no version directory appears; existing versions are never touched.
+
+    Args:
+        export_dir: str or path-like. Created if missing.
+        version: positive int, or None for one more than the largest numeric version present (1
+            if none).
+        write: callable taking the temporary path.
+
+    Returns:
+        The path of the new version directory (str).
+
+    Example:
+
+    >>> write_version("/tmp/models/gpt", None, lambda p: tf.saved_model.save(m, p))  # doctest: +SKIP
+    '/tmp/models/gpt/1'
+    """
+    export_dir = os.fspath(export_dir)
+    os.makedirs(export_dir, exist_ok=True)
+    if version is None:
+        version = 1 + max((int(n) for n in os.listdir(export_dir) if n.isdigit()), default=0)
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version <= 0:
+        raise ValueError(f"`version` must be None or a positive int (TF Serving's version "
+                         f"directories are numbers), got {version!r}.")
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final):
+        raise ValueError(f"`version`={version}: {final} already exists; an export never "
+                         f"overwrites a version, pass another `version` or None for the next.")
+    temporary = tempfile.mkdtemp(prefix=f".partial-{version}-", dir=export_dir)
+    try:
+        write(temporary)
+        os.rename(temporary, final)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return final
