@@ -174,3 +174,157 @@ def test_export_gpt_checks_settings_before_writing(gpt_exports, tmp_path, kwargs
         export_gpt(gpt_exports[0], ByteTokenizer(), tmp_path / "out",
                    **{"max_new_tokens": 4, **kwargs})
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# BERT
+
+BERT_TEXTS = ["The cat sat on the mat.", "你好世界", "", "a dog ran in the park"]
+MASKED_TEXTS = ["the [MASK] sat on the [MASK] .", "a dog [MASK] in the park", "no mask here"]
+PAIRS = (["the cat sat", "a dog"], ["on the mat", "ran in the park"])
+
+_SERVE_BERT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the WordPiece tokenizer's ops)
+    assert not any(name.startswith("tf_bigmodels") for name in sys.modules)
+    pretrainer, classifier, texts, masked, pairs, out = sys.argv[1], sys.argv[2], \\
+        json.loads(sys.argv[3]), json.loads(sys.argv[4]), json.loads(sys.argv[5]), sys.argv[6]
+    loaded = tf.saved_model.load(pretrainer)
+    encoded = loaded.signatures["serving_default"](text=tf.constant(texts))
+    pair = loaded.signatures["encode_pair"](text=tf.constant(pairs[0]),
+                                            text_pair=tf.constant(pairs[1]))
+    filled = loaded.signatures["fill_mask"](text=tf.constant(masked))
+    classified = tf.saved_model.load(classifier).signatures["serving_default"](
+        text=tf.constant(texts))
+    tolist = lambda t: t.numpy().tolist()
+    result = {
+        "pooled": tolist(encoded["pooled_output"]), "sequence": tolist(encoded["sequence_output"]),
+        "padding_mask": tolist(encoded["padding_mask"]), "pair_pooled": tolist(pair["pooled_output"]),
+        "fill_tokens": [[[t.decode() for t in slot] for slot in row]
+                        for row in filled["tokens"].numpy()],
+        "fill_scores": tolist(filled["scores"]), "mask_counts": tolist(filled["mask_counts"]),
+        "probabilities": tolist(classified["probabilities"]), "label": tolist(classified["label"]),
+        "label_name": [n.decode() for n in classified["label_name"].numpy()],
+    }
+    with open(out, "w") as f:
+        json.dump(result, f)
+""")
+
+
+@pytest.fixture(scope="module")
+def bert_exports(tmp_path_factory):
+    from tf_bigmodels.export import export_bert
+    from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer
+    from tf_bigmodels.tokenizers import WordPieceTokenizer
+
+    tf.keras.utils.set_random_seed(6)
+    tokenizer = WordPieceTokenizer.train(
+        ["The cat sat on the mat.", "A dog ran in the park.", "你好世界"] * 30, vocab_size=60,
+        verbose=False)
+    encoder = BERTEncoder(tokenizer.vocab_size, 32, 2, 64, 2, rate=0.0, max_length=32,
+                          initializer_range=0.3)
+    pretrainer = BERTPretrainer(encoder)
+    classifier = BERTClassifier(encoder, 3, rate=0.0)
+    directory = tmp_path_factory.mktemp("bert")
+    return (pretrainer, classifier, tokenizer,
+            export_bert(pretrainer, tokenizer, directory / "pretrainer", top_k=3),
+            export_bert(classifier, tokenizer, directory / "classifier",
+                        class_names=["neg", "neutral", "pos"], jit_compile=False))
+
+
+def _packed(tokenizer, segments_ids):
+    """[CLS] a [SEP] (b [SEP]) rows padded to the longest, as numpy arrays."""
+    rows = []
+    for segments in zip(*segments_ids):
+        ids, types = [tokenizer.cls_id], [0]
+        for kind, segment in enumerate(segments):
+            ids += list(segment) + [tokenizer.sep_id]
+            types += [kind] * (len(segment) + 1)
+        rows.append((ids, types))
+    width = max(len(ids) for ids, _ in rows)
+    pad = lambda values, fill: values + [fill] * (width - len(values))  # noqa: E731
+    return {"token_ids": np.array([pad(i, tokenizer.pad_id) for i, _ in rows], "int32"),
+            "segment_ids": np.array([pad(t, 0) for _, t in rows], "int32"),
+            "padding_mask": np.array([pad([1] * len(i), 0) for i, _ in rows], "int32")}
+
+
+def _wordpieces_with_masks(tokenizer, text):
+    pieces = text.split("[MASK]")
+    ids = []
+    for i, piece in enumerate(pieces):
+        ids += tokenizer.tokenize(piece).numpy().tolist()
+        if i < len(pieces) - 1:
+            ids.append(tokenizer.mask_id)
+    return ids
+
+
+@pytest.mark.slow
+def test_bert_savedmodels_serve_strings_in_a_fresh_process(bert_exports, tmp_path):
+    pretrainer, classifier, tokenizer, pretrainer_path, classifier_path = bert_exports
+    out = tmp_path / "served.json"
+    _fresh_process(_SERVE_BERT, pretrainer_path, classifier_path, json.dumps(BERT_TEXTS),
+                   json.dumps(MASKED_TEXTS), json.dumps(PAIRS), out)
+    served = json.loads(out.read_text())
+
+    inputs = _packed(tokenizer, [tokenizer.tokenize(BERT_TEXTS).to_list()])
+    encoded = pretrainer.encoder(inputs)
+    assert served["padding_mask"] == inputs["padding_mask"].tolist()
+    np.testing.assert_allclose(served["pooled"], encoded["pooled_output"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(served["sequence"], encoded["sequence_output"], atol=1e-5, rtol=0)
+
+    pair_inputs = _packed(tokenizer, [tokenizer.tokenize(texts).to_list() for texts in PAIRS])
+    np.testing.assert_allclose(served["pair_pooled"],
+                               pretrainer.encoder(pair_inputs)["pooled_output"], atol=1e-5, rtol=0)
+
+    masked_inputs = _packed(tokenizer, [[_wordpieces_with_masks(tokenizer, t)
+                                         for t in MASKED_TEXTS]])
+    counts = (masked_inputs["token_ids"] == tokenizer.mask_id).sum(axis=1)
+    assert served["mask_counts"] == counts.tolist() == [2, 1, 0]
+    for row in range(len(MASKED_TEXTS)):
+        positions = np.nonzero(masked_inputs["token_ids"][row] == tokenizer.mask_id)[0]
+        if not len(positions):
+            assert served["fill_tokens"][row] == [[""] * 3] * 2
+            continue
+        logits = pretrainer({**{k: v[row:row + 1] for k, v in masked_inputs.items()},
+                             "mask_positions": positions[None].astype("int32")})["mlm_logits"]
+        probabilities = np.asarray(tf.nn.softmax(logits))[0]
+        for slot, distribution in enumerate(probabilities):
+            best = np.argsort(-distribution)[:3]
+            assert served["fill_tokens"][row][slot] == [tokenizer.vocabulary[i] for i in best]
+            np.testing.assert_allclose(served["fill_scores"][row][slot], distribution[best],
+                                       atol=1e-5, rtol=0)
+
+    probabilities = np.asarray(tf.nn.softmax(classifier(inputs)))
+    np.testing.assert_allclose(served["probabilities"], probabilities, atol=1e-5, rtol=0)
+    assert served["label"] == probabilities.argmax(axis=1).tolist()
+    assert served["label_name"] == [["neg", "neutral", "pos"][i] for i in served["label"]]
+
+
+@pytest.mark.slow
+def test_saved_model_cli_lists_the_bert_signatures(bert_exports):
+    cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    pretrainer = subprocess.run([str(cli), "show", "--all", "--dir", bert_exports[3]],
+                                capture_output=True, text=True, timeout=300, env=env).stdout
+    for text in ("signature_def['serving_default']", "signature_def['encode_pair']",
+                 "signature_def['fill_mask']", "inputs['text']", "inputs['text_pair']",
+                 "outputs['pooled_output']", "outputs['sequence_output']", "outputs['tokens']",
+                 "outputs['scores']"):
+        assert text in pretrainer, text
+    classifier = subprocess.run([str(cli), "show", "--all", "--dir", bert_exports[4]],
+                                capture_output=True, text=True, timeout=300, env=env).stdout
+    for text in ("inputs['text']", "outputs['probabilities']", "outputs['label']"):
+        assert text in classifier, text
+
+
+def test_export_bert_checks_its_arguments(bert_exports, tmp_path):
+    from tf_bigmodels.export import export_bert
+
+    pretrainer, classifier, tokenizer = bert_exports[:3]
+    with pytest.raises(ValueError, match="`seq_length`"):
+        export_bert(pretrainer, tokenizer, tmp_path, seq_length=2)
+    with pytest.raises(ValueError, match="`class_names`"):
+        export_bert(classifier, tokenizer, tmp_path, class_names=["only one"])
+    with pytest.raises(TypeError, match="`model`"):
+        export_bert(pretrainer.encoder, tokenizer, tmp_path)

@@ -16,6 +16,7 @@ Example:
 >>> path = export_gpt(model, ByteTokenizer(), "exports/gpt")  # doctest: +SKIP
 """
 
+from tf_bigmodels.export.bert import BERTServingModule, export_bert
 from tf_bigmodels.export.gpt import GPTServingModule, export_gpt
 
-__all__ = ["GPTServingModule", "export_gpt"]
+__all__ = ["BERTServingModule", "GPTServingModule", "export_bert", "export_gpt"]

@@ -1,0 +1,210 @@
+"""SavedModel export of a BERT pre-trainer or classifier with the WordPiece tokenizer in the graph."""
+
+import json
+import numbers
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+import tf_bigmodels
+from tf_bigmodels.export._layout import write_version
+from tf_bigmodels.models import BERTClassifier, BERTPretrainer
+
+_TEXT = tf.TensorSpec([None], tf.string, name="text")
+_MASK_TOKEN = "[MASK]"
+
+
+class BERTServingModule(tf.Module):
+    """The exported object for a `BERTPretrainer` or a `BERTClassifier`.
+
+    Text is tokenized in the graph: `[CLS] text [SEP]` (or `[CLS] text [SEP] text_pair [SEP]`,
+    segment ids 0 then 1), trimmed round-robin to `seq_length` tokens, padded to the longest row
+    of the batch. Strings stay outside the XLA-compiled model call.
+
+    Signatures of a pre-trainer export:
+
+    - `serving_default(text: string [B]) -> {"pooled_output": [B, d], "sequence_output":
+      [B, T, d], "padding_mask": int32 [B, T]}` (float32; 1 = real token).
+    - `encode_pair(text: string [B], text_pair: string [B])` -> the same, for sentence pairs.
+    - `fill_mask(text: string [B]) -> {"tokens": string [B, M, top_k], "scores": float32
+      [B, M, top_k], "mask_counts": int32 [B]}`: for each literal `[MASK]` in the text (M = most
+      masks in a row of the batch), the `top_k` most likely wordpieces and their probabilities;
+      slots past a row's `mask_counts` hold "" and 0.
+
+    Signature of a classifier export:
+
+    - `serving_default(text: string [B]) -> {"probabilities": float32 [B, C], "label": int32 [B],
+      "label_name": string [B]}` (label names are the class indices unless `class_names` given).
+
+    Args:
+        model: a built `BERTPretrainer` or `BERTClassifier`.
+        tokenizer: its `WordPieceTokenizer`.
+        config: dict of export settings (`seq_length`, `top_k`, `class_names`, `jit_compile`).
+
+    Example:
+
+    >>> module = BERTServingModule(pretrainer, tokenizer, config)  # doctest: +SKIP
+    """
+
+    def __init__(self, model, tokenizer, config):
+        super().__init__(name="bert_serving")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.export_config = tf.Variable(json.dumps(config, sort_keys=True), trainable=False,
+                                         name="export_config")
+        self._config = config
+        self._vocabulary = tf.constant(list(tokenizer.vocabulary))
+        self._run = tf.function(lambda inputs: model(inputs), jit_compile=config["jit_compile"])
+        if isinstance(model, BERTPretrainer):
+            self.serving_default = tf.function(self._encode, input_signature=[_TEXT])
+            self.encode_pair = tf.function(self._encode, input_signature=[
+                _TEXT, tf.TensorSpec([None], tf.string, name="text_pair")])
+            self.fill_mask = tf.function(self._fill_mask, input_signature=[_TEXT])
+            self._encoder = tf.function(lambda inputs: model.encoder(inputs),
+                                        jit_compile=config["jit_compile"])
+        else:
+            self._class_names = tf.constant(config["class_names"])
+            self.serving_default = tf.function(self._classify, input_signature=[_TEXT])
+
+    def signatures(self):
+        """The signature functions by name, as given to `tf.saved_model.save`.
+
+        Example:
+
+        >>> sorted(module.signatures())  # doctest: +SKIP
+        ['encode_pair', 'fill_mask', 'serving_default']
+        """
+        if isinstance(self.model, BERTPretrainer):
+            return {"serving_default": self.serving_default, "encode_pair": self.encode_pair,
+                    "fill_mask": self.fill_mask}
+        return {"serving_default": self.serving_default}
+
+    def _pack(self, segments):
+        """Ragged wordpiece ids per segment -> the encoder's dense input dict."""
+        tokenizer = self.tokenizer
+        budget = self._config["seq_length"] - 1 - len(segments)  # [CLS] and one [SEP] each
+        trimmed = tf_text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
+        ids, segment_ids = tf_text.combine_segments(trimmed, tokenizer.cls_id, tokenizer.sep_id)
+        return {"token_ids": ids.to_tensor(tokenizer.pad_id),
+                "segment_ids": segment_ids.to_tensor(0),
+                "padding_mask": tf.ones_like(ids).to_tensor(0)}
+
+    def _encode(self, text, text_pair=None):
+        segments = [self.tokenizer.tokenize(text)]
+        if text_pair is not None:
+            segments.append(self.tokenizer.tokenize(text_pair))
+        inputs = self._pack(segments)
+        outputs = self._encoder(inputs)
+        return {"pooled_output": tf.cast(outputs["pooled_output"], tf.float32),
+                "sequence_output": tf.cast(outputs["sequence_output"], tf.float32),
+                "padding_mask": inputs["padding_mask"]}
+
+    def _tokenize_with_masks(self, text):
+        """Wordpiece ids where every literal "[MASK]" becomes `mask_id` (the tokenizer would split
+        it into "[", "mask", "]")."""
+        pieces = tf.strings.split(text, sep=_MASK_TOKEN)  # (B, pieces)
+        piece_ids = self.tokenizer.tokenize(pieces.flat_values)  # (all pieces, tokens)
+        mask = tf.fill([piece_ids.nrows(), 1], tf.constant(self.tokenizer.mask_id, tf.int32))
+        piece_ids = tf.concat([piece_ids, tf.RaggedTensor.from_tensor(mask)], axis=1)
+        ids = pieces.with_flat_values(piece_ids).merge_dims(1, 2)  # (B, tokens)
+        return ids[:, :-1]  # a mask follows every piece but the last
+
+    def _fill_mask(self, text):
+        inputs = self._pack([self._tokenize_with_masks(text)])
+        is_mask = tf.equal(inputs["token_ids"], self.tokenizer.mask_id)
+        positions = tf.ragged.boolean_mask(
+            tf.broadcast_to(tf.range(tf.shape(is_mask)[1]), tf.shape(is_mask)), is_mask)
+        counts = tf.cast(positions.row_lengths(), tf.int32)
+        shown = tf.reduce_max(counts)
+        slots = tf.maximum(shown, 1)  # the MLM head needs one slot at least
+        mask_positions = tf.pad(positions.to_tensor(0), [[0, 0], [0, slots - shown]])
+        logits = self._run({**inputs, "mask_positions": mask_positions})["mlm_logits"]
+        # logits: (B, slots, vocab)
+        scores, indices = tf.math.top_k(tf.nn.softmax(logits), k=self._config["top_k"])
+        valid = (tf.range(slots)[tf.newaxis] < counts[:, tf.newaxis])[..., tf.newaxis]
+        return {"tokens": tf.where(valid, tf.gather(self._vocabulary, indices), "")[:, :shown],
+                "scores": tf.where(valid, scores, 0.0)[:, :shown],
+                "mask_counts": counts}
+
+    def _classify(self, text):
+        logits = self._run(self._pack([self.tokenizer.tokenize(text)]))
+        probabilities = tf.nn.softmax(logits)
+        label = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {"probabilities": probabilities, "label": label,
+                "label_name": tf.gather(self._class_names, label)}
+
+
+def export_bert(model, tokenizer, export_dir, *, version=None, seq_length=None, top_k=5,
+                class_names=None, jit_compile=True):
+    """Writes a SavedModel of a BERT pre-trainer or classifier to `export_dir/<version>/`.
+
+    The WordPiece tokenizer travels inside the graph, so the SavedModel takes raw strings and
+    runs with `tensorflow` and `tensorflow_text` imported (tensorflow-text provides the
+    tokenizer's ops); the signatures are described in `BERTServingModule`. Settings are recorded
+    as the JSON string variable `export_config` of the loaded object. Written atomically like
+    `export_gpt`.
+
+    Args:
+        model: a `BERTPretrainer` (signatures `serving_default`, `encode_pair`, `fill_mask`) or a
+            `BERTClassifier` (`serving_default`: probabilities and label).
+        tokenizer: the `WordPieceTokenizer` the model was trained with.
+        export_dir: str or path-like. Parent of the version directories.
+        version: positive int or None (next free number). Defaults to None.
+        seq_length: int in [3, encoder max_length] or None (the encoder's `max_length`). Longer
+            inputs are trimmed (round-robin between a pair). Defaults to None.
+        top_k: int in [1, vocab_size]. Candidates per `[MASK]` in `fill_mask`. Defaults to 5.
+        class_names: list of `num_classes` str or None (the class indices as text). Classifier
+            only.
+        jit_compile: bool. XLA-compile the model call; False for a graph without XLA clusters.
+            Defaults to True.
+
+    Returns:
+        The path of the written version directory (str).
+
+    Example:
+
+    >>> path = export_bert(pretrainer, tokenizer, "exports/bert", top_k=3)  # doctest: +SKIP
+    >>> tf.saved_model.load(path).signatures["fill_mask"](
+    ...     text=tf.constant(["the [MASK] sat ."]))["tokens"]  # doctest: +SKIP
+    """
+    if not isinstance(model, (BERTPretrainer, BERTClassifier)):
+        raise TypeError(f"`model` must be a BERTPretrainer or a BERTClassifier, got "
+                        f"{type(model).__name__}.")
+    for attribute in ("tokenize", "vocabulary", "cls_id", "sep_id", "pad_id", "mask_id"):
+        if not hasattr(tokenizer, attribute):
+            raise TypeError(f"`tokenizer` must be a WordPieceTokenizer (it needs `{attribute}`), "
+                            f"got {type(tokenizer).__name__}.")
+    encoder = model.encoder
+    if tokenizer.vocab_size != encoder.vocab_size:
+        raise ValueError(f"`tokenizer` has vocab_size={tokenizer.vocab_size} but the model's "
+                         f"encoder has vocab_size={encoder.vocab_size}; they must be equal.")
+    seq_length = encoder.max_length if seq_length is None else seq_length
+    if (isinstance(seq_length, bool) or not isinstance(seq_length, numbers.Integral)
+            or not 3 <= seq_length <= encoder.max_length):
+        raise ValueError(f"`seq_length` must be None or an int in [3, {encoder.max_length}], got "
+                         f"{seq_length!r}.")
+    if (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+            or not 1 <= top_k <= encoder.vocab_size):
+        raise ValueError(f"`top_k` must be an int in [1, {encoder.vocab_size}], got {top_k!r}.")
+    config = {"seq_length": int(seq_length), "top_k": int(top_k), "jit_compile": bool(jit_compile),
+              "tf_bigmodels_version": tf_bigmodels.__version__}
+    if isinstance(model, BERTClassifier):
+        if class_names is None:
+            class_names = [str(i) for i in range(model.num_classes)]
+        class_names = list(class_names)
+        if len(class_names) != model.num_classes or not all(
+                isinstance(n, str) for n in class_names):
+            raise ValueError(f"`class_names` must be None or {model.num_classes} strings (one per "
+                             f"class), got {class_names!r}.")
+        config["class_names"] = class_names
+    elif class_names is not None:
+        raise ValueError(f"`class_names`={class_names!r} applies to a BERTClassifier only; got a "
+                         f"{type(model).__name__}.")
+    if not model.built:
+        inputs = {"token_ids": tf.zeros((1, 3), tf.int32), "segment_ids": tf.zeros((1, 3), tf.int32),
+                  "padding_mask": tf.ones((1, 3), tf.int32)}
+        model(inputs if isinstance(model, BERTClassifier)
+              else {**inputs, "mask_positions": tf.zeros((1, 1), tf.int32)})
+    module = BERTServingModule(model, tokenizer, config)
+    return write_version(export_dir, version, lambda path: tf.saved_model.save(
+        module, path, signatures=module.signatures()))
