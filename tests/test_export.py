@@ -328,3 +328,16 @@ def test_export_bert_checks_its_arguments(bert_exports, tmp_path):
         export_bert(classifier, tokenizer, tmp_path, class_names=["only one"])
     with pytest.raises(TypeError, match="`model`"):
         export_bert(pretrainer.encoder, tokenizer, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["model", "export_dir"])
+def test_streamed_greedy_text_equals_one_generate_call(gpt_exports, source):
+    from tf_bigmodels.export import load_generator, stream_text
+
+    model, xla, _ = gpt_exports
+    loaded = load_generator(model if source == "model" else os.path.dirname(xla))
+    for prompt in ("你好", ""):
+        pieces = list(stream_text(loaded, prompt, 12, temperature=0.0, chunk_tokens=4))
+        assert "".join(pieces) == _in_memory_completions(model, [prompt], 12)[0], prompt
+        assert len(pieces) > 1

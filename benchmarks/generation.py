@@ -1,0 +1,161 @@
+"""New tokens per second of greedy generation: ours (cache + XLA), ours without a cache, keras-hub.
+
+Measured in one run on this machine, for batch 1 and batch 16, a 16-token prompt and 256 new
+tokens, on two randomly initialised models of the same shapes in both libraries:
+
+- "nanogpt": 4 layers, 4 heads, width 128, dff 512, vocab 258 (bytes), max_length 512 (the
+  nanoGPT CPU size; 16 + 256 tokens need more than its 256-token context);
+- "gpt2": the GPT-2 124M shape (12 layers, 12 heads, width 768, dff 3072, vocab 50257,
+  max_length 1024).
+
+Variants, run alternately (one call each per round, `--repeats` rounds, median time reported):
+
+- `ours_cache_xla`: `GPTModel.generate(..., temperature=0.0)` (key/value cache, XLA while loop);
+- `ours_no_cache`: the whole sequence through a `tf.function` forward pass (graph mode, traced
+  for unknown length, no XLA) for every new token, argmax of the last logits. Its cost grows with the
+  square of the length, so on "gpt2" it generates only `--no-cache-tokens` tokens (default 32);
+  its tokens/s is for that shorter run and is an upper bound for 256 tokens;
+- `keras_hub`: `keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)` compiled with the
+  greedy sampler, `generate({"token_ids", "padding_mask"}, stop_token_ids=None)` on the prompt
+  right-padded to 16 + 256 tokens (its documented token-id path).
+
+Each variant is called once before timing (tracing and XLA compilation are not timed).
+
+Usage:
+    python benchmarks/generation.py --out results.json      # the full table (minutes)
+    python benchmarks/generation.py --smoke                  # tiny shapes, seconds
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tf_bigmodels.models import GPTModel  # noqa: E402
+
+MODELS = {
+    "nanogpt": dict(vocab_size=258, d_model=128, num_heads=4, dff=512, num_layers=4,
+                    max_length=512),
+    "gpt2": dict(vocab_size=50257, d_model=768, num_heads=12, dff=3072, num_layers=12,
+                 max_length=1024),
+    "smoke": dict(vocab_size=258, d_model=32, num_heads=2, dff=64, num_layers=2, max_length=64),
+}
+
+
+def _ours(config):
+    model = GPTModel(**config, rate=0.0)
+    model(np.zeros((1, 1), "int32"))
+    return model
+
+
+def _keras_hub(config):
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=config["vocab_size"], num_layers=config["num_layers"],
+        num_heads=config["num_heads"], hidden_dim=config["d_model"],
+        intermediate_dim=config["dff"], dropout=0.0, max_sequence_length=config["max_length"])
+    causal_lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    causal_lm.compile(sampler="greedy")
+    return causal_lm
+
+
+def _variants(config, batch, prompt_length, new_tokens, no_cache_tokens):
+    """name -> (callable, number of new tokens per row it produces)."""
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(0, config["vocab_size"], (batch, prompt_length)).astype("int32")
+    ours = _ours(config)
+
+    # No XLA here: XLA would compile once per sequence length.
+    forward = tf.function(lambda ids: ours(ids)[:, -1], reduce_retracing=True)
+
+    def no_cache():
+        tokens = tf.constant(prompts)
+        for _ in range(no_cache_tokens):
+            next_token = tf.argmax(forward(tokens), axis=-1, output_type=tf.int32)
+            tokens = tf.concat([tokens, next_token[:, None]], axis=1)
+        return tokens
+
+    hub = _keras_hub(config)
+    total = prompt_length + new_tokens
+    hub_inputs = {
+        "token_ids": np.pad(prompts, ((0, 0), (0, new_tokens))),
+        "padding_mask": np.arange(total)[None].repeat(batch, 0) < prompt_length,
+    }
+    return {
+        "ours_cache_xla": (lambda: ours.generate(prompts, new_tokens, temperature=0.0),
+                           new_tokens),
+        "ours_no_cache": (no_cache, no_cache_tokens),
+        "keras_hub": (lambda: hub.generate(hub_inputs, stop_token_ids=None), new_tokens),
+    }
+
+
+def _measure(variants, repeats):
+    for run, _ in variants.values():
+        run()  # trace and compile
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, (run, _) in variants.items():
+            start = time.perf_counter()
+            result = run()
+            np.asarray(result)  # wait for the result
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="nanogpt,gpt2")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--prompt", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--no-cache-tokens", type=int, default=None,
+                        help="new tokens of the no-cache variant (default: all on nanogpt, 32 "
+                             "on gpt2)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny model and lengths, seconds")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.models, args.batches, args.prompt, args.new_tokens, args.repeats = (
+            "smoke", "1,2", 4, 8, 1)
+    keras.utils.set_random_seed(0)
+    rows = []
+    for name in args.models.split(","):
+        config = MODELS[name]
+        for batch in map(int, args.batches.split(",")):
+            no_cache_tokens = args.no_cache_tokens or (32 if name == "gpt2" else args.new_tokens)
+            variants = _variants(config, batch, args.prompt, args.new_tokens, no_cache_tokens)
+            medians = _measure(variants, args.repeats)
+            for variant, seconds in medians.items():
+                tokens = variants[variant][1]
+                rows.append(dict(model=name, batch=batch, prompt=args.prompt,
+                                 new_tokens=tokens, variant=variant, seconds=seconds,
+                                 tokens_per_second=batch * tokens / seconds))
+                print(f"{name:8s} batch {batch:3d} {variant:15s} {tokens:4d} new tokens "
+                      f"{seconds:8.3f} s  {rows[-1]['tokens_per_second']:9.1f} tokens/s",
+                      flush=True)
+            hub = next(r for r in rows[-3:] if r["variant"] == "keras_hub")
+            for row in rows[-3:]:
+                row["ratio_vs_keras_hub"] = row["tokens_per_second"] / hub["tokens_per_second"]
+            keras.backend.clear_session()
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "machine": platform.platform(), "processor": platform.processor(),
+              "tensorflow": tf.__version__, "keras": keras.__version__,
+              "keras_hub": keras_hub.__version__, "repeats": args.repeats, "rows": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
