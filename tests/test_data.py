@@ -297,3 +297,42 @@ def test_bert_bad_input(shakespeare_word_piece):
         bert_pretraining_dataset(docs, tok, 64, 100_000)
     with pytest.raises(ValueError, match="texts: .*missing.txt' is not an existing file"):
         bert_pretraining_dataset([pathlib.Path("missing.txt")], tok, 64, 4)
+
+
+def _first_batches(dataset, count):
+    return [tf.nest.map_structure(lambda t: t.numpy(), batch) for batch in dataset.take(count)]
+
+
+def test_lm_repeat_is_a_stream_of_new_epochs_independent_of_iteration():
+    docs = load_corpus("shakespeare")[:2]
+    stream = lm_dataset(docs, BYTES, 64, 32, seed=3, repeat=True)
+    per_epoch = sum(1 for _ in lm_dataset(docs, BYTES, 64, 32, seed=3))
+    first = _first_batches(stream, 2 * per_epoch + 1)
+    again = _first_batches(stream, 2 * per_epoch + 1)  # a second iterator: the same stream
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a[0], b[0])
+    epoch1 = np.concatenate([x for x, _ in first[:per_epoch]])
+    epoch2 = np.concatenate([x for x, _ in first[per_epoch:2 * per_epoch]])
+    assert not np.array_equal(epoch1, epoch2)  # each epoch in its own order
+    resumed = _first_batches(stream.skip(per_epoch + 1), 1)[0]
+    np.testing.assert_array_equal(resumed[0], first[per_epoch + 1][0])
+
+
+def test_bert_repeat_draws_new_masks_each_epoch_independent_of_iteration():
+    docs = _synthetic_documents()[:40]
+    stream = bert_pretraining_dataset(docs, SYNTHETIC, 32, 32, seed=5, repeat=True)
+    per_epoch = sum(1 for _ in bert_pretraining_dataset(docs, SYNTHETIC, 32, 32, seed=5))
+    first = _first_batches(stream, 2 * per_epoch)
+    again = _first_batches(stream, 2 * per_epoch)
+    for (fa, _), (fb, _) in zip(first, again):
+        np.testing.assert_array_equal(fa["mask_positions"], fb["mask_positions"])
+    epoch1 = np.concatenate([f["token_ids"] for f, _ in first[:per_epoch]])
+    epoch2 = np.concatenate([f["token_ids"] for f, _ in first[per_epoch:]])
+    assert not np.array_equal(epoch1, epoch2)
+
+
+def test_repeat_works_under_a_global_seed_of_zero():
+    tf.random.set_seed(0)
+    docs = load_corpus("shakespeare")[:2]
+    stream = lm_dataset(docs, BYTES, 64, 32, seed=0, repeat=True)
+    np.testing.assert_array_equal(_first_batches(stream, 3)[2][0], _first_batches(stream, 3)[2][0])

@@ -53,3 +53,17 @@ def shard_settings(batch_size, seed, input_context):
     return (input_context.num_input_pipelines, pipeline_id,
             input_context.get_per_replica_batch_size(batch_size),
             seed + _PIPELINE_SEED_STRIDE * pipeline_id)
+
+
+def epochs(one_epoch, repeat):
+    """The dataset `one_epoch()` or, with `repeat`, the endless stream of its epochs.
+
+    `one_epoch()` builds one epoch's pipeline with seeded ops that reshuffle on every iteration,
+    so each epoch is a new, reproducible order (and new masks). With `repeat`, the repeated
+    pipeline is built inside a `flat_map`, so every iterator of the returned dataset gets fresh
+    seed state and yields the same stream: Keras iterates a training dataset twice under a
+    distribution strategy, and a resumed run re-creates the dataset and skips to its step.
+    """
+    if not repeat:
+        return one_epoch()
+    return tf.data.Dataset.range(1).flat_map(lambda _: one_epoch().repeat())

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 from tensorflow_text.python.ops.item_selector_ops import ItemSelector
 
-from tf_bigmodels.data._inputs import check_int, shard_settings, split_texts
+from tf_bigmodels.data._inputs import check_int, epochs, shard_settings, split_texts
 from tf_bigmodels.data.corpus import load_corpus
 
 # A "sentence" ends at a line break, after . ! ? followed by space, or after a CJK full stop.
@@ -19,7 +19,7 @@ _RANDOM_TOKEN_RATE = 0.1  # 10% a random token, and 10% stay as they are.
 
 def bert_pretraining_dataset(texts, tokenizer, seq_len, batch_size, *, max_predictions_per_seq=20,
                              masked_lm_prob=0.15, short_seq_prob=0.1, whole_word_masking=False,
-                             seed=0, input_context=None):
+                             seed=0, repeat=False, input_context=None):
     """Returns a `tf.data.Dataset` of BERT pretraining `(features, labels)` batches.
 
     Follows the original BERT recipe (Devlin et al. 2019, §3.1 and appendix A; Google's
@@ -73,6 +73,8 @@ def bert_pretraining_dataset(texts, tokenizer, seq_len, batch_size, *, max_predi
             Defaults to 0.1.
         whole_word_masking: bool. Mask whole words. Defaults to `False`.
         seed: int >= 0. Seed for pairs, shuffling and masks. Defaults to 0.
+        repeat: bool. Return an endless stream of epochs, each with a new seeded order and
+            masks, the same however often the dataset is iterated. Defaults to False.
         input_context: `tf.distribute.InputContext` or `None`. Defaults to `None`.
 
     Returns:
@@ -131,13 +133,18 @@ def bert_pretraining_dataset(texts, tokenizer, seq_len, batch_size, *, max_predi
     pairs = tf.data.Dataset.from_tensor_slices(
         (_ragged(segments_a), _ragged(segments_b), np.array(next_sentence_labels, np.int32)))
     pairs = pairs.shard(num_pipelines, pipeline_id)
-    pairs = pairs.shuffle(len(segments_a), seed=pipeline_seed, reshuffle_each_iteration=True)
-    batches = pairs.ragged_batch(per_replica_batch, drop_remainder=True)
-    batch_seeds = tf.data.Dataset.random(seed=pipeline_seed, rerandomize_each_iteration=True)
     masker = _Masker(tokenizer, seq_len, max_predictions_per_seq, masked_lm_prob,
                      whole_word_masking)
-    return tf.data.Dataset.zip(batches, batch_seeds).map(
-        masker, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def one_epoch():
+        batches = pairs.shuffle(len(segments_a), seed=pipeline_seed,
+                                reshuffle_each_iteration=True).ragged_batch(
+            per_replica_batch, drop_remainder=True)
+        batch_seeds = tf.data.Dataset.random(seed=pipeline_seed, rerandomize_each_iteration=True)
+        return tf.data.Dataset.zip(batches, batch_seeds).map(
+            masker, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return epochs(one_epoch, repeat).prefetch(tf.data.AUTOTUNE)
 
 
 def _tokenized_sentences(documents, tokenizer):

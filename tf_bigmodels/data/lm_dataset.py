@@ -4,14 +4,14 @@ import os
 
 import tensorflow as tf
 
-from tf_bigmodels.data._inputs import check_int, shard_settings, split_texts
+from tf_bigmodels.data._inputs import check_int, epochs, shard_settings, split_texts
 
 TRAIN_FRACTION = 0.9
 _LINES_PER_STEP = 256  # lines tokenized per call
 
 
 def lm_dataset(texts, tokenizer, seq_len, batch_size, *, split="train", seed=0,
-               shuffle_buffer=10_000, input_context=None):
+               shuffle_buffer=10_000, repeat=False, input_context=None):
     """Returns a `tf.data.Dataset` of `(x, y)` next-token windows for language modelling.
 
     The documents are read line by line, tokenized, and packed into one token stream with an
@@ -49,6 +49,9 @@ def lm_dataset(texts, tokenizer, seq_len, batch_size, *, split="train", seed=0,
         split: `"train"` (first 90%) or `"val"` (last 10%). Defaults to `"train"`.
         seed: int >= 0. Shuffle seed. Defaults to 0.
         shuffle_buffer: int. Windows held for shuffling "train". Defaults to 10,000.
+        repeat: bool. Return an endless stream of epochs, each in a new seeded order, that is
+            the same however often the dataset is iterated (for `fit` with `steps_per_epoch`
+            and for resuming with `skip`). Defaults to False (one epoch per iteration).
         input_context: `tf.distribute.InputContext` or `None`. Defaults to `None` (one pipeline).
 
     Returns:
@@ -107,9 +110,15 @@ def lm_dataset(texts, tokenizer, seq_len, batch_size, *, split="train", seed=0,
         (tf.zeros([seq_len], tf.int32), False), _shift_by_one
     ).filter(_is_complete).map(_window)
     windows = windows.shard(num_pipelines, pipeline_id)
-    if split == "train":
-        windows = windows.shuffle(shuffle_buffer, seed=pipeline_seed, reshuffle_each_iteration=True)
-    return windows.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def one_epoch():
+        shuffled = windows
+        if split == "train":
+            shuffled = windows.shuffle(shuffle_buffer, seed=pipeline_seed,
+                                       reshuffle_each_iteration=True)
+        return shuffled.batch(per_replica_batch, drop_remainder=True)
+
+    return epochs(one_epoch, repeat).prefetch(tf.data.AUTOTUNE)
 
 
 def _lines_of_string(document):
