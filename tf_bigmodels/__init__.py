@@ -11,4 +11,10 @@ Example:
 
 __version__ = "0.1.0"
 
+import os
+
+# TensorFlow's C++ start-up notices (oneDNN, CUDA probing) are noise for this package's users;
+# a value the user has set is kept.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from tf_bigmodels import layers, models  # noqa: E402,F401  (registers serializables)

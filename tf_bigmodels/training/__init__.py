@@ -7,14 +7,14 @@ Example:
 """
 
 from tf_bigmodels.training.callbacks import RunCheckpoint
-from tf_bigmodels.training.optimizer import build_optimizer, no_decay_variables
+from tf_bigmodels.training.optimizer import AdamW, build_optimizer, no_decay_variables
 from tf_bigmodels.training.presets import BERT_PRESETS, GPT_PRESETS, get_preset
 from tf_bigmodels.training.run import RunConfig, RunResult, TrainingDiverged, train
 from tf_bigmodels.training.schedules import WarmupDecay
 from tf_bigmodels.training.strategy import get_strategy, is_chief
 
 __all__ = [
-    "BERT_PRESETS", "GPT_PRESETS", "RunCheckpoint", "RunConfig", "RunResult", "TrainingDiverged",
+    "AdamW", "BERT_PRESETS", "GPT_PRESETS", "RunCheckpoint", "RunConfig", "RunResult", "TrainingDiverged",
     "WarmupDecay", "build_optimizer", "get_preset", "get_strategy", "is_chief",
     "no_decay_variables", "train",
 ]

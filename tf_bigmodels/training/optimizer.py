@@ -1,8 +1,42 @@
 """AdamW as GPT and BERT are trained: decoupled weight decay on kernels only, clipped gradients."""
 
 import keras
+import tensorflow as tf
 
 from tf_bigmodels.training.schedules import WarmupDecay
+
+
+def _replicas_in_sync():
+    context = tf.distribute.get_replica_context()
+    return context.num_replicas_in_sync if context is not None else 1
+
+
+@keras.saving.register_keras_serializable(package="tf_bigmodels")
+class AdamW(keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` whose `global_clipnorm` measures the global batch's gradient.
+
+    Keras clips each replica's gradient by its own norm before the gradients are summed across
+    replicas, so under `tf.distribute` the clip depends on how the batch was split and training
+    no longer matches one device. Here, with several replicas, global-norm clipping runs on the
+    summed gradient instead; with one replica nothing changes.
+
+    Example:
+
+    >>> optimizer = AdamW(learning_rate=1e-3, weight_decay=0.1, global_clipnorm=1.0)
+    """
+
+    def _clip_gradients(self, grads):
+        if self.global_clipnorm and _replicas_in_sync() > 1:
+            return grads  # clipped in `_all_reduce_sum_gradients`, once summed
+        return super()._clip_gradients(grads)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        grads_and_vars = super()._all_reduce_sum_gradients(grads_and_vars)
+        if not (self.global_clipnorm and _replicas_in_sync() > 1):
+            return grads_and_vars
+        grads, variables = zip(*grads_and_vars)
+        clipped, _ = tf.clip_by_global_norm(list(grads), self.global_clipnorm)
+        return list(zip(clipped, variables))
 
 
 def no_decay_variables(model):
@@ -21,9 +55,9 @@ def no_decay_variables(model):
 
 
 def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="cosine",
-                    min_ratio=0.1, weight_decay=0.1, beta_2=0.95, clipnorm=1.0,
+                    min_ratio=0.1, weight_decay=0.1, beta_2=0.95, epsilon=1e-8, clipnorm=1.0,
                     gradient_accumulation_steps=None):
-    """AdamW with a `WarmupDecay` schedule, decay excluded from `no_decay_variables`, clipping.
+    """`AdamW` with a `WarmupDecay` schedule, decay excluded from `no_decay_variables`, clipping.
 
     Build the model (call it once) before calling this, inside the strategy's scope.
 
@@ -36,6 +70,7 @@ def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="c
         min_ratio: float. Final rate as a fraction of the peak. Defaults to 0.1.
         weight_decay: float. Decoupled weight decay of the kernels. Defaults to 0.1.
         beta_2: float. Adam's second-moment decay. Defaults to 0.95 (GPT); BERT used 0.999.
+        epsilon: float. Adam's epsilon. Defaults to 1e-8 (GPT-2); BERT used 1e-6.
         clipnorm: float or None. Global-norm gradient clipping. Defaults to 1.0.
         gradient_accumulation_steps: int >= 2 or None. Average gradients over this many batches
             before each update (Keras's accumulation, which also works under `tf.distribute`).
@@ -47,9 +82,9 @@ def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="c
     """
     if not model.built:
         raise ValueError("`model` must be built (called once) before `build_optimizer`.")
-    optimizer = keras.optimizers.AdamW(
+    optimizer = AdamW(
         learning_rate=WarmupDecay(learning_rate, warmup_steps, total_steps, decay, min_ratio),
-        weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2, epsilon=1e-8,
+        weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2, epsilon=epsilon,
         global_clipnorm=clipnorm, gradient_accumulation_steps=gradient_accumulation_steps)
     optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
     return optimizer

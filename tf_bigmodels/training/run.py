@@ -61,6 +61,7 @@ class RunConfig:
         samples, sample_tokens: GPT samples printed at the end.
         export: write a SavedModel under `out/name/export/` at the end (when available).
         verbose: Keras progress bar (1), one line per epoch (2) or silent (0).
+        log_every: write a line to `metrics.jsonl` every this many optimizer steps.
     """
 
     model: str = "gpt"
@@ -95,6 +96,7 @@ class RunConfig:
     sample_tokens: int = 200
     export: bool = True
     verbose: int = 1
+    log_every: int = 10
 
     def resolved(self):
         """A copy with every `None` filled from the preset, checked; raises ValueError if bad."""
@@ -117,7 +119,7 @@ class RunConfig:
 
     def _check(self):
         for field in ("steps", "batch_size", "seq_len", "eval_every", "eval_steps",
-                      "steps_per_execution", "d_model", "num_heads", "dff", "num_layers"):
+                      "steps_per_execution", "log_every", "d_model", "num_heads", "dff", "num_layers"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{field}` must be a positive integer, got {value!r}.")
@@ -215,6 +217,7 @@ def train(config):
                 decay="cosine" if config.model == "gpt" else "linear",
                 weight_decay=config.weight_decay, clipnorm=config.clipnorm,
                 beta_2=0.95 if config.model == "gpt" else 0.999,
+                epsilon=1e-8 if config.model == "gpt" else 1e-6,
                 gradient_accumulation_steps=config.gradient_accumulation_steps)
             loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True)
                     if config.model == "gpt" else None)
@@ -235,7 +238,7 @@ def train(config):
                          cb.CheckpointEveryEpoch(checkpoint)]
             if chief:
                 callbacks += [
-                    cb.MetricsLog(run_dir / "metrics.jsonl"),
+                    cb.MetricsLog(run_dir / "metrics.jsonl", every=config.log_every),
                     keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor="val_loss",
                                                     save_best_only=True),
                     keras.callbacks.TensorBoard(run_dir / "logs", update_freq=50)]
@@ -332,25 +335,26 @@ def _tokenizer(config, texts, run_dir, chief):
 def _datasets(config, texts, tokenizer):
     if config.model == "gpt":
         train = lm_dataset(texts, tokenizer, config.seq_len, config.batch_size, split="train",
-                           seed=config.seed)
+                           seed=config.seed, repeat=True)
         val = lm_dataset(texts, tokenizer, config.seq_len, config.batch_size, split="val")
-        return train.repeat(), _finite(val, config.eval_steps)
+        return train, _fixed(val, config.eval_steps)
     if len(texts) < 4:
         raise ValueError(f"BERT pre-training needs at least 4 documents (2 for validation), "
                          f"the corpus has {len(texts)}.")
     cut = max(2, len(texts) // 10)
     train = bert_pretraining_dataset(texts[:-cut], tokenizer, config.seq_len, config.batch_size,
-                                     seed=config.seed)
+                                     seed=config.seed, repeat=True)
     val = bert_pretraining_dataset(texts[-cut:], tokenizer, config.seq_len, config.batch_size,
                                    seed=config.seed + 1)
-    return train.repeat(), _finite(val, config.eval_steps)
+    return train, _fixed(val, config.eval_steps)
 
 
-def _finite(dataset, steps):
-    """The first `steps` batches (or all, if fewer), with a known length so Keras does not warn."""
-    dataset = dataset.take(steps)
-    count = int(dataset.reduce(0, lambda count, _: count + 1))
-    return dataset.apply(tf.data.experimental.assert_cardinality(count))
+def _fixed(dataset, steps):
+    """The first `steps` batches (or all, if fewer), held in memory: every validation sees the
+    same examples and masks, however often and on however many replicas it runs."""
+    batches = list(dataset.take(steps))
+    stacked = tf.nest.map_structure(lambda *parts: tf.stack(parts), *batches)
+    return tf.data.Dataset.from_tensor_slices(stacked)
 
 
 def _samples(model, tokenizer, config):

@@ -1,0 +1,149 @@
+"""The `tf-bigmodels` command line (also `python -m tf_bigmodels`).
+
+Example:
+
+    tf-bigmodels train gpt                     # nanoGPT's CPU configuration on the bundled corpus
+    tf-bigmodels train bert --preset bert-mini --steps 4000
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Mistakes a user can make (bad flags, files, settings) become one line and exit status 2.
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _add_train(subparsers):
+    from tf_bigmodels.training.presets import BERT_PRESETS, GPT_PRESETS
+    from tf_bigmodels.training.run import PRECISIONS
+    from tf_bigmodels.training.strategy import STRATEGIES
+
+    parser = subparsers.add_parser(
+        "train", help="train a GPT or pre-train a BERT with model.fit",
+        description="Train a GPT (byte-level) or pre-train a BERT (WordPiece, MLM + NSP) on the "
+                    "bundled corpus or your own text files. Re-running the same command resumes "
+                    "from the last checkpoint.")
+    parser.add_argument("model", choices=("gpt", "bert"))
+    parser.add_argument("--corpus", nargs="+", default=["shakespeare"], metavar="PATH_OR_GLOB",
+                        help="'shakespeare' (bundled) or UTF-8 text files / globs (one document "
+                             "per file)")
+    parser.add_argument("--preset", help=f"model size: GPT {sorted(GPT_PRESETS)}, "
+                                         f"BERT {sorted(BERT_PRESETS)}")
+    parser.add_argument("--steps", type=_positive_int, help="training steps (batches)")
+    parser.add_argument("--batch-size", type=_positive_int, help="global batch size")
+    parser.add_argument("--seq-len", type=_positive_int, help="tokens per example")
+    parser.add_argument("--lr", type=_positive_float, dest="learning_rate",
+                        help="peak learning rate")
+    parser.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--clipnorm", type=_positive_float, default=1.0,
+                        help="global-norm gradient clipping")
+    parser.add_argument("--grad-accum", type=int, dest="gradient_accumulation_steps",
+                        help="batches per optimizer update (>= 2)")
+    for name in ("d-model", "num-heads", "dff", "num-layers", "vocab-size"):
+        parser.add_argument(f"--{name}", type=_positive_int, help="override the preset")
+    parser.add_argument("--dropout", type=float, dest="rate", help="override the preset")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
+                        dest="jit_compile", help="compile the train step with XLA")
+    parser.add_argument("--steps-per-execution", type=_positive_int, default=1)
+    parser.add_argument("--eval-every", type=_positive_int, default=250,
+                        help="validate and checkpoint every N steps")
+    parser.add_argument("--eval-steps", type=_positive_int, default=20)
+    parser.add_argument("--out", default="runs", help="parent of the run directory")
+    parser.add_argument("--name", help="run directory name (default: the model kind)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue a run found in the run directory (default); with "
+                             "--no-resume an existing run is an error")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=2, help="GPT samples printed at the end")
+    parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+                        help="write a SavedModel at the end")
+    parser.set_defaults(handler=_train)
+
+
+def _train(args):
+    from tf_bigmodels.training import RunConfig, TrainingDiverged, train
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
+    corpus = fields.pop("corpus")
+    config = RunConfig(**fields, corpus=corpus[0] if corpus == ["shakespeare"] else corpus)
+    try:
+        result = train(config)
+    except TrainingDiverged as error:
+        print(f"tf-bigmodels: {error}", file=sys.stderr)
+        return 1
+    print(f"\nRun directory: {result.run_dir} (step {result.step})")
+    for index, sample in enumerate(result.samples):
+        print(f"\n--- sample {index + 1} ---\n{sample}")
+    if result.export_path:
+        print(f"\nSavedModel: {result.export_path}")
+    print(f"TensorBoard: tensorboard --logdir {result.run_dir / 'logs'}")
+    return 0
+
+
+def build_parser():
+    """The argument parser of `tf-bigmodels` (subcommands train, generate, export).
+
+    Example:
+
+    >>> build_parser().parse_args(["train", "gpt", "--steps", "100"]).steps
+    100
+    """
+    parser = argparse.ArgumentParser(
+        prog="tf-bigmodels",
+        description="Train, sample from and export the Transformer, GPT and BERT of tf_bigmodels.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_train(subparsers)
+    return parser
+
+
+def main(argv=None):
+    """Runs `tf-bigmodels`; returns the exit status (0 ok, 1 failed run, 2 usage, 130 Ctrl-C).
+
+    Example:
+
+    >>> main(["train", "gpt", "--preset", "gpt-test", "--steps", "20", "--eval-every", "10"])
+    0
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except _USER_ERRORS as error:
+        message = error.strerror if isinstance(error, OSError) and error.strerror else error
+        filename = getattr(error, "filename", None)
+        print(f"tf-bigmodels {args.command}: error: {message}"
+              + (f": {filename}" if filename else ""), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntf-bigmodels: interrupted. Re-run the same command to resume from the last "
+              "checkpoint.", file=sys.stderr)
+        return 130
