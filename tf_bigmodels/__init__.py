@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 import os
 
-# TensorFlow's C++ start-up notices (oneDNN, CUDA probing) are noise for this package's users;
+# TensorFlow's C++ info and warning logs after start-up are noise for this package's users (the
+# few notices printed before TensorFlow initialises its logging cannot be silenced this way);
 # a value the user has set is kept.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

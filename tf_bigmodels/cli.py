@@ -4,11 +4,14 @@ Example:
 
     tf-bigmodels train gpt                     # nanoGPT's CPU configuration on the bundled corpus
     tf-bigmodels train bert --preset bert-mini --steps 4000
+    tf-bigmodels generate runs/gpt --prompt "ROMEO:" --max-new-tokens 300
+    tf-bigmodels export runs/gpt --no-xla
 """
 
 import argparse
 import logging
 import os
+import pathlib
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -107,6 +110,97 @@ def _train(args):
     return 0
 
 
+def _add_generate(subparsers):
+    parser = subparsers.add_parser(
+        "generate", help="generate text from a trained GPT, streamed as it is produced",
+        description="Generate text from a run directory (its SavedModel, else its model.keras), "
+                    "a .keras file, or a SavedModel / export directory.")
+    parser.add_argument("source", help="run directory, .keras file or SavedModel directory")
+    parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=40, help="0 = off")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling, in (0, 1]")
+    parser.add_argument("--seed", type=int, help="makes sampling reproducible")
+    parser.set_defaults(handler=_generate)
+
+
+def _generate(args):
+    from tf_bigmodels.export import load_generator, stream_text
+
+    source = _resolve_run_source(args.source)
+    generator = load_generator(source)
+    print(args.prompt, end="", flush=True)
+    for piece in stream_text(generator, args.prompt, args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k or None,
+                             top_p=args.top_p, seed=args.seed):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def _resolve_run_source(source):
+    """A run directory stands for its newest SavedModel, else its `model.keras`."""
+    run_dir = pathlib.Path(source)
+    if not run_dir.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(run_dir))
+    if (run_dir / "config.json").is_file():
+        if (run_dir / "export").is_dir() and any(p.name.isdigit()
+                                                 for p in (run_dir / "export").iterdir()):
+            return str(run_dir / "export")
+        if (run_dir / "model.keras").is_file():
+            return str(run_dir / "model.keras")
+        raise ValueError(f"the run directory {run_dir} has no model yet (train it first).")
+    return str(run_dir)
+
+
+def _add_export(subparsers):
+    parser = subparsers.add_parser(
+        "export", help="write a SavedModel that serves raw strings (TF Serving layout)",
+        description="Export a trained GPT, BERT pre-trainer or BERT classifier as a SavedModel "
+                    "under OUT/<version>/ (written atomically).")
+    parser.add_argument("source", help="run directory or .keras file")
+    parser.add_argument("--out", help="export directory (default: RUN_DIR/export)")
+    parser.add_argument("--tokenizer", help="WordPiece tokenizer directory for a BERT .keras file "
+                                            "(default: RUN_DIR/tokenizer)")
+    parser.add_argument("--version", type=_positive_int, help="default: the next free number")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="GPT serving_default setting")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="GPT serving_default setting (0 = greedy)")
+    parser.add_argument("--top-k", type=int, help="GPT serving_default setting")
+    parser.add_argument("--top-p", type=float, help="GPT serving_default setting")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
+                        help="XLA-compile the decode loop (--no-xla for TF Serving builds that "
+                             "reject XLA)")
+    parser.set_defaults(handler=_export)
+
+
+def _export(args):
+    import keras
+
+    from tf_bigmodels.export import export_bert, export_gpt
+    from tf_bigmodels.models import GPTModel
+    from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
+
+    source = pathlib.Path(args.source)
+    run_dir = source if source.is_dir() else source.parent
+    model_path = source / "model.keras" if source.is_dir() else source
+    if not model_path.is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(model_path))
+    model = keras.saving.load_model(model_path)
+    out = args.out or str(run_dir / "export")
+    if isinstance(model, GPTModel):
+        path = export_gpt(model, ByteTokenizer(), out, version=args.version,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, jit_compile=args.xla)
+    else:
+        tokenizer = WordPieceTokenizer.load(args.tokenizer or run_dir / "tokenizer")
+        path = export_bert(model, tokenizer, out, version=args.version, jit_compile=args.xla)
+    print(f"SavedModel: {path}")
+    return 0
+
+
 def build_parser():
     """The argument parser of `tf-bigmodels` (subcommands train, generate, export).
 
@@ -120,6 +214,8 @@ def build_parser():
         description="Train, sample from and export the Transformer, GPT and BERT of tf_bigmodels.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
+    _add_generate(subparsers)
+    _add_export(subparsers)
     return parser
 
 

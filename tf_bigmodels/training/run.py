@@ -59,7 +59,7 @@ class RunConfig:
             directory that already has checkpoints is an error (nothing is overwritten).
         seed: seeds data order, masks and initialisation.
         samples, sample_tokens: GPT samples printed at the end.
-        export: write a SavedModel under `out/name/export/` at the end (when available).
+        export: write a SavedModel under `out/name/export/<version>/` at the end.
         verbose: Keras progress bar (1), one line per epoch (2) or silent (0).
         log_every: write a line to `metrics.jsonl` every this many optimizer steps.
     """
@@ -171,7 +171,7 @@ def train(config):
     optimizer and step every `eval_every` steps: a killed run re-run with the same settings
     continues from there), `logs/` (TensorBoard), `metrics.jsonl`, `best.keras` (lowest
     validation loss), `model.keras` (final), the BERT tokenizer's vocabulary in `tokenizer/`,
-    and the SavedModel in `export/` when exporting is available. Under several workers only the
+    and the SavedModel in `export/<version>/`. Under several workers only the
     chief writes.
 
     Args:
@@ -358,21 +358,21 @@ def _fixed(dataset, steps):
 
 
 def _samples(model, tokenizer, config):
-    prompts = ["\n", "ROMEO:"][:config.samples] + ["\n"] * max(0, config.samples - 2)
-    texts = []
-    for index, prompt in enumerate(prompts):
-        ids = tokenizer.tokenize(tf.constant([prompt]))
-        new_tokens = min(config.sample_tokens, model.max_length - int(ids.row_lengths()[0]))
-        out = model.generate(ids, new_tokens, temperature=0.8, top_k=40, seed=config.seed + index)
-        texts.append(tokenizer.detokenize(out)[0].numpy().decode("utf-8", "replace"))
-    return texts
+    """A few sampled continuations; longer than the context through a sliding window."""
+    from tf_bigmodels.export import stream_text
+
+    prompts = (["ROMEO:", ""] * config.samples)[:config.samples]
+    return [prompt + "".join(stream_text(
+                model, prompt, config.sample_tokens, temperature=0.8, top_k=40,
+                seed=config.seed + index, tokenizer=tokenizer))
+            for index, prompt in enumerate(prompts)]
 
 
 def _export(model, tokenizer, directory, config):
-    try:
-        from tf_bigmodels.export import export_bert, export_gpt
-    except ImportError:
-        return None
+    from tf_bigmodels.export import export_bert, export_gpt
+
     if config.model == "gpt":
-        return export_gpt(model, tokenizer, str(directory))
+        # serving_default continues a prompt by half a context, sampled as the printed samples.
+        return export_gpt(model, tokenizer, str(directory), max_new_tokens=model.max_length // 2,
+                          temperature=0.8, top_k=40)
     return export_bert(model, tokenizer, str(directory))
