@@ -164,8 +164,8 @@ def _add_export(subparsers):
     parser.add_argument("--tokenizer", help="WordPiece tokenizer directory for a BERT .keras file "
                                             "(default: RUN_DIR/tokenizer)")
     parser.add_argument("--version", type=_positive_int, help="default: the next free number")
-    parser.add_argument("--max-new-tokens", type=int, default=64,
-                        help="GPT serving_default setting")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="GPT serving_default setting (default: half the context)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="GPT serving_default setting (0 = greedy)")
     parser.add_argument("--top-k", type=int, help="GPT serving_default setting")
@@ -191,8 +191,10 @@ def _export(args):
     model = keras.saving.load_model(model_path)
     out = args.out or str(run_dir / "export")
     if isinstance(model, GPTModel):
+        max_new_tokens = (model.max_length // 2 if args.max_new_tokens is None
+                          else args.max_new_tokens)
         path = export_gpt(model, ByteTokenizer(), out, version=args.version,
-                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          max_new_tokens=max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, jit_compile=args.xla)
     else:
         tokenizer = WordPieceTokenizer.load(args.tokenizer or run_dir / "tokenizer")
