@@ -1,0 +1,116 @@
+"""Every example runs in `--smoke` mode from a foreign working directory and produces its outputs.
+
+Each script runs in a subprocess whose working directory is a temporary directory (not the
+repository), with the default `--out`, so the tests also check that outputs land under
+`./example_outputs/<name>` of the caller and never inside the package. The GPT and BERT runs of
+`train_gpt.py` and `pretrain_bert.py` are reused by the examples that start from a trained model.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.slow
+
+
+def run_example(name, cwd, *args):
+    """Runs `examples/<name>.py --smoke *args` in `cwd`; returns its stdout, asserting success."""
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--smoke", *args],
+                            cwd=cwd, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("examples_cwd")
+
+
+@pytest.fixture(scope="module")
+def gpt_run(workdir):
+    stdout = run_example("train_gpt", workdir)
+    assert "TRAIN_GPT DONE" in stdout and "validation loss per evaluation" in stdout
+    return workdir / "example_outputs" / "train_gpt" / "gpt"
+
+
+@pytest.fixture(scope="module")
+def bert_run(workdir):
+    stdout = run_example("pretrain_bert", workdir)
+    assert "MLM accuracy: train" in stdout and "NSP accuracy: train" in stdout
+    assert "PRETRAIN_BERT DONE" in stdout
+    return workdir / "example_outputs" / "pretrain_bert" / "bert"
+
+
+def test_every_example_has_a_test():
+    tested = {"article_walkthrough", "train_gpt", "pretrain_bert", "finetune_classifier",
+              "generate", "export_and_serve", "custom_model"}
+    assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_article_walkthrough(workdir):
+    stdout = run_example("article_walkthrough", workdir)
+    for number in range(1, 8):
+        assert f"DEFECT {number}:" in stdout
+    assert "WALKTHROUGH DONE" in stdout
+    results = json.loads(
+        (workdir / "example_outputs/article_walkthrough/walkthrough.json").read_text())
+    assert results["attention_formula_max_abs_diff"] < 1e-5
+    assert results["key_dim_params"]["tutorial_style"] > 7 * results["key_dim_params"]["ours"]
+    assert "Incompatible shapes" in results["ffn_failure"]
+    assert results["causal"]["earlier_positions_see_position_10"] == {
+        "leaky (causal=False)": True, "ours (GPTModel)": False}
+    assert results["order"]["without_positions"] < 1e-4 < results["order"]["ours"]
+    assert results["padding"]["with_mask"] == 0.0 < results["padding"]["without_mask"]
+
+
+def test_train_gpt(gpt_run):
+    for name in ("config.json", "metrics.jsonl", "model.keras", "best.keras"):
+        assert (gpt_run / name).is_file(), name
+
+
+def test_pretrain_bert(bert_run):
+    assert (bert_run / "model.keras").is_file()
+    assert (bert_run / "tokenizer" / "vocab.txt").is_file()
+
+
+def test_finetune_classifier(workdir, bert_run):
+    stdout = run_example("finetune_classifier", workdir, "--pretrained", str(bert_run))
+    assert "Held-out accuracy:" in stdout and "majority-class baseline" in stdout
+    out = workdir / "example_outputs" / "finetune_classifier"
+    assert (out / "classifier.keras").is_file()
+    assert (out / "export" / "1" / "saved_model.pb").is_file()
+
+
+def test_generate(workdir, gpt_run):
+    stdout = run_example("generate", workdir, "--run", str(gpt_run))
+    assert "same seed, same text: True" in stdout and "GENERATE DONE" in stdout
+    samples = (workdir / "example_outputs" / "generate" / "samples.txt").read_text()
+    assert "[greedy]" in samples and "[streamed]" in samples
+
+
+def test_export_and_serve(workdir, gpt_run):
+    stdout = run_example("export_and_serve", workdir, "--run", str(gpt_run))
+    assert "EXPORT_AND_SERVE DONE" in stdout
+    out = workdir / "example_outputs" / "export_and_serve"
+    responses = json.loads((out / "responses.json").read_text())
+    assert responses["signatures"] == ["generate", "logits", "serving_default"]
+    assert len(responses["serving_default"]) == 2 and responses["logits_shape"] == [1, 5, 258]
+
+
+def test_custom_model(workdir, tmp_path):
+    # An explicit --out outside the working directory works too.
+    stdout = run_example("custom_model", workdir, "--out", str(tmp_path / "forecaster"))
+    assert "CUSTOM_MODEL DONE" in stdout and "naive last-value forecast" in stdout
+    assert (tmp_path / "forecaster" / "forecaster.keras").is_file()
+
+
+def test_examples_write_nothing_into_the_repository(workdir, gpt_run):
+    repository = EXAMPLES.parent
+    assert not (repository / "example_outputs").exists()
+    assert not list((repository / "tf_bigmodels").rglob("*.keras"))
