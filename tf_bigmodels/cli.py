@@ -203,8 +203,34 @@ def _export(args):
     return 0
 
 
+def _add_plot(subparsers):
+    parser = subparsers.add_parser(
+        "plot", help="draw a run's loss curves and a layer's attention maps as PNGs",
+        description="Write RUN_DIR/plots/loss.png (training and validation loss) and "
+                    "attention_layer<N>.png (the attention of layer N for --text; the causal "
+                    "triangle of a GPT, both directions for BERT). Needs matplotlib: "
+                    "pip install \"tf-bigmodels[plot]\".")
+    parser.add_argument("run_dir", help="run directory written by `tf-bigmodels train`")
+    parser.add_argument("--text", help="input of the attention map (default: a line of the corpus)")
+    parser.add_argument("--layer", type=int, default=0, help="Transformer block, from 0")
+    parser.add_argument("--out", help="directory for the PNGs (default: RUN_DIR/plots)")
+    parser.set_defaults(handler=_plot)
+
+
+def _plot(args):
+    from tf_bigmodels import plot
+
+    try:
+        written = plot.plot_run(args.run_dir, args.out, text=args.text, layer=args.layer)
+    except ImportError as error:
+        print(f"tf-bigmodels plot: error: {error}", file=sys.stderr)
+        return 2
+    print(f"Loss curves: {written['loss']}\nAttention maps: {written['attention']}")
+    return 0
+
+
 def build_parser():
-    """The argument parser of `tf-bigmodels` (subcommands train, generate, export).
+    """The argument parser of `tf-bigmodels` (subcommands train, generate, export, plot).
 
     Example:
 
@@ -218,6 +244,7 @@ def build_parser():
     _add_train(subparsers)
     _add_generate(subparsers)
     _add_export(subparsers)
+    _add_plot(subparsers)
     return parser
 
 

@@ -1,0 +1,170 @@
+"""`tf_bigmodels.plot` and `tf-bigmodels plot`: the numbers drawn, and PNGs that are real images."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tf_bigmodels
+from tf_bigmodels import plot
+from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel
+from tf_bigmodels.tokenizers import WordPieceTokenizer
+
+pytest.importorskip("matplotlib")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path):
+    """(width, height) of a PNG, after checking its signature and IHDR chunk."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    assert len(data) > 5_000, f"{path} is only {len(data)} bytes"
+    return struct.unpack(">II", data[16:24])
+
+
+def above_diagonal(maps):
+    """The entries of each head's map strictly above the diagonal (a query attending ahead)."""
+    rows, columns = np.triu_indices(maps.shape[-1], k=1)
+    return maps[:, rows, columns]
+
+
+def write_metrics(run_dir):
+    lines = [{"step": s, "loss": 5.0 - s / 10, "tokens/s": 1000.0} for s in (5, 10, 15, 20)]
+    lines += [{"step": 10, "epoch": 1, "loss": 4.0, "val_loss": 4.2},
+              {"step": 20, "epoch": 2, "loss": 3.0, "val_loss": 3.5}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run_dir / "config.json").write_text(json.dumps({"version": tf_bigmodels.__version__}))
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("gpt")
+    model = GPTModel(258, 32, 2, 64, 2, rate=0.0, max_length=32)
+    model(np.zeros((1, 32), "int32"))
+    model.save(run_dir / "model.keras")
+    write_metrics(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def bert_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("bert")
+    tokenizer = WordPieceTokenizer.train(["to be or not to be that is the question"] * 20, 60,
+                                         verbose=False)
+    tokenizer.save(run_dir / "tokenizer")
+    pretrainer = BERTPretrainer(BERTEncoder(tokenizer.vocab_size, 32, 4, 64, 2, max_length=32))
+    pretrainer({"token_ids": np.zeros((1, 8), "int32"), "mask_positions": np.zeros((1, 1), "int32")})
+    pretrainer.save(run_dir / "model.keras")
+    write_metrics(run_dir)
+    return run_dir
+
+
+def test_gpt_attention_is_a_causal_triangle():
+    model = GPTModel(258, 32, 4, 64, 3, rate=0.0, max_length=16)
+    for layer in range(3):
+        maps = plot.attention_maps(model, np.arange(65, 77), layer=layer)
+        assert maps.shape == (4, 12, 12)
+        assert np.all(np.triu(maps, k=1) == 0.0)
+        np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
+        assert np.all(np.diagonal(maps, axis1=1, axis2=2) > 0)
+
+
+def test_bert_attention_is_bidirectional_and_skips_padding():
+    encoder = BERTEncoder(100, 32, 2, 64, 2, max_length=16)
+    inputs = {"token_ids": np.array([[2, 10, 11, 12, 3, 0, 0]]),
+              "padding_mask": np.array([[1, 1, 1, 1, 1, 0, 0]])}
+    maps = plot.attention_maps(BERTPretrainer(encoder), inputs, layer=1)
+    assert maps.shape == (2, 7, 7)
+    assert above_diagonal(maps[:, :5, :5]).min() > 0.0       # real tokens see later ones
+    assert np.all(maps[:, :, 5:] == 0.0)                      # nobody attends to padding
+
+
+def test_attention_maps_name_bad_arguments():
+    model = GPTModel(258, 32, 2, 64, 2, max_length=16)
+    with pytest.raises(ValueError, match=r"`layer`=2 is out of range.*0 to 1"):
+        plot.attention_maps(model, [1, 2, 3], layer=2)
+    with pytest.raises(ValueError, match="one sequence"):
+        plot.attention_maps(model, np.ones((2, 3), "int32"))
+    with pytest.raises(TypeError, match="`model` must be"):
+        plot.attention_maps("model", [1, 2])
+
+
+def test_plot_run_gpt_writes_pngs_of_the_causal_maps(gpt_run, tmp_path):
+    written = plot.plot_run(gpt_run, tmp_path / "pictures", text="To be, or not", layer=1)
+    assert written["loss"] == tmp_path / "pictures" / "loss.png"
+    assert written["attention"] == tmp_path / "pictures" / "attention_layer1.png"
+    for path in (written["loss"], written["attention"]):
+        width, height = png_size(path)
+        assert 300 < width < 4000 and 200 < height < 4000
+    maps = written["attention_maps"]
+    assert maps.shape == (2, 13, 13) and np.all(np.triu(maps, k=1) == 0.0)
+    assert not list((tmp_path / "pictures").glob(".*"))  # no temporary file left behind
+
+
+def test_plot_run_bert(bert_run):
+    written = plot.plot_run(bert_run, text="to be or not")
+    assert written["attention"] == bert_run / "plots" / "attention_layer0.png"
+    png_size(written["loss"])
+    png_size(written["attention"])
+    maps = written["attention_maps"]  # [CLS] to be or not [SEP]
+    assert maps.shape == (4, 6, 6) and above_diagonal(maps).min() > 0.0
+
+
+def test_read_metrics_series_and_bad_files(gpt_run, tmp_path):
+    series = plot.read_metrics(gpt_run)
+    assert series["train"] == [(5, 4.5), (10, 4.0), (15, 3.5), (20, 3.0)]
+    assert series["val"] == [(10, 4.2), (20, 3.5)]
+    (tmp_path / "metrics.jsonl").write_bytes(b"\x00\xff\xfe binary")
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        plot.read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no loss values"):
+        plot.read_metrics(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        plot.read_metrics(tmp_path / "missing")
+
+
+def run_cli(*args, code=None):
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    command = ([sys.executable, "-c", code, *args] if code else
+               [sys.executable, "-m", "tf_bigmodels", *args])
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+
+
+def error_line(result):
+    """The one line a user error prints to stderr (TensorFlow's start-up notices aside)."""
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and not line.startswith(("WARNING: All log messages", "I0000",
+                                                       "E0000", "W0000"))]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_cli_plot(gpt_run, tmp_path):
+    result = run_cli("plot", str(gpt_run), "--out", str(tmp_path), "--layer", "1")
+    assert result.returncode == 0, result.stderr
+    assert "attention_layer1.png" in result.stdout
+    png_size(tmp_path / "loss.png")
+    png_size(tmp_path / "attention_layer1.png")
+    before = (tmp_path / "loss.png").read_bytes()
+
+    result = run_cli("plot", str(gpt_run), "--out", str(tmp_path), "--layer", "7")
+    assert result.returncode == 2
+    assert "`layer`=7 is out of range" in error_line(result)
+    assert (tmp_path / "loss.png").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_cli_plot_without_matplotlib_is_a_one_line_error(gpt_run):
+    blocked = ("import sys; sys.modules['matplotlib'] = None\n"
+               "from tf_bigmodels.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = run_cli("plot", str(gpt_run), code=blocked)
+    assert result.returncode == 2
+    assert "pip install" in error_line(result) and "matplotlib" in error_line(result)

@@ -1,0 +1,337 @@
+"""Pictures of a run: loss curves from `metrics.jsonl` and attention maps of a layer.
+
+Matplotlib is an optional extra (`pip install "tf-bigmodels[plot]"`); only the functions that
+draw need it, `attention_maps` (the numbers) does not. `tf-bigmodels plot RUN_DIR` calls
+`plot_run`.
+
+Example:
+
+>>> from tf_bigmodels import plot
+>>> paths = plot.plot_run("runs/gpt")  # doctest: +SKIP
+"""
+
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+from keras import ops
+
+from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer, GPTModel
+
+DEFAULT_TEXT = "First Citizen: Before we proceed any further, hear me speak."
+_MAX_LABELLED_TOKENS = 48  # beyond this, tick labels would overlap
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend; ImportError with the install command."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plotting needs matplotlib, which is not installed; install it with "
+                          "`pip install \"tf-bigmodels[plot]\"` (or `pip install matplotlib`).") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(path):
+    """Reads a run's `metrics.jsonl` into training and validation series.
+
+    Training lines are `{"step": N, "loss": ...}`; lines with an `"epoch"` key are end-of-epoch
+    summaries, whose `"val_loss"` is the validation loss at that step.
+
+    Args:
+        path: str or path-like. The `metrics.jsonl` file, or the run directory holding it.
+
+    Returns:
+        dict with "train" `[(step, loss), ...]` and "val" `[(step, val_loss), ...]`, sorted by
+        step (a resumed run may repeat a step; its last value is kept).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if a line is not a JSON object, or no line has a loss.
+
+    Example:
+
+    >>> series = read_metrics("runs/gpt")  # doctest: +SKIP
+    >>> series["val"][-1]  # doctest: +SKIP
+    (2000, 1.52)
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(2, "No such file (a run directory has metrics.jsonl once "
+                                   "training has logged a step)", str(path))
+    train, val = {}, {}
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise ValueError(f"{path} line {number} is not JSON; metrics.jsonl holds one JSON "
+                                 "object per line (is this the right file?).") from None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError(f"{path} line {number} has no integer \"step\"; metrics.jsonl "
+                                 "lines look like {\"step\": 10, \"loss\": 2.5}.")
+            if "epoch" in record:
+                if _finite(record.get("val_loss")):
+                    val[record["step"]] = float(record["val_loss"])
+            elif _finite(record.get("loss")):
+                train[record["step"]] = float(record["loss"])
+    if not train and not val:
+        raise ValueError(f"{path} holds no loss values yet; train for at least `log_every` "
+                         "steps first.")
+    return {"train": sorted(train.items()), "val": sorted(val.items())}
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_loss_curves(metrics, path, *, title=None):
+    """Writes a PNG of the training and validation loss against the optimizer step.
+
+    Args:
+        metrics: a run directory, a `metrics.jsonl` path, or the dict `read_metrics` returns.
+        path: str or path-like. The PNG to write (its directory is created).
+        title: str or None. Figure title. Defaults to None ("loss").
+
+    Returns:
+        The PNG's path (`pathlib.Path`).
+
+    Example:
+
+    >>> plot_loss_curves("runs/gpt", "runs/gpt/plots/loss.png")  # doctest: +SKIP
+    PosixPath('runs/gpt/plots/loss.png')
+    """
+    plt = _pyplot()
+    series = metrics if isinstance(metrics, dict) else read_metrics(metrics)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for name, style in (("train", {"linewidth": 1.2}), ("val", {"marker": "o"})):
+        if series[name]:
+            steps, losses = zip(*series[name])
+            axes.plot(steps, losses, label={"train": "training", "val": "validation"}[name],
+                      **style)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (cross-entropy, nats)")
+    axes.set_title(title or "loss")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def attention_maps(model, inputs, layer=0):
+    """The attention weights of one layer for one input: `(num_heads, seq, seq)` float32 NumPy.
+
+    Row i of a head's map is the distribution over the keys that query position i attends to
+    (each row sums to 1). For a `GPTModel` the causal mask makes every entry above the diagonal
+    exactly zero; a BERT encoder attends in both directions and never to padded positions.
+
+    Args:
+        model: a `GPTModel`, or a `BERTEncoder` (or a `BERTPretrainer` / `BERTClassifier`, whose
+            encoder is used).
+        inputs: GPT: int token ids `(seq,)` or `(1, seq)`. BERT: the encoder's input dict with
+            `(1, seq)` arrays ("token_ids", optional "segment_ids" and "padding_mask").
+        layer: int in `[0, num_layers - 1]`. Which Transformer block. Defaults to 0.
+
+    Returns:
+        float32 NumPy array `(num_heads, seq, seq)`: `[head, query, key]`.
+
+    Raises:
+        TypeError: for another kind of model.
+        ValueError: if `layer` is out of range or the input is not one sequence.
+
+    Example:
+
+    >>> gpt = GPTModel(258, 32, 2, 64, 2, max_length=16)
+    >>> maps = attention_maps(gpt, [70, 105, 114, 115, 116], layer=1)
+    >>> maps.shape, float(np.triu(maps, 1).max())
+    ((2, 5, 5), 0.0)
+    """
+    if isinstance(model, (BERTPretrainer, BERTClassifier)):
+        model = model.encoder
+    if not isinstance(model, (GPTModel, BERTEncoder)):
+        raise TypeError(f"`model` must be a GPTModel, BERTEncoder, BERTPretrainer or "
+                        f"BERTClassifier, got {type(model).__name__}.")
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not (
+            0 <= layer < model.num_layers):
+        raise ValueError(f"`layer`={layer!r} is out of range; the model has {model.num_layers} "
+                         f"layers, numbered 0 to {model.num_layers - 1}.")
+    if isinstance(model, GPTModel):
+        token_ids = _one_sequence(inputs, "inputs")
+        x = model.token_embedding(token_ids)
+        x = x + model.position_embedding(x)  # (1, T, d_model)
+        padding_mask, segment_ids = None, None
+    else:
+        if not isinstance(inputs, dict) or "token_ids" not in inputs:
+            raise ValueError("`inputs` of a BERT model must be a dict with \"token_ids\" (and "
+                             "optionally \"segment_ids\", \"padding_mask\").")
+        token_ids = _one_sequence(inputs["token_ids"], "inputs['token_ids']")
+        segment_ids = inputs.get("segment_ids")
+        segment_ids = (np.zeros_like(token_ids) if segment_ids is None
+                       else np.asarray(segment_ids, "int32").reshape(token_ids.shape))
+        padding_mask = inputs.get("padding_mask")
+        x = model.token_embedding(token_ids)
+        x = x + model.position_embedding(x) + model.segment_embedding(segment_ids)
+        x = model.embedding_norm(x)  # (1, T, d_model)
+    for block in model.blocks[:layer]:
+        x = block(x, padding_mask=padding_mask)
+    _, weights = model.blocks[layer](x, padding_mask=padding_mask, return_attention_scores=True)
+    return np.asarray(ops.convert_to_numpy(weights), "float32")[0]  # (heads, T, T)
+
+
+def _one_sequence(token_ids, argument):
+    ids = np.asarray(token_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or not np.issubdtype(
+            ids.dtype, np.integer):
+        raise ValueError(f"`{argument}` must be the integer token ids of one sequence, shape "
+                         f"(seq,) or (1, seq), got an array of shape {ids.shape} and dtype "
+                         f"{ids.dtype}.")
+    return ids.astype("int32")
+
+
+def plot_attention(maps, tokens, path, *, title=None):
+    """Writes a PNG of attention maps, one panel per head, queries down and keys across.
+
+    Args:
+        maps: float array `(num_heads, seq, seq)`, as `attention_maps` returns.
+        tokens: list of `seq` str. Tick labels (shown when there are at most 48).
+        path: str or path-like. The PNG to write (its directory is created).
+        title: str or None. Figure title. Defaults to None ("attention").
+
+    Returns:
+        The PNG's path (`pathlib.Path`).
+
+    Example:
+
+    >>> maps = attention_maps(gpt, ids, layer=0)  # doctest: +SKIP
+    >>> plot_attention(maps, ["T", "o", " ", "b", "e"], "attention.png")  # doctest: +SKIP
+    """
+    plt = _pyplot()
+    maps = np.asarray(maps)
+    if maps.ndim != 3 or maps.shape[1] != maps.shape[2] or maps.shape[1] != len(tokens):
+        raise ValueError(f"`maps` must have shape (heads, seq, seq) with seq = len(tokens) = "
+                         f"{len(tokens)}, got {maps.shape}.")
+    heads = maps.shape[0]
+    columns = min(heads, 4)
+    rows = math.ceil(heads / columns)
+    size = 3.2 if len(tokens) <= 16 else 4.5
+    figure, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows + 0.6),
+                                squeeze=False, gridspec_kw={"wspace": 0.35})
+    for head, axis in enumerate(axes.flat):
+        if head >= heads:
+            axis.axis("off")
+            continue
+        # One colour scale for all heads, up to the largest weight, so faint patterns show.
+        image = axis.imshow(maps[head], cmap="viridis", vmin=0.0, vmax=float(maps.max()))
+        axis.set_title(f"head {head}", fontsize=9)
+        if len(tokens) <= _MAX_LABELLED_TOKENS:
+            axis.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
+            axis.set_yticks(range(len(tokens)), tokens, fontsize=6)
+        axis.set_xlabel("key", fontsize=8)
+        if head % columns == 0:
+            axis.set_ylabel("query", fontsize=8)
+    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
+    figure.suptitle(title or "attention")
+    return _save(figure, path)
+
+
+def _save(figure, path):
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp.png")
+        figure.savefig(temporary, dpi=110, bbox_inches="tight")
+        os.replace(temporary, path)  # an interrupted write never leaves half a PNG in place
+    finally:
+        plt.close(figure)
+    return path
+
+
+def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
+    """Writes `loss.png` and `attention_layer<N>.png` for a training run directory.
+
+    The loss curves come from `metrics.jsonl`. The attention map is drawn for `text` through the
+    run's `model.keras` (a `GPTModel`, tokenized by bytes; or a `BERTPretrainer`, tokenized as
+    `[CLS] text [SEP]` with the run's `tokenizer/`), truncated to the model's `max_length` and to
+    64 tokens so the picture stays readable.
+
+    Args:
+        run_dir: str or path-like. A directory written by `tf-bigmodels train` / `train`.
+        out_dir: str or path-like or None. Where to write; None is `run_dir/plots`.
+        text: str or None. Input of the attention map. Defaults to None (`DEFAULT_TEXT`).
+        layer: int in `[0, num_layers - 1]`. Block whose attention is drawn. Defaults to 0.
+
+    Returns:
+        dict with "loss" and "attention" (paths of the PNGs) and "attention_maps" (the plotted
+        `(heads, seq, seq)` array).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        FileNotFoundError: `run_dir`, its `metrics.jsonl` or its `model.keras` is missing.
+        ValueError: a file is not what a run writes, `text` is empty, or `layer` is out of range.
+
+    Example:
+
+    >>> plot_run("runs/gpt", layer=1)["attention"]  # doctest: +SKIP
+    PosixPath('runs/gpt/plots/attention_layer1.png')
+    """
+    import keras
+
+    _pyplot()  # fail before any work when matplotlib is missing
+    run_dir = pathlib.Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(2, "No such run directory", str(run_dir))
+    text = DEFAULT_TEXT if text is None else text
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"`text`={text!r} is empty; give some text to draw attention for.")
+    out_dir = run_dir / "plots" if out_dir is None else pathlib.Path(out_dir)
+    series = read_metrics(run_dir)
+    model_path = run_dir / "model.keras"
+    if not model_path.is_file():
+        raise FileNotFoundError(2, "No model in the run directory (training writes model.keras "
+                                   "when it finishes)", str(model_path))
+    model = keras.saving.load_model(model_path)
+    if isinstance(model, GPTModel):
+        from tf_bigmodels.tokenizers import ByteTokenizer
+
+        ids = ByteTokenizer().tokenize(text).numpy()[:min(64, model.max_length)]
+        tokens = [_byte_label(i) for i in ids]
+        maps = attention_maps(model, ids, layer)
+        kind = "GPT (causal)"
+    elif isinstance(model, (BERTPretrainer, BERTClassifier)):
+        from tf_bigmodels.tokenizers import WordPieceTokenizer
+
+        tokenizer = WordPieceTokenizer.load(run_dir / "tokenizer")
+        length = min(64, model.encoder.max_length)
+        pieces = tokenizer.tokenize(text).numpy().tolist()[:length - 2]
+        ids = np.array([tokenizer.cls_id] + pieces + [tokenizer.sep_id], "int32")
+        tokens = [tokenizer.vocabulary[i] for i in ids]
+        maps = attention_maps(model, {"token_ids": ids[None, :]}, layer)
+        kind = "BERT (bidirectional)"
+    else:
+        raise ValueError(f"{model_path} holds a {type(model).__name__}; plot draws a GPTModel, "
+                         "BERTPretrainer or BERTClassifier.")
+    name = run_dir.resolve().name
+    return {
+        "loss": plot_loss_curves(series, out_dir / "loss.png", title=f"{name}: loss"),
+        "attention": plot_attention(maps, tokens, out_dir / f"attention_layer{layer}.png",
+                                    title=f"{name}: {kind} attention, layer {layer}"),
+        "attention_maps": maps,
+    }
+
+
+def _byte_label(token_id):
+    if 32 < token_id < 127:
+        return chr(token_id)
+    return {32: "␣", 10: "\\n"}.get(int(token_id), f"{int(token_id):02x}")
