@@ -133,6 +133,44 @@ class BERTEncoder(keras.Model):
             x = block(x, padding_mask=inputs.get("padding_mask"), training=training)
         return {"sequence_output": x, "pooled_output": self.pooler(x[:, 0, :])}
 
+    @classmethod
+    def from_keras_hub(cls, preset_dir, *, dtype=None):
+        """Builds a `BERTEncoder` from a keras-hub BERT preset directory already on disk.
+
+        Loads `keras_hub.models.BertBackbone.from_preset(preset_dir)` (offline: a directory path
+        never touches the network) and converts it with `tf_bigmodels.convert.bert_from_keras_hub`:
+        same configuration (including keras-hub's tanh GELU), every weight copied, equal
+        "sequence_output" at real positions and "pooled_output" (to 1e-5). The converter is
+        imported inside this method, not at module import, so that models do not depend on
+        `convert` (DESIGN §10); calling it needs `keras_hub` installed. To obtain a preset
+        directory with network access: `keras_hub.models.BertBackbone.from_preset(
+        "bert_base_en_uncased").save_to_preset("bert_base_en_uncased")`, or download it from
+        Kaggle Models. Its `vocabulary.txt` loads with `WordPieceTokenizer(path)`.
+
+        Args:
+            preset_dir: str or path-like. Directory written by `save_to_preset` (holding
+                `config.json` and `model.weights.h5`) or an unpacked Kaggle download.
+            dtype: str or None. Dtype policy to load with (e.g. "bfloat16"). Defaults to None
+                (the preset's).
+
+        Returns:
+            A built `BERTEncoder`; wrap it in `BERTClassifier(encoder, num_classes)` to fine-tune.
+
+        Raises:
+            ValueError: if `preset_dir` is not a directory or holds no BERT backbone preset.
+
+        Example:
+
+        >>> encoder = BERTEncoder.from_keras_hub("presets/bert_tiny_en_uncased")  # doctest: +SKIP
+        >>> classifier = BERTClassifier(encoder, num_classes=2)  # doctest: +SKIP
+        """
+        import keras_hub
+
+        from tf_bigmodels.convert import bert_from_keras_hub
+        from tf_bigmodels.models.gpt import _load_preset
+
+        return bert_from_keras_hub(_load_preset(keras_hub.models.BertBackbone, preset_dir, dtype))
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -221,6 +221,43 @@ class GPTModel(keras.Model):
             self, token_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
             seed=seed, end_id=end_id, pad_id=pad_id, jit_compile=jit_compile)
 
+    @classmethod
+    def from_keras_hub(cls, preset_dir, *, dtype=None):
+        """Builds a `GPTModel` from a keras-hub GPT-2 preset directory already on disk.
+
+        Loads `keras_hub.models.GPT2Backbone.from_preset(preset_dir)` (offline: a directory
+        path never touches the network) and converts it with
+        `tf_bigmodels.convert.gpt_from_keras_hub`: same configuration, every weight copied, logits
+        equal to the backbone's outputs times the transposed token embedding (to 1e-5). The
+        converter is imported inside this method, not at module import, so that models do not
+        depend on `convert` (DESIGN §10); calling it needs `keras_hub` installed. To obtain a
+        preset directory with network access: `keras_hub.models.GPT2Backbone.from_preset(
+        "gpt2_base_en").save_to_preset("gpt2_base_en")`, or download it from Kaggle Models. The
+        GPT-2 BPE tokenizer is not part of this model; `ByteTokenizer` ids do not match it.
+
+        Args:
+            preset_dir: str or path-like. Directory written by `save_to_preset` (holding
+                `config.json` and `model.weights.h5`) or an unpacked Kaggle download.
+            dtype: str or None. Dtype policy to load with (e.g. "bfloat16"). Defaults to None
+                (the preset's).
+
+        Returns:
+            A built `GPTModel`.
+
+        Raises:
+            ValueError: if `preset_dir` is not a directory or holds no GPT-2 backbone preset.
+
+        Example:
+
+        >>> model = GPTModel.from_keras_hub("presets/gpt2_base_en")  # doctest: +SKIP
+        >>> model.generate([[464, 3290]], max_new_tokens=10)  # doctest: +SKIP
+        """
+        import keras_hub
+
+        from tf_bigmodels.convert import gpt_from_keras_hub
+
+        return gpt_from_keras_hub(_load_preset(keras_hub.models.GPT2Backbone, preset_dir, dtype))
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -230,3 +267,18 @@ class GPTModel(keras.Model):
             activation=self.activation, epsilon=self.epsilon,
             initializer_range=self.initializer_range)
         return config
+
+
+def _load_preset(backbone_class, preset_dir, dtype):
+    """`backbone_class.from_preset(preset_dir)` for a local directory; errors name `preset_dir`."""
+    import os
+
+    if not isinstance(preset_dir, (str, os.PathLike)) or not os.path.isdir(preset_dir):
+        raise ValueError(
+            f"`preset_dir`={preset_dir!r} is not a directory; from_keras_hub loads a keras-hub "
+            f"preset already on disk (make one with `{backbone_class.__name__}.from_preset(name)"
+            f".save_to_preset(directory)` where there is network access).")
+    try:
+        return backbone_class.from_preset(os.fspath(preset_dir), dtype=dtype)
+    except ValueError as error:
+        raise ValueError(f"`preset_dir`={os.fspath(preset_dir)!r}: {error}") from None
