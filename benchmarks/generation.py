@@ -27,12 +27,8 @@ Usage:
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,6 +37,7 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _timing import alternate, machine  # noqa: E402
 from tf_bigmodels.models import GPTModel  # noqa: E402
 
 MODELS = {
@@ -68,8 +65,11 @@ def _keras_hub(config):
     return causal_lm
 
 
-def _variants(config, batch, prompt_length, new_tokens, no_cache_tokens):
-    """name -> (callable, number of new tokens per row it produces)."""
+def variants(config, batch, prompt_length, new_tokens, no_cache_tokens=None):
+    """name -> (callable, number of new tokens per row it produces).
+
+    `ours_cache_xla` and `keras_hub` always; `ours_no_cache` only if `no_cache_tokens` is given.
+    """
     rng = np.random.default_rng(0)
     prompts = rng.integers(0, config["vocab_size"], (batch, prompt_length)).astype("int32")
     ours = _ours(config)
@@ -90,25 +90,18 @@ def _variants(config, batch, prompt_length, new_tokens, no_cache_tokens):
         "token_ids": np.pad(prompts, ((0, 0), (0, new_tokens))),
         "padding_mask": np.arange(total)[None].repeat(batch, 0) < prompt_length,
     }
-    return {
-        "ours_cache_xla": (lambda: ours.generate(prompts, new_tokens, temperature=0.0),
-                           new_tokens),
-        "ours_no_cache": (no_cache, no_cache_tokens),
-        "keras_hub": (lambda: hub.generate(hub_inputs, stop_token_ids=None), new_tokens),
-    }
+    result = {"ours_cache_xla": (lambda: ours.generate(prompts, new_tokens, temperature=0.0),
+                                 new_tokens)}
+    if no_cache_tokens:
+        result["ours_no_cache"] = (no_cache, no_cache_tokens)
+    result["keras_hub"] = (lambda: hub.generate(hub_inputs, stop_token_ids=None), new_tokens)
+    return result
 
 
-def _measure(variants, repeats):
-    for run, _ in variants.values():
-        run()  # trace and compile
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, (run, _) in variants.items():
-            start = time.perf_counter()
-            result = run()
-            np.asarray(result)  # wait for the result
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+def measure(variants, repeats):
+    """name -> median seconds of each variant from `variants`, called alternately."""
+    timings = alternate({name: run for name, (run, _) in variants.items()}, repeats)
+    return {name: timing["median"] for name, timing in timings.items()}
 
 
 def main():
@@ -133,10 +126,10 @@ def main():
         config = MODELS[name]
         for batch in map(int, args.batches.split(",")):
             no_cache_tokens = args.no_cache_tokens or (32 if name == "gpt2" else args.new_tokens)
-            variants = _variants(config, batch, args.prompt, args.new_tokens, no_cache_tokens)
-            medians = _measure(variants, args.repeats)
+            runs = variants(config, batch, args.prompt, args.new_tokens, no_cache_tokens)
+            medians = measure(runs, args.repeats)
             for variant, seconds in medians.items():
-                tokens = variants[variant][1]
+                tokens = runs[variant][1]
                 rows.append(dict(model=name, batch=batch, prompt=args.prompt,
                                  new_tokens=tokens, variant=variant, seconds=seconds,
                                  tokens_per_second=batch * tokens / seconds))
@@ -147,10 +140,7 @@ def main():
             for row in rows[-3:]:
                 row["ratio_vs_keras_hub"] = row["tokens_per_second"] / hub["tokens_per_second"]
             keras.backend.clear_session()
-    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": platform.platform(), "processor": platform.processor(),
-              "tensorflow": tf.__version__, "keras": keras.__version__,
-              "keras_hub": keras_hub.__version__, "repeats": args.repeats, "rows": rows}
+    result = {**machine(), "repeats": args.repeats, "rows": rows}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

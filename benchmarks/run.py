@@ -1,0 +1,479 @@
+"""One benchmark command: tf_bigmodels against keras-hub, training and generation, in one process.
+
+Sections (each alternates ours and the peer round by round and reports medians):
+
+- `matmul`: float32 and bfloat16 2048 x 2048 matmul GFLOP/s (oneDNN), the ceilings MFU is
+  computed against;
+- `gpt_nano`: GPT training on nanoGPT's CPU configuration (4 layers, 4 heads, width 128, context
+  64, batch 12, byte-level tiny Shakespeare through `lm_dataset`, float32, XLA): our `GPTModel`
+  with our AdamW, compiled as `tf_bigmodels.training.train` compiles it, vs keras-hub
+  `GPT2CausalLM(GPT2Backbone(...), preprocessor=None)` with the same optimizer and loss;
+- `gpt_124m`: the GPT-2 124M shape (12 layers, 12 heads, width 768, context 256, batch 4, random
+  tokens), float32 and mixed_bfloat16, with the peak RSS of each variant measured in a subprocess
+  of its own (the RSS high-water mark, VmHWM, after building, compiling and 3 steps);
+- `bert`: BERT pre-training (2 layers, 2 heads, width 128, dff 512, seq 128, batch 32, vocab 8000,
+  20 masked positions, random tokens, XLA): our `BERTPretrainer` (MLM + NSP) vs keras-hub
+  `BertMaskedLM` (MLM only);
+- `generation`: greedy generation tokens/s at batch 1 and 16 (prompt 16, 256 new tokens), ours vs
+  keras-hub `generate`, from `benchmarks/generation.py`.
+
+MFU = tokens/s x FLOPs per token / matmul ceiling of the same dtype, with nanoGPT's FLOPs per token
+6 N + 12 L H Q T (`_timing.gpt_flops_per_token`). Training times are per optimizer step, read
+after every call into the compiled train function (as `fit` with a NaN guard does); compilation
+is excluded by untimed warm-up calls.
+
+Usage:
+    python benchmarks/run.py --out results.json           # everything (about 20 minutes here)
+    python benchmarks/run.py --sections gpt_nano,bert      # a subset
+    python benchmarks/run.py --smoke --out smoke.json      # tiny shapes, checks the table (CI)
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import generation  # noqa: E402
+from _timing import (alternate, gpt_flops_per_token, machine, matmul_gflops,  # noqa: E402
+                     parameter_count, train_steps)
+from tf_bigmodels.data import lm_dataset, load_corpus  # noqa: E402
+from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel  # noqa: E402
+from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
+from tf_bigmodels.training.optimizer import build_optimizer  # noqa: E402
+
+PRECISIONS = ("float32", "mixed_bfloat16")
+SECTIONS = ("matmul", "gpt_nano", "gpt_124m", "bert", "generation")
+
+# Shapes: model arguments in our names, plus sequence length and batch size.
+FULL = {
+    "gpt_nano": dict(d_model=128, num_heads=4, dff=512, num_layers=4, rate=0.0, seq_len=64,
+                     batch_size=12),
+    "gpt_124m": dict(d_model=768, num_heads=12, dff=3072, num_layers=12, rate=0.1, seq_len=256,
+                     batch_size=4, vocab_size=50257),
+    "bert": dict(d_model=128, num_heads=2, dff=512, num_layers=2, rate=0.1, seq_len=128,
+                 batch_size=32, vocab_size=8000, predictions=20),
+    "generation": dict(model="nanogpt", batches=(1, 16), prompt=16, new_tokens=256),
+    "matmul": dict(size=2048),
+}
+SMOKE = {
+    "gpt_nano": dict(d_model=32, num_heads=2, dff=64, num_layers=1, rate=0.0, seq_len=16,
+                     batch_size=4),
+    "gpt_124m": dict(d_model=32, num_heads=2, dff=64, num_layers=1, rate=0.1, seq_len=16,
+                     batch_size=2, vocab_size=300),
+    "bert": dict(d_model=32, num_heads=2, dff=64, num_layers=1, rate=0.1, seq_len=16,
+                 batch_size=4, vocab_size=300, predictions=3),
+    "generation": dict(model="smoke", batches=(1, 2), prompt=4, new_tokens=8),
+    "matmul": dict(size=256),
+}
+
+
+@contextlib.contextmanager
+def _policy(name):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _optimizer(model, kind):
+    """The driver's optimizer (`tf_bigmodels.training.train`), for ours and the peer alike."""
+    if kind == "gpt":
+        return build_optimizer(model, learning_rate=1e-3, total_steps=2000, warmup_steps=100)
+    return build_optimizer(model, learning_rate=1e-3, total_steps=2000, warmup_steps=200,
+                           decay="linear", beta_2=0.999, epsilon=1e-6)
+
+
+def _compile(model, kind, loss, jit_compile, steps_per_execution, **kwargs):
+    optimizer = _optimizer(model, kind)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile,
+                  steps_per_execution=steps_per_execution, **kwargs)
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def _lm_loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def build_gpt(library, shape, vocab_size, jit_compile, steps_per_execution):
+    """A compiled GPT of `shape`: our `GPTModel` or keras-hub's `GPT2CausalLM`."""
+    if library == "ours":
+        model = GPTModel(vocab_size, shape["d_model"], shape["num_heads"], shape["dff"],
+                         shape["num_layers"], shape["rate"], max_length=shape["seq_len"])
+        model(np.zeros((1, shape["seq_len"]), "int32"))
+        return _compile(model, "gpt", _lm_loss(), jit_compile, steps_per_execution)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=vocab_size, num_layers=shape["num_layers"],
+        num_heads=shape["num_heads"], hidden_dim=shape["d_model"],
+        intermediate_dim=shape["dff"], dropout=shape["rate"],
+        max_sequence_length=shape["seq_len"])
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    # No accuracy metric (keras-hub's default adds one): the peer does no more work than ours.
+    return _compile(model, "gpt", _lm_loss(), jit_compile, steps_per_execution,
+                    weighted_metrics=[])
+
+
+def build_bert(library, shape, jit_compile, steps_per_execution):
+    """A compiled BERT pre-trainer: our `BERTPretrainer` (MLM + NSP) or `BertMaskedLM`."""
+    if library == "ours":
+        encoder = BERTEncoder(shape["vocab_size"], shape["d_model"], shape["num_heads"],
+                              shape["dff"], shape["num_layers"], shape["rate"],
+                              max_length=shape["seq_len"])
+        model = BERTPretrainer(encoder)
+        features, _ = _bert_batch(shape, np.random.default_rng(0), batch_size=1)
+        model(features)
+        return _compile(model, "bert", None, jit_compile, steps_per_execution)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=shape["vocab_size"], num_layers=shape["num_layers"],
+        num_heads=shape["num_heads"], hidden_dim=shape["d_model"],
+        intermediate_dim=shape["dff"], dropout=shape["rate"],
+        max_sequence_length=shape["seq_len"])
+    model = keras_hub.models.BertMaskedLM(backbone=backbone, preprocessor=None)
+    features, _ = _bert_batch(shape, np.random.default_rng(0), batch_size=1)
+    model(features)
+    return _compile(model, "bert", _lm_loss(), jit_compile, steps_per_execution,
+                    weighted_metrics=[])
+
+
+def _bert_batch(shape, rng, batch_size=None):
+    batch, length = batch_size or shape["batch_size"], shape["seq_len"]
+    predictions = shape["predictions"]
+    positions = np.sort(np.stack([rng.choice(np.arange(1, length), predictions, replace=False)
+                                  for _ in range(batch)]), axis=1).astype("int32")
+    features = {
+        "token_ids": rng.integers(5, shape["vocab_size"], (batch, length)).astype("int32"),
+        "segment_ids": (np.arange(length)[None].repeat(batch, 0) >= length // 2).astype("int32"),
+        "padding_mask": np.ones((batch, length), "int32"),
+        "mask_positions": positions,
+    }
+    labels = {
+        "mask_ids": rng.integers(5, shape["vocab_size"], (batch, predictions)).astype("int32"),
+        "mask_weights": np.ones((batch, predictions), "float32"),
+        "next_sentence_labels": rng.integers(0, 2, (batch,)).astype("int32"),
+    }
+    return features, labels
+
+
+def _random_batches(arrays_fn, count=4):
+    """An endless dataset cycling through `count` random batches built by `arrays_fn(rng)`."""
+    rng = np.random.default_rng(0)
+    batches = [arrays_fn(rng) for _ in range(count)]
+    stacked = tf.nest.map_structure(lambda *parts: np.stack(parts), *batches)
+    return tf.data.Dataset.from_tensor_slices(stacked).repeat().prefetch(tf.data.AUTOTUNE)
+
+
+def gpt_data(library, shape, source, vocab_size):
+    """Endless `(x, y)` batches: `lm_dataset` on the corpus ("corpus") or random tokens."""
+    if source == "corpus":
+        dataset = lm_dataset(load_corpus("shakespeare"), ByteTokenizer(), shape["seq_len"],
+                             shape["batch_size"], repeat=True)
+    else:
+        def batch(rng):
+            tokens = rng.integers(0, vocab_size, (shape["batch_size"], shape["seq_len"] + 1))
+            tokens = tokens.astype("int32")
+            return tokens[:, :-1], tokens[:, 1:]
+        dataset = _random_batches(batch)
+    if library == "keras_hub":
+        dataset = dataset.map(lambda x, y: ({"token_ids": x, "padding_mask": tf.ones_like(x)}, y))
+    return dataset
+
+
+def bert_data(library, shape):
+    def batch(rng):
+        features, labels = _bert_batch(shape, rng)
+        if library == "ours":
+            return features, labels
+        return features, labels["mask_ids"], labels["mask_weights"]
+    return _random_batches(batch)
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+
+
+def _gpt_flops(shape, vocab_size):
+    # Our GPTModel and GPT2Backbone have the same parameters for the same shape.
+    with _policy("float32"):
+        model = GPTModel(vocab_size, shape["d_model"], shape["num_heads"], shape["dff"],
+                         shape["num_layers"], max_length=shape["seq_len"])
+        model(np.zeros((1, 1), "int32"))
+        parameters = parameter_count(model)
+    head_dim = shape["d_model"] // shape["num_heads"]
+    return parameters, gpt_flops_per_token(parameters, shape["num_layers"], shape["num_heads"],
+                                           head_dim, shape["seq_len"])
+
+
+def _train_rows(section, builders, shape, steps, repeats, flops_per_token, ceilings):
+    """Times each compiled model of `builders` (name -> (model, dataset, settings))."""
+    runs = {name: train_steps(model, iter(dataset), steps)
+            for name, (model, dataset, _) in builders.items()}
+    timings = alternate(runs, repeats)
+    tokens = shape["batch_size"] * shape["seq_len"]
+    rows = []
+    for name, (_, _, settings) in builders.items():
+        seconds = timings[name]["median"] / steps
+        row = dict(section=section, variant=name, **settings, batch=shape["batch_size"],
+                   seq_len=shape["seq_len"], ms_per_step=1e3 * seconds,
+                   tokens_per_second=tokens / seconds,
+                   step_ms_per_round=[1e3 * t / steps for t in timings[name]["times"]])
+        if flops_per_token:
+            ceiling = ceilings.get(settings["precision"].replace("mixed_", ""))
+            row["mfu"] = tokens / seconds * flops_per_token / (ceiling * 1e9) if ceiling else None
+        rows.append(row)
+    return rows
+
+
+def section_matmul(shape, repeats):
+    ceilings = {dtype: matmul_gflops(dtype, size=shape["size"], repeats=repeats)
+                for dtype in ("float32", "bfloat16")}
+    ceilings["bfloat16_xla"] = matmul_gflops("bfloat16", size=shape["size"], repeats=repeats,
+                                             jit_compile=True)
+    rows = [dict(section="matmul", variant=f"{dtype}", size=shape["size"], gflops=value)
+            for dtype, value in ceilings.items()]
+    return ceilings, rows
+
+
+def section_gpt_nano(shape, args, ceilings):
+    vocab_size = ByteTokenizer().vocab_size
+    parameters, flops = _gpt_flops(shape, vocab_size)
+    spe = args.steps_per_execution
+    settings = dict(precision="float32", jit_compile=True)
+    builders = {
+        "ours": (build_gpt("ours", shape, vocab_size, True, spe),
+                 gpt_data("ours", shape, "corpus", vocab_size),
+                 dict(settings, steps_per_execution=spe)),
+        "keras_hub": (build_gpt("keras_hub", shape, vocab_size, True, 1),
+                      gpt_data("keras_hub", shape, "corpus", vocab_size),
+                      dict(settings, steps_per_execution=1)),
+    }
+    if spe > 1:  # the peer with our lever too, for the record
+        builders[f"keras_hub_spe{spe}"] = (
+            build_gpt("keras_hub", shape, vocab_size, True, spe),
+            gpt_data("keras_hub", shape, "corpus", vocab_size),
+            dict(settings, steps_per_execution=spe))
+    rows = _train_rows("gpt_nano", builders, shape, args.train_steps, args.repeats, flops,
+                       ceilings)
+    for row in rows:
+        row["parameters"] = parameters
+    return _ratios(rows, "keras_hub")
+
+
+def _bf16_jit(library, args):
+    return {"ours": args.bf16_jit, "keras_hub": True}[library]
+
+
+def section_gpt_124m(shape, args, ceilings):
+    vocab_size = shape["vocab_size"]
+    parameters, flops = _gpt_flops(shape, vocab_size)
+    # The memory workers run side by side before the timing, not during it (in smoke mode,
+    # where times mean nothing, they were started with the run).
+    peaks = _collect(args.memory_workers or _start_memory_workers(args))
+    rows = []
+    for precision in PRECISIONS:
+        builders = {}
+        for library in ("ours", "keras_hub"):
+            jit = True if precision == "float32" else _bf16_jit(library, args)
+            with _policy(precision):
+                model = build_gpt(library, shape, vocab_size, jit, 1)
+            builders[library] = (model, gpt_data(library, shape, "random", vocab_size),
+                                 dict(precision=precision, jit_compile=jit,
+                                      steps_per_execution=1))
+        steps = max(1, args.train_steps // 10)
+        section_rows = _train_rows("gpt_124m", builders, shape, steps, args.repeats, flops,
+                                   ceilings)
+        for row in section_rows:
+            row["parameters"] = parameters
+            row["peak_rss_mb"] = peaks[row["variant"], precision]
+        rows += _ratios(section_rows, "keras_hub")
+        del builders
+        keras.backend.clear_session()
+    return rows
+
+
+def section_bert(shape, args, ceilings):
+    spe = args.steps_per_execution
+    builders = {
+        library: (build_bert(library, shape, True, spe if library == "ours" else 1),
+                  bert_data(library, shape),
+                  dict(precision="float32", jit_compile=True,
+                       steps_per_execution=spe if library == "ours" else 1))
+        for library in ("ours", "keras_hub")}
+    steps = max(spe, args.train_steps // 4 // spe * spe)
+    return _ratios(_train_rows("bert", builders, shape, steps, args.repeats, None, ceilings),
+                   "keras_hub")
+
+
+def section_generation(shape, args, ceilings):
+    config = generation.MODELS[shape["model"]]
+    rows = []
+    for batch in shape["batches"]:
+        runs = generation.variants(config, batch, shape["prompt"], shape["new_tokens"])
+        medians = generation.measure(runs, args.repeats)
+        section_rows = [dict(section="generation", variant=name, model=shape["model"],
+                             batch=batch, prompt=shape["prompt"], new_tokens=runs[name][1],
+                             seconds=seconds,
+                             tokens_per_second=batch * runs[name][1] / seconds)
+                        for name, seconds in medians.items()]
+        for row in section_rows:
+            row["variant"] = {"ours_cache_xla": "ours"}.get(row["variant"], row["variant"])
+        rows += _ratios(section_rows, "keras_hub")
+        keras.backend.clear_session()
+    return rows
+
+
+def _ratios(rows, peer):
+    peer_rate = next(r["tokens_per_second"] for r in rows if r["variant"] == peer)
+    for row in rows:
+        row["vs_keras_hub"] = row["tokens_per_second"] / peer_rate
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory, one subprocess per configuration
+
+
+def _start_memory_workers(args):
+    """(library, precision) -> a subprocess training that 124M-shaped model (`memory_worker`)."""
+    workers = {}
+    for precision in PRECISIONS:
+        for library in ("ours", "keras_hub"):
+            jit = True if precision == "float32" else _bf16_jit(library, args)
+            spec = dict(library=library, precision=precision, jit_compile=jit, smoke=args.smoke)
+            workers[library, precision] = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--memory-worker", json.dumps(spec)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    return workers
+
+
+def _collect(workers):
+    """(library, precision) -> peak RSS in MiB reported by each memory worker."""
+    peaks = {}
+    for key, worker in workers.items():
+        stdout, stderr = worker.communicate()
+        if worker.returncode:
+            raise RuntimeError(f"memory worker {key} failed:\n{stderr[-2000:]}")
+        peaks[key] = json.loads(stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return peaks
+
+
+def memory_worker(spec):
+    """Builds, compiles and trains one 124M-shaped configuration for 3 steps; prints peak RSS."""
+    shape = (SMOKE if spec["smoke"] else FULL)["gpt_124m"]
+    with _policy(spec["precision"]):
+        model = build_gpt(spec["library"], shape, shape["vocab_size"], spec["jit_compile"], 1)
+    train_steps(model, iter(gpt_data(spec["library"], shape, "random", shape["vocab_size"])),
+                3)()
+    print(json.dumps({"peak_rss_mb": _high_water_mib()}))
+
+
+def _high_water_mib():
+    # VmHWM, not getrusage's ru_maxrss: ru_maxrss survives fork + exec, so a worker started by a
+    # large parent would report the parent's size.
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _format(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows):
+    """The results as one Markdown table."""
+    lines = ["| section | variant | settings | ms/step or s | tokens/s | MFU | peak RSS MB "
+             "| vs keras-hub |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        if row["section"] == "matmul":
+            lines.append(f"| matmul {row['size']}x{row['size']} | {row['variant']} | oneDNN"
+                         f"{' + XLA' if row['variant'].endswith('xla') else ''} | | "
+                         f"{row['gflops']:.0f} GFLOP/s | | | |")
+            continue
+        if row["section"] == "generation":
+            settings = f"{row['model']}, batch {row['batch']}, {row['new_tokens']} new"
+            time_text = f"{row['seconds']:.3f} s"
+        else:
+            settings = (f"{row['precision']}, batch {row['batch']}x{row['seq_len']}, "
+                        f"{'XLA' if row['jit_compile'] else 'no XLA'}, "
+                        f"spe {row['steps_per_execution']}")
+            time_text = f"{row['ms_per_step']:.1f}"
+        mfu = row.get("mfu")
+        lines.append(
+            f"| {row['section']} | {row['variant']} | {settings} | {time_text} | "
+            f"{row['tokens_per_second']:,.0f} | {_format(mfu and 100 * mfu, '.1f')}"
+            f"{'%' if mfu else ''} | {_format(row.get('peak_rss_mb'), ',.0f')} | "
+            f"{row['vs_keras_hub']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
+    parser.add_argument("--train-steps", type=int, default=40,
+                        help="steps per timed round of gpt_nano (gpt_124m: a tenth, bert: a "
+                             "quarter)")
+    parser.add_argument("--steps-per-execution", type=int, default=1,
+                        help="ours, in gpt_nano and bert (the peer also runs with 1)")
+    parser.add_argument("--bf16-jit", action=argparse.BooleanOptionalAction, default=True,
+                        help="compile our mixed_bfloat16 124M train step with XLA")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes and 1 round (CI)")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        return memory_worker(json.loads(args.memory_worker))
+    if args.smoke:
+        args.repeats, args.train_steps = 1, 4 * args.steps_per_execution
+    shapes = SMOKE if args.smoke else FULL
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown --sections {sorted(unknown)}; choose from {list(SECTIONS)}")
+    args.memory_workers = (_start_memory_workers(args)
+                           if args.smoke and "gpt_124m" in sections else None)
+    keras.utils.set_random_seed(0)
+    ceilings, rows = section_matmul(shapes["matmul"], args.repeats)
+    runners = {"gpt_nano": section_gpt_nano, "gpt_124m": section_gpt_124m,
+               "bert": section_bert, "generation": section_generation}
+    for name in sections:
+        if name in runners:
+            start = time.perf_counter()
+            section_rows = runners[name](shapes[name], args, ceilings)
+            rows += section_rows
+            print(f"{name}: {time.perf_counter() - start:.0f} s\n{table(section_rows)}",
+                  flush=True)
+    result = {**machine(), "command": " ".join(sys.argv), "smoke": args.smoke,
+              "repeats": args.repeats, "ceilings_gflops": ceilings,
+              "flops_per_token": "6 N + 12 L H Q T (nanoGPT)", "rows": rows}
+    print(f"\n{result['date']}  TensorFlow {result['tensorflow']}, Keras {result['keras']}, "
+          f"keras-hub {result['keras_hub']}\n")
+    print(table(rows))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
