@@ -9,6 +9,8 @@ Example:
 """
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -18,6 +20,47 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Mistakes a user can make (bad flags, files, settings) become one line and exit status 2.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one `--help` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _one_line(error):
+    """The message of `error` on a single line."""
+    return " ".join(str(error).split())
+
+
+@contextlib.contextmanager
+def _loading(path):
+    """Turns a model file that cannot be read into a one-line ValueError naming it.
+
+    A run directory records the package version that wrote it; when that differs from ours, the
+    message says so, since an older run's model may use classes this version lacks.
+    """
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        raise
+    except Exception as error:  # noqa: BLE001 (Keras and TensorFlow raise many types here)
+        from tf_bigmodels import __version__
+
+        path = pathlib.Path(path)
+        hint = ""
+        for config in (path / "config.json", path.parent / "config.json",
+                       path.parent.parent / "config.json"):
+            try:
+                version = json.loads(config.read_text(encoding="utf-8")).get("version")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if version != __version__:
+                hint = (f" (its run directory was written by tf_bigmodels {version!r}, this is "
+                        f"{__version__}: retrain with this version or load it with that one)")
+            break
+        raise ValueError(f"cannot load {path}: {_one_line(error)}{hint}") from None
 
 
 def _positive_int(text):
@@ -129,7 +172,8 @@ def _generate(args):
     from tf_bigmodels.export import load_generator, stream_text
 
     source = _resolve_run_source(args.source)
-    generator = load_generator(source)
+    with _loading(source):
+        generator = load_generator(source)
     print(args.prompt, end="", flush=True)
     for piece in stream_text(generator, args.prompt, args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k or None,
@@ -180,7 +224,7 @@ def _export(args):
     import keras
 
     from tf_bigmodels.export import export_bert, export_gpt
-    from tf_bigmodels.models import GPTModel
+    from tf_bigmodels.models import BERTClassifier, BERTPretrainer, GPTModel
     from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
 
     source = pathlib.Path(args.source)
@@ -188,7 +232,11 @@ def _export(args):
     model_path = source / "model.keras" if source.is_dir() else source
     if not model_path.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(model_path))
-    model = keras.saving.load_model(model_path)
+    with _loading(model_path):
+        model = keras.saving.load_model(model_path)
+    if not isinstance(model, (GPTModel, BERTPretrainer, BERTClassifier)):
+        raise ValueError(f"{model_path} holds a {type(model).__name__}; export takes a GPTModel, "
+                         "BERTPretrainer or BERTClassifier.")
     out = args.out or str(run_dir / "export")
     if isinstance(model, GPTModel):
         max_new_tokens = (model.max_length // 2 if args.max_new_tokens is None
@@ -237,7 +285,7 @@ def build_parser():
     >>> build_parser().parse_args(["train", "gpt", "--steps", "100"]).steps
     100
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tf-bigmodels",
         description="Train, sample from and export the Transformer, GPT and BERT of tf_bigmodels.")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -265,7 +313,7 @@ def main(argv=None):
     except _USER_ERRORS as error:
         message = error.strerror if isinstance(error, OSError) and error.strerror else error
         filename = getattr(error, "filename", None)
-        print(f"tf-bigmodels {args.command}: error: {message}"
+        print(f"tf-bigmodels {args.command}: error: {_one_line(message)}"
               + (f": {filename}" if filename else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

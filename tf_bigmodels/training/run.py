@@ -126,6 +126,24 @@ class RunConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"`precision` must be one of {list(PRECISIONS)}, "
                              f"got {self.precision!r}.")
+        for field, low, allowed in (("warmup_steps", 0, "an integer >= 0"),
+                                    ("samples", 0, "an integer >= 0"),
+                                    ("sample_tokens", 0, "an integer >= 0"),
+                                    ("gradient_accumulation_steps", 2, "None or an integer >= 2")):
+            value = getattr(self, field)
+            if value is None and field == "gradient_accumulation_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{field}` must be {allowed}, got {value!r}.")
+        for field, value in (("weight_decay", self.weight_decay), ("clipnorm", self.clipnorm)):
+            if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"`{field}` must be a number >= 0, got {value!r}.")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"`d_model`={self.d_model} must be divisible by `num_heads`="
+                             f"{self.num_heads} (each head is d_model // num_heads wide).")
+        if self.rate is not None and not (isinstance(self.rate, (int, float))
+                                          and 0 <= self.rate < 1):
+            raise ValueError(f"`rate` (dropout) must be a number in [0, 1), got {self.rate!r}.")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"`learning_rate` must be a positive number, got "
                              f"{self.learning_rate!r}.")
@@ -192,6 +210,7 @@ def train(config):
     config = config.resolved()
     texts = load_corpus(config.corpus)
     run_dir = pathlib.Path(config.out) / config.name
+    _check_run_dir(run_dir, config)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
@@ -285,10 +304,22 @@ def _dummy_inputs(config):
             "mask_positions": np.zeros((1, 1), "int32")}
 
 
-def _prepare_run_dir(run_dir, config, chief):
+def _run_record(config):
+    return {"version": __version__, **{k: v for k, v in dataclasses.asdict(config).items()
+                                       if k != "devices"}}
+
+
+def _check_run_dir(run_dir, config):
+    """Refuses, before any work, a run directory holding an unreadable run, a run of another
+    version or other settings, or a place where no directory can be created."""
     config_path = run_dir / "config.json"
-    record = {"version": __version__, **{k: v for k, v in dataclasses.asdict(config).items()
-                                         if k != "devices"}}
+    record = _run_record(config)
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ValueError(f"cannot write the run directory {run_dir}: {existing} is not a "
+                         "writable directory.")
     if config_path.exists():
         try:
             saved = json.loads(config_path.read_text(encoding="utf-8"))
@@ -309,6 +340,11 @@ def _prepare_run_dir(run_dir, config, chief):
             raise ValueError(
                 f"{run_dir} holds a run with other settings ({'; '.join(changed)}); resume it "
                 "with the same settings, or choose another --name or --out.")
+
+
+def _prepare_run_dir(run_dir, config, chief):
+    config_path = run_dir / "config.json"
+    record = _run_record(config)
     if chief:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)

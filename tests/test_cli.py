@@ -1,0 +1,249 @@
+"""User mistakes at the command line: one clear line on stderr, a non-zero exit, no damage.
+
+Every case runs `python -m tf_bigmodels ...` in a subprocess and checks that the exit status is
+2 (a usage error), that stderr holds exactly one line (TensorFlow's start-up notices aside) and no
+traceback, that the line names what was wrong, and that files already there are unchanged.
+Note: the tests run as root, for whom permissions never block a write, so an unwritable output
+location is simulated by a path below a regular file (`--out somefile/sub`).
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+import pytest
+
+import tf_bigmodels
+from tf_bigmodels.models import GPTModel
+
+pytestmark = pytest.mark.slow
+_STARTUP_NOISE = ("WARNING: All log messages", "I0000", "E0000", "W0000")
+
+
+def run(*args, cwd=None):
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "tf_bigmodels", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=environment)
+
+
+def run_all(*commands):
+    """Runs independent commands three at a time (most of each is TensorFlow's start-up)."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return list(pool.map(lambda args: run(*args), commands))
+
+
+def assert_user_error(result, *fragments):
+    """Exit status 2 and a single stderr line (no traceback) containing every fragment."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and not line.startswith(_STARTUP_NOISE)]
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert len(lines) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(directory):
+    """Digest of every file under `directory`, to prove nothing was changed."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(pathlib.Path(directory).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory):
+    """A run directory as `train` leaves it (config, metrics, model), without training."""
+    run_dir = tmp_path_factory.mktemp("runs") / "gpt"
+    run_dir.mkdir()
+    model = GPTModel(258, 32, 2, 64, 2, rate=0.0, max_length=32)
+    model(np.zeros((1, 32), "int32"))
+    model.save(run_dir / "model.keras")
+    (run_dir / "config.json").write_text(json.dumps(
+        {"version": tf_bigmodels.__version__, "model": "gpt", "preset": "gpt-test"}))
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 5.0}) + "\n")
+    return run_dir
+
+
+@pytest.fixture()
+def a_file(tmp_path):
+    path = tmp_path / "somefile"
+    path.write_text("not a directory")
+    return path
+
+
+# ---------------------------------------------------------------- usage errors (argparse)
+BAD_FLAGS = [
+    (["train", "gpt", "--steps", "0"], "--steps: must be a positive integer, got '0'"),
+    (["train", "gpt", "--lr", "abc"], "--lr: must be a positive number, got 'abc'"),
+    (["train", "llama"], "invalid choice: 'llama'"),
+    (["generate"], "the following arguments are required: source"),
+    (["plot", "x", "--layer", "one"], "--layer: invalid int value: 'one'"),
+    ([], "the following arguments are required: command"),
+]
+
+
+def test_bad_flags():
+    for result, (_, fragment) in zip(run_all(*(args for args, _ in BAD_FLAGS)), BAD_FLAGS):
+        assert_user_error(result, fragment, "--help")
+
+
+# ---------------------------------------------------------------- train
+def test_train_bad_corpus_files(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 10)
+    missing, empty, binary = run_all(
+        *(["train", "gpt", "--corpus", tmp_path / name, "--out", tmp_path]
+          for name in ("missing.txt", "empty.txt", "binary.bin")))
+    assert_user_error(missing, "missing.txt", "is not an existing file")
+    assert_user_error(empty, "holds no text")
+    assert_user_error(binary, "is not valid UTF-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.bin", "empty.txt"]
+
+
+BAD_TRAIN_SETTINGS = [
+    (["--warmup-steps", "-5"], ["`warmup_steps`", "-5"]),
+    (["--dropout", "1.5"], ["`rate`", "1.5"]),
+    (["--num-heads", "3"], ["`d_model`=32", "`num_heads`=3"]),
+    (["--preset", "gpt-huge"], ["unknown `preset` 'gpt-huge'"]),
+    (["--grad-accum", "0"], ["`gradient_accumulation_steps`", "0"]),
+    (["--weight-decay", "-1"], ["`weight_decay`", "-1"]),
+    (["--samples", "-2"], ["`samples`", "-2"]),
+    (["--steps", "15", "--eval-every", "10"], ["`steps`=15", "`eval_every`=10"]),
+]
+
+
+def test_train_out_of_range_settings(tmp_path):
+    commands = [["train", "gpt", "--steps", "10", "--out", tmp_path,
+                 *([] if "--preset" in args else ["--preset", "gpt-test"]), *args]
+                for args, _ in BAD_TRAIN_SETTINGS]
+    for result, (_, fragments) in zip(run_all(*commands), BAD_TRAIN_SETTINGS):
+        assert_user_error(result, *fragments)
+    assert not list(tmp_path.iterdir())  # checked before anything is written
+
+
+def test_train_refuses_a_run_of_an_older_version(gpt_run, tmp_path):
+    old = tmp_path / "gpt"
+    shutil.copytree(gpt_run, old)
+    config = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**config, "version": "0.0.1"}))
+    before = snapshot(old)
+    assert_user_error(run("train", "gpt", "--preset", "gpt-test", "--out", tmp_path),
+                      "'0.0.1'", tf_bigmodels.__version__)
+    assert snapshot(old) == before
+
+
+def test_train_refuses_an_unreadable_run_config(tmp_path):
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_bytes(b"\x00\xff binary")
+    assert_user_error(run("train", "gpt", "--preset", "gpt-test", "--out", tmp_path),
+                      "config.json is unreadable")
+    assert (tmp_path / "gpt" / "config.json").read_bytes() == b"\x00\xff binary"
+
+
+def test_train_into_an_unwritable_place(a_file):
+    assert_user_error(run("train", "gpt", "--preset", "gpt-test", "--out", a_file / "sub"),
+                      "cannot write the run directory")
+    assert a_file.read_text() == "not a directory"
+
+
+# ---------------------------------------------------------------- generate
+def test_generate_bad_sources(tmp_path, gpt_run):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "garbage.keras").write_bytes(b"\x00\x01 not a zip")
+    (tmp_path / "empty_run").mkdir()
+    (tmp_path / "empty_run" / "config.json").write_text("{}")
+    missing, notes, garbage, empty_run = run_all(
+        *(["generate", tmp_path / name]
+          for name in ("missing", "notes.txt", "garbage.keras", "empty_run")))
+    assert_user_error(missing, "No such file or directory", "missing")
+    assert_user_error(notes, "notes.txt", "neither")
+    assert_user_error(garbage, "cannot load", "garbage.keras")
+    assert_user_error(empty_run, "has no model yet")
+
+
+BAD_GENERATE_SETTINGS = [
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--top-k", "-3"], "top_k"),
+    (["--max-new-tokens", "-1"], "max_new_tokens"),
+]
+
+
+def test_generate_out_of_range_settings(gpt_run):
+    commands = [["generate", gpt_run, "--prompt", "Hi", *args] for args, _ in BAD_GENERATE_SETTINGS]
+    for result, (_, fragment) in zip(run_all(*commands), BAD_GENERATE_SETTINGS):
+        assert_user_error(result, fragment)
+
+
+def test_generate_from_an_older_incompatible_run(gpt_run, tmp_path):
+    """A model.keras whose classes this version does not have, in a run of version 0.0.1."""
+    old = tmp_path / "old"
+    shutil.copytree(gpt_run, old)
+    (old / "config.json").write_text(json.dumps({"version": "0.0.1", "model": "gpt"}))
+    with zipfile.ZipFile(gpt_run / "model.keras") as source, \
+            zipfile.ZipFile(old / "model.keras", "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "config.json":
+                data = data.replace(b'GPTModel', b'GPTModelV0')  # class and registered name
+            target.writestr(item, data)
+    before = snapshot(old)
+    generate, export = run_all(["generate", old], ["export", old, "--no-xla"])
+    assert_user_error(generate, "cannot load", "0.0.1")
+    assert_user_error(export, "cannot load", "0.0.1")
+    assert snapshot(old) == before
+
+
+# ---------------------------------------------------------------- export
+def test_export_errors_never_touch_existing_versions(gpt_run, tmp_path, a_file):
+    out = tmp_path / "export"
+    result = run("export", gpt_run, "--out", out, "--no-xla", "--version", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    before = snapshot(out)
+    again, long, cold, unwritable, missing = run_all(
+        ["export", gpt_run, "--out", out, "--no-xla", "--version", "1"],
+        ["export", gpt_run, "--out", out, "--no-xla", "--max-new-tokens", "1000"],
+        ["export", gpt_run, "--out", out, "--no-xla", "--temperature", "-2"],
+        ["export", gpt_run, "--out", a_file / "sub", "--no-xla"],
+        ["export", tmp_path / "missing.keras"])
+    assert_user_error(again, "already exists")
+    assert_user_error(long, "max_new_tokens")
+    assert_user_error(cold, "temperature")
+    assert_user_error(unwritable, "Not a directory")
+    assert_user_error(missing, "No such file or directory")
+    assert snapshot(out) == before and sorted(os.listdir(out)) == ["1"]
+    assert a_file.read_text() == "not a directory"
+
+
+def test_export_a_model_it_cannot_serve(tmp_path):
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(1)(inputs)).save(tmp_path / "mine.keras")
+    assert_user_error(run("export", tmp_path / "mine.keras"), "Functional",
+                      "GPTModel, BERTPretrainer or BERTClassifier")
+    assert sorted(os.listdir(tmp_path)) == ["mine.keras"]
+
+
+# ---------------------------------------------------------------- plot
+def test_plot_bad_inputs(gpt_run, tmp_path, a_file):
+    pytest.importorskip("matplotlib")
+    binary, empty = tmp_path / "binary", tmp_path / "empty"
+    for broken, content in ((binary, b"\x00\xff\x00"), (empty, b"")):
+        shutil.copytree(gpt_run, broken)
+        (broken / "metrics.jsonl").write_bytes(content)
+    results = run_all(["plot", tmp_path / "missing"], ["plot", binary], ["plot", empty],
+                      ["plot", gpt_run, "--out", a_file / "sub"],
+                      ["plot", gpt_run, "--text", "   "])
+    assert_user_error(results[0], "No such run directory")
+    assert_user_error(results[1], "line 1 is not JSON")
+    assert_user_error(results[2], "no loss values")
+    assert_user_error(results[3], "Not a directory")
+    assert_user_error(results[4], "`text`")
+    assert not (gpt_run / "plots").exists() and a_file.read_text() == "not a directory"
