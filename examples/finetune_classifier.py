@@ -1,8 +1,9 @@
 """Fine-tune a pre-trained BERT encoder as a classifier: who is speaking this line?
 
-The labelled task is built from the bundled corpus: every speech of the four characters who
-speak most (GLOUCESTER, DUKE VINCENTIO, MENENIUS, ROMEO — four different plays) becomes one
-example, its text the speech without the name, its label the speaker. The pre-trained
+The labelled task is built from the bundled corpus: every speech of the characters who speak
+most (by default the top two, GLOUCESTER of Richard III and DUKE VINCENTIO of Measure for
+Measure; `--num-speakers 4` adds MENENIUS and ROMEO) becomes one example, its text the speech
+without the name, its label the speaker. The pre-trained
 `BERTEncoder` (from `pretrain_bert.py`) gets a `BERTClassifier` head and is fine-tuned with
 `fit`; the held-out accuracy is printed next to the majority-class baseline, the accuracy of
 always answering the most common speaker.
@@ -10,6 +11,10 @@ always answering the most common speaker.
 Run:  python examples/finetune_classifier.py --pretrained example_outputs/pretrain_bert/bert
       python examples/finetune_classifier.py           (pre-trains a small BERT first; ~5 min)
       python examples/finetune_classifier.py --smoke   (seconds)
+
+With the BERT-Tiny of `pretrain_bert.py` (800 steps) this reached 0.63 held-out accuracy against
+a 0.49 majority baseline for two speakers; four speakers are much harder for so small a model
+(about the baseline). A longer pre-training or a larger preset helps.
 """
 
 import argparse
@@ -37,15 +42,18 @@ parser.add_argument("--out", default="example_outputs/finetune_classifier",
                     help="directory for the classifier and its SavedModel")
 parser.add_argument("--pretrained", help="run directory of `pretrain_bert.py` / "
                                          "`tf-bigmodels train bert` (default: pre-train here)")
+parser.add_argument("--num-speakers", type=int, default=2, help="classes: the N most frequent")
+parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 4, smoke 1)")
+parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
 args = parser.parse_args()
 out = pathlib.Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 
-NUM_SPEAKERS = 4
-SEQ_LEN = 64
-EPOCHS = 1 if args.smoke else 6
+NUM_SPEAKERS = args.num_speakers
+SEQ_LEN = 128
+EPOCHS = args.epochs or (1 if args.smoke else 4)
 BATCH_SIZE = 32
-LEARNING_RATE = 2e-4
+LEARNING_RATE = args.lr
 keras.utils.set_random_seed(0)
 
 # ---------------------------------------------------------------- the pre-trained encoder
