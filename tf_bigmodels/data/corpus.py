@@ -63,7 +63,13 @@ def load_corpus(source, *, document_separator=None, errors="strict"):
 
 
 def corpus_files(source, argument):
-    """Returns the files named by a path, a glob, or a list of them; errors name `argument`."""
+    """Returns the files named by a path, a glob, or a list of them; errors name `argument`.
+
+    Example:
+
+    >>> corpus_files("texts/*.txt", "corpus")  # doctest: +SKIP
+    ['texts/a.txt', 'texts/b.txt']
+    """
     items = [source] if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(items, (list, tuple)) or not items or not all(
             isinstance(item, (str, os.PathLike)) for item in items):

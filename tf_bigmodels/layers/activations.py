@@ -50,7 +50,13 @@ def get_activation(activation):
 
 
 def serialize_activation(activation):
-    """The config form of an activation returned by `get_activation` (a name where one exists)."""
+    """The config form of an activation returned by `get_activation` (a name where one exists).
+
+    Example:
+
+    >>> serialize_activation(get_activation("gelu_approximate"))
+    'gelu_approximate'
+    """
     for name, function in _BY_NAME.items():
         if activation is function:
             return name

@@ -13,6 +13,11 @@ class Preset:
         model: dict of model constructor arguments (without `vocab_size`).
         seq_len, batch_size, steps, learning_rate, warmup_steps: training defaults.
         vocab_size: WordPiece vocabulary size (BERT only; GPT uses the byte tokenizer's).
+
+    Example:
+
+    >>> GPT_PRESETS["gpt-nano"].seq_len
+    64
     """
 
     model: dict

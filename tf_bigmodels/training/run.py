@@ -29,7 +29,15 @@ _FIXED_ON_RESUME = ("model", "preset", "d_model", "num_heads", "dff", "num_layer
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised when the loss became NaN or infinite; the last good checkpoint is kept."""
+    """Raised when the loss became NaN or infinite; the last good checkpoint is kept.
+
+    Example:
+
+    >>> try:
+    ...     train(RunConfig(learning_rate=1e30))
+    ... except TrainingDiverged as error:
+    ...     print(error)  # names the step and the last good checkpoint
+    """
 
 
 @dataclasses.dataclass
@@ -62,6 +70,12 @@ class RunConfig:
         export: write a SavedModel under `out/name/export/<version>/` at the end.
         verbose: Keras progress bar (1), one line per epoch (2) or silent (0).
         log_every: write a line to `metrics.jsonl` every this many optimizer steps.
+
+    Example:
+
+    >>> config = RunConfig(model="bert", preset="bert-mini", steps=4000, precision="mixed_bfloat16")
+    >>> config.resolved().d_model
+    256
     """
 
     model: str = "gpt"
@@ -171,6 +185,12 @@ class RunResult:
         step: the optimizer step reached.
         samples: generated texts (GPT).
         export_path: the SavedModel written, or None.
+
+    Example:
+
+    >>> result = train(RunConfig(preset="gpt-test", steps=20, eval_every=10))
+    >>> result.run_dir, result.step, result.export_path
+    (PosixPath('runs/gpt'), 20, 'runs/gpt/export/1')
     """
 
     run_dir: pathlib.Path
