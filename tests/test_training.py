@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tf_bigmodels.models import GPTModel
 from tf_bigmodels.training import (RunConfig, TrainingDiverged, WarmupDecay, build_optimizer,
-                                   get_strategy, no_decay_variables, train)
+                                   get_strategy, load_run_model, no_decay_variables, train)
 from tf_bigmodels.training.callbacks import CheckpointEveryEpoch, RunCheckpoint, StopOnNaN
 from tf_bigmodels.training.multi_worker import keras_is_affected
 
@@ -226,13 +226,14 @@ def test_train_raises_training_diverged_with_the_checkpoint_named(tmp_path):
     # gradient into its sign, so an entry whose gradient is rounding noise moves by up to
     # +-learning_rate either way; BERT has many such entries, hence its small rate here.
     ("bert", {"rate": 0.0, "vocab_size": 400, "seq_len": 24, "learning_rate": 1e-6}),
+    ("gpt", {"gradient_accumulation_steps": 2}),
 ])
 def test_mirrored_two_cpus_equals_one_device(tmp_path, model, extra):
     # XLA is off: it cannot place a mirrored variable on a second *logical* CPU device.
     # A small clip norm makes clipping act on every step: Keras's own AdamW would clip each
     # replica's half-batch gradient separately and drift from one device.
-    base = dict(TINY_GPT, model=model, preset=f"{model}-test", steps=6, eval_every=3,
-                batch_size=8, jit_compile=False, clipnorm=0.05, **extra)
+    base = {**TINY_GPT, "model": model, "preset": f"{model}-test", "steps": 6, "eval_every": 3,
+            "batch_size": 8, "jit_compile": False, "clipnorm": 0.05, **extra}
     one = _run_worker({"config": dict(base, out=str(tmp_path / "one"))}, tmp_path / "one.npz")
     two = _run_worker({"logical_cpus": 2,
                        "config": dict(base, out=str(tmp_path / "two"), strategy="mirrored",
@@ -332,3 +333,43 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     b = keras.saving.load_model(tmp_path / "b" / "gpt" / "model.keras").get_weights()
     for x, y in zip(a, b):
         np.testing.assert_allclose(y, x, atol=1e-6, rtol=0)
+
+
+def test_a_run_without_model_file_is_rebuilt_from_its_checkpoint(tmp_path):
+    result = train(RunConfig(**TINY_GPT, steps=20, eval_every=10, out=str(tmp_path)))
+    run_dir = tmp_path / "gpt"
+    (run_dir / "model.keras").unlink()  # as if training had been interrupted before the end
+    model, tokenizer, step = load_run_model(run_dir)
+    assert step == 20 and tokenizer.vocab_size == 258
+    for got, want in zip(model.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    generated = subprocess.run(
+        [sys.executable, "-m", "tf_bigmodels", "generate", str(run_dir), "--prompt", "A",
+         "--max-new-tokens", "5", "--temperature", "0"], env=ENV, capture_output=True, text=True,
+        timeout=300)
+    assert generated.returncode == 0, generated.stderr[-2000:]
+    assert "checkpoint of step 20" in generated.stderr and generated.stdout.startswith("A")
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_training(tmp_path, precision):
+    result = train(RunConfig(**TINY_GPT, steps=10, eval_every=10, precision=precision,
+                             out=str(tmp_path)))
+    block = result.model.blocks[0]
+    assert block.compute_dtype == precision.split("_")[1] and block.variable_dtype == "float32"
+    assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        precision == "mixed_float16")  # float16 needs loss scaling, bfloat16 does not
+    assert np.isfinite(result.history["loss"][-1])
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_gradient_accumulation_gives_the_full_batch_update(tmp_path):
+    whole = train(RunConfig(**TINY_GPT, steps=6, eval_every=3, out=str(tmp_path / "a")))
+    sliced = train(RunConfig(**TINY_GPT, steps=6, eval_every=3, gradient_accumulation_steps=4,
+                             out=str(tmp_path / "b")))
+    np.testing.assert_allclose(sliced.history["loss"], whole.history["loss"], atol=1e-5)
+    for got, want in zip(sliced.model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        train(RunConfig(**TINY_GPT, steps=6, eval_every=3, gradient_accumulation_steps=3,
+                        out=str(tmp_path / "c")))

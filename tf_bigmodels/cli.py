@@ -109,7 +109,7 @@ def _add_train(subparsers):
     parser.add_argument("--clipnorm", type=_positive_float, default=1.0,
                         help="global-norm gradient clipping")
     parser.add_argument("--grad-accum", type=int, dest="gradient_accumulation_steps",
-                        help="batches per optimizer update (>= 2)")
+                        help="run each batch as N micro-batches (less memory, same update)")
     for name in ("d-model", "num-heads", "dff", "num-layers", "vocab-size"):
         parser.add_argument(f"--{name}", type=_positive_int, help="override the preset")
     parser.add_argument("--dropout", type=float, dest="rate", help="override the preset")
@@ -156,8 +156,9 @@ def _train(args):
 def _add_generate(subparsers):
     parser = subparsers.add_parser(
         "generate", help="generate text from a trained GPT, streamed as it is produced",
-        description="Generate text from a run directory (its SavedModel, else its model.keras), "
-                    "a .keras file, or a SavedModel / export directory.")
+        description="Generate text from a run directory (its SavedModel, else its model.keras, "
+                    "else its newest checkpoint), a .keras file, or a SavedModel / export "
+                    "directory.")
     parser.add_argument("source", help="run directory, .keras file or SavedModel directory")
     parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
@@ -172,7 +173,7 @@ def _generate(args):
     from tf_bigmodels.export import load_generator, stream_text
 
     source = _resolve_run_source(args.source)
-    with _loading(source):
+    with _loading(args.source):
         generator = load_generator(source)
     print(args.prompt, end="", flush=True)
     for piece in stream_text(generator, args.prompt, args.max_new_tokens,
@@ -184,7 +185,8 @@ def _generate(args):
 
 
 def _resolve_run_source(source):
-    """A run directory stands for its newest SavedModel, else its `model.keras`."""
+    """A run directory stands for its newest SavedModel, else its `model.keras`, else the model
+    rebuilt from its newest checkpoint (an interrupted or still running training)."""
     run_dir = pathlib.Path(source)
     if not run_dir.exists():
         raise FileNotFoundError(2, "No such file or directory", str(run_dir))
@@ -194,7 +196,11 @@ def _resolve_run_source(source):
             return str(run_dir / "export")
         if (run_dir / "model.keras").is_file():
             return str(run_dir / "model.keras")
-        raise ValueError(f"the run directory {run_dir} has no model yet (train it first).")
+        from tf_bigmodels.training import load_run_model
+
+        model, _, step = load_run_model(run_dir)
+        logging.getLogger("tf_bigmodels").info("Using the checkpoint of step %d.", step)
+        return model
     return str(run_dir)
 
 

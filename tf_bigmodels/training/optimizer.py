@@ -55,8 +55,7 @@ def no_decay_variables(model):
 
 
 def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="cosine",
-                    min_ratio=0.1, weight_decay=0.1, beta_2=0.95, epsilon=1e-8, clipnorm=1.0,
-                    gradient_accumulation_steps=None):
+                    min_ratio=0.1, weight_decay=0.1, beta_2=0.95, epsilon=1e-8, clipnorm=1.0):
     """`AdamW` with a `WarmupDecay` schedule, decay excluded from `no_decay_variables`, clipping.
 
     Build the model (call it once) before calling this, inside the strategy's scope.
@@ -72,8 +71,6 @@ def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="c
         beta_2: float. Adam's second-moment decay. Defaults to 0.95 (GPT); BERT used 0.999.
         epsilon: float. Adam's epsilon. Defaults to 1e-8 (GPT-2); BERT used 1e-6.
         clipnorm: float or None. Global-norm gradient clipping. Defaults to 1.0.
-        gradient_accumulation_steps: int >= 2 or None. Average gradients over this many batches
-            before each update (Keras's accumulation, which also works under `tf.distribute`).
 
     Example:
 
@@ -85,6 +82,6 @@ def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="c
     optimizer = AdamW(
         learning_rate=WarmupDecay(learning_rate, warmup_steps, total_steps, decay, min_ratio),
         weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2, epsilon=epsilon,
-        global_clipnorm=clipnorm, gradient_accumulation_steps=gradient_accumulation_steps)
+        global_clipnorm=clipnorm)
     optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
     return optimizer

@@ -15,6 +15,7 @@ from tf_bigmodels import __version__
 from tf_bigmodels.data import bert_pretraining_dataset, load_corpus, lm_dataset
 from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
 from tf_bigmodels.training import callbacks as cb
+from tf_bigmodels.training.accumulation import accumulate_gradients
 from tf_bigmodels.training.multi_worker import prepare_for_multi_worker
 from tf_bigmodels.training.optimizer import build_optimizer
 from tf_bigmodels.training.presets import build_model, get_preset
@@ -54,7 +55,9 @@ class RunConfig:
         learning_rate, warmup_steps: peak rate and linear warm-up; then cosine (GPT) or
             linear (BERT) decay to a tenth of the peak.
         weight_decay, clipnorm: AdamW decay of kernels; global-norm gradient clipping.
-        gradient_accumulation_steps: average gradients over this many batches per update.
+        gradient_accumulation_steps: run each step's batch as this many micro-batches whose
+            gradients are added before the one update (less memory, same update; see
+            `accumulate_gradients`).
         d_model, num_heads, dff, num_layers, rate, vocab_size: override the preset's model.
         strategy, devices: see `get_strategy`.
         precision: "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16".
@@ -166,9 +169,8 @@ class RunConfig:
             raise ValueError(f"`steps`={self.steps} must be a multiple of `eval_every`="
                              f"{self.eval_every} (validation and checkpoints happen every "
                              "`eval_every` steps).")
-        accumulation = self.gradient_accumulation_steps or 1
-        if self.warmup_steps >= self.steps // accumulation:
-            self.warmup_steps = max(0, self.steps // accumulation // 10)
+        if self.warmup_steps >= self.steps:
+            self.warmup_steps = self.steps // 10
         if self.seq_len < 5 and self.model == "bert":
             raise ValueError(f"`seq_len` must be at least 5 for BERT, got {self.seq_len}.")
 
@@ -241,31 +243,20 @@ def train(config):
             raise ValueError(
                 f"`batch_size`={config.batch_size} must be divisible by the {replicas} replicas "
                 f"of the {type(strategy).__name__} (each replica takes batch_size / replicas).")
+        micro = config.gradient_accumulation_steps or 1
+        if (config.batch_size // replicas) % micro:
+            raise ValueError(
+                f"`gradient_accumulation_steps`={micro} must divide the batch of each replica "
+                f"({config.batch_size} / {replicas} replicas = {config.batch_size // replicas}).")
         _prepare_run_dir(run_dir, config, chief)
         keras.utils.set_random_seed(config.seed)
         tokenizer = _tokenizer(config, texts, run_dir, chief)
         train_data, val_data = _datasets(config, texts, tokenizer)
         with strategy.scope():
-            model = build_model(config.model, _model_kwargs(config), tokenizer.vocab_size,
-                                config.seq_len)
-            model(_dummy_inputs(config))
-            optimizer = build_optimizer(
-                model, learning_rate=config.learning_rate,
-                total_steps=config.steps // (config.gradient_accumulation_steps or 1),
-                warmup_steps=config.warmup_steps,
-                decay="cosine" if config.model == "gpt" else "linear",
-                weight_decay=config.weight_decay, clipnorm=config.clipnorm,
-                beta_2=0.95 if config.model == "gpt" else 0.999,
-                epsilon=1e-8 if config.model == "gpt" else 1e-6,
-                gradient_accumulation_steps=config.gradient_accumulation_steps)
-            loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-                    if config.model == "gpt" else None)
-            model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile,
-                          steps_per_execution=config.steps_per_execution)
-            optimizer.build(model.trainable_variables)
+            model = _compiled_model(config, tokenizer.vocab_size)
             prepare_for_multi_worker(model, strategy)
             checkpoint = cb.RunCheckpoint(run_dir / "checkpoints", model, chief=chief)
-            epoch = checkpoint.restore() // _steps_per_epoch_in_updates(config)
+            epoch = checkpoint.restore() // config.eval_every
         epochs = config.steps // config.eval_every
         history = {}
         if epoch < epochs:
@@ -306,8 +297,60 @@ def train(config):
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _steps_per_epoch_in_updates(config):
-    return config.eval_every // (config.gradient_accumulation_steps or 1)
+def load_run_model(run_dir):
+    """Rebuilds a run's model from its `config.json` and newest checkpoint, and its tokenizer.
+
+    For a run that has checkpoints but no `model.keras` yet (interrupted, or still training).
+
+    Args:
+        run_dir: str or path. A run directory written by `train`.
+
+    Returns:
+        `(model, tokenizer, step)`: the `GPTModel` or `BERTPretrainer` with the checkpoint's
+        weights, its tokenizer, and the checkpoint's optimizer step.
+
+    Example:
+
+    >>> model, tokenizer, step = load_run_model("runs/gpt")  # doctest: +SKIP
+    """
+    run_dir = pathlib.Path(run_dir)
+    try:
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"`run_dir`={str(run_dir)!r} has no readable config.json ({error})."
+                         ) from error
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    config = RunConfig(**{k: v for k, v in saved.items() if k in fields}).resolved()
+    if tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is None:
+        raise ValueError(f"`run_dir`={str(run_dir)!r} has no checkpoint yet (train it first).")
+    if config.model == "gpt":
+        tokenizer = ByteTokenizer()
+    else:
+        tokenizer = WordPieceTokenizer.load(run_dir / "tokenizer")
+    model = _compiled_model(config, tokenizer.vocab_size)
+    step = cb.RunCheckpoint(run_dir / "checkpoints", model).restore()
+    return model, tokenizer, step
+
+
+def _compiled_model(config, vocab_size):
+    """The run's model, built and compiled with its optimizer (whose variables exist already, so
+    a checkpoint restores into them at once). Call it inside the strategy's scope."""
+    model = build_model(config.model, _model_kwargs(config), vocab_size, config.seq_len)
+    model(_dummy_inputs(config))
+    optimizer = build_optimizer(
+        model, learning_rate=config.learning_rate,
+        total_steps=config.steps, warmup_steps=config.warmup_steps,
+        decay="cosine" if config.model == "gpt" else "linear",
+        weight_decay=config.weight_decay, clipnorm=config.clipnorm,
+        beta_2=0.95 if config.model == "gpt" else 0.999,
+        epsilon=1e-8 if config.model == "gpt" else 1e-6)
+    loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            if config.model == "gpt" else None)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile,
+                  steps_per_execution=config.steps_per_execution)
+    optimizer.build(model.trainable_variables)
+    accumulate_gradients(model, config.gradient_accumulation_steps or 1)
+    return model
 
 
 def _model_kwargs(config):
