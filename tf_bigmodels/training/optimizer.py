@@ -68,7 +68,8 @@ def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="c
         decay: "cosine" (GPT) or "linear" (BERT). Defaults to "cosine".
         min_ratio: float. Final rate as a fraction of the peak. Defaults to 0.1.
         weight_decay: float. Decoupled weight decay of the kernels. Defaults to 0.1.
-        beta_2: float. Adam's second-moment decay. Defaults to 0.95 (GPT); BERT used 0.999.
+        beta_2: float. Adam's second-moment decay. Defaults to 0.95 (GPT-2); the driver uses 0.99 for
+            the small character-level GPT (as nanoGPT does) and 0.999 for BERT.
         epsilon: float. Adam's epsilon. Defaults to 1e-8 (GPT-2); BERT used 1e-6.
         clipnorm: float or None. Global-norm gradient clipping. Defaults to 1.0.
 
