@@ -314,6 +314,9 @@ def load_run_model(run_dir):
     >>> model, tokenizer, step = load_run_model("runs/gpt")  # doctest: +SKIP
     """
     run_dir = pathlib.Path(run_dir)
+    if tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is None:
+        raise ValueError(f"the run directory {run_dir} has no model yet: no model.keras, export or "
+                         "checkpoint (train it first).")
     try:
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -321,8 +324,6 @@ def load_run_model(run_dir):
                          ) from error
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     config = RunConfig(**{k: v for k, v in saved.items() if k in fields}).resolved()
-    if tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is None:
-        raise ValueError(f"`run_dir`={str(run_dir)!r} has no checkpoint yet (train it first).")
     if config.model == "gpt":
         tokenizer = ByteTokenizer()
     else:
