@@ -1,6 +1,6 @@
 """Checks every layer and model must pass, so each test file states only what is special to it.
 
-`check_layer` verifies, for one class and one set of constructor arguments:
+`assert_layer_contract` verifies, for one class and one set of constructor arguments:
   * `get_config()` names every constructor argument, and `from_config` rebuilds an equal config;
   * eager and symbolic (`keras.Input`) calls give the expected output shapes, float32 outputs;
   * under `mixed_bfloat16` the outputs have the documented dtypes;
@@ -60,8 +60,8 @@ def _symbolic(value, name):
     return keras.Input(batch_shape=value.shape, dtype=str(value.dtype), name=name)
 
 
-def check_layer(cls, init_kwargs, call_args, expected_shapes, *, mixed_dtypes="bfloat16",
-                fit=True, tmp_path=None):
+def assert_layer_contract(cls, init_kwargs, call_args, expected_shapes, *,
+                          mixed_dtypes="bfloat16", fit=True, tmp_path=None):
     """Runs the common checks on `cls(**init_kwargs)` called with `call_args`.
 
     Args:

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import check_layer
+from helpers import assert_layer_contract
 from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer
 
 VOCAB, T, P = 53, 10, 3
@@ -31,23 +31,25 @@ def _labels():
 
 
 def test_encoder_common_checks(tmp_path):
-    check_layer(BERTEncoder, SMALL, {"inputs": _inputs()},
-                {"sequence_output": (2, T, 24), "pooled_output": (2, 24)}, fit=False,
-                tmp_path=tmp_path)
+    assert_layer_contract(BERTEncoder, SMALL, {"inputs": _inputs()},
+                          {"sequence_output": (2, T, 24), "pooled_output": (2, 24)},
+                          fit=False, tmp_path=tmp_path)
 
 
 def test_pretrainer_common_checks(tmp_path):
-    check_layer(BERTPretrainer, {"encoder": BERTEncoder(**SMALL)},
-                {"inputs": _pretraining_inputs()},
-                {"mlm_logits": (2, P, VOCAB), "nsp_logits": (2, 2)},
-                mixed_dtypes={"mlm_logits": "float32", "nsp_logits": "float32"}, fit=False,
-                tmp_path=tmp_path)
+    assert_layer_contract(BERTPretrainer, {"encoder": BERTEncoder(**SMALL)},
+                          {"inputs": _pretraining_inputs()},
+                          {"mlm_logits": (2, P, VOCAB), "nsp_logits": (2, 2)},
+                          mixed_dtypes={"mlm_logits": "float32", "nsp_logits": "float32"},
+                          fit=False,
+                          tmp_path=tmp_path)
 
 
 def test_classifier_common_checks(tmp_path):
-    check_layer(BERTClassifier, {"encoder": BERTEncoder(**SMALL), "num_classes": 4, "rate": 0.1},
-                {"inputs": _inputs()}, (2, 4), mixed_dtypes="float32", fit=False,
-                tmp_path=tmp_path)
+    assert_layer_contract(BERTClassifier,
+                          {"encoder": BERTEncoder(**SMALL), "num_classes": 4, "rate": 0.1},
+                          {"inputs": _inputs()}, (2, 4), mixed_dtypes="float32", fit=False,
+                          tmp_path=tmp_path)
 
 
 def test_padding_does_not_change_real_positions_or_pooled_output():

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import check_layer
+from helpers import assert_layer_contract
 from tf_bigmodels.models import GPTModel
 
 VOCAB, T = 37, 12
@@ -21,9 +21,9 @@ def _tokens(seed=0, batch=2, length=T):
     dict(tie_embeddings=False, norm_first=False, activation="gelu", rate=0.1),
 ])
 def test_common_checks(options, tmp_path):
-    check_layer(GPTModel, {**SMALL, **options},
-                {"token_ids": _tokens(), "padding_mask": np.ones((2, T), "int32")},
-                (2, T, VOCAB), mixed_dtypes="float32", tmp_path=tmp_path)
+    assert_layer_contract(GPTModel, {**SMALL, **options},
+                          {"token_ids": _tokens(), "padding_mask": np.ones((2, T), "int32")},
+                          (2, T, VOCAB), mixed_dtypes="float32", tmp_path=tmp_path)
 
 
 def test_article_constructor_arguments_are_positional():

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import check_layer
+from helpers import assert_layer_contract
 from tf_bigmodels.layers import (MultiHeadSelfAttention, TransformerLayer, attention_mask,
                                  scaled_dot_product_attention)
 
@@ -23,13 +23,14 @@ def _padding(lengths):
     dict(rate=0.2, epsilon=1e-5, activation="relu", name="block"),
 ])
 def test_common_checks(options, tmp_path):
-    check_layer(TransformerLayer, dict(d_model=D, num_heads=H, dff=DFF, **options),
-                {"x": _x(), "padding_mask": _padding([T, 5])}, (B, T, D), tmp_path=tmp_path)
+    assert_layer_contract(TransformerLayer, dict(d_model=D, num_heads=H, dff=DFF, **options),
+                          {"x": _x(), "padding_mask": _padding([T, 5])}, (B, T, D),
+                          tmp_path=tmp_path)
 
 
 def test_attention_common_checks(tmp_path):
-    check_layer(MultiHeadSelfAttention, dict(num_heads=H, rate=0.1), {"x": _x()}, (B, T, D),
-                tmp_path=tmp_path)
+    assert_layer_contract(MultiHeadSelfAttention, dict(num_heads=H, rate=0.1), {"x": _x()},
+                          (B, T, D), tmp_path=tmp_path)
 
 
 def test_per_head_width_and_feed_forward_back_to_d_model():
