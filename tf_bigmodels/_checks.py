@@ -33,3 +33,19 @@ def divisible(name, value, divisor_name, divisor):
             f"`{name}`={value} must be divisible by `{divisor_name}`={divisor} "
             f"(each head gets {name} // {divisor_name} dimensions)."
         )
+
+
+def model_sizes(vocab_size, d_model, num_heads, dff, num_layers, rate, max_length):
+    """Checks the leading arguments shared by `GPTModel` and `BERTEncoder`; returns them cleaned.
+
+    Example:
+
+    >>> model_sizes(259, 128, 4, 512, 4, 0.1, 64)
+    (259, 128, 4, 512, 4, 0.1, 64)
+    """
+    d_model = positive_int("d_model", d_model)
+    num_heads = positive_int("num_heads", num_heads)
+    divisible("d_model", d_model, "num_heads", num_heads)
+    return (positive_int("vocab_size", vocab_size), d_model, num_heads, positive_int("dff", dff),
+            positive_int("num_layers", num_layers), unit_interval("rate", rate),
+            positive_int("max_length", max_length))

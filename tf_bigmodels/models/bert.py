@@ -70,14 +70,9 @@ class BERTEncoder(keras.Model):
                  max_length=512, type_vocab_size=2, activation="gelu", epsilon=1e-12,
                  initializer_range=0.02, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
-        self.d_model = _checks.positive_int("d_model", d_model)
-        self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible("d_model", self.d_model, "num_heads", self.num_heads)
-        self.dff = _checks.positive_int("dff", dff)
-        self.num_layers = _checks.positive_int("num_layers", num_layers)
-        self.rate = _checks.unit_interval("rate", rate)
-        self.max_length = _checks.positive_int("max_length", max_length)
+        (self.vocab_size, self.d_model, self.num_heads, self.dff, self.num_layers, self.rate,
+         self.max_length) = _checks.model_sizes(vocab_size, d_model, num_heads, dff, num_layers,
+                                                rate, max_length)
         self.type_vocab_size = _checks.positive_int("type_vocab_size", type_vocab_size)
         self.activation = serialize_activation(get_activation(activation))
         self.epsilon = _checks.positive_float("epsilon", epsilon)

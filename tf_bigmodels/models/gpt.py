@@ -62,14 +62,9 @@ class GPTModel(keras.Model):
                  max_length=1024, tie_embeddings=True, norm_first=True,
                  activation="gelu_approximate", epsilon=1e-5, initializer_range=0.02, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
-        self.d_model = _checks.positive_int("d_model", d_model)
-        self.num_heads = _checks.positive_int("num_heads", num_heads)
-        _checks.divisible("d_model", self.d_model, "num_heads", self.num_heads)
-        self.dff = _checks.positive_int("dff", dff)
-        self.num_layers = _checks.positive_int("num_layers", num_layers)
-        self.rate = _checks.unit_interval("rate", rate)
-        self.max_length = _checks.positive_int("max_length", max_length)
+        (self.vocab_size, self.d_model, self.num_heads, self.dff, self.num_layers, self.rate,
+         self.max_length) = _checks.model_sizes(vocab_size, d_model, num_heads, dff, num_layers,
+                                                rate, max_length)
         self.tie_embeddings = bool(tie_embeddings)
         self.norm_first = bool(norm_first)
         self.activation = serialize_activation(get_activation(activation))
