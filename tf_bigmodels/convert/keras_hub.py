@@ -27,6 +27,8 @@ Reshaping `[d, heads, hd]` to `[d, heads * hd]` keeps heads in order, which is t
 which `MultiHeadSelfAttention` splits its fused projection into heads.
 """
 
+import os
+
 import keras
 import keras_hub
 import numpy as np
@@ -349,3 +351,22 @@ def _copy_block(block, layer, attention):
     _copy_dense(block.ffn_hidden, layer._feedforward_intermediate_dense)
     _copy_dense(block.ffn_output, layer._feedforward_output_dense)
     _copy_norm(block.ffn_norm, layer._feedforward_layer_norm)
+
+
+def backbone_from_preset(backbone_class, preset_dir, dtype=None):
+    """`backbone_class.from_preset(preset_dir)` for a local directory; errors name `preset_dir`.
+
+    Example:
+
+    >>> backbone = backbone_from_preset(keras_hub.models.GPT2Backbone, "presets/gpt2_base_en")
+    ... # doctest: +SKIP
+    """
+    if not isinstance(preset_dir, (str, os.PathLike)) or not os.path.isdir(preset_dir):
+        raise ValueError(
+            f"`preset_dir`={preset_dir!r} is not a directory; from_keras_hub loads a keras-hub "
+            f"preset already on disk (make one with `{backbone_class.__name__}.from_preset(name)"
+            f".save_to_preset(directory)` where there is network access).")
+    try:
+        return backbone_class.from_preset(os.fspath(preset_dir), dtype=dtype)
+    except ValueError as error:
+        raise ValueError(f"`preset_dir`={os.fspath(preset_dir)!r}: {error}") from None

@@ -161,10 +161,10 @@ class BERTEncoder(keras.Model):
         """
         import keras_hub
 
-        from tf_bigmodels.convert import bert_from_keras_hub
-        from tf_bigmodels.models.gpt import _load_preset
+        from tf_bigmodels.convert.keras_hub import backbone_from_preset, bert_from_keras_hub
 
-        return bert_from_keras_hub(_load_preset(keras_hub.models.BertBackbone, preset_dir, dtype))
+        return bert_from_keras_hub(
+            backbone_from_preset(keras_hub.models.BertBackbone, preset_dir, dtype))
 
     def get_config(self):
         config = super().get_config()

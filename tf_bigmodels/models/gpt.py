@@ -249,9 +249,10 @@ class GPTModel(keras.Model):
         """
         import keras_hub
 
-        from tf_bigmodels.convert import gpt_from_keras_hub
+        from tf_bigmodels.convert.keras_hub import backbone_from_preset, gpt_from_keras_hub
 
-        return gpt_from_keras_hub(_load_preset(keras_hub.models.GPT2Backbone, preset_dir, dtype))
+        return gpt_from_keras_hub(
+            backbone_from_preset(keras_hub.models.GPT2Backbone, preset_dir, dtype))
 
     def get_config(self):
         config = super().get_config()
@@ -263,17 +264,3 @@ class GPTModel(keras.Model):
             initializer_range=self.initializer_range)
         return config
 
-
-def _load_preset(backbone_class, preset_dir, dtype):
-    """`backbone_class.from_preset(preset_dir)` for a local directory; errors name `preset_dir`."""
-    import os
-
-    if not isinstance(preset_dir, (str, os.PathLike)) or not os.path.isdir(preset_dir):
-        raise ValueError(
-            f"`preset_dir`={preset_dir!r} is not a directory; from_keras_hub loads a keras-hub "
-            f"preset already on disk (make one with `{backbone_class.__name__}.from_preset(name)"
-            f".save_to_preset(directory)` where there is network access).")
-    try:
-        return backbone_class.from_preset(os.fspath(preset_dir), dtype=dtype)
-    except ValueError as error:
-        raise ValueError(f"`preset_dir`={os.fspath(preset_dir)!r}: {error}") from None
