@@ -263,4 +263,3 @@ class GPTModel(keras.Model):
             activation=self.activation, epsilon=self.epsilon,
             initializer_range=self.initializer_range)
         return config
-
