@@ -39,8 +39,10 @@ def alternate(variants, repeats, *, warmup=1):
             start = time.perf_counter()
             _wait(run())
             times[name].append(time.perf_counter() - start)
-    return {name: {"median": statistics.median(values), "times": values}
-            for name, values in times.items()}
+    return {
+        name: {"median": statistics.median(values), "times": values}
+        for name, values in times.items()
+    }
 
 
 def _wait(result):
@@ -110,8 +112,13 @@ def gpt_flops_per_token(parameters, num_layers, num_heads, head_dim, context):
 
 def parameter_count(model, *, exclude=("position_embedding",)):
     """Trainable parameters of `model`, without variables whose path contains an `exclude` part."""
-    return int(sum(np.prod(v.shape) for v in model.trainable_variables
-                   if not any(part in v.path for part in exclude)))
+    return int(
+        sum(
+            np.prod(v.shape)
+            for v in model.trainable_variables
+            if not any(part in v.path for part in exclude)
+        )
+    )
 
 
 def machine():
@@ -122,7 +129,11 @@ def machine():
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         lscpu = platform.processor()
-    return {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "platform": platform.platform(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "keras_hub": keras_hub.__version__,
-            "lscpu": "\n".join(lscpu.splitlines()[:20])}
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_hub": keras_hub.__version__,
+        "lscpu": "\n".join(lscpu.splitlines()[:20]),
+    }

@@ -36,15 +36,17 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
 from _timing import alternate, machine  # noqa: E402
+
 from tf_bigmodels.models import GPTModel  # noqa: E402
 
 MODELS = {
-    "nanogpt": dict(vocab_size=258, d_model=128, num_heads=4, dff=512, num_layers=4,
-                    max_length=512),
-    "gpt2": dict(vocab_size=50257, d_model=768, num_heads=12, dff=3072, num_layers=12,
-                 max_length=1024),
+    "nanogpt": dict(
+        vocab_size=258, d_model=128, num_heads=4, dff=512, num_layers=4, max_length=512
+    ),
+    "gpt2": dict(
+        vocab_size=50257, d_model=768, num_heads=12, dff=3072, num_layers=12, max_length=1024
+    ),
     "smoke": dict(vocab_size=258, d_model=32, num_heads=2, dff=64, num_layers=2, max_length=64),
 }
 
@@ -57,9 +59,14 @@ def _ours(config):
 
 def _keras_hub(config):
     backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=config["vocab_size"], num_layers=config["num_layers"],
-        num_heads=config["num_heads"], hidden_dim=config["d_model"],
-        intermediate_dim=config["dff"], dropout=0.0, max_sequence_length=config["max_length"])
+        vocabulary_size=config["vocab_size"],
+        num_layers=config["num_layers"],
+        num_heads=config["num_heads"],
+        hidden_dim=config["d_model"],
+        intermediate_dim=config["dff"],
+        dropout=0.0,
+        max_sequence_length=config["max_length"],
+    )
     causal_lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
     causal_lm.compile(sampler="greedy")
     return causal_lm
@@ -90,8 +97,9 @@ def variants(config, batch, prompt_length, new_tokens, no_cache_tokens=None):
         "token_ids": np.pad(prompts, ((0, 0), (0, new_tokens))),
         "padding_mask": np.arange(total)[None].repeat(batch, 0) < prompt_length,
     }
-    result = {"ours_cache_xla": (lambda: ours.generate(prompts, new_tokens, temperature=0.0),
-                                 new_tokens)}
+    result = {
+        "ours_cache_xla": (lambda: ours.generate(prompts, new_tokens, temperature=0.0), new_tokens)
+    }
     if no_cache_tokens:
         result["ours_no_cache"] = (no_cache, no_cache_tokens)
     result["keras_hub"] = (lambda: hub.generate(hub_inputs, stop_token_ids=None), new_tokens)
@@ -110,16 +118,24 @@ def main():
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--no-cache-tokens", type=int, default=None,
-                        help="new tokens of the no-cache variant (default: all on nanogpt, 32 "
-                             "on gpt2)")
+    parser.add_argument(
+        "--no-cache-tokens",
+        type=int,
+        default=None,
+        help="new tokens of the no-cache variant (default: all on nanogpt, 32 on gpt2)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny model and lengths, seconds")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if args.smoke:
         args.models, args.batches, args.prompt, args.new_tokens, args.repeats = (
-            "smoke", "1,2", 4, 8, 1)
+            "smoke",
+            "1,2",
+            4,
+            8,
+            1,
+        )
     keras.utils.set_random_seed(0)
     rows = []
     for name in args.models.split(","):
@@ -130,12 +146,22 @@ def main():
             medians = measure(runs, args.repeats)
             for variant, seconds in medians.items():
                 tokens = runs[variant][1]
-                rows.append(dict(model=name, batch=batch, prompt=args.prompt,
-                                 new_tokens=tokens, variant=variant, seconds=seconds,
-                                 tokens_per_second=batch * tokens / seconds))
-                print(f"{name:8s} batch {batch:3d} {variant:15s} {tokens:4d} new tokens "
-                      f"{seconds:8.3f} s  {rows[-1]['tokens_per_second']:9.1f} tokens/s",
-                      flush=True)
+                rows.append(
+                    dict(
+                        model=name,
+                        batch=batch,
+                        prompt=args.prompt,
+                        new_tokens=tokens,
+                        variant=variant,
+                        seconds=seconds,
+                        tokens_per_second=batch * tokens / seconds,
+                    )
+                )
+                print(
+                    f"{name:8s} batch {batch:3d} {variant:15s} {tokens:4d} new tokens "
+                    f"{seconds:8.3f} s  {rows[-1]['tokens_per_second']:9.1f} tokens/s",
+                    flush=True,
+                )
             hub = next(r for r in rows[-3:] if r["variant"] == "keras_hub")
             for row in rows[-3:]:
                 row["ratio_vs_keras_hub"] = row["tokens_per_second"] / hub["tokens_per_second"]

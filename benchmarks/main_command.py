@@ -30,17 +30,35 @@ def main():
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as directory:
-        command = [sys.executable, "-m", "tf_bigmodels", "train", "gpt", "--steps", str(args.steps),
-                   "--eval-every", str(args.eval_every), "--precision", args.precision,
-                   "--out", directory, "--samples", "0", "--no-export"]
+        command = [
+            sys.executable,
+            "-m",
+            "tf_bigmodels",
+            "train",
+            "gpt",
+            "--steps",
+            str(args.steps),
+            "--eval-every",
+            str(args.eval_every),
+            "--precision",
+            args.precision,
+            "--out",
+            directory,
+            "--samples",
+            "0",
+            "--no-export",
+        ]
         start = time.perf_counter()
-        completed = subprocess.run(command, capture_output=True, text=True,
-                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        completed = subprocess.run(
+            command, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        )
         wall = time.perf_counter() - start
         if completed.returncode:
             sys.exit(f"the main command failed:\n{completed.stderr[-3000:]}")
-        lines = [json.loads(line) for line in
-                 (pathlib.Path(directory) / "gpt" / "metrics.jsonl").read_text().splitlines()]
+        lines = [
+            json.loads(line)
+            for line in (pathlib.Path(directory) / "gpt" / "metrics.jsonl").read_text().splitlines()
+        ]
     epochs = [line for line in lines if "epoch" in line]
     rates = [line["tokens/s"] for line in lines if "epoch" not in line and "tokens/s" in line]
     result = {
@@ -53,9 +71,11 @@ def main():
         "median_tokens_per_second": statistics.median(rates[1:] or rates),
         "wall_seconds": wall,
     }
-    print(f"| {args.precision} | {args.steps} | {result['final_loss']:.3f} | "
-          f"{result['final_val_loss']:.3f} | {result['median_tokens_per_second']:,.0f} | "
-          f"{wall:.0f} s |")
+    print(
+        f"| {args.precision} | {args.steps} | {result['final_loss']:.3f} | "
+        f"{result['final_val_loss']:.3f} | {result['median_tokens_per_second']:,.0f} | "
+        f"{wall:.0f} s |"
+    )
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
 

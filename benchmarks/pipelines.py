@@ -41,8 +41,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="passes per pipeline (median)")
     parser.add_argument("--out", help="write the results as JSON to this path")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a few batches on a tenth of the corpus, to check that it runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few batches on a tenth of the corpus, to check that it runs",
+    )
     args = parser.parse_args()
 
     documents = load_corpus("shakespeare")
@@ -51,30 +54,42 @@ def main():
     max_batches = 20 if args.smoke else None
 
     start = time.perf_counter()
-    word_piece = WordPieceTokenizer.train(documents, BERT_VOCAB_SIZE, verbose=False,
-                                          lower_thresh=2)
+    word_piece = WordPieceTokenizer.train(documents, BERT_VOCAB_SIZE, verbose=False, lower_thresh=2)
     train_seconds = time.perf_counter() - start
     pipelines = {
         "gpt": (lambda: lm_dataset(documents, ByteTokenizer(), **GPT), GPT),
         "bert": (lambda: bert_pretraining_dataset(documents, word_piece, **BERT), BERT),
     }
-    results = {"tensorflow": tf.__version__, "machine": platform.processor() or platform.machine(),
-               "repeats": args.repeats, "smoke": args.smoke,
-               "word_piece": {"vocab_size": word_piece.vocab_size,
-                              "train_seconds": round(train_seconds, 2)}}
+    results = {
+        "tensorflow": tf.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "repeats": args.repeats,
+        "smoke": args.smoke,
+        "word_piece": {
+            "vocab_size": word_piece.vocab_size,
+            "train_seconds": round(train_seconds, 2),
+        },
+    }
     print(f"WordPiece vocabulary: {word_piece.vocab_size} tokens, trained in {train_seconds:.1f} s")
     print(f"{'pipeline':<8} {'seq_len':>7} {'batch':>5} {'build s':>8} {'examples/s':>11}")
     for name, (build, settings) in pipelines.items():
         start = time.perf_counter()
         dataset = build()
         build_seconds = time.perf_counter() - start
-        rates = [examples_per_second(dataset, settings["batch_size"], max_batches)
-                 for _ in range(args.repeats)]
-        results[name] = {**settings, "build_seconds": round(build_seconds, 2),
-                         "examples_per_second": [round(r) for r in rates],
-                         "median_examples_per_second": round(statistics.median(rates))}
-        print(f"{name:<8} {settings['seq_len']:>7} {settings['batch_size']:>5} "
-              f"{build_seconds:>8.2f} {statistics.median(rates):>11,.0f}")
+        rates = [
+            examples_per_second(dataset, settings["batch_size"], max_batches)
+            for _ in range(args.repeats)
+        ]
+        results[name] = {
+            **settings,
+            "build_seconds": round(build_seconds, 2),
+            "examples_per_second": [round(r) for r in rates],
+            "median_examples_per_second": round(statistics.median(rates)),
+        }
+        print(
+            f"{name:<8} {settings['seq_len']:>7} {settings['batch_size']:>5} "
+            f"{build_seconds:>8.2f} {statistics.median(rates):>11,.0f}"
+        )
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

@@ -39,14 +39,20 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import generation  # noqa: E402
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _timing import (
+    alternate,
+    gpt_flops_per_token,
+    machine,
+    matmul_gflops,  # noqa: E402
+    parameter_count,
+    train_steps,
+)
 
-import generation  # noqa: E402
-from _timing import (alternate, gpt_flops_per_token, machine, matmul_gflops,  # noqa: E402
-                     parameter_count, train_steps)
 from tf_bigmodels.data import lm_dataset, load_corpus  # noqa: E402
 from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel  # noqa: E402
 from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
@@ -57,22 +63,58 @@ SECTIONS = ("matmul", "gpt_nano", "gpt_124m", "bert", "generation")
 
 # Shapes: model arguments in our names, plus sequence length and batch size.
 FULL = {
-    "gpt_nano": dict(d_model=128, num_heads=4, dff=512, num_layers=4, rate=0.0, seq_len=64,
-                     batch_size=12),
-    "gpt_124m": dict(d_model=768, num_heads=12, dff=3072, num_layers=12, rate=0.1, seq_len=256,
-                     batch_size=4, vocab_size=50257),
-    "bert": dict(d_model=128, num_heads=2, dff=512, num_layers=2, rate=0.1, seq_len=128,
-                 batch_size=32, vocab_size=8000, predictions=20),
+    "gpt_nano": dict(
+        d_model=128, num_heads=4, dff=512, num_layers=4, rate=0.0, seq_len=64, batch_size=12
+    ),
+    "gpt_124m": dict(
+        d_model=768,
+        num_heads=12,
+        dff=3072,
+        num_layers=12,
+        rate=0.1,
+        seq_len=256,
+        batch_size=4,
+        vocab_size=50257,
+    ),
+    "bert": dict(
+        d_model=128,
+        num_heads=2,
+        dff=512,
+        num_layers=2,
+        rate=0.1,
+        seq_len=128,
+        batch_size=32,
+        vocab_size=8000,
+        predictions=20,
+    ),
     "generation": dict(model="nanogpt", batches=(1, 16), prompt=16, new_tokens=256),
     "matmul": dict(size=2048),
 }
 SMOKE = {
-    "gpt_nano": dict(d_model=32, num_heads=2, dff=64, num_layers=1, rate=0.0, seq_len=16,
-                     batch_size=4),
-    "gpt_124m": dict(d_model=32, num_heads=2, dff=64, num_layers=1, rate=0.1, seq_len=16,
-                     batch_size=2, vocab_size=300),
-    "bert": dict(d_model=32, num_heads=2, dff=64, num_layers=1, rate=0.1, seq_len=16,
-                 batch_size=4, vocab_size=300, predictions=3),
+    "gpt_nano": dict(
+        d_model=32, num_heads=2, dff=64, num_layers=1, rate=0.0, seq_len=16, batch_size=4
+    ),
+    "gpt_124m": dict(
+        d_model=32,
+        num_heads=2,
+        dff=64,
+        num_layers=1,
+        rate=0.1,
+        seq_len=16,
+        batch_size=2,
+        vocab_size=300,
+    ),
+    "bert": dict(
+        d_model=32,
+        num_heads=2,
+        dff=64,
+        num_layers=1,
+        rate=0.1,
+        seq_len=16,
+        batch_size=4,
+        vocab_size=300,
+        predictions=3,
+    ),
     "generation": dict(model="smoke", batches=(1, 2), prompt=4, new_tokens=8),
     "matmul": dict(size=256),
 }
@@ -92,14 +134,26 @@ def _optimizer(model, kind):
     """The driver's optimizer (`tf_bigmodels.training.train`), for ours and the peer alike."""
     if kind == "gpt":
         return build_optimizer(model, learning_rate=1e-3, total_steps=2000, warmup_steps=100)
-    return build_optimizer(model, learning_rate=1e-3, total_steps=2000, warmup_steps=200,
-                           decay="linear", beta_2=0.999, epsilon=1e-6)
+    return build_optimizer(
+        model,
+        learning_rate=1e-3,
+        total_steps=2000,
+        warmup_steps=200,
+        decay="linear",
+        beta_2=0.999,
+        epsilon=1e-6,
+    )
 
 
 def _compile(model, kind, loss, jit_compile, steps_per_execution, **kwargs):
     optimizer = _optimizer(model, kind)
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile,
-                  steps_per_execution=steps_per_execution, **kwargs)
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+        **kwargs,
+    )
     optimizer.build(model.trainable_variables)
     return model
 
@@ -111,48 +165,73 @@ def _lm_loss():
 def build_gpt(library, shape, vocab_size, jit_compile, steps_per_execution):
     """A compiled GPT of `shape`: our `GPTModel` or keras-hub's `GPT2CausalLM`."""
     if library == "ours":
-        model = GPTModel(vocab_size, shape["d_model"], shape["num_heads"], shape["dff"],
-                         shape["num_layers"], shape["rate"], max_length=shape["seq_len"])
+        model = GPTModel(
+            vocab_size,
+            shape["d_model"],
+            shape["num_heads"],
+            shape["dff"],
+            shape["num_layers"],
+            shape["rate"],
+            max_length=shape["seq_len"],
+        )
         model(np.zeros((1, shape["seq_len"]), "int32"))
         return _compile(model, "gpt", _lm_loss(), jit_compile, steps_per_execution)
     backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=vocab_size, num_layers=shape["num_layers"],
-        num_heads=shape["num_heads"], hidden_dim=shape["d_model"],
-        intermediate_dim=shape["dff"], dropout=shape["rate"],
-        max_sequence_length=shape["seq_len"])
+        vocabulary_size=vocab_size,
+        num_layers=shape["num_layers"],
+        num_heads=shape["num_heads"],
+        hidden_dim=shape["d_model"],
+        intermediate_dim=shape["dff"],
+        dropout=shape["rate"],
+        max_sequence_length=shape["seq_len"],
+    )
     model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
     # No accuracy metric (keras-hub's default adds one): the peer does no more work than ours.
-    return _compile(model, "gpt", _lm_loss(), jit_compile, steps_per_execution,
-                    weighted_metrics=[])
+    return _compile(model, "gpt", _lm_loss(), jit_compile, steps_per_execution, weighted_metrics=[])
 
 
 def build_bert(library, shape, jit_compile, steps_per_execution):
     """A compiled BERT pre-trainer: our `BERTPretrainer` (MLM + NSP) or `BertMaskedLM`."""
     if library == "ours":
-        encoder = BERTEncoder(shape["vocab_size"], shape["d_model"], shape["num_heads"],
-                              shape["dff"], shape["num_layers"], shape["rate"],
-                              max_length=shape["seq_len"])
+        encoder = BERTEncoder(
+            shape["vocab_size"],
+            shape["d_model"],
+            shape["num_heads"],
+            shape["dff"],
+            shape["num_layers"],
+            shape["rate"],
+            max_length=shape["seq_len"],
+        )
         model = BERTPretrainer(encoder)
         features, _ = _bert_batch(shape, np.random.default_rng(0), batch_size=1)
         model(features)
         return _compile(model, "bert", None, jit_compile, steps_per_execution)
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=shape["vocab_size"], num_layers=shape["num_layers"],
-        num_heads=shape["num_heads"], hidden_dim=shape["d_model"],
-        intermediate_dim=shape["dff"], dropout=shape["rate"],
-        max_sequence_length=shape["seq_len"])
+        vocabulary_size=shape["vocab_size"],
+        num_layers=shape["num_layers"],
+        num_heads=shape["num_heads"],
+        hidden_dim=shape["d_model"],
+        intermediate_dim=shape["dff"],
+        dropout=shape["rate"],
+        max_sequence_length=shape["seq_len"],
+    )
     model = keras_hub.models.BertMaskedLM(backbone=backbone, preprocessor=None)
     features, _ = _bert_batch(shape, np.random.default_rng(0), batch_size=1)
     model(features)
-    return _compile(model, "bert", _lm_loss(), jit_compile, steps_per_execution,
-                    weighted_metrics=[])
+    return _compile(
+        model, "bert", _lm_loss(), jit_compile, steps_per_execution, weighted_metrics=[]
+    )
 
 
 def _bert_batch(shape, rng, batch_size=None):
     batch, length = batch_size or shape["batch_size"], shape["seq_len"]
     predictions = shape["predictions"]
-    positions = np.sort(np.stack([rng.choice(np.arange(1, length), predictions, replace=False)
-                                  for _ in range(batch)]), axis=1).astype("int32")
+    positions = np.sort(
+        np.stack(
+            [rng.choice(np.arange(1, length), predictions, replace=False) for _ in range(batch)]
+        ),
+        axis=1,
+    ).astype("int32")
     features = {
         "token_ids": rng.integers(5, shape["vocab_size"], (batch, length)).astype("int32"),
         "segment_ids": (np.arange(length)[None].repeat(batch, 0) >= length // 2).astype("int32"),
@@ -178,13 +257,20 @@ def _random_batches(arrays_fn, count=4):
 def gpt_data(library, shape, source, vocab_size):
     """Endless `(x, y)` batches: `lm_dataset` on the corpus ("corpus") or random tokens."""
     if source == "corpus":
-        dataset = lm_dataset(load_corpus("shakespeare"), ByteTokenizer(), shape["seq_len"],
-                             shape["batch_size"], repeat=True)
+        dataset = lm_dataset(
+            load_corpus("shakespeare"),
+            ByteTokenizer(),
+            shape["seq_len"],
+            shape["batch_size"],
+            repeat=True,
+        )
     else:
+
         def batch(rng):
             tokens = rng.integers(0, vocab_size, (shape["batch_size"], shape["seq_len"] + 1))
             tokens = tokens.astype("int32")
             return tokens[:, :-1], tokens[:, 1:]
+
         dataset = _random_batches(batch)
     if library == "keras_hub":
         dataset = dataset.map(lambda x, y: ({"token_ids": x, "padding_mask": tf.ones_like(x)}, y))
@@ -197,6 +283,7 @@ def bert_data(library, shape):
         if library == "ours":
             return features, labels
         return features, labels["mask_ids"], labels["mask_weights"]
+
     return _random_batches(batch)
 
 
@@ -207,28 +294,43 @@ def bert_data(library, shape):
 def _gpt_flops(shape, vocab_size):
     # Our GPTModel and GPT2Backbone have the same parameters for the same shape.
     with _policy("float32"):
-        model = GPTModel(vocab_size, shape["d_model"], shape["num_heads"], shape["dff"],
-                         shape["num_layers"], max_length=shape["seq_len"])
+        model = GPTModel(
+            vocab_size,
+            shape["d_model"],
+            shape["num_heads"],
+            shape["dff"],
+            shape["num_layers"],
+            max_length=shape["seq_len"],
+        )
         model(np.zeros((1, 1), "int32"))
         parameters = parameter_count(model)
     head_dim = shape["d_model"] // shape["num_heads"]
-    return parameters, gpt_flops_per_token(parameters, shape["num_layers"], shape["num_heads"],
-                                           head_dim, shape["seq_len"])
+    return parameters, gpt_flops_per_token(
+        parameters, shape["num_layers"], shape["num_heads"], head_dim, shape["seq_len"]
+    )
 
 
 def _train_rows(section, builders, shape, steps, repeats, flops_per_token, ceilings):
     """Times each compiled model of `builders` (name -> (model, dataset, settings))."""
-    runs = {name: train_steps(model, iter(dataset), steps)
-            for name, (model, dataset, _) in builders.items()}
+    runs = {
+        name: train_steps(model, iter(dataset), steps)
+        for name, (model, dataset, _) in builders.items()
+    }
     timings = alternate(runs, repeats)
     tokens = shape["batch_size"] * shape["seq_len"]
     rows = []
     for name, (_, _, settings) in builders.items():
         seconds = timings[name]["median"] / steps
-        row = dict(section=section, variant=name, **settings, batch=shape["batch_size"],
-                   seq_len=shape["seq_len"], ms_per_step=1e3 * seconds,
-                   tokens_per_second=tokens / seconds,
-                   step_ms_per_round=[1e3 * t / steps for t in timings[name]["times"]])
+        row = dict(
+            section=section,
+            variant=name,
+            **settings,
+            batch=shape["batch_size"],
+            seq_len=shape["seq_len"],
+            ms_per_step=1e3 * seconds,
+            tokens_per_second=tokens / seconds,
+            step_ms_per_round=[1e3 * t / steps for t in timings[name]["times"]],
+        )
         if flops_per_token:
             ceiling = ceilings.get(settings["precision"].replace("mixed_", ""))
             row["mfu"] = tokens / seconds * flops_per_token / (ceiling * 1e9) if ceiling else None
@@ -238,13 +340,17 @@ def _train_rows(section, builders, shape, steps, repeats, flops_per_token, ceili
 
 def section_matmul(shape, repeats):
     """Ceilings (best round's GFLOP/s) of float32 and bfloat16 matmuls, and their rows."""
-    measured = {dtype: matmul_gflops(dtype, size=shape["size"], repeats=repeats)
-                for dtype in ("float32", "bfloat16")}
-    measured["bfloat16_xla"] = matmul_gflops("bfloat16", size=shape["size"], repeats=repeats,
-                                             jit_compile=True)
-    rows = [dict(section="matmul", variant=dtype, size=shape["size"], gflops=best,
-                 median_gflops=median)
-            for dtype, (best, median) in measured.items()]
+    measured = {
+        dtype: matmul_gflops(dtype, size=shape["size"], repeats=repeats)
+        for dtype in ("float32", "bfloat16")
+    }
+    measured["bfloat16_xla"] = matmul_gflops(
+        "bfloat16", size=shape["size"], repeats=repeats, jit_compile=True
+    )
+    rows = [
+        dict(section="matmul", variant=dtype, size=shape["size"], gflops=best, median_gflops=median)
+        for dtype, (best, median) in measured.items()
+    ]
     return {dtype: best for dtype, (best, _) in measured.items()}, rows
 
 
@@ -254,20 +360,24 @@ def section_gpt_nano(shape, args, ceilings):
     spe = args.steps_per_execution
     settings = dict(precision="float32", jit_compile=True)
     builders = {
-        "ours": (build_gpt("ours", shape, vocab_size, True, spe),
-                 gpt_data("ours", shape, "corpus", vocab_size),
-                 dict(settings, steps_per_execution=spe)),
-        "keras_hub": (build_gpt("keras_hub", shape, vocab_size, True, 1),
-                      gpt_data("keras_hub", shape, "corpus", vocab_size),
-                      dict(settings, steps_per_execution=1)),
+        "ours": (
+            build_gpt("ours", shape, vocab_size, True, spe),
+            gpt_data("ours", shape, "corpus", vocab_size),
+            dict(settings, steps_per_execution=spe),
+        ),
+        "keras_hub": (
+            build_gpt("keras_hub", shape, vocab_size, True, 1),
+            gpt_data("keras_hub", shape, "corpus", vocab_size),
+            dict(settings, steps_per_execution=1),
+        ),
     }
     if spe > 1:  # the peer with our lever too, for the record
         builders[f"keras_hub_spe{spe}"] = (
             build_gpt("keras_hub", shape, vocab_size, True, spe),
             gpt_data("keras_hub", shape, "corpus", vocab_size),
-            dict(settings, steps_per_execution=spe))
-    rows = _train_rows("gpt_nano", builders, shape, args.train_steps, args.repeats, flops,
-                       ceilings)
+            dict(settings, steps_per_execution=spe),
+        )
+    rows = _train_rows("gpt_nano", builders, shape, args.train_steps, args.repeats, flops, ceilings)
     for row in rows:
         row["parameters"] = parameters
     return _ratios(rows, "keras_hub")
@@ -291,12 +401,15 @@ def section_gpt_124m(shape, args, ceilings):
             jit = True if precision == "float32" else _bf16_jit(library, args)
             with _policy(precision):
                 model = build_gpt(library, shape, vocab_size, jit, 1)
-            builders[library] = (model, gpt_data(library, shape, "random", vocab_size),
-                                 dict(precision=precision, jit_compile=jit,
-                                      steps_per_execution=1))
+            builders[library] = (
+                model,
+                gpt_data(library, shape, "random", vocab_size),
+                dict(precision=precision, jit_compile=jit, steps_per_execution=1),
+            )
         steps = max(1, args.train_steps // 20)
-        section_rows = _train_rows("gpt_124m", builders, shape, steps, args.repeats, flops,
-                                   ceilings)
+        section_rows = _train_rows(
+            "gpt_124m", builders, shape, steps, args.repeats, flops, ceilings
+        )
         for row in section_rows:
             row["parameters"] = parameters
             row["peak_rss_mb"] = peaks[row["variant"], precision]
@@ -312,12 +425,17 @@ def section_bert(shape, args, ceilings):
     if spe > 1:  # the peer with our lever too, for the record
         variants[f"keras_hub_spe{spe}"] = ("keras_hub", spe)
     builders = {
-        name: (build_bert(library, shape, True, steps), bert_data(library, shape),
-               dict(precision="float32", jit_compile=True, steps_per_execution=steps))
-        for name, (library, steps) in variants.items()}
+        name: (
+            build_bert(library, shape, True, steps),
+            bert_data(library, shape),
+            dict(precision="float32", jit_compile=True, steps_per_execution=steps),
+        )
+        for name, (library, steps) in variants.items()
+    }
     steps = max(spe, args.train_steps // 4 // spe * spe)
-    return _ratios(_train_rows("bert", builders, shape, steps, args.repeats, None, ceilings),
-                   "keras_hub")
+    return _ratios(
+        _train_rows("bert", builders, shape, steps, args.repeats, None, ceilings), "keras_hub"
+    )
 
 
 def section_generation(shape, args, ceilings):
@@ -326,11 +444,19 @@ def section_generation(shape, args, ceilings):
     for batch in shape["batches"]:
         runs = generation.variants(config, batch, shape["prompt"], shape["new_tokens"])
         medians = generation.measure(runs, args.repeats)
-        section_rows = [dict(section="generation", variant=name, model=shape["model"],
-                             batch=batch, prompt=shape["prompt"], new_tokens=runs[name][1],
-                             seconds=seconds,
-                             tokens_per_second=batch * runs[name][1] / seconds)
-                        for name, seconds in medians.items()]
+        section_rows = [
+            dict(
+                section="generation",
+                variant=name,
+                model=shape["model"],
+                batch=batch,
+                prompt=shape["prompt"],
+                new_tokens=runs[name][1],
+                seconds=seconds,
+                tokens_per_second=batch * runs[name][1] / seconds,
+            )
+            for name, seconds in medians.items()
+        ]
         for row in section_rows:
             row["variant"] = {"ours_cache_xla": "ours"}.get(row["variant"], row["variant"])
         rows += _ratios(section_rows, "keras_hub")
@@ -358,8 +484,11 @@ def _start_memory_workers(args):
             spec = dict(library=library, precision=precision, jit_compile=jit, smoke=args.smoke)
             workers[library, precision] = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--memory-worker", json.dumps(spec)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            )
     return workers
 
 
@@ -379,8 +508,7 @@ def memory_worker(spec):
     shape = (SMOKE if spec["smoke"] else FULL)["gpt_124m"]
     with _policy(spec["precision"]):
         model = build_gpt(spec["library"], shape, shape["vocab_size"], spec["jit_compile"], 1)
-    train_steps(model, iter(gpt_data(spec["library"], shape, "random", shape["vocab_size"])),
-                3)()
+    train_steps(model, iter(gpt_data(spec["library"], shape, "random", shape["vocab_size"])), 3)()
     print(json.dumps({"peak_rss_mb": _high_water_mib()}))
 
 
@@ -404,51 +532,81 @@ def _format(value, spec):
 
 def table(rows):
     """The results as one Markdown table."""
-    lines = ["| section | variant | settings | ms/step or s | tokens/s | MFU | peak RSS MB "
-             "| vs keras-hub |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| section | variant | settings | ms/step or s | tokens/s | MFU | peak RSS MB "
+        "| vs keras-hub |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         if row["section"] == "matmul":
-            lines.append(f"| matmul {row['size']}x{row['size']} | {row['variant']} | "
-                         f"{'XLA' if row['variant'].endswith('xla') else 'oneDNN'}, best "
-                         f"(median) | | {row['gflops']:.0f} ({row['median_gflops']:.0f}) "
-                         "GFLOP/s | | | |")
+            lines.append(
+                f"| matmul {row['size']}x{row['size']} | {row['variant']} | "
+                f"{'XLA' if row['variant'].endswith('xla') else 'oneDNN'}, best "
+                f"(median) | | {row['gflops']:.0f} ({row['median_gflops']:.0f}) "
+                "GFLOP/s | | | |"
+            )
             continue
         if row["section"] == "generation":
             settings = f"{row['model']}, batch {row['batch']}, {row['new_tokens']} new"
             time_text = f"{row['seconds']:.3f} s"
         else:
-            settings = (f"{row['precision']}, batch {row['batch']}x{row['seq_len']}, "
-                        f"{'XLA' if row['jit_compile'] else 'no XLA'}, "
-                        f"spe {row['steps_per_execution']}")
+            settings = (
+                f"{row['precision']}, batch {row['batch']}x{row['seq_len']}, "
+                f"{'XLA' if row['jit_compile'] else 'no XLA'}, "
+                f"spe {row['steps_per_execution']}"
+            )
             time_text = f"{row['ms_per_step']:.1f}"
         mfu = row.get("mfu")
         lines.append(
             f"| {row['section']} | {row['variant']} | {settings} | {time_text} | "
             f"{row['tokens_per_second']:,.0f} | {_format(mfu and 100 * mfu, '.1f')}"
             f"{'%' if mfu else ''} | {_format(row.get('peak_rss_mb'), ',.0f')} | "
-            f"{row['vs_keras_hub']:.2f}x |")
+            f"{row['vs_keras_hub']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)}",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
-    parser.add_argument("--train-steps", type=int, default=48,
-                        help="steps per timed round of gpt_nano (gpt_124m: a twentieth, bert: a "
-                             "quarter)")
-    parser.add_argument("--steps-per-execution", type=int, default=8,
-                        help="ours, in gpt_nano and bert; the peer runs with 1 (its default) "
-                             "and, in an extra row, with this value too")
-    parser.add_argument("--bf16-jit", action=argparse.BooleanOptionalAction, default=False,
-                        help="compile the mixed_bfloat16 124M train steps (both libraries) with "
-                             "XLA; off by default: XLA on CPU runs bfloat16 no faster than "
-                             "float32, oneDNN does")
-    parser.add_argument("--intra-op-threads", type=int, default=0,
-                        help="TensorFlow intra-op threads (0 = TensorFlow's choice)")
-    parser.add_argument("--inter-op-threads", type=int, default=0,
-                        help="TensorFlow inter-op threads (0 = TensorFlow's choice)")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=48,
+        help="steps per timed round of gpt_nano (gpt_124m: a twentieth, bert: a quarter)",
+    )
+    parser.add_argument(
+        "--steps-per-execution",
+        type=int,
+        default=8,
+        help="ours, in gpt_nano and bert; the peer runs with 1 (its default) "
+        "and, in an extra row, with this value too",
+    )
+    parser.add_argument(
+        "--bf16-jit",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="compile the mixed_bfloat16 124M train steps (both libraries) with "
+        "XLA; off by default: XLA on CPU runs bfloat16 no faster than "
+        "float32, oneDNN does",
+    )
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="TensorFlow intra-op threads (0 = TensorFlow's choice)",
+    )
+    parser.add_argument(
+        "--inter-op-threads",
+        type=int,
+        default=0,
+        help="TensorFlow inter-op threads (0 = TensorFlow's choice)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and 1 round (CI)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
@@ -464,19 +622,23 @@ def main():
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown --sections {sorted(unknown)}; choose from {list(SECTIONS)}")
-    args.memory_workers = (_start_memory_workers(args)
-                           if args.smoke and "gpt_124m" in sections else None)
+    args.memory_workers = (
+        _start_memory_workers(args) if args.smoke and "gpt_124m" in sections else None
+    )
     keras.utils.set_random_seed(0)
     ceilings, rows = section_matmul(shapes["matmul"], args.repeats)
-    runners = {"gpt_nano": section_gpt_nano, "gpt_124m": section_gpt_124m,
-               "bert": section_bert, "generation": section_generation}
+    runners = {
+        "gpt_nano": section_gpt_nano,
+        "gpt_124m": section_gpt_124m,
+        "bert": section_bert,
+        "generation": section_generation,
+    }
     for name in sections:
         if name in runners:
             start = time.perf_counter()
             section_rows = runners[name](shapes[name], args, ceilings)
             rows += section_rows
-            print(f"{name}: {time.perf_counter() - start:.0f} s\n{table(section_rows)}",
-                  flush=True)
+            print(f"{name}: {time.perf_counter() - start:.0f} s\n{table(section_rows)}", flush=True)
     # The ceilings again at the end: the best of both is what the machine can do when free.
     late_ceilings, late_rows = section_matmul(shapes["matmul"], args.repeats)
     for row, late in zip(rows, late_rows):
@@ -485,14 +647,23 @@ def main():
     for row in rows:
         if row.get("mfu"):
             ceiling = ceilings[row["precision"].replace("mixed_", "")]
-            row["mfu"] *= ceiling / max(ceiling, late_ceilings[row["precision"].replace(
-                "mixed_", "")])
+            row["mfu"] *= ceiling / max(
+                ceiling, late_ceilings[row["precision"].replace("mixed_", "")]
+            )
     ceilings = {dtype: max(value, late_ceilings[dtype]) for dtype, value in ceilings.items()}
-    result = {**machine(), "command": " ".join(sys.argv), "smoke": args.smoke,
-              "repeats": args.repeats, "ceilings_gflops": ceilings,
-              "flops_per_token": "6 N + 12 L H Q T (nanoGPT)", "rows": rows}
-    print(f"\n{result['date']}  TensorFlow {result['tensorflow']}, Keras {result['keras']}, "
-          f"keras-hub {result['keras_hub']}\n")
+    result = {
+        **machine(),
+        "command": " ".join(sys.argv),
+        "smoke": args.smoke,
+        "repeats": args.repeats,
+        "ceilings_gflops": ceilings,
+        "flops_per_token": "6 N + 12 L H Q T (nanoGPT)",
+        "rows": rows,
+    }
+    print(
+        f"\n{result['date']}  TensorFlow {result['tensorflow']}, Keras {result['keras']}, "
+        f"keras-hub {result['keras_hub']}\n"
+    )
     print(table(rows))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

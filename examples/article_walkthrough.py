@@ -39,8 +39,9 @@ from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
 # ---------------------------------------------------------------- settings
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
-parser.add_argument("--out", default="example_outputs/article_walkthrough",
-                    help="directory for walkthrough.json")
+parser.add_argument(
+    "--out", default="example_outputs/article_walkthrough", help="directory for walkthrough.json"
+)
 parser.add_argument("--steps", type=int, default=None, help="training steps of the causal demo")
 args = parser.parse_args()
 
@@ -71,21 +72,25 @@ def project(dense, inputs):  # kernel (d, heads, d_k) -> (B, heads, T, d_k)
     return np.einsum("btd,dhk->bhtk", inputs, kernel) + bias[None, :, None, :]
 
 
-q, k, v = (project(dense, x) for dense in (keras_mha.query_dense, keras_mha.key_dense,
-                                           keras_mha.value_dense))
-scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])              # (B, h, T, T)
+q, k, v = (
+    project(dense, x)
+    for dense in (keras_mha.query_dense, keras_mha.key_dense, keras_mha.value_dense)
+)
+scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])  # (B, h, T, T)
 weights = np.exp(scores - scores.max(-1, keepdims=True))
-weights /= weights.sum(-1, keepdims=True)                                 # softmax over keys
-heads = weights @ v                                                       # (B, h, T, d_k)
+weights /= weights.sum(-1, keepdims=True)  # softmax over keys
+heads = weights @ v  # (B, h, T, d_k)
 out_kernel, out_bias = (ops.convert_to_numpy(w) for w in keras_mha.output_dense.weights)
-by_hand = np.einsum("bhtk,hkd->btd", heads, out_kernel) + out_bias      # Concat(heads) W^O
+by_hand = np.einsum("bhtk,hkd->btd", heads, out_kernel) + out_bias  # Concat(heads) W^O
 ours, _ = tfb.layers.scaled_dot_product_attention(q, k, v)
 formula_diff = float(np.abs(by_hand - want).max())
 ours_diff = float(np.abs(ops.convert_to_numpy(ours) - heads).max())
 results["attention_formula_max_abs_diff"] = formula_diff
-print(f"ATTENTION FORMULA: softmax(QK^T/sqrt(d_k))V by hand vs keras.layers.MultiHeadAttention: "
-      f"max |diff| = {formula_diff:.2e}; tfb.layers.scaled_dot_product_attention vs by hand: "
-      f"{ours_diff:.2e}")
+print(
+    f"ATTENTION FORMULA: softmax(QK^T/sqrt(d_k))V by hand vs keras.layers.MultiHeadAttention: "
+    f"max |diff| = {formula_diff:.2e}; tfb.layers.scaled_dot_product_attention vs by hand: "
+    f"{ours_diff:.2e}"
+)
 assert formula_diff < 1e-5 and ours_diff < 1e-5
 
 # ---------------------------------------------------------------- 1. syntax error
@@ -94,8 +99,12 @@ assert formula_diff < 1e-5 and ours_diff < 1e-5
 try:
     compile("ffn = Dense units=4, activation='relu')", "<tutorial-style line>", "exec")
 except SyntaxError as error:
-    report(1, "a missing parenthesis", f"SyntaxError: {error.msg} -> nothing in the file runs. "
-           "Ours: tf_bigmodels imports and runs.")
+    report(
+        1,
+        "a missing parenthesis",
+        f"SyntaxError: {error.msg} -> nothing in the file runs. "
+        "Ours: tf_bigmodels imports and runs.",
+    )
 
 # ---------------------------------------------------------------- 2. key_dim = d_model
 # Keras's `key_dim` is the width of ONE head. Setting it to d_model gives each of the num_heads
@@ -105,9 +114,13 @@ wide(np.zeros((1, 4, 512), "float32"), np.zeros((1, 4, 512), "float32"))
 right = tfb.layers.MultiHeadSelfAttention(num_heads=8)
 right(np.zeros((1, 4, 512), "float32"))
 results["key_dim_params"] = {"tutorial_style": wide.count_params(), "ours": right.count_params()}
-report(2, "key_dim=d_model", f"d_model=512, 8 heads: {wide.count_params():,} attention "
-       f"parameters with key_dim=d_model vs {right.count_params():,} with d_model // num_heads "
-       f"({wide.count_params() / right.count_params():.1f}x).")
+report(
+    2,
+    "key_dim=d_model",
+    f"d_model=512, 8 heads: {wide.count_params():,} attention "
+    f"parameters with key_dim=d_model vs {right.count_params():,} with d_model // num_heads "
+    f"({wide.count_params() / right.count_params():.1f}x).",
+)
 
 
 # ---------------------------------------------------------------- 3. one-Dense feed-forward
@@ -132,8 +145,12 @@ except Exception as error:  # noqa: BLE001 (TensorFlow raises its own error type
     failure = f"{type(error).__name__}: {shapes.group(0) if shapes else str(error)[:80]}"
 fixed = tfb.layers.TransformerLayer(D_MODEL, NUM_HEADS, DFF)(np.zeros((1, 4, D_MODEL), "float32"))
 results["ffn_failure"] = failure
-report(3, "feed-forward is one Dense(dff)", f"d_model={D_MODEL}, dff={DFF}: {failure}. Ours "
-       f"(Dense(dff) -> Dense(d_model)) returns {tuple(fixed.shape)}.")
+report(
+    3,
+    "feed-forward is one Dense(dff)",
+    f"d_model={D_MODEL}, dff={DFF}: {failure}. Ours "
+    f"(Dense(dff) -> Dense(d_model)) returns {tuple(fixed.shape)}.",
+)
 
 # ---------------------------------------------------------------- 4. no causal mask
 # A language model predicts y_i = x_{i+1}. Without a causal mask, position i attends to position
@@ -151,22 +168,25 @@ def leaky_gpt():
     x = keras.layers.Embedding(tokenizer.vocab_size, D_MODEL)(token_ids)
     x = x + tfb.layers.PositionEmbedding(SEQ_LEN)(x)
     for _ in range(NUM_LAYERS):
-        x = tfb.layers.TransformerLayer(D_MODEL, NUM_HEADS, DFF, rate=0.0, causal=False,
-                                        norm_first=True)(x)
+        x = tfb.layers.TransformerLayer(
+            D_MODEL, NUM_HEADS, DFF, rate=0.0, causal=False, norm_first=True
+        )(x)
     x = keras.layers.LayerNormalization()(x)
     return keras.Model(token_ids, keras.layers.Dense(tokenizer.vocab_size)(x))
 
 
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-models = {"leaky (causal=False)": leaky_gpt(),
-          "ours (GPTModel)": tfb.models.GPTModel(tokenizer.vocab_size, D_MODEL, NUM_HEADS, DFF,
-                                                 NUM_LAYERS, rate=0.0, max_length=SEQ_LEN)}
+models = {
+    "leaky (causal=False)": leaky_gpt(),
+    "ours (GPTModel)": tfb.models.GPTModel(
+        tokenizer.vocab_size, D_MODEL, NUM_HEADS, DFF, NUM_LAYERS, rate=0.0, max_length=SEQ_LEN
+    ),
+}
 losses = {}
 for name, model in models.items():
     model.compile(keras.optimizers.Adam(LEARNING_RATE), loss)
     started = time.time()
-    history = model.fit(train_data, steps_per_epoch=STEPS, epochs=1, verbose=0,
-                        shuffle=False)
+    history = model.fit(train_data, steps_per_epoch=STEPS, epochs=1, verbose=0, shuffle=False)
     logits = model(val_x)
     losses[name] = {
         "train_loss": float(history.history["loss"][-1]),
@@ -180,17 +200,23 @@ for name, model in models.items():
 probe = np.asarray(val_x[:1])
 changed = probe.copy()
 changed[0, 10] = (changed[0, 10] + 1) % 256
-moved = {name: bool(np.abs(ops.convert_to_numpy(m(probe) - m(changed)))[0, :10].max() > 0)
-         for name, m in models.items()}
+moved = {
+    name: bool(np.abs(ops.convert_to_numpy(m(probe) - m(changed)))[0, :10].max() > 0)
+    for name, m in models.items()
+}
 results["causal"] = {"losses": losses, "earlier_positions_see_position_10": moved}
 leaky, ours = losses["leaky (causal=False)"], losses["ours (GPTModel)"]
-report(4, "no causal mask", f"after {STEPS} steps the leaky GPT's validation loss is "
-       f"{leaky['val_loss']:.3f} (ours {ours['val_loss']:.3f}): it copies the next token it can "
-       f"see. At the last position, where there is nothing to copy, its loss is "
-       f"{leaky['val_loss_last_position']:.3f} (ours {ours['val_loss_last_position']:.3f}) — the "
-       f"leaky model learned to read the answer, not to predict it, and generates nothing useful. "
-       f"Positions 0..9 react to token 10: leaky {moved['leaky (causal=False)']}, ours "
-       f"{moved['ours (GPTModel)']}.")
+report(
+    4,
+    "no causal mask",
+    f"after {STEPS} steps the leaky GPT's validation loss is "
+    f"{leaky['val_loss']:.3f} (ours {ours['val_loss']:.3f}): it copies the next token it can "
+    f"see. At the last position, where there is nothing to copy, its loss is "
+    f"{leaky['val_loss_last_position']:.3f} (ours {ours['val_loss_last_position']:.3f}) — the "
+    f"leaky model learned to read the answer, not to predict it, and generates nothing useful. "
+    f"Positions 0..9 react to token 10: leaky {moved['leaky (causal=False)']}, ours "
+    f"{moved['ours (GPTModel)']}.",
+)
 
 # ---------------------------------------------------------------- 5. no position embedding
 # Self-attention without a causal mask and without positions treats its input as a bag of
@@ -200,15 +226,22 @@ tokens = keras.layers.Embedding(tokenizer.vocab_size, D_MODEL)
 block = tfb.layers.TransformerLayer(D_MODEL, NUM_HEADS, DFF, rate=0.0)
 sentence = ops.convert_to_numpy(tokenizer.tokenize(["dog bites man"]).to_tensor())
 reversed_sentence = sentence[:, ::-1].copy()
-without = np.abs(ops.convert_to_numpy(block(tokens(sentence)))[:, ::-1]
-                 - ops.convert_to_numpy(block(tokens(reversed_sentence)))).max()
+without = np.abs(
+    ops.convert_to_numpy(block(tokens(sentence)))[:, ::-1]
+    - ops.convert_to_numpy(block(tokens(reversed_sentence)))
+).max()
 gpt = models["ours (GPTModel)"]
-with_positions = np.abs(ops.convert_to_numpy(gpt(sentence))[:, ::-1]
-                        - ops.convert_to_numpy(gpt(reversed_sentence))).max()
+with_positions = np.abs(
+    ops.convert_to_numpy(gpt(sentence))[:, ::-1] - ops.convert_to_numpy(gpt(reversed_sentence))
+).max()
 results["order"] = {"without_positions": float(without), "ours": float(with_positions)}
-report(5, "no position embedding", f"outputs for a reversed input, reversed back, differ from the "
-       f"original by {without:.1e} without positions (order invisible) and by {with_positions:.2f} "
-       "in GPTModel (learned PositionEmbedding).")
+report(
+    5,
+    "no position embedding",
+    f"outputs for a reversed input, reversed back, differ from the "
+    f"original by {without:.1e} without positions (order invisible) and by {with_positions:.2f} "
+    "in GPTModel (learned PositionEmbedding).",
+)
 
 # ---------------------------------------------------------------- 6. no padding mask
 # Batches mix lengths, so short rows are padded. Without a padding mask, whatever stands in the
@@ -218,11 +251,18 @@ pad_a = np.concatenate([real, np.zeros((1, 4, D_MODEL), "float32")], axis=1)
 pad_b = np.concatenate([real, np.ones((1, 4, D_MODEL), "float32")], axis=1)
 padding_mask = np.array([[1] * 6 + [0] * 4])
 no_mask = np.abs(ops.convert_to_numpy(block(pad_a) - block(pad_b)))[:, :6].max()
-masked = np.abs(ops.convert_to_numpy(block(pad_a, padding_mask=padding_mask)
-                                     - block(pad_b, padding_mask=padding_mask)))[:, :6].max()
+masked = np.abs(
+    ops.convert_to_numpy(
+        block(pad_a, padding_mask=padding_mask) - block(pad_b, padding_mask=padding_mask)
+    )
+)[:, :6].max()
 results["padding"] = {"without_mask": float(no_mask), "with_mask": float(masked)}
-report(6, "no padding mask", f"changing only the padding moves the real positions' outputs by "
-       f"{no_mask:.2f} without a mask and by {masked:.1e} with `padding_mask`.")
+report(
+    6,
+    "no padding mask",
+    f"changing only the padding moves the real positions' outputs by "
+    f"{no_mask:.2f} without a mask and by {masked:.1e} with `padding_mask`.",
+)
 assert masked == 0.0
 
 
@@ -243,16 +283,19 @@ try:
     failure = "no error"
 except TypeError as error:
     failure = f"TypeError: {error}"
-named = tfb.layers.TransformerLayer(D_MODEL, NUM_HEADS, DFF, name="block_0",
-                                    dtype="mixed_bfloat16")
+named = tfb.layers.TransformerLayer(D_MODEL, NUM_HEADS, DFF, name="block_0", dtype="mixed_bfloat16")
 inputs = keras.Input((None, D_MODEL))
 saved = keras.Model(inputs, tfb.layers.TransformerLayer(D_MODEL, NUM_HEADS, DFF)(inputs))
 saved.save(out_dir / "transformer_layer.keras")
 reloaded = keras.saving.load_model(out_dir / "transformer_layer.keras")
 same = np.allclose(reloaded(real), saved(real), atol=1e-6)
-report(7, "no **kwargs, no get_config", f"{failure[:100]}. Ours takes name= and dtype= "
-       f"({named.name}, {named.dtype_policy.name}) and reloads from .keras with equal outputs: "
-       f"{same}.")
+report(
+    7,
+    "no **kwargs, no get_config",
+    f"{failure[:100]}. Ours takes name= and dtype= "
+    f"({named.name}, {named.dtype_policy.name}) and reloads from .keras with equal outputs: "
+    f"{same}.",
+)
 
 (out_dir / "walkthrough.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
 print(f"\nWALKTHROUGH DONE: results in {out_dir / 'walkthrough.json'}")

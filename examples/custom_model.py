@@ -25,8 +25,9 @@ import tf_bigmodels as tfb  # noqa: E402
 # ---------------------------------------------------------------- settings
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
-parser.add_argument("--out", default="example_outputs/custom_model",
-                    help="directory for forecaster.keras")
+parser.add_argument(
+    "--out", default="example_outputs/custom_model", help="directory for forecaster.keras"
+)
 args = parser.parse_args()
 out = pathlib.Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -51,13 +52,14 @@ cut = int(0.9 * NUM_SERIES)
 
 # ---------------------------------------------------------------- the model
 values = keras.Input((WINDOW, 1), name="values")
-h = keras.layers.Dense(D_MODEL, name="value_embedding")(values)          # (B, T, d_model)
+h = keras.layers.Dense(D_MODEL, name="value_embedding")(values)  # (B, T, d_model)
 h = h + tfb.layers.PositionEmbedding(max_length=WINDOW, name="position_embedding")(h)
 for i in range(NUM_LAYERS):
-    h = tfb.layers.TransformerLayer(D_MODEL, NUM_HEADS, DFF, rate=0.0, causal=True,
-                                    norm_first=True, name=f"block_{i}")(h)
+    h = tfb.layers.TransformerLayer(
+        D_MODEL, NUM_HEADS, DFF, rate=0.0, causal=True, norm_first=True, name=f"block_{i}"
+    )(h)
 h = keras.layers.LayerNormalization(name="final_norm")(h)
-forecast = keras.layers.Dense(1, name="next_value")(h)                   # (B, T, 1)
+forecast = keras.layers.Dense(1, name="next_value")(h)  # (B, T, 1)
 model = keras.Model(values, forecast, name="forecaster")
 model.summary(line_length=90)
 
@@ -70,16 +72,19 @@ model.fit(x_train, y_train, batch_size=64, epochs=EPOCHS, validation_split=0.1, 
 half = WINDOW // 2
 model_mse = float(np.mean((model.predict(x_test, verbose=0) - y_test)[:, half:] ** 2))
 naive_mse = float(np.mean((x_test - y_test)[:, half:] ** 2))
-print(f"\nTest MSE (second half of the window): model {model_mse:.4f}, "
-      f"naive last-value forecast {naive_mse:.4f}")
+print(
+    f"\nTest MSE (second half of the window): model {model_mse:.4f}, "
+    f"naive last-value forecast {naive_mse:.4f}"
+)
 
 # ---------------------------------------------------------------- save and reload
 # Importing tf_bigmodels registers its layers, so no custom_objects are needed.
 path = out / "forecaster.keras"
 model.save(path)
 reloaded = keras.saving.load_model(path)
-difference = float(np.abs(reloaded.predict(x_test, verbose=0) - model.predict(x_test, verbose=0)
-                          ).max())
+difference = float(
+    np.abs(reloaded.predict(x_test, verbose=0) - model.predict(x_test, verbose=0)).max()
+)
 print(f"reloaded {path}: max |difference| of predictions {difference:.1e}")
 assert difference < 1e-5
 print(f"\nCUSTOM_MODEL DONE: model MSE {model_mse:.4f} vs naive {naive_mse:.4f}; saved {path}")

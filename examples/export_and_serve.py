@@ -35,8 +35,11 @@ from tf_bigmodels.training import RunConfig, train  # noqa: E402
 # ---------------------------------------------------------------- settings
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
-parser.add_argument("--out", default="example_outputs/export_and_serve",
-                    help="directory for export/<version>/ and responses.json")
+parser.add_argument(
+    "--out",
+    default="example_outputs/export_and_serve",
+    help="directory for export/<version>/ and responses.json",
+)
 parser.add_argument("--run", help="GPT run directory (default: train a small one here)")
 args = parser.parse_args()
 out = pathlib.Path(args.out).resolve()
@@ -46,11 +49,30 @@ out.mkdir(parents=True, exist_ok=True)
 run_dir = pathlib.Path(args.run) if args.run else None
 if run_dir is None:
     print("No --run given: training a small GPT first.")
-    config = (RunConfig(model="gpt", preset="gpt-test", steps=10, eval_every=10, eval_steps=2,
-                        out=str(out), samples=0, export=False, verbose=2)
-              if args.smoke else
-              RunConfig(model="gpt", preset="gpt-nano", steps=1000, eval_every=250, out=str(out),
-                        samples=0, export=False, verbose=2))
+    config = (
+        RunConfig(
+            model="gpt",
+            preset="gpt-test",
+            steps=10,
+            eval_every=10,
+            eval_steps=2,
+            out=str(out),
+            samples=0,
+            export=False,
+            verbose=2,
+        )
+        if args.smoke
+        else RunConfig(
+            model="gpt",
+            preset="gpt-nano",
+            steps=1000,
+            eval_every=250,
+            out=str(out),
+            samples=0,
+            export=False,
+            verbose=2,
+        )
+    )
     run_dir = train(config).run_dir
 model = keras.saving.load_model(run_dir / "model.keras")
 
@@ -58,8 +80,15 @@ model = keras.saving.load_model(run_dir / "model.keras")
 # serving_default uses the settings fixed here; the `generate` signature takes them per request.
 # jit_compile=False gives a graph without XLA clusters (some TF Serving builds reject XLA) and
 # exports faster; True makes decoding faster.
-path = export_gpt(model, ByteTokenizer(), out / "export", max_new_tokens=model.max_length // 2,
-                  temperature=0.8, top_k=40, jit_compile=not args.smoke)
+path = export_gpt(
+    model,
+    ByteTokenizer(),
+    out / "export",
+    max_new_tokens=model.max_length // 2,
+    temperature=0.8,
+    top_k=40,
+    jit_compile=not args.smoke,
+)
 print(f"SavedModel written to {path}")
 
 # ---------------------------------------------------------------- serve from a clean process
@@ -83,8 +112,14 @@ CLIENT = textwrap.dedent("""
     }))
 """)
 env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-result = subprocess.run([sys.executable, "-c", CLIENT, path], capture_output=True, text=True,
-                        env=env, cwd=out, timeout=600)
+result = subprocess.run(
+    [sys.executable, "-c", CLIENT, path],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=out,
+    timeout=600,
+)
 if result.returncode:
     sys.exit(f"the clean serving process failed:\n{result.stderr[-2000:]}")
 responses = json.loads(result.stdout.strip().splitlines()[-1])
@@ -95,5 +130,7 @@ for prompt, completion in zip(["ROMEO:", "To be, or not"], responses["generate_g
     print(f"generate (greedy, 8 tokens): {prompt!r} -> {completion!r}")
 print(f"logits: shape {responses['logits_shape']}")
 (out / "responses.json").write_text(json.dumps(responses, indent=2), encoding="utf-8")
-print(f"\nEXPORT_AND_SERVE DONE: {path} served from a process without tf_bigmodels; responses in "
-      f"{out / 'responses.json'}")
+print(
+    f"\nEXPORT_AND_SERVE DONE: {path} served from a process without tf_bigmodels; responses in "
+    f"{out / 'responses.json'}"
+)

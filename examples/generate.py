@@ -35,14 +35,33 @@ STREAMED_TOKENS = 40 if args.smoke else 400
 run_dir = pathlib.Path(args.run) if args.run else None
 if run_dir is None:
     print("No --run given: training a small GPT first.")
-    config = (RunConfig(model="gpt", preset="gpt-test", steps=10, eval_every=10, eval_steps=2,
-                        out=str(out), samples=0, export=False, verbose=2)
-              if args.smoke else
-              RunConfig(model="gpt", preset="gpt-nano", steps=1000, eval_every=250, out=str(out),
-                        samples=0, export=False, verbose=2))
+    config = (
+        RunConfig(
+            model="gpt",
+            preset="gpt-test",
+            steps=10,
+            eval_every=10,
+            eval_steps=2,
+            out=str(out),
+            samples=0,
+            export=False,
+            verbose=2,
+        )
+        if args.smoke
+        else RunConfig(
+            model="gpt",
+            preset="gpt-nano",
+            steps=1000,
+            eval_every=250,
+            out=str(out),
+            samples=0,
+            export=False,
+            verbose=2,
+        )
+    )
     run_dir = train(config).run_dir
-model = keras.saving.load_model(run_dir / "model.keras")   # a GPTModel
-tokenizer = ByteTokenizer()                                # bytes + end-of-text + padding
+model = keras.saving.load_model(run_dir / "model.keras")  # a GPTModel
+tokenizer = ByteTokenizer()  # bytes + end-of-text + padding
 # One `generate` call fits prompt and continuation in the context (`max_length` tokens);
 # `stream_text` below slides the window to go further.
 NEW_TOKENS = model.max_length // 2
@@ -61,10 +80,14 @@ def show(title, ids):
 # temperature below 1 and a top-k or top-p filter reads better. The same seed gives the same text.
 prompt = tokenizer.tokenize([args.prompt])
 show("greedy", model.generate(prompt, NEW_TOKENS, temperature=0.0))
-show("temperature 0.8, top-k 40", model.generate(prompt, NEW_TOKENS, temperature=0.8, top_k=40,
-                                                 seed=1))
-show("temperature 0.8, top-p 0.9", model.generate(prompt, NEW_TOKENS, temperature=0.8, top_p=0.9,
-                                                  seed=1))
+show(
+    "temperature 0.8, top-k 40",
+    model.generate(prompt, NEW_TOKENS, temperature=0.8, top_k=40, seed=1),
+)
+show(
+    "temperature 0.8, top-p 0.9",
+    model.generate(prompt, NEW_TOKENS, temperature=0.8, top_p=0.9, seed=1),
+)
 again = model.generate(prompt, NEW_TOKENS, temperature=0.8, top_k=40, seed=1)
 first = model.generate(prompt, NEW_TOKENS, temperature=0.8, top_k=40, seed=1)
 print(f"\nsame seed, same text: {bool((again.to_tensor() == first.to_tensor()).numpy().all())}")
@@ -73,8 +96,18 @@ print(f"\nsame seed, same text: {bool((again.to_tensor() == first.to_tensor()).n
 # Prompts of different lengths go in one batch (left-padded inside `generate`); each row stops
 # at the end-of-text token when `end_id` is given.
 prompts = tokenizer.tokenize(["JULIET:", "First Citizen:\nWe are", "KING"])
-show("batch", model.generate(prompts, NEW_TOKENS, temperature=0.8, top_k=40, seed=2,
-                             end_id=tokenizer.end_id, pad_id=tokenizer.pad_id))
+show(
+    "batch",
+    model.generate(
+        prompts,
+        NEW_TOKENS,
+        temperature=0.8,
+        top_k=40,
+        seed=2,
+        end_id=tokenizer.end_id,
+        pad_id=tokenizer.pad_id,
+    ),
+)
 
 # ---------------------------------------------------------------- streaming
 # stream_text yields pieces as they are decoded and slides the context window, so it can go on

@@ -24,8 +24,9 @@ from tf_bigmodels.training import RunConfig, train  # noqa: E402
 # ---------------------------------------------------------------- settings
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
-parser.add_argument("--out", default="example_outputs/pretrain_bert",
-                    help="parent of the run directory")
+parser.add_argument(
+    "--out", default="example_outputs/pretrain_bert", help="parent of the run directory"
+)
 parser.add_argument("--steps", type=int, help="training steps (default 800, smoke 10)")
 args = parser.parse_args()
 out = pathlib.Path(args.out)
@@ -37,13 +38,30 @@ if args.smoke:
     corpus_dir.mkdir(parents=True, exist_ok=True)
     for index, document in enumerate(load_corpus("shakespeare")[:8]):
         (corpus_dir / f"{index:02d}.txt").write_text(document, encoding="utf-8")
-    config = RunConfig(model="bert", preset="bert-test", corpus=str(corpus_dir / "*.txt"),
-                       steps=args.steps or 10, eval_every=args.steps or 10, eval_steps=2,
-                       vocab_size=1000, out=str(out), export=False, verbose=2)
+    config = RunConfig(
+        model="bert",
+        preset="bert-test",
+        corpus=str(corpus_dir / "*.txt"),
+        steps=args.steps or 10,
+        eval_every=args.steps or 10,
+        eval_steps=2,
+        vocab_size=1000,
+        out=str(out),
+        export=False,
+        verbose=2,
+    )
 else:
     # BERT-Tiny (2 layers, 128 wide) on 128-token pairs with a 4,000-token vocabulary.
-    config = RunConfig(model="bert", preset="bert-tiny", steps=args.steps or 800, eval_every=200,
-                       eval_steps=10, vocab_size=4000, out=str(out), verbose=2)
+    config = RunConfig(
+        model="bert",
+        preset="bert-tiny",
+        steps=args.steps or 800,
+        eval_every=200,
+        eval_steps=10,
+        vocab_size=4000,
+        out=str(out),
+        verbose=2,
+    )
 
 # ---------------------------------------------------------------- train
 result = train(config)
@@ -53,9 +71,15 @@ result = train(config)
 # (a coin flip); on a corpus this small it rises slowly.
 history = result.history
 if history:
-    print(f"\nMLM accuracy: train {history['mlm_accuracy'][-1]:.3f}, "
-          f"validation {history['val_mlm_accuracy'][-1]:.3f}")
-    print(f"NSP accuracy: train {history['nsp_accuracy'][-1]:.3f}, "
-          f"validation {history['val_nsp_accuracy'][-1]:.3f}")
-print(f"\nPRETRAIN_BERT DONE: run directory {result.run_dir} (step {result.step}); the encoder is "
-      f"in {result.run_dir / 'model.keras'} and the vocabulary in {result.run_dir / 'tokenizer'}")
+    print(
+        f"\nMLM accuracy: train {history['mlm_accuracy'][-1]:.3f}, "
+        f"validation {history['val_mlm_accuracy'][-1]:.3f}"
+    )
+    print(
+        f"NSP accuracy: train {history['nsp_accuracy'][-1]:.3f}, "
+        f"validation {history['val_nsp_accuracy'][-1]:.3f}"
+    )
+print(
+    f"\nPRETRAIN_BERT DONE: run directory {result.run_dir} (step {result.step}); the encoder is "
+    f"in {result.run_dir / 'model.keras'} and the vocabulary in {result.run_dir / 'tokenizer'}"
+)

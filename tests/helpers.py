@@ -60,8 +60,16 @@ def _symbolic(value, name):
     return keras.Input(batch_shape=value.shape, dtype=str(value.dtype), name=name)
 
 
-def assert_layer_contract(cls, init_kwargs, call_args, expected_shapes, *,
-                          mixed_dtypes="bfloat16", fit=True, tmp_path=None):
+def assert_layer_contract(
+    cls,
+    init_kwargs,
+    call_args,
+    expected_shapes,
+    *,
+    mixed_dtypes="bfloat16",
+    fit=True,
+    tmp_path=None,
+):
     """Runs the common checks on `cls(**init_kwargs)` called with `call_args`.
 
     Args:
@@ -81,8 +89,12 @@ def assert_layer_contract(cls, init_kwargs, call_args, expected_shapes, *,
     # Config: every constructor argument is saved, and the round trip is exact.
     config = layer.get_config()
     params = inspect.signature(cls.__init__).parameters
-    arguments = [n for n, p in params.items() if n != "self" and p.kind not in (
-        inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    arguments = [
+        n
+        for n, p in params.items()
+        if n != "self"
+        and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    ]
     missing = [name for name in arguments if name not in config]
     assert not missing, f"{cls.__name__}.get_config() misses constructor arguments {missing}"
     restored = cls.from_config(config)
@@ -103,8 +115,11 @@ def assert_layer_contract(cls, init_kwargs, call_args, expected_shapes, *,
     # Mixed precision: documented output dtypes.
     mixed = cls(**{**init_kwargs, **_mixed(init_kwargs)})
     mixed_out = call_with(mixed, call_args)
-    want = mixed_dtypes if isinstance(mixed_dtypes, dict) else tree.map_structure(
-        lambda _: mixed_dtypes, mixed_out)
+    want = (
+        mixed_dtypes
+        if isinstance(mixed_dtypes, dict)
+        else tree.map_structure(lambda _: mixed_dtypes, mixed_out)
+    )
     got = tree.map_structure(lambda t: keras.backend.standardize_dtype(t.dtype), mixed_out)
     assert got == want, f"mixed_bfloat16 output dtypes {got}, expected {want}"
     for tensor in tree.flatten(mixed_out):
@@ -119,16 +134,25 @@ def assert_layer_contract(cls, init_kwargs, call_args, expected_shapes, *,
 
 def _mixed(init_kwargs):
     """Constructor arguments that put a layer (or an encoder inside a model) under mixed_bfloat16."""
-    return {"dtype": "mixed_bfloat16"} if "encoder" not in init_kwargs else {
-        "encoder": init_kwargs["encoder"].__class__.from_config(
-            {**init_kwargs["encoder"].get_config(), "dtype": "mixed_bfloat16"})}
+    return (
+        {"dtype": "mixed_bfloat16"}
+        if "encoder" not in init_kwargs
+        else {
+            "encoder": init_kwargs["encoder"].__class__.from_config(
+                {**init_kwargs["encoder"].get_config(), "dtype": "mixed_bfloat16"}
+            )
+        }
+    )
 
 
 def _comparable(config):
     """A config without the build/compile state that only an already-used instance records."""
     if isinstance(config, dict):
-        return {k: _comparable(v) for k, v in config.items()
-                if k not in ("build_config", "compile_config")}
+        return {
+            k: _comparable(v)
+            for k, v in config.items()
+            if k not in ("build_config", "compile_config")
+        }
     if isinstance(config, (list, tuple)):
         return [_comparable(v) for v in config]
     return config
@@ -163,7 +187,17 @@ def _check_reload(layer, call_args, expected, tmp_path):
     data_path.write_bytes(pickle.dumps((call_args, expected)))
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
-        [sys.executable, "-c", _RELOAD_SCRIPT, str(model_path), str(data_path),
-         "1" if wrapped else "0"],
-        capture_output=True, text=True, timeout=300, env=environment)
+        [
+            sys.executable,
+            "-c",
+            _RELOAD_SCRIPT,
+            str(model_path),
+            str(data_path),
+            "1" if wrapped else "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
     assert "RELOAD_OK" in result.stdout, result.stderr[-3000:]

@@ -16,13 +16,19 @@ def test_run_smoke_writes_table_and_json(tmp_path):
     out = tmp_path / "results.json"
     completed = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     result = json.loads(out.read_text())
-    rows = [(row["section"], row["variant"], row.get("precision"), row.get("batch"))
-            for row in result["rows"]]
+    rows = [
+        (row["section"], row["variant"], row.get("precision"), row.get("batch"))
+        for row in result["rows"]
+    ]
     assert rows == [
         ("matmul", "float32", None, None),
         ("matmul", "bfloat16", None, None),
@@ -50,6 +56,6 @@ def test_run_smoke_writes_table_and_json(tmp_path):
     assert set(result["ceilings_gflops"]) == {"float32", "bfloat16", "bfloat16_xla"}
     assert "6 N + 12 L H Q T" in result["flops_per_token"]
 
-    table = completed.stdout[completed.stdout.rindex("| section |"):]
+    table = completed.stdout[completed.stdout.rindex("| section |") :]
     assert len(table.strip().splitlines()) == 2 + len(rows)
     assert "| gpt_nano | ours |" in table and "| generation | keras_hub |" in table

@@ -1,13 +1,14 @@
 import keras
 import numpy as np
 import pytest
-
 from helpers import assert_layer_contract
+
 from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer
 
 VOCAB, T, P = 53, 10, 3
-SMALL = dict(vocab_size=VOCAB, d_model=24, num_heads=3, dff=48, num_layers=2, rate=0.0,
-             max_length=16)
+SMALL = dict(
+    vocab_size=VOCAB, d_model=24, num_heads=3, dff=48, num_layers=2, rate=0.0, max_length=16
+)
 
 
 def _inputs(lengths=(T, 6), seed=0):
@@ -15,59 +16,88 @@ def _inputs(lengths=(T, 6), seed=0):
     batch = len(lengths)
     mask = (np.arange(T)[None] < np.array(lengths)[:, None]).astype("int32")
     segments = (np.arange(T)[None] >= np.array(lengths)[:, None] // 2).astype("int32") * mask
-    return {"token_ids": rng.integers(5, VOCAB, size=(batch, T)).astype("int32") * mask,
-            "segment_ids": segments, "padding_mask": mask}
+    return {
+        "token_ids": rng.integers(5, VOCAB, size=(batch, T)).astype("int32") * mask,
+        "segment_ids": segments,
+        "padding_mask": mask,
+    }
 
 
 def _pretraining_inputs(seed=0):
-    rng = np.random.default_rng(seed)
     return dict(_inputs(seed=seed), mask_positions=np.array([[1, 4, 7], [2, 3, 0]], "int32"))
 
 
 def _labels():
-    return {"mask_ids": np.array([[7, 8, 9], [10, 11, 0]], "int32"),
-            "mask_weights": np.array([[1, 1, 1], [1, 1, 0]], "float32"),
-            "next_sentence_labels": np.array([0, 1], "int32")}
+    return {
+        "mask_ids": np.array([[7, 8, 9], [10, 11, 0]], "int32"),
+        "mask_weights": np.array([[1, 1, 1], [1, 1, 0]], "float32"),
+        "next_sentence_labels": np.array([0, 1], "int32"),
+    }
 
 
 def test_encoder_common_checks(tmp_path):
-    assert_layer_contract(BERTEncoder, SMALL, {"inputs": _inputs()},
-                          {"sequence_output": (2, T, 24), "pooled_output": (2, 24)},
-                          fit=False, tmp_path=tmp_path)
+    assert_layer_contract(
+        BERTEncoder,
+        SMALL,
+        {"inputs": _inputs()},
+        {"sequence_output": (2, T, 24), "pooled_output": (2, 24)},
+        fit=False,
+        tmp_path=tmp_path,
+    )
 
 
 def test_pretrainer_common_checks(tmp_path):
-    assert_layer_contract(BERTPretrainer, {"encoder": BERTEncoder(**SMALL)},
-                          {"inputs": _pretraining_inputs()},
-                          {"mlm_logits": (2, P, VOCAB), "nsp_logits": (2, 2)},
-                          mixed_dtypes={"mlm_logits": "float32", "nsp_logits": "float32"},
-                          fit=False,
-                          tmp_path=tmp_path)
+    assert_layer_contract(
+        BERTPretrainer,
+        {"encoder": BERTEncoder(**SMALL)},
+        {"inputs": _pretraining_inputs()},
+        {"mlm_logits": (2, P, VOCAB), "nsp_logits": (2, 2)},
+        mixed_dtypes={"mlm_logits": "float32", "nsp_logits": "float32"},
+        fit=False,
+        tmp_path=tmp_path,
+    )
 
 
 def test_classifier_common_checks(tmp_path):
-    assert_layer_contract(BERTClassifier,
-                          {"encoder": BERTEncoder(**SMALL), "num_classes": 4, "rate": 0.1},
-                          {"inputs": _inputs()}, (2, 4), mixed_dtypes="float32", fit=False,
-                          tmp_path=tmp_path)
+    assert_layer_contract(
+        BERTClassifier,
+        {"encoder": BERTEncoder(**SMALL), "num_classes": 4, "rate": 0.1},
+        {"inputs": _inputs()},
+        (2, 4),
+        mixed_dtypes="float32",
+        fit=False,
+        tmp_path=tmp_path,
+    )
 
 
 def test_padding_does_not_change_real_positions_or_pooled_output():
     encoder = BERTEncoder(**SMALL)
     inputs = _inputs(lengths=(T, 6, 3))
     real = inputs["padding_mask"].astype(bool)
-    other = dict(inputs, token_ids=np.where(real, inputs["token_ids"], 17).astype("int32"),
-                 segment_ids=np.where(real, inputs["segment_ids"], 1).astype("int32"))
+    other = dict(
+        inputs,
+        token_ids=np.where(real, inputs["token_ids"], 17).astype("int32"),
+        segment_ids=np.where(real, inputs["segment_ids"], 1).astype("int32"),
+    )
     a, b = encoder(inputs), encoder(other)
-    np.testing.assert_allclose(np.asarray(a["sequence_output"])[real],
-                               np.asarray(b["sequence_output"])[real], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(np.asarray(a["pooled_output"]), np.asarray(b["pooled_output"]),
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(a["sequence_output"])[real],
+        np.asarray(b["sequence_output"])[real],
+        atol=1e-6,
+        rtol=0,
+    )
+    np.testing.assert_allclose(
+        np.asarray(a["pooled_output"]), np.asarray(b["pooled_output"]), atol=1e-6, rtol=0
+    )
     # Without the padding mask the same change does reach real positions.
     unmasked = encoder({k: v for k, v in inputs.items() if k != "padding_mask"})
     unmasked_other = encoder({k: v for k, v in other.items() if k != "padding_mask"})
-    assert np.abs(np.asarray(unmasked["pooled_output"])
-                  - np.asarray(unmasked_other["pooled_output"])).max() > 1e-4
+    assert (
+        np.abs(
+            np.asarray(unmasked["pooled_output"]) - np.asarray(unmasked_other["pooled_output"])
+        ).max()
+        > 1e-4
+    )
 
 
 def test_encoder_is_bidirectional_and_uses_segments():
@@ -86,8 +116,9 @@ def test_pooled_output_is_tanh_dense_of_cls():
     out = encoder(_inputs())
     kernel, bias = encoder.pooler.get_weights()
     cls = np.asarray(out["sequence_output"])[:, 0]
-    np.testing.assert_allclose(np.asarray(out["pooled_output"]), np.tanh(cls @ kernel + bias),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(out["pooled_output"]), np.tanh(cls @ kernel + bias), atol=1e-5
+    )
 
 
 def test_post_norm_blocks():
@@ -113,8 +144,9 @@ def test_mlm_head_is_tied_to_the_token_embedding():
     table.assign(np.asarray(table) + shift)
     after = np.asarray(pretrainer(inputs)["mlm_logits"])
     assert np.abs(after[..., unused] - before[..., unused]).max() > 1e-3
-    np.testing.assert_allclose(np.delete(after, unused, -1), np.delete(before, unused, -1),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.delete(after, unused, -1), np.delete(before, unused, -1), atol=1e-6
+    )
 
 
 def test_pretraining_loss_averages_over_real_predictions_only():
@@ -150,21 +182,30 @@ def test_pretrainer_learns_mlm_and_nsp_on_synthetic_data():
     token_ids[:, 5] = np.where(next_label == 1, 3, 4)  # NSP is readable from one token
     positions = np.tile(np.array([[2, 6, 8]], "int32"), (n, 1))
     mask_ids = np.take_along_axis(token_ids, positions, 1) % 5 + 5  # a learnable target
-    inputs = {"token_ids": token_ids, "segment_ids": (np.arange(T) >= 5).astype("int32")[None]
-              .repeat(n, 0), "padding_mask": np.ones((n, T), "int32"),
-              "mask_positions": positions}
-    labels = {"mask_ids": mask_ids, "mask_weights": np.ones((n, 3), "float32"),
-              "next_sentence_labels": next_label}
+    inputs = {
+        "token_ids": token_ids,
+        "segment_ids": (np.arange(T) >= 5).astype("int32")[None].repeat(n, 0),
+        "padding_mask": np.ones((n, T), "int32"),
+        "mask_positions": positions,
+    }
+    labels = {
+        "mask_ids": mask_ids,
+        "mask_weights": np.ones((n, 3), "float32"),
+        "next_sentence_labels": next_label,
+    }
     pretrainer = BERTPretrainer(BERTEncoder(**SMALL))
     pretrainer.compile(optimizer=keras.optimizers.Adam(3e-3))
     losses = pretrainer.fit(inputs, labels, batch_size=32, epochs=30, verbose=0).history["loss"]
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.parametrize("inputs, message", [
-    ({"token_ids": np.ones((1, 4), "int32"), "segment": np.zeros((1, 4), "int32")}, "segment"),
-    ({"segment_ids": np.zeros((1, 4), "int32")}, "token_ids"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({"token_ids": np.ones((1, 4), "int32"), "segment": np.zeros((1, 4), "int32")}, "segment"),
+        ({"segment_ids": np.zeros((1, 4), "int32")}, "token_ids"),
+    ],
+)
 def test_wrong_input_keys_are_named(inputs, message):
     with pytest.raises(ValueError, match=message):
         BERTEncoder(**SMALL)(inputs)
@@ -175,11 +216,14 @@ def test_pretrainer_needs_mask_positions():
         BERTPretrainer(BERTEncoder(**SMALL))(_inputs())
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    (dict(SMALL, d_model=25), "d_model"),
-    (dict(SMALL, type_vocab_size=0), "type_vocab_size"),
-    (dict(SMALL, rate=1), "rate"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(SMALL, d_model=25), "d_model"),
+        (dict(SMALL, type_vocab_size=0), "type_vocab_size"),
+        (dict(SMALL, rate=1), "rate"),
+    ],
+)
 def test_bad_config_names_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         BERTEncoder(**kwargs)

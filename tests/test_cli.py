@@ -30,8 +30,14 @@ _STARTUP_NOISE = ("WARNING: All log messages", "I0000", "E0000", "W0000")
 
 def run(*args, cwd=None):
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "tf_bigmodels", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=environment)
+    return subprocess.run(
+        [sys.executable, "-m", "tf_bigmodels", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
 
 
 def run_all(*commands):
@@ -43,8 +49,11 @@ def run_all(*commands):
 def assert_user_error(result, *fragments):
     """Exit status 2 and a single stderr line (no traceback) containing every fragment."""
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines()
-             if line.strip() and not line.startswith(_STARTUP_NOISE)]
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and not line.startswith(_STARTUP_NOISE)
+    ]
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert len(lines) == 1, result.stderr[-2000:]
     for fragment in fragments:
@@ -54,8 +63,11 @@ def assert_user_error(result, *fragments):
 
 def snapshot(directory):
     """Digest of every file under `directory`, to prove nothing was changed."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(pathlib.Path(directory).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(pathlib.Path(directory).rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +78,9 @@ def gpt_run(tmp_path_factory):
     model = GPTModel(258, 32, 2, 64, 2, rate=0.0, max_length=32)
     model(np.zeros((1, 32), "int32"))
     model.save(run_dir / "model.keras")
-    (run_dir / "config.json").write_text(json.dumps(
-        {"version": tf_bigmodels.__version__, "model": "gpt", "preset": "gpt-test"}))
+    (run_dir / "config.json").write_text(
+        json.dumps({"version": tf_bigmodels.__version__, "model": "gpt", "preset": "gpt-test"})
+    )
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 5.0}) + "\n")
     return run_dir
 
@@ -100,8 +113,11 @@ def test_train_bad_corpus_files(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 10)
     missing, empty, binary = run_all(
-        *(["train", "gpt", "--corpus", tmp_path / name, "--out", tmp_path]
-          for name in ("missing.txt", "empty.txt", "binary.bin")))
+        *(
+            ["train", "gpt", "--corpus", tmp_path / name, "--out", tmp_path]
+            for name in ("missing.txt", "empty.txt", "binary.bin")
+        )
+    )
     assert_user_error(missing, "missing.txt", "is not an existing file")
     assert_user_error(empty, "holds no text")
     assert_user_error(binary, "is not valid UTF-8")
@@ -121,9 +137,19 @@ BAD_TRAIN_SETTINGS = [
 
 
 def test_train_out_of_range_settings(tmp_path):
-    commands = [["train", "gpt", "--steps", "10", "--out", tmp_path,
-                 *([] if "--preset" in args else ["--preset", "gpt-test"]), *args]
-                for args, _ in BAD_TRAIN_SETTINGS]
+    commands = [
+        [
+            "train",
+            "gpt",
+            "--steps",
+            "10",
+            "--out",
+            tmp_path,
+            *([] if "--preset" in args else ["--preset", "gpt-test"]),
+            *args,
+        ]
+        for args, _ in BAD_TRAIN_SETTINGS
+    ]
     for result, (_, fragments) in zip(run_all(*commands), BAD_TRAIN_SETTINGS):
         assert_user_error(result, *fragments)
     assert not list(tmp_path.iterdir())  # checked before anything is written
@@ -135,22 +161,28 @@ def test_train_refuses_a_run_of_an_older_version(gpt_run, tmp_path):
     config = json.loads((old / "config.json").read_text())
     (old / "config.json").write_text(json.dumps({**config, "version": "0.0.1"}))
     before = snapshot(old)
-    assert_user_error(run("train", "gpt", "--preset", "gpt-test", "--out", tmp_path),
-                      "'0.0.1'", tf_bigmodels.__version__)
+    assert_user_error(
+        run("train", "gpt", "--preset", "gpt-test", "--out", tmp_path),
+        "'0.0.1'",
+        tf_bigmodels.__version__,
+    )
     assert snapshot(old) == before
 
 
 def test_train_refuses_an_unreadable_run_config(tmp_path):
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_bytes(b"\x00\xff binary")
-    assert_user_error(run("train", "gpt", "--preset", "gpt-test", "--out", tmp_path),
-                      "config.json is unreadable")
+    assert_user_error(
+        run("train", "gpt", "--preset", "gpt-test", "--out", tmp_path), "config.json is unreadable"
+    )
     assert (tmp_path / "gpt" / "config.json").read_bytes() == b"\x00\xff binary"
 
 
 def test_train_into_an_unwritable_place(a_file):
-    assert_user_error(run("train", "gpt", "--preset", "gpt-test", "--out", a_file / "sub"),
-                      "cannot write the run directory")
+    assert_user_error(
+        run("train", "gpt", "--preset", "gpt-test", "--out", a_file / "sub"),
+        "cannot write the run directory",
+    )
     assert a_file.read_text() == "not a directory"
 
 
@@ -161,8 +193,11 @@ def test_generate_bad_sources(tmp_path, gpt_run):
     (tmp_path / "empty_run").mkdir()
     (tmp_path / "empty_run" / "config.json").write_text("{}")
     missing, notes, garbage, empty_run = run_all(
-        *(["generate", tmp_path / name]
-          for name in ("missing", "notes.txt", "garbage.keras", "empty_run")))
+        *(
+            ["generate", tmp_path / name]
+            for name in ("missing", "notes.txt", "garbage.keras", "empty_run")
+        )
+    )
     assert_user_error(missing, "No such file or directory", "missing")
     assert_user_error(notes, "notes.txt", "neither")
     assert_user_error(garbage, "cannot load", "garbage.keras")
@@ -188,12 +223,14 @@ def test_generate_from_an_older_incompatible_run(gpt_run, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(gpt_run, old)
     (old / "config.json").write_text(json.dumps({"version": "0.0.1", "model": "gpt"}))
-    with zipfile.ZipFile(gpt_run / "model.keras") as source, \
-            zipfile.ZipFile(old / "model.keras", "w") as target:
+    with (
+        zipfile.ZipFile(gpt_run / "model.keras") as source,
+        zipfile.ZipFile(old / "model.keras", "w") as target,
+    ):
         for item in source.infolist():
             data = source.read(item)
             if item.filename == "config.json":
-                data = data.replace(b'GPTModel', b'GPTModelV0')  # class and registered name
+                data = data.replace(b"GPTModel", b"GPTModelV0")  # class and registered name
             target.writestr(item, data)
     before = snapshot(old)
     generate, export = run_all(["generate", old], ["export", old, "--no-xla"])
@@ -213,7 +250,8 @@ def test_export_errors_never_touch_existing_versions(gpt_run, tmp_path, a_file):
         ["export", gpt_run, "--out", out, "--no-xla", "--max-new-tokens", "1000"],
         ["export", gpt_run, "--out", out, "--no-xla", "--temperature", "-2"],
         ["export", gpt_run, "--out", a_file / "sub", "--no-xla"],
-        ["export", tmp_path / "missing.keras"])
+        ["export", tmp_path / "missing.keras"],
+    )
     assert_user_error(again, "already exists")
     assert_user_error(long, "max_new_tokens")
     assert_user_error(cold, "temperature")
@@ -226,8 +264,11 @@ def test_export_errors_never_touch_existing_versions(gpt_run, tmp_path, a_file):
 def test_export_a_model_it_cannot_serve(tmp_path):
     inputs = keras.Input((4,))
     keras.Model(inputs, keras.layers.Dense(1)(inputs)).save(tmp_path / "mine.keras")
-    assert_user_error(run("export", tmp_path / "mine.keras"), "Functional",
-                      "GPTModel, BERTPretrainer or BERTClassifier")
+    assert_user_error(
+        run("export", tmp_path / "mine.keras"),
+        "Functional",
+        "GPTModel, BERTPretrainer or BERTClassifier",
+    )
     assert sorted(os.listdir(tmp_path)) == ["mine.keras"]
 
 
@@ -238,9 +279,13 @@ def test_plot_bad_inputs(gpt_run, tmp_path, a_file):
     for broken, content in ((binary, b"\x00\xff\x00"), (empty, b"")):
         shutil.copytree(gpt_run, broken)
         (broken / "metrics.jsonl").write_bytes(content)
-    results = run_all(["plot", tmp_path / "missing"], ["plot", binary], ["plot", empty],
-                      ["plot", gpt_run, "--out", a_file / "sub"],
-                      ["plot", gpt_run, "--text", "   "])
+    results = run_all(
+        ["plot", tmp_path / "missing"],
+        ["plot", binary],
+        ["plot", empty],
+        ["plot", gpt_run, "--out", a_file / "sub"],
+        ["plot", gpt_run, "--text", "   "],
+    )
     assert_user_error(results[0], "No such run directory")
     assert_user_error(results[1], "line 1 is not JSON")
     assert_user_error(results[2], "no loss values")

@@ -50,8 +50,11 @@ def _batch(vocabulary_size, max_length, seed, side="right"):
     positions = np.arange(max_length) if side == "right" else np.arange(max_length)[::-1]
     padding_mask = (positions[None, :] < lengths[:, None]).astype("int32")
     segment_ids = (np.arange(max_length)[None, :] >= lengths[:, None] // 2).astype("int32")
-    return {"token_ids": token_ids, "segment_ids": segment_ids * padding_mask,
-            "padding_mask": padding_mask}
+    return {
+        "token_ids": token_ids,
+        "segment_ids": segment_ids * padding_mask,
+        "padding_mask": padding_mask,
+    }
 
 
 def _numpy(x):
@@ -64,14 +67,24 @@ def _assert_close(got, want):
 
 def _bert_backbone(vocab, width, heads, dff, layers, max_length):
     return keras_hub.models.BertBackbone(
-        vocabulary_size=vocab, num_layers=layers, num_heads=heads, hidden_dim=width,
-        intermediate_dim=dff, max_sequence_length=max_length)
+        vocabulary_size=vocab,
+        num_layers=layers,
+        num_heads=heads,
+        hidden_dim=width,
+        intermediate_dim=dff,
+        max_sequence_length=max_length,
+    )
 
 
 def _gpt2_backbone(vocab, width, heads, dff, layers, max_length):
     return keras_hub.models.GPT2Backbone(
-        vocabulary_size=vocab, num_layers=layers, num_heads=heads, hidden_dim=width,
-        intermediate_dim=dff, max_sequence_length=max_length)
+        vocabulary_size=vocab,
+        num_layers=layers,
+        num_heads=heads,
+        hidden_dim=width,
+        intermediate_dim=dff,
+        max_sequence_length=max_length,
+    )
 
 
 @pytest.mark.parametrize("vocab, width, heads, dff, layers, max_length", CONFIGS)
@@ -83,8 +96,9 @@ def test_gpt_logits_match_gpt2_backbone(vocab, width, heads, dff, layers, max_le
         inputs = _batch(vocab, max_length, seed=vocab, side=side)
         real = inputs["padding_mask"].astype(bool)
 
-        hidden = _numpy(backbone({"token_ids": inputs["token_ids"],
-                                  "padding_mask": inputs["padding_mask"]}))
+        hidden = _numpy(
+            backbone({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]})
+        )
         expected = hidden @ _numpy(backbone.token_embedding.embeddings).T  # (B, T, vocab)
         logits = _numpy(model(inputs["token_ids"], padding_mask=inputs["padding_mask"]))
 
@@ -106,8 +120,9 @@ def test_bert_outputs_match_bert_backbone(vocab, width, heads, dff, layers, max_
     expected = backbone(inputs)
     outputs = encoder(inputs)
 
-    _assert_close(_numpy(outputs["sequence_output"])[real],
-                  _numpy(expected["sequence_output"])[real])
+    _assert_close(
+        _numpy(outputs["sequence_output"])[real], _numpy(expected["sequence_output"])[real]
+    )
     _assert_close(_numpy(outputs["pooled_output"]), _numpy(expected["pooled_output"]))
     # keras-hub's BERT blocks use the tanh GELU; the converter must not keep our exact default.
     assert (encoder.activation, encoder.epsilon) == ("gelu_approximate", 1e-12)
@@ -116,7 +131,8 @@ def test_bert_outputs_match_bert_backbone(vocab, width, heads, dff, layers, max_
 @pytest.mark.parametrize("vocab, width, heads, dff, layers, max_length", CONFIGS)
 def test_mlm_logits_match_bert_masked_lm_head(vocab, width, heads, dff, layers, max_length):
     masked_lm = keras_hub.models.BertMaskedLM(
-        _bert_backbone(vocab, width, heads, dff, layers, max_length))
+        _bert_backbone(vocab, width, heads, dff, layers, max_length)
+    )
     _randomize(masked_lm, seed=width)
     pretrainer = bert_pretrainer_from_keras_hub(masked_lm)
     inputs = _batch(vocab, max_length, seed=vocab)
@@ -153,13 +169,30 @@ def test_converted_model_shares_no_variables():
     _assert_close(_numpy(model(np.ones((1, 4), "int32"))), before)
 
 
-@pytest.mark.parametrize("convert, argument, allowed, wrong", [
-    (gpt_from_keras_hub, "backbone", "GPT2Backbone", lambda: _bert_backbone(50, 32, 2, 64, 1, 8)),
-    (bert_from_keras_hub, "backbone", "BertBackbone", lambda: _gpt2_backbone(50, 32, 2, 64, 1, 8)),
-    (bert_pretrainer_from_keras_hub, "masked_lm", "BertMaskedLM",
-     lambda: _bert_backbone(50, 32, 2, 64, 1, 8)),
-    (gpt_from_keras_hub, "backbone", "GPT2Backbone", lambda: "gpt2_base_en"),
-])
+@pytest.mark.parametrize(
+    "convert, argument, allowed, wrong",
+    [
+        (
+            gpt_from_keras_hub,
+            "backbone",
+            "GPT2Backbone",
+            lambda: _bert_backbone(50, 32, 2, 64, 1, 8),
+        ),
+        (
+            bert_from_keras_hub,
+            "backbone",
+            "BertBackbone",
+            lambda: _gpt2_backbone(50, 32, 2, 64, 1, 8),
+        ),
+        (
+            bert_pretrainer_from_keras_hub,
+            "masked_lm",
+            "BertMaskedLM",
+            lambda: _bert_backbone(50, 32, 2, 64, 1, 8),
+        ),
+        (gpt_from_keras_hub, "backbone", "GPT2Backbone", lambda: "gpt2_base_en"),
+    ],
+)
 def test_wrong_argument_type_raises(convert, argument, allowed, wrong):
     with pytest.raises(TypeError, match=rf"`{argument}` must be a `keras_hub\.models\.{allowed}`"):
         convert(wrong())
@@ -167,14 +200,16 @@ def test_wrong_argument_type_raises(convert, argument, allowed, wrong):
 
 def test_mixed_activations_raise():
     backbone = _gpt2_backbone(50, 32, 2, 64, 2, 8)
-    backbone.transformer_layers[1]._feedforward_intermediate_dense.activation = (
-        keras.activations.relu)
+    backbone.transformer_layers[
+        1
+    ]._feedforward_intermediate_dense.activation = keras.activations.relu
     with pytest.raises(ValueError, match="one feed-forward activation"):
         gpt_from_keras_hub(backbone)
 
 
 def test_unknown_activation_raises():
     backbone = _bert_backbone(50, 32, 2, 64, 1, 8)
+
     def doubled_relu(x):
         return keras.ops.relu(x) * 2.0
 

@@ -16,6 +16,7 @@ BYTES = ByteTokenizer()
 
 # ---- load_corpus -------------------------------------------------------------------------------
 
+
 def test_shakespeare_is_100_documents_that_rebuild_the_file():
     docs = load_corpus("shakespeare")
     assert len(docs) == 100 and docs[0].startswith("First Citizen:")
@@ -49,6 +50,7 @@ def test_load_corpus_bad_input(tmp_path):
 
 # ---- lm_dataset --------------------------------------------------------------------------------
 
+
 def _numbered_text(lines):
     return "".join(f"{i:06d}\n" for i in range(lines))  # 7 bytes per line
 
@@ -57,7 +59,9 @@ def _line_numbers(windows):
     """Whole 6-digit line numbers seen in byte windows [n, seq_len]."""
     found = set()
     for row in windows:
-        found.update(int(m) for m in re.findall(rb"(?<![0-9])[0-9]{6}(?![0-9])", bytes(row.tolist())))
+        found.update(
+            int(m) for m in re.findall(rb"(?<![0-9])[0-9]{6}(?![0-9])", bytes(row.tolist()))
+        )
     return found
 
 
@@ -106,8 +110,9 @@ def test_lm_streams_files_with_end_of_text_between_documents(tmp_path):
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
     assert (x == BYTES.end_id).sum() == 1  # after a.txt; b.txt ends in the "val" split
     for split in ("train", "val"):
-        x_paths, _ = _all(lm_dataset([tmp_path / "a.txt", tmp_path / "b.txt"], BYTES, 16, 4,
-                                     split=split))
+        x_paths, _ = _all(
+            lm_dataset([tmp_path / "a.txt", tmp_path / "b.txt"], BYTES, 16, 4, split=split)
+        )
         x_docs, _ = _all(lm_dataset([_numbered_text(400)] * 2, BYTES, 16, 4, split=split))
         assert {tuple(r) for r in x_paths} == {tuple(r) for r in x_docs}
 
@@ -161,16 +166,20 @@ SYNTHETIC = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".
 def _synthetic_documents():
     """Document k says only the word w<k>, so every token tells which document it came from."""
     rng = random.Random(0)
-    return [" ".join(" ".join([word] * rng.randint(2, 9)) + " ." for _ in range(60))
-            for word in WORDS]
+    return [
+        " ".join(" ".join([word] * rng.randint(2, 9)) + " ." for _ in range(60)) for word in WORDS
+    ]
 
 
 def _unmasked(features, labels):
     """Original token ids (mask positions put back), as numpy [batch, seq_len]."""
     ids = features["token_ids"].numpy().copy()
-    for row, positions, originals, weights in zip(ids, features["mask_positions"].numpy(),
-                                                  labels["mask_ids"].numpy(),
-                                                  labels["mask_weights"].numpy()):
+    for row, positions, originals, weights in zip(
+        ids,
+        features["mask_positions"].numpy(),
+        labels["mask_ids"].numpy(),
+        labels["mask_weights"].numpy(),
+    ):
         real = weights > 0
         row[positions[real]] = originals[real]
     return ids
@@ -183,8 +192,9 @@ def shakespeare_word_piece():
 
 def test_bert_masking_statistics(shakespeare_word_piece):
     tok = shakespeare_word_piece
-    ds = bert_pretraining_dataset(load_corpus("shakespeare")[:20], tok, seq_len=128, batch_size=16,
-                                  seed=3)
+    ds = bert_pretraining_dataset(
+        load_corpus("shakespeare")[:20], tok, seq_len=128, batch_size=16, seed=3
+    )
     assert ds.element_spec[0]["token_ids"].shape == (16, 128)
     assert ds.element_spec[1]["mask_weights"].dtype == tf.float32
     chosen = tokens = masked = randomised = kept = 0
@@ -213,20 +223,24 @@ def test_bert_masking_statistics(shakespeare_word_piece):
 
 
 def test_bert_pairs_next_sentence_labels_and_layout():
-    ds = bert_pretraining_dataset(_synthetic_documents(), SYNTHETIC, seq_len=16, batch_size=64,
-                                  max_predictions_per_seq=3)
+    ds = bert_pretraining_dataset(
+        _synthetic_documents(), SYNTHETIC, seq_len=16, batch_size=64, max_predictions_per_seq=3
+    )
     labels_seen, count = [], 0
     for features, labels in ds:
         originals = _unmasked(features, labels)
-        for ids, segments, mask, label in zip(originals, features["segment_ids"].numpy(),
-                                              features["padding_mask"].numpy(),
-                                              labels["next_sentence_labels"].numpy()):
+        for ids, segments, mask, label in zip(
+            originals,
+            features["segment_ids"].numpy(),
+            features["padding_mask"].numpy(),
+            labels["next_sentence_labels"].numpy(),
+        ):
             ids, segments = ids[mask == 1], segments[mask == 1]
             seps = np.flatnonzero(ids == SYNTHETIC.sep_id)
             assert ids[0] == SYNTHETIC.cls_id and len(seps) == 2 and seps[1] == len(ids) - 1
-            assert (segments[:seps[0] + 1] == 0).all() and (segments[seps[0] + 1:] == 1).all()
-            words_a = set(ids[1:seps[0]]) - {5}  # 5 is "."
-            words_b = set(ids[seps[0] + 1:seps[1]]) - {5}
+            assert (segments[: seps[0] + 1] == 0).all() and (segments[seps[0] + 1 :] == 1).all()
+            words_a = set(ids[1 : seps[0]]) - {5}  # 5 is "."
+            words_b = set(ids[seps[0] + 1 : seps[1]]) - {5}
             assert len(words_a) <= 1 and len(words_b) <= 1
             if words_a and words_b:
                 assert (words_a == words_b) == (label == 0)  # "not next" B: another document
@@ -240,7 +254,8 @@ def test_bert_masks_are_dynamic_and_seeded():
     docs = _synthetic_documents()[:40]
     make = lambda seed: bert_pretraining_dataset(docs, SYNTHETIC, 32, 32, seed=seed)  # noqa: E731
     positions = lambda ds: np.concatenate(  # noqa: E731
-        [f["mask_positions"].numpy() for f, _ in ds])
+        [f["mask_positions"].numpy() for f, _ in ds]
+    )
     a = make(5)
     epoch1, epoch2 = positions(a), positions(a)
     np.testing.assert_array_equal(epoch1, positions(make(5)))
@@ -251,13 +266,15 @@ def test_bert_masks_are_dynamic_and_seeded():
 def test_bert_whole_word_masking_masks_every_piece(shakespeare_word_piece):
     tok = shakespeare_word_piece
     continuation = np.array([t.startswith("##") for t in tok.vocabulary])
-    ds = bert_pretraining_dataset(load_corpus("shakespeare")[:20], tok, seq_len=64, batch_size=32,
-                                  whole_word_masking=True)
+    ds = bert_pretraining_dataset(
+        load_corpus("shakespeare")[:20], tok, seq_len=64, batch_size=32, whole_word_masking=True
+    )
     multi_piece_words = 0
     for features, labels in ds.take(10):
         originals = _unmasked(features, labels)
-        for ids, positions, weights in zip(originals, features["mask_positions"].numpy(),
-                                           labels["mask_weights"].numpy()):
+        for ids, positions, weights in zip(
+            originals, features["mask_positions"].numpy(), labels["mask_weights"].numpy()
+        ):
             chosen = set(positions[weights > 0].tolist())
             for p in chosen:
                 if p + 1 < len(ids) and continuation[ids[p + 1]]:
@@ -275,7 +292,7 @@ def test_bert_input_context_gives_disjoint_shards(shakespeare_word_piece):
         context = tf.distribute.InputContext(2, pipeline_id, num_replicas_in_sync=2)
         ds = bert_pretraining_dataset(docs, shakespeare_word_piece, 64, 16, input_context=context)
         assert ds.element_spec[0]["token_ids"].shape == (8, 64)
-        shards.append({tuple(r) for f, l in ds for r in _unmasked(f, l)})
+        shards.append({tuple(r) for features, labels in ds for r in _unmasked(features, labels)})
     assert shards[0] and shards[1] and not shards[0] & shards[1]
 
 
@@ -312,7 +329,7 @@ def test_lm_repeat_is_a_stream_of_new_epochs_independent_of_iteration():
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a[0], b[0])
     epoch1 = np.concatenate([x for x, _ in first[:per_epoch]])
-    epoch2 = np.concatenate([x for x, _ in first[per_epoch:2 * per_epoch]])
+    epoch2 = np.concatenate([x for x, _ in first[per_epoch : 2 * per_epoch]])
     assert not np.array_equal(epoch1, epoch2)  # each epoch in its own order
     resumed = _first_batches(stream.skip(per_epoch + 1), 1)[0]
     np.testing.assert_array_equal(resumed[0], first[per_epoch + 1][0])

@@ -21,9 +21,17 @@ pytestmark = pytest.mark.slow
 def run_example(name, cwd, *args):
     """Runs `examples/<name>.py --smoke *args` in `cwd`; returns its stdout, asserting success."""
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--smoke", *args],
-                            cwd=cwd, capture_output=True, text=True, timeout=300, env=environment)
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--smoke", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
+    assert result.returncode == 0, (
+        f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    )
     return result.stdout
 
 
@@ -48,8 +56,15 @@ def bert_run(workdir):
 
 
 def test_every_example_has_a_test():
-    tested = {"article_walkthrough", "train_gpt", "pretrain_bert", "finetune_classifier",
-              "generate", "export_and_serve", "custom_model"}
+    tested = {
+        "article_walkthrough",
+        "train_gpt",
+        "pretrain_bert",
+        "finetune_classifier",
+        "generate",
+        "export_and_serve",
+        "custom_model",
+    }
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -59,12 +74,15 @@ def test_article_walkthrough(workdir):
         assert f"DEFECT {number}:" in stdout
     assert "WALKTHROUGH DONE" in stdout
     results = json.loads(
-        (workdir / "example_outputs/article_walkthrough/walkthrough.json").read_text())
+        (workdir / "example_outputs/article_walkthrough/walkthrough.json").read_text()
+    )
     assert results["attention_formula_max_abs_diff"] < 1e-5
     assert results["key_dim_params"]["tutorial_style"] > 7 * results["key_dim_params"]["ours"]
     assert "Incompatible shapes" in results["ffn_failure"]
     assert results["causal"]["earlier_positions_see_position_10"] == {
-        "leaky (causal=False)": True, "ours (GPTModel)": False}
+        "leaky (causal=False)": True,
+        "ours (GPTModel)": False,
+    }
     assert results["order"]["without_positions"] < 1e-4 < results["order"]["ours"]
     assert results["padding"]["with_mask"] == 0.0 < results["padding"]["without_mask"]
 

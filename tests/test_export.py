@@ -55,8 +55,13 @@ _SERVE_GPT = textwrap.dedent("""
 
 def _fresh_process(script, *args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", script, *map(str, args)],
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -64,8 +69,16 @@ def _fresh_process(script, *args):
 def gpt_exports(tmp_path_factory):
     """A tiny byte-level GPT exported twice (XLA and plain), greedy by default."""
     tf.keras.utils.set_random_seed(5)
-    model = GPTModel(vocab_size=258, d_model=32, num_heads=2, dff=64, num_layers=2, rate=0.0,
-                     max_length=64, initializer_range=0.3)
+    model = GPTModel(
+        vocab_size=258,
+        d_model=32,
+        num_heads=2,
+        dff=64,
+        num_layers=2,
+        rate=0.0,
+        max_length=64,
+        initializer_range=0.3,
+    )
     model(np.zeros((1, 1), "int32"))
     directory = tmp_path_factory.mktemp("gpt")
     settings = dict(max_new_tokens=MAX_NEW, temperature=0.0)
@@ -78,8 +91,9 @@ def _in_memory_completions(model, prompts, max_new_tokens):
     """What the exported signature must return: greedy continuation text of each prompt."""
     tokenizer = ByteTokenizer()
     ids = [row or [tokenizer.end_id] for row in tokenizer.tokenize(prompts).to_list()]
-    out = model.generate(ids, max_new_tokens, temperature=0.0, end_id=tokenizer.end_id,
-                         pad_id=tokenizer.pad_id)
+    out = model.generate(
+        ids, max_new_tokens, temperature=0.0, end_id=tokenizer.end_id, pad_id=tokenizer.pad_id
+    )
     kept = [min(len(row), model.max_length - max_new_tokens) for row in ids]
     new = tf.ragged.constant([row[k:] for row, k in zip(out.to_list(), kept)], tf.int32)
     return [s.decode() for s in tokenizer.detokenize(new).numpy()]
@@ -109,26 +123,51 @@ def test_gpt_savedmodel_serves_strings_in_a_fresh_process(gpt_exports, tmp_path)
 @pytest.mark.slow
 def test_saved_model_cli_lists_the_gpt_signatures(gpt_exports):
     cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
-    shown = subprocess.run([str(cli), "show", "--all", "--dir", gpt_exports[1]],
-                           capture_output=True, text=True, timeout=300,
-                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")).stdout
-    for text in ("signature_def['serving_default']", "signature_def['generate']",
-                 "signature_def['logits']", "inputs['prompts']", "inputs['max_new_tokens']",
-                 "inputs['temperature']", "inputs['top_k']", "inputs['top_p']", "inputs['seed']",
-                 "outputs['completions']", "inputs['token_ids']", "outputs['logits']"):
+    shown = subprocess.run(
+        [str(cli), "show", "--all", "--dir", gpt_exports[1]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    ).stdout
+    for text in (
+        "signature_def['serving_default']",
+        "signature_def['generate']",
+        "signature_def['logits']",
+        "inputs['prompts']",
+        "inputs['max_new_tokens']",
+        "inputs['temperature']",
+        "inputs['top_k']",
+        "inputs['top_p']",
+        "inputs['seed']",
+        "outputs['completions']",
+        "inputs['token_ids']",
+        "outputs['logits']",
+    ):
         assert text in shown, text
 
 
-@pytest.mark.parametrize("name, value, argument", [
-    ("max_new_tokens", 64, "max_new_tokens"), ("max_new_tokens", -1, "max_new_tokens"),
-    ("temperature", -1.0, "temperature"), ("top_k", -1, "top_k"), ("top_p", 0.0, "top_p"),
-    ("top_p", 1.5, "top_p"),
-])
+@pytest.mark.parametrize(
+    "name, value, argument",
+    [
+        ("max_new_tokens", 64, "max_new_tokens"),
+        ("max_new_tokens", -1, "max_new_tokens"),
+        ("temperature", -1.0, "temperature"),
+        ("top_k", -1, "top_k"),
+        ("top_p", 0.0, "top_p"),
+        ("top_p", 1.5, "top_p"),
+    ],
+)
 def test_generate_signature_checks_its_inputs_in_graph(gpt_exports, name, value, argument):
     generate = tf.saved_model.load(gpt_exports[2]).signatures["generate"]
-    inputs = dict(prompts=tf.constant(["hi"]), max_new_tokens=tf.constant(4),
-                  temperature=tf.constant(1.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
-                  seed=tf.constant(1))
+    inputs = dict(
+        prompts=tf.constant(["hi"]),
+        max_new_tokens=tf.constant(4),
+        temperature=tf.constant(1.0),
+        top_k=tf.constant(0),
+        top_p=tf.constant(1.0),
+        seed=tf.constant(1),
+    )
     inputs[name] = tf.constant(value, inputs[name].dtype)
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"`{argument}`"):
         generate(**inputs)
@@ -159,20 +198,26 @@ def test_export_is_atomic_and_never_overwrites(gpt_exports, tmp_path, monkeypatc
     assert tf.saved_model.load(first).signatures["serving_default"] is not None
 
     with pytest.raises(ValueError, match="`version`=1"):
-        export_gpt(model, ByteTokenizer(), tmp_path, version=1, max_new_tokens=4,
-                   jit_compile=False)
-    assert export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4,
-                      jit_compile=False) == str(tmp_path / "2")
+        export_gpt(model, ByteTokenizer(), tmp_path, version=1, max_new_tokens=4, jit_compile=False)
+    assert export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False) == str(
+        tmp_path / "2"
+    )
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    (dict(max_new_tokens=64), "max_new_tokens"), (dict(top_p=2.0), "top_p"),
-    (dict(temperature=-1.0), "temperature"), (dict(version=0), "version"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(max_new_tokens=64), "max_new_tokens"),
+        (dict(top_p=2.0), "top_p"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(version=0), "version"),
+    ],
+)
 def test_export_gpt_checks_settings_before_writing(gpt_exports, tmp_path, kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
-        export_gpt(gpt_exports[0], ByteTokenizer(), tmp_path / "out",
-                   **{"max_new_tokens": 4, **kwargs})
+        export_gpt(
+            gpt_exports[0], ByteTokenizer(), tmp_path / "out", **{"max_new_tokens": 4, **kwargs}
+        )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -220,17 +265,29 @@ def bert_exports(tmp_path_factory):
 
     tf.keras.utils.set_random_seed(6)
     tokenizer = WordPieceTokenizer.train(
-        ["The cat sat on the mat.", "A dog ran in the park.", "你好世界"] * 30, vocab_size=60,
-        verbose=False)
-    encoder = BERTEncoder(tokenizer.vocab_size, 32, 2, 64, 2, rate=0.0, max_length=32,
-                          initializer_range=0.3)
+        ["The cat sat on the mat.", "A dog ran in the park.", "你好世界"] * 30,
+        vocab_size=60,
+        verbose=False,
+    )
+    encoder = BERTEncoder(
+        tokenizer.vocab_size, 32, 2, 64, 2, rate=0.0, max_length=32, initializer_range=0.3
+    )
     pretrainer = BERTPretrainer(encoder)
     classifier = BERTClassifier(encoder, 3, rate=0.0)
     directory = tmp_path_factory.mktemp("bert")
-    return (pretrainer, classifier, tokenizer,
-            export_bert(pretrainer, tokenizer, directory / "pretrainer", top_k=3),
-            export_bert(classifier, tokenizer, directory / "classifier",
-                        class_names=["neg", "neutral", "pos"], jit_compile=False))
+    return (
+        pretrainer,
+        classifier,
+        tokenizer,
+        export_bert(pretrainer, tokenizer, directory / "pretrainer", top_k=3),
+        export_bert(
+            classifier,
+            tokenizer,
+            directory / "classifier",
+            class_names=["neg", "neutral", "pos"],
+            jit_compile=False,
+        ),
+    )
 
 
 def _packed(tokenizer, segments_ids):
@@ -244,9 +301,11 @@ def _packed(tokenizer, segments_ids):
         rows.append((ids, types))
     width = max(len(ids) for ids, _ in rows)
     pad = lambda values, fill: values + [fill] * (width - len(values))  # noqa: E731
-    return {"token_ids": np.array([pad(i, tokenizer.pad_id) for i, _ in rows], "int32"),
-            "segment_ids": np.array([pad(t, 0) for _, t in rows], "int32"),
-            "padding_mask": np.array([pad([1] * len(i), 0) for i, _ in rows], "int32")}
+    return {
+        "token_ids": np.array([pad(i, tokenizer.pad_id) for i, _ in rows], "int32"),
+        "segment_ids": np.array([pad(t, 0) for _, t in rows], "int32"),
+        "padding_mask": np.array([pad([1] * len(i), 0) for i, _ in rows], "int32"),
+    }
 
 
 def _wordpieces_with_masks(tokenizer, text):
@@ -263,8 +322,15 @@ def _wordpieces_with_masks(tokenizer, text):
 def test_bert_savedmodels_serve_strings_in_a_fresh_process(bert_exports, tmp_path):
     pretrainer, classifier, tokenizer, pretrainer_path, classifier_path = bert_exports
     out = tmp_path / "served.json"
-    _fresh_process(_SERVE_BERT, pretrainer_path, classifier_path, json.dumps(BERT_TEXTS),
-                   json.dumps(MASKED_TEXTS), json.dumps(PAIRS), out)
+    _fresh_process(
+        _SERVE_BERT,
+        pretrainer_path,
+        classifier_path,
+        json.dumps(BERT_TEXTS),
+        json.dumps(MASKED_TEXTS),
+        json.dumps(PAIRS),
+        out,
+    )
     served = json.loads(out.read_text())
 
     inputs = _packed(tokenizer, [tokenizer.tokenize(BERT_TEXTS).to_list()])
@@ -274,11 +340,13 @@ def test_bert_savedmodels_serve_strings_in_a_fresh_process(bert_exports, tmp_pat
     np.testing.assert_allclose(served["sequence"], encoded["sequence_output"], atol=1e-5, rtol=0)
 
     pair_inputs = _packed(tokenizer, [tokenizer.tokenize(texts).to_list() for texts in PAIRS])
-    np.testing.assert_allclose(served["pair_pooled"],
-                               pretrainer.encoder(pair_inputs)["pooled_output"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        served["pair_pooled"], pretrainer.encoder(pair_inputs)["pooled_output"], atol=1e-5, rtol=0
+    )
 
-    masked_inputs = _packed(tokenizer, [[_wordpieces_with_masks(tokenizer, t)
-                                         for t in MASKED_TEXTS]])
+    masked_inputs = _packed(
+        tokenizer, [[_wordpieces_with_masks(tokenizer, t) for t in MASKED_TEXTS]]
+    )
     counts = (masked_inputs["token_ids"] == tokenizer.mask_id).sum(axis=1)
     assert served["mask_counts"] == counts.tolist() == [2, 1, 0]
     for row in range(len(MASKED_TEXTS)):
@@ -286,14 +354,19 @@ def test_bert_savedmodels_serve_strings_in_a_fresh_process(bert_exports, tmp_pat
         if not len(positions):
             assert served["fill_tokens"][row] == [[""] * 3] * 2
             continue
-        logits = pretrainer({**{k: v[row:row + 1] for k, v in masked_inputs.items()},
-                             "mask_positions": positions[None].astype("int32")})["mlm_logits"]
+        logits = pretrainer(
+            {
+                **{k: v[row : row + 1] for k, v in masked_inputs.items()},
+                "mask_positions": positions[None].astype("int32"),
+            }
+        )["mlm_logits"]
         probabilities = np.asarray(tf.nn.softmax(logits))[0]
         for slot, distribution in enumerate(probabilities):
             best = np.argsort(-distribution)[:3]
             assert served["fill_tokens"][row][slot] == [tokenizer.vocabulary[i] for i in best]
-            np.testing.assert_allclose(served["fill_scores"][row][slot], distribution[best],
-                                       atol=1e-5, rtol=0)
+            np.testing.assert_allclose(
+                served["fill_scores"][row][slot], distribution[best], atol=1e-5, rtol=0
+            )
 
     probabilities = np.asarray(tf.nn.softmax(classifier(inputs)))
     np.testing.assert_allclose(served["probabilities"], probabilities, atol=1e-5, rtol=0)
@@ -305,15 +378,32 @@ def test_bert_savedmodels_serve_strings_in_a_fresh_process(bert_exports, tmp_pat
 def test_saved_model_cli_lists_the_bert_signatures(bert_exports):
     cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    pretrainer = subprocess.run([str(cli), "show", "--all", "--dir", bert_exports[3]],
-                                capture_output=True, text=True, timeout=300, env=env).stdout
-    for text in ("signature_def['serving_default']", "signature_def['encode_pair']",
-                 "signature_def['fill_mask']", "inputs['text']", "inputs['text_pair']",
-                 "outputs['pooled_output']", "outputs['sequence_output']", "outputs['tokens']",
-                 "outputs['scores']"):
+    pretrainer = subprocess.run(
+        [str(cli), "show", "--all", "--dir", bert_exports[3]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    ).stdout
+    for text in (
+        "signature_def['serving_default']",
+        "signature_def['encode_pair']",
+        "signature_def['fill_mask']",
+        "inputs['text']",
+        "inputs['text_pair']",
+        "outputs['pooled_output']",
+        "outputs['sequence_output']",
+        "outputs['tokens']",
+        "outputs['scores']",
+    ):
         assert text in pretrainer, text
-    classifier = subprocess.run([str(cli), "show", "--all", "--dir", bert_exports[4]],
-                                capture_output=True, text=True, timeout=300, env=env).stdout
+    classifier = subprocess.run(
+        [str(cli), "show", "--all", "--dir", bert_exports[4]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    ).stdout
     for text in ("inputs['text']", "outputs['probabilities']", "outputs['label']"):
         assert text in classifier, text
 

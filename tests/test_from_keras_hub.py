@@ -28,8 +28,13 @@ def randomize(model, seed=0):
 @pytest.fixture(scope="module")
 def gpt2_preset(tmp_path_factory):
     backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=120, num_layers=2, num_heads=4, hidden_dim=32, intermediate_dim=64,
-        max_sequence_length=24)
+        vocabulary_size=120,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=24,
+    )
     randomize(backbone)
     directory = tmp_path_factory.mktemp("presets") / "gpt2_random"
     backbone.save_to_preset(str(directory))
@@ -39,8 +44,13 @@ def gpt2_preset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bert_preset(tmp_path_factory):
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=90, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
-        max_sequence_length=24)
+        vocabulary_size=90,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=24,
+    )
     randomize(backbone, seed=1)
     directory = tmp_path_factory.mktemp("presets") / "bert_random"
     backbone.save_to_preset(str(directory))
@@ -55,7 +65,8 @@ def test_gpt_from_preset_directory_matches_the_backbone(gpt2_preset):
     padding_mask = np.ones_like(token_ids)
     hidden = backbone({"token_ids": token_ids, "padding_mask": padding_mask})
     want = keras.ops.convert_to_numpy(
-        keras.ops.matmul(hidden, keras.ops.transpose(backbone.token_embedding.embeddings)))
+        keras.ops.matmul(hidden, keras.ops.transpose(backbone.token_embedding.embeddings))
+    )
     got = keras.ops.convert_to_numpy(model(token_ids, padding_mask=padding_mask))
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
@@ -64,13 +75,19 @@ def test_bert_from_preset_directory_matches_the_backbone(bert_preset):
     directory, backbone = bert_preset
     encoder = BERTEncoder.from_keras_hub(str(directory))
     rng = np.random.default_rng(1)
-    inputs = {"token_ids": rng.integers(0, 90, (2, 24)).astype("int32"),
-              "segment_ids": np.repeat([[0] * 12 + [1] * 12], 2, axis=0).astype("int32"),
-              "padding_mask": np.ones((2, 24), "int32")}
+    inputs = {
+        "token_ids": rng.integers(0, 90, (2, 24)).astype("int32"),
+        "segment_ids": np.repeat([[0] * 12 + [1] * 12], 2, axis=0).astype("int32"),
+        "padding_mask": np.ones((2, 24), "int32"),
+    }
     want, got = backbone(inputs), encoder(inputs)
     for key in ("sequence_output", "pooled_output"):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(got[key]),
-                                   keras.ops.convert_to_numpy(want[key]), atol=ATOL, rtol=0)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got[key]),
+            keras.ops.convert_to_numpy(want[key]),
+            atol=ATOL,
+            rtol=0,
+        )
 
 
 def test_bad_preset_directories_name_the_argument(gpt2_preset, bert_preset, tmp_path):
@@ -85,9 +102,12 @@ def test_bad_preset_directories_name_the_argument(gpt2_preset, bert_preset, tmp_
 
 
 def test_models_do_not_import_convert_or_keras_hub():
-    code = ("import sys, tf_bigmodels.models; "
-            "print(sorted(m for m in sys.modules if m.startswith(('keras_hub', "
-            "'tf_bigmodels.convert'))))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "import sys, tf_bigmodels.models; "
+        "print(sorted(m for m in sys.modules if m.startswith(('keras_hub', "
+        "'tf_bigmodels.convert'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

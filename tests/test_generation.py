@@ -10,8 +10,16 @@ from tf_bigmodels.models import GPTModel, generation
 
 VOCAB = 37
 # A larger initializer_range than GPT-2's spreads the logits, so greedy choices are not near-ties.
-TINY = dict(vocab_size=VOCAB, d_model=24, num_heads=3, dff=48, num_layers=2, rate=0.0,
-            max_length=48, initializer_range=0.3)
+TINY = dict(
+    vocab_size=VOCAB,
+    d_model=24,
+    num_heads=3,
+    dff=48,
+    num_layers=2,
+    rate=0.0,
+    max_length=48,
+    initializer_range=0.3,
+)
 PROMPTS = [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11], [4], list(range(1, 18))]  # 17 crosses a bucket
 
 
@@ -37,8 +45,9 @@ def test_cached_layer_steps_equal_the_full_causal_layer():
     cache = tf.zeros((2, 2, 3, 8, 8))
     steps = []
     for i in range(6):
-        out, cache = layer(x[:, i:i + 1], padding_mask=tf.ones((2, 8), bool), cache=cache,
-                           cache_index=i)
+        out, cache = layer(
+            x[:, i : i + 1], padding_mask=tf.ones((2, 8), bool), cache=cache, cache_index=i
+        )
         steps.append(np.asarray(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=0)
 
@@ -72,7 +81,8 @@ def test_xla_and_plain_graph_agree():
     model = _model()
     np.testing.assert_array_equal(
         model.generate(PROMPTS, 6, temperature=0.0, jit_compile=True).to_tensor(),
-        model.generate(PROMPTS, 6, temperature=0.0, jit_compile=False).to_tensor())
+        model.generate(PROMPTS, 6, temperature=0.0, jit_compile=False).to_tensor(),
+    )
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens():
@@ -87,13 +97,15 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
     greedy = model.generate(PROMPTS, 8, temperature=0.0).to_list()
     assert model.generate(PROMPTS, 8, temperature=1.0, top_k=1, seed=3).to_list() == greedy
     assert model.generate(PROMPTS, 8, temperature=1.0, top_p=1e-6, seed=3).to_list() == greedy
-    assert model.generate(PROMPTS, 8, temperature=5.0, top_p=1e-6, top_k=9,
-                          seed=4).to_list() == greedy
+    assert (
+        model.generate(PROMPTS, 8, temperature=5.0, top_p=1e-6, top_k=9, seed=4).to_list() == greedy
+    )
 
 
 def _first_token_frequencies(model, prompt, samples, **settings):
-    out = model.generate(np.tile(np.array([prompt], "int32"), (samples, 1)), 1, seed=2024,
-                         **settings)
+    out = model.generate(
+        np.tile(np.array([prompt], "int32"), (samples, 1)), 1, seed=2024, **settings
+    )
     return np.bincount(np.asarray(out)[:, -1], minlength=VOCAB) / samples
 
 
@@ -125,8 +137,9 @@ def test_top_p_keeps_the_smallest_nucleus():
     logits = tf.math.log(tf.constant([[0.1, 0.5, 0.3, 0.1]]))
     seen = set()
     for step in range(200):
-        token = generation.sample_next_token(logits, tf.constant(1.0), tf.constant(0),
-                                             tf.constant(0.75), tf.constant([5, step]))
+        token = generation.sample_next_token(
+            logits, tf.constant(1.0), tf.constant(0), tf.constant(0.75), tf.constant([5, step])
+        )
         seen.add(int(token[0]))
     assert seen == {1, 2}  # 0.5 < 0.75 <= 0.5 + 0.3
 
@@ -135,20 +148,23 @@ def test_end_id_stops_a_row_and_pads_the_rest():
     model = _model()
     greedy = model.generate(PROMPTS[:2], 8, temperature=0.0).to_list()
     end_id = greedy[0][len(PROMPTS[0]) + 2]  # the third new token of row 0
-    stops = [len(p) + row[len(p):].index(end_id) + 1 if end_id in row[len(p):] else len(row)
-             for p, row in zip(PROMPTS[:2], greedy)]
+    stops = [
+        len(p) + row[len(p) :].index(end_id) + 1 if end_id in row[len(p) :] else len(row)
+        for p, row in zip(PROMPTS[:2], greedy)
+    ]
     ragged = model.generate(PROMPTS[:2], 8, temperature=0.0, end_id=end_id).to_list()
     assert ragged == [row[:stop] for row, stop in zip(greedy, stops)]
-    dense = np.asarray(model.generate(np.array([PROMPTS[0]]), 8, temperature=0.0, end_id=end_id,
-                                      pad_id=36))
-    assert dense.tolist() == [greedy[0][:stops[0]] + [36] * (len(greedy[0]) - stops[0])]
+    dense = np.asarray(
+        model.generate(np.array([PROMPTS[0]]), 8, temperature=0.0, end_id=end_id, pad_id=36)
+    )
+    assert dense.tolist() == [greedy[0][: stops[0]] + [36] * (len(greedy[0]) - stops[0])]
 
 
 def test_long_prompts_are_truncated_from_the_left():
     model = _model()
     prompt = list(np.random.default_rng(0).integers(0, VOCAB, 60))
     out = model.generate([prompt], 8, temperature=0.0).to_list()[0]
-    kept = prompt[-(TINY["max_length"] - 8):]
+    kept = prompt[-(TINY["max_length"] - 8) :]
     assert out == _greedy_by_full_forward(model, kept, 8)
 
 
@@ -160,8 +176,13 @@ def test_zero_new_tokens_returns_the_prompts():
 def test_settings_and_prompts_do_not_retrace_the_decode_loop():
     model = _model()
     rng = np.random.default_rng(0)
-    settings = [dict(temperature=0.0), dict(temperature=1.0, seed=1), dict(top_k=3, seed=2),
-                dict(top_p=0.8, seed=3), dict(temperature=0.5, top_k=4, top_p=0.9, seed=4)]
+    settings = [
+        dict(temperature=0.0),
+        dict(temperature=1.0, seed=1),
+        dict(top_k=3, seed=2),
+        dict(top_p=0.8, seed=3),
+        dict(temperature=0.5, top_k=4, top_p=0.9, seed=4),
+    ]
     for call in range(10):
         prompts = [list(rng.integers(0, VOCAB, rng.integers(1, 30))) for _ in range(3)]
         model.generate(prompts, int(rng.integers(1, 12)), **settings[call % len(settings)])
@@ -169,18 +190,21 @@ def test_settings_and_prompts_do_not_retrace_the_decode_loop():
     assert generation.generate_function(model).experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    (dict(max_new_tokens=48), "max_new_tokens"),
-    (dict(max_new_tokens=-1), "max_new_tokens"),
-    (dict(temperature=-0.5), "temperature"),
-    (dict(top_k=-2), "top_k"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(seed=-1), "seed"),
-    (dict(end_id=VOCAB), "end_id"),
-    (dict(token_ids=[[1, 2], []]), "token_ids"),
-    (dict(token_ids=[[1, VOCAB]]), "token_ids"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(max_new_tokens=48), "max_new_tokens"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(top_k=-2), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(seed=-1), "seed"),
+        (dict(end_id=VOCAB), "end_id"),
+        (dict(token_ids=[[1, 2], []]), "token_ids"),
+        (dict(token_ids=[[1, VOCAB]]), "token_ids"),
+    ],
+)
 def test_bad_settings_name_the_argument(kwargs, argument):
     model = _model()
     kwargs = {"token_ids": [[1, 2]], "max_new_tokens": 4, **kwargs}
@@ -188,14 +212,29 @@ def test_bad_settings_name_the_argument(kwargs, argument):
         model.generate(**kwargs)
 
 
-@pytest.mark.parametrize("index, value, argument", [
-    (1, 48, "max_new_tokens"), (1, -1, "max_new_tokens"), (2, -1.0, "temperature"),
-    (3, -1, "top_k"), (4, 0.0, "top_p"), (4, 1.01, "top_p"),
-])
+@pytest.mark.parametrize(
+    "index, value, argument",
+    [
+        (1, 48, "max_new_tokens"),
+        (1, -1, "max_new_tokens"),
+        (2, -1.0, "temperature"),
+        (3, -1, "top_k"),
+        (4, 0.0, "top_p"),
+        (4, 1.01, "top_p"),
+    ],
+)
 def test_in_graph_checks_name_the_input(index, value, argument):
     fn = generation.generate_function(_model())
-    args = [tf.ragged.constant([[1, 2]]), tf.constant(4), tf.constant(1.0), tf.constant(0),
-            tf.constant(1.0), tf.constant(0), tf.constant(-1), tf.constant(0)]
+    args = [
+        tf.ragged.constant([[1, 2]]),
+        tf.constant(4),
+        tf.constant(1.0),
+        tf.constant(0),
+        tf.constant(1.0),
+        tf.constant(0),
+        tf.constant(-1),
+        tf.constant(0),
+    ]
     args[index] = tf.constant(value, args[index].dtype)
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"`{argument}`"):
         fn(*args)

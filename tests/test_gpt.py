@@ -3,33 +3,48 @@ import math
 import keras
 import numpy as np
 import pytest
-
 from helpers import assert_layer_contract
+
 from tf_bigmodels.models import GPTModel
 
 VOCAB, T = 37, 12
-SMALL = dict(vocab_size=VOCAB, d_model=24, num_heads=3, dff=48, num_layers=2, rate=0.0,
-             max_length=16)
+SMALL = dict(
+    vocab_size=VOCAB, d_model=24, num_heads=3, dff=48, num_layers=2, rate=0.0, max_length=16
+)
 
 
 def _tokens(seed=0, batch=2, length=T):
     return np.random.default_rng(seed).integers(0, VOCAB, size=(batch, length)).astype("int32")
 
 
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(tie_embeddings=False, norm_first=False, activation="gelu", rate=0.1),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(tie_embeddings=False, norm_first=False, activation="gelu", rate=0.1),
+    ],
+)
 def test_common_checks(options, tmp_path):
-    assert_layer_contract(GPTModel, {**SMALL, **options},
-                          {"token_ids": _tokens(), "padding_mask": np.ones((2, T), "int32")},
-                          (2, T, VOCAB), mixed_dtypes="float32", tmp_path=tmp_path)
+    assert_layer_contract(
+        GPTModel,
+        {**SMALL, **options},
+        {"token_ids": _tokens(), "padding_mask": np.ones((2, T), "int32")},
+        (2, T, VOCAB),
+        mixed_dtypes="float32",
+        tmp_path=tmp_path,
+    )
 
 
 def test_article_constructor_arguments_are_positional():
     model = GPTModel(VOCAB, 24, 3, 48, 2, 0.0, max_length=16)
-    assert (model.vocab_size, model.d_model, model.num_heads, model.dff, model.num_layers,
-            model.rate) == (VOCAB, 24, 3, 48, 2, 0.0)
+    assert (
+        model.vocab_size,
+        model.d_model,
+        model.num_heads,
+        model.dff,
+        model.num_layers,
+        model.rate,
+    ) == (VOCAB, 24, 3, 48, 2, 0.0)
 
 
 def test_logits_at_position_i_ignore_later_tokens():
@@ -38,10 +53,10 @@ def test_logits_at_position_i_ignore_later_tokens():
     base = np.asarray(model(tokens))
     for i in range(T - 1):
         changed = tokens.copy()
-        changed[:, i + 1:] = (tokens[:, i + 1:] + 1 + i) % VOCAB
+        changed[:, i + 1 :] = (tokens[:, i + 1 :] + 1 + i) % VOCAB
         out = np.asarray(model(changed))
-        np.testing.assert_allclose(out[:, :i + 1], base[:, :i + 1], atol=1e-6, rtol=0)
-        assert np.abs(out[:, i + 1:] - base[:, i + 1:]).max() > 1e-4
+        np.testing.assert_allclose(out[:, : i + 1], base[:, : i + 1], atol=1e-6, rtol=0)
+        assert np.abs(out[:, i + 1 :] - base[:, i + 1 :]).max() > 1e-4
 
 
 def test_position_embedding_makes_order_matter():
@@ -62,9 +77,12 @@ def test_right_padding_does_not_change_real_positions():
     tokens = _tokens()
     other = np.where(mask == 1, tokens, (tokens + 7) % VOCAB)
     real = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(model(other, padding_mask=mask))[real],
-                               np.asarray(model(tokens, padding_mask=mask))[real],
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(model(other, padding_mask=mask))[real],
+        np.asarray(model(tokens, padding_mask=mask))[real],
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def test_sequence_longer_than_max_length_is_an_error():
@@ -80,11 +98,13 @@ def test_gpt2_initialisation_scales_residual_projections():
     assert np.std(block.attention.qkv.kernel.numpy()) == pytest.approx(0.02, rel=0.05)
     assert np.std(block.ffn_hidden.kernel.numpy()) == pytest.approx(0.02, rel=0.05)
     residual_std = 0.02 / math.sqrt(2 * 8)
-    assert np.std(block.attention.output_dense.kernel.numpy()) == pytest.approx(residual_std,
-                                                                               rel=0.1)
+    assert np.std(block.attention.output_dense.kernel.numpy()) == pytest.approx(
+        residual_std, rel=0.1
+    )
     assert np.std(block.ffn_output.kernel.numpy()) == pytest.approx(residual_std, rel=0.1)
-    assert not np.allclose(model.blocks[0].attention.qkv.kernel.numpy(),
-                           model.blocks[1].attention.qkv.kernel.numpy())
+    assert not np.allclose(
+        model.blocks[0].attention.qkv.kernel.numpy(), model.blocks[1].attention.qkv.kernel.numpy()
+    )
 
 
 def test_tied_and_untied_output():
@@ -106,26 +126,32 @@ def test_final_norm_only_for_pre_norm():
 def test_memorises_a_repeating_sequence():
     pattern = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8], "int32")
     sequence = np.tile(pattern, 8)
-    windows = np.stack([sequence[i:i + T + 1] for i in range(0, len(sequence) - T - 1)])
-    model = GPTModel(vocab_size=10, d_model=32, num_heads=2, dff=64, num_layers=2, rate=0.0,
-                     max_length=T)
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=len(windows), epochs=60,
-                        verbose=0)
+    windows = np.stack([sequence[i : i + T + 1] for i in range(0, len(sequence) - T - 1)])
+    model = GPTModel(
+        vocab_size=10, d_model=32, num_heads=2, dff=64, num_layers=2, rate=0.0, max_length=T
+    )
+    model.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    history = model.fit(
+        windows[:, :-1], windows[:, 1:], batch_size=len(windows), epochs=60, verbose=0
+    )
     losses = history.history["loss"]
     assert losses[0] > 1.5
     assert losses[-1] < 0.25  # after 60 steps the 12-periodic sequence is almost memorised
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    (dict(SMALL, num_heads=5), "d_model"),
-    (dict(SMALL, vocab_size=0), "vocab_size"),
-    (dict(SMALL, num_layers=0), "num_layers"),
-    (dict(SMALL, rate=1.5), "rate"),
-    (dict(SMALL, max_length=-3), "max_length"),
-    (dict(SMALL, dff=2.5), "dff"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(SMALL, num_heads=5), "d_model"),
+        (dict(SMALL, vocab_size=0), "vocab_size"),
+        (dict(SMALL, num_layers=0), "num_layers"),
+        (dict(SMALL, rate=1.5), "rate"),
+        (dict(SMALL, max_length=-3), "max_length"),
+        (dict(SMALL, dff=2.5), "dff"),
+    ],
+)
 def test_bad_config_names_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         GPTModel(**kwargs)

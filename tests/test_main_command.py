@@ -12,20 +12,33 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tf_bigmodels", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "tf_bigmodels", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.slow
 def test_train_gpt_generate_and_export_from_the_command_line(tmp_path):
     # The default preset (nanoGPT's CPU configuration) with the step count cut for CI.
-    trained = _cli("train", "gpt", "--steps", "20", "--eval-every", "10", "--samples", "1",
-                   cwd=tmp_path)
+    trained = _cli(
+        "train", "gpt", "--steps", "20", "--eval-every", "10", "--samples", "1", cwd=tmp_path
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     run_dir = tmp_path / "runs" / "gpt"
     config = json.loads((run_dir / "config.json").read_text())
-    assert (config["num_layers"], config["num_heads"], config["d_model"], config["seq_len"],
-            config["batch_size"], config["rate"]) == (4, 4, 128, 64, 12, 0.0)
+    assert (
+        config["num_layers"],
+        config["num_heads"],
+        config["d_model"],
+        config["seq_len"],
+        config["batch_size"],
+        config["rate"],
+    ) == (4, 4, 128, 64, 12, 0.0)
     for name in ("model.keras", "best.keras", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("-20")
@@ -34,8 +47,17 @@ def test_train_gpt_generate_and_export_from_the_command_line(tmp_path):
     assert "--- sample 1 ---\nROMEO:" in trained.stdout
     assert "tokens/s" in trained.stdout and "val_loss" in trained.stdout
 
-    generated = _cli("generate", str(run_dir), "--prompt", "KING:", "--max-new-tokens", "40",
-                     "--seed", "3", cwd=tmp_path)
+    generated = _cli(
+        "generate",
+        str(run_dir),
+        "--prompt",
+        "KING:",
+        "--max-new-tokens",
+        "40",
+        "--seed",
+        "3",
+        cwd=tmp_path,
+    )
     assert generated.returncode == 0, generated.stderr[-3000:]
     assert generated.stdout.startswith("KING:") and len(generated.stdout) > len("KING:\n")
 

@@ -35,8 +35,10 @@ def above_diagonal(maps):
 
 def write_metrics(run_dir):
     lines = [{"step": s, "loss": 5.0 - s / 10, "tokens/s": 1000.0} for s in (5, 10, 15, 20)]
-    lines += [{"step": 10, "epoch": 1, "loss": 4.0, "val_loss": 4.2},
-              {"step": 20, "epoch": 2, "loss": 3.0, "val_loss": 3.5}]
+    lines += [
+        {"step": 10, "epoch": 1, "loss": 4.0, "val_loss": 4.2},
+        {"step": 20, "epoch": 2, "loss": 3.0, "val_loss": 3.5},
+    ]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (run_dir / "config.json").write_text(json.dumps({"version": tf_bigmodels.__version__}))
 
@@ -54,11 +56,14 @@ def gpt_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bert_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("bert")
-    tokenizer = WordPieceTokenizer.train(["to be or not to be that is the question"] * 20, 60,
-                                         verbose=False)
+    tokenizer = WordPieceTokenizer.train(
+        ["to be or not to be that is the question"] * 20, 60, verbose=False
+    )
     tokenizer.save(run_dir / "tokenizer")
     pretrainer = BERTPretrainer(BERTEncoder(tokenizer.vocab_size, 32, 4, 64, 2, max_length=32))
-    pretrainer({"token_ids": np.zeros((1, 8), "int32"), "mask_positions": np.zeros((1, 1), "int32")})
+    pretrainer(
+        {"token_ids": np.zeros((1, 8), "int32"), "mask_positions": np.zeros((1, 1), "int32")}
+    )
     pretrainer.save(run_dir / "model.keras")
     write_metrics(run_dir)
     return run_dir
@@ -76,12 +81,14 @@ def test_gpt_attention_is_a_causal_triangle():
 
 def test_bert_attention_is_bidirectional_and_skips_padding():
     encoder = BERTEncoder(100, 32, 2, 64, 2, max_length=16)
-    inputs = {"token_ids": np.array([[2, 10, 11, 12, 3, 0, 0]]),
-              "padding_mask": np.array([[1, 1, 1, 1, 1, 0, 0]])}
+    inputs = {
+        "token_ids": np.array([[2, 10, 11, 12, 3, 0, 0]]),
+        "padding_mask": np.array([[1, 1, 1, 1, 1, 0, 0]]),
+    }
     maps = plot.attention_maps(BERTPretrainer(encoder), inputs, layer=1)
     assert maps.shape == (2, 7, 7)
-    assert above_diagonal(maps[:, :5, :5]).min() > 0.0       # real tokens see later ones
-    assert np.all(maps[:, :, 5:] == 0.0)                      # nobody attends to padding
+    assert above_diagonal(maps[:, :5, :5]).min() > 0.0  # real tokens see later ones
+    assert np.all(maps[:, :, 5:] == 0.0)  # nobody attends to padding
 
 
 def test_attention_maps_name_bad_arguments():
@@ -131,16 +138,22 @@ def test_read_metrics_series_and_bad_files(gpt_run, tmp_path):
 
 def run_cli(*args, code=None):
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    command = ([sys.executable, "-c", code, *args] if code else
-               [sys.executable, "-m", "tf_bigmodels", *args])
+    command = (
+        [sys.executable, "-c", code, *args]
+        if code
+        else [sys.executable, "-m", "tf_bigmodels", *args]
+    )
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
 
 
 def error_line(result):
     """The one line a user error prints to stderr (TensorFlow's start-up notices aside)."""
-    lines = [line for line in result.stderr.splitlines()
-             if line.strip() and not line.startswith(("WARNING: All log messages", "I0000",
-                                                       "E0000", "W0000"))]
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip()
+        and not line.startswith(("WARNING: All log messages", "I0000", "E0000", "W0000"))
+    ]
     assert "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1, result.stderr
     return lines[0]
@@ -163,8 +176,10 @@ def test_cli_plot(gpt_run, tmp_path):
 
 @pytest.mark.slow
 def test_cli_plot_without_matplotlib_is_a_one_line_error(gpt_run):
-    blocked = ("import sys; sys.modules['matplotlib'] = None\n"
-               "from tf_bigmodels.cli import main; sys.exit(main(sys.argv[1:]))")
+    blocked = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from tf_bigmodels.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
     result = run_cli("plot", str(gpt_run), code=blocked)
     assert result.returncode == 2
     assert "pip install" in error_line(result) and "matplotlib" in error_line(result)

@@ -13,6 +13,8 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), 
 def test_readme_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(BLOCKS[index].replace("/tmp/", f"{tmp_path}/"), f"README block {index}", "exec"),
-         namespace)
+    exec(
+        compile(BLOCKS[index].replace("/tmp/", f"{tmp_path}/"), f"README block {index}", "exec"),
+        namespace,
+    )
     assert namespace, "the example defined nothing"

@@ -13,7 +13,9 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def _shakespeare_lines(n):
-    text = importlib.resources.files("tf_bigmodels.data").joinpath("tinyshakespeare.txt").read_text()
+    text = (
+        importlib.resources.files("tf_bigmodels.data").joinpath("tinyshakespeare.txt").read_text()
+    )
     return [line for line in text.split("\n") if line.strip()][:n]
 
 
@@ -31,8 +33,15 @@ def _byte_round_trip(strings):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(alphabet=st.one_of(st.characters(), st.sampled_from("你好世界😀🎉é\n ")),
-                        max_size=40), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.text(
+            alphabet=st.one_of(st.characters(), st.sampled_from("你好世界😀🎉é\n ")), max_size=40
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_byte_round_trip_random_unicode_in_tf_function(strings):
     strings = [s.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for s in strings]
     out = _byte_round_trip(tf.constant(strings)).numpy()
@@ -44,7 +53,9 @@ def test_byte_id_layout_and_specials():
     assert (tok.vocab_size, tok.end_id, tok.pad_id) == (258, 256, 257)
     assert tok.tokenize(["hi", "你"]).to_list() == [[104, 105], [228, 189, 160]]
     assert tok.tokenize("hi").numpy().tolist() == [104, 105]
-    assert tok.detokenize([[104, tok.end_id, 105, tok.pad_id, tok.pad_id]]).numpy().tolist() == [b"hi"]
+    assert tok.detokenize([[104, tok.end_id, 105, tok.pad_id, tok.pad_id]]).numpy().tolist() == [
+        b"hi"
+    ]
 
 
 def test_byte_invalid_utf8_becomes_replacement_character():
@@ -57,8 +68,13 @@ def test_byte_invalid_utf8_becomes_replacement_character():
 
 def test_word_piece_trained_vocabulary_has_specials_first(word_piece):
     assert list(word_piece.vocabulary[:5]) == SPECIALS
-    ids = (word_piece.pad_id, word_piece.unk_id, word_piece.cls_id, word_piece.sep_id,
-           word_piece.mask_id)
+    ids = (
+        word_piece.pad_id,
+        word_piece.unk_id,
+        word_piece.cls_id,
+        word_piece.sep_id,
+        word_piece.mask_id,
+    )
     assert ids == (0, 1, 2, 3, 4)
     assert 0.5 * 600 <= word_piece.vocab_size <= 600
 
@@ -105,10 +121,12 @@ def test_tokenizer_in_saved_model(make, request, tmp_path):
     tok = make() if callable(make) else request.getfixturevalue(make)
     module = tf.Module()
     module.tokenizer = tok
-    module.encode = tf.function(lambda s: tok.tokenize(s).to_tensor(),
-                                input_signature=[tf.TensorSpec([None], tf.string)])
-    module.decode = tf.function(lambda ids: tok.detokenize(ids),
-                                input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    module.encode = tf.function(
+        lambda s: tok.tokenize(s).to_tensor(), input_signature=[tf.TensorSpec([None], tf.string)]
+    )
+    module.decode = tf.function(
+        lambda ids: tok.detokenize(ids), input_signature=[tf.TensorSpec([None, None], tf.int32)]
+    )
     tf.saved_model.save(module, str(tmp_path))
     loaded = tf.saved_model.load(str(tmp_path))
     strings = tf.constant(["First Citizen: speak, speak.", "你好 😀"])

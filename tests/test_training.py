@@ -13,8 +13,16 @@ import pytest
 import tensorflow as tf
 
 from tf_bigmodels.models import GPTModel
-from tf_bigmodels.training import (RunConfig, TrainingDiverged, WarmupDecay, build_optimizer,
-                                   get_strategy, load_run_model, no_decay_variables, train)
+from tf_bigmodels.training import (
+    RunConfig,
+    TrainingDiverged,
+    WarmupDecay,
+    build_optimizer,
+    get_strategy,
+    load_run_model,
+    no_decay_variables,
+    train,
+)
 from tf_bigmodels.training.callbacks import CheckpointEveryEpoch, RunCheckpoint, StopOnNaN
 from tf_bigmodels.training.multi_worker import keras_is_affected
 
@@ -26,7 +34,11 @@ TINY_GPT = dict(model="gpt", preset="gpt-test", samples=0, export=False, verbose
 def _run_worker(settings, output, env=None, timeout=600):
     return subprocess.Popen(
         [sys.executable, str(WORKER), json.dumps(settings), str(output)],
-        env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env or ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(process, timeout=600):
@@ -45,9 +57,9 @@ def _losses(run_dir):
 
 # ---- schedule and optimizer ---------------------------------------------------------------
 
+
 def test_warmup_cosine_schedule_values():
-    schedule = WarmupDecay(1e-3, warmup_steps=100, total_steps=2000, decay="cosine",
-                           min_ratio=0.1)
+    schedule = WarmupDecay(1e-3, warmup_steps=100, total_steps=2000, decay="cosine", min_ratio=0.1)
     assert float(schedule(0)) == 0.0
     assert float(schedule(50)) == pytest.approx(5e-4)
     assert float(schedule(100)) == pytest.approx(1e-3)
@@ -65,11 +77,14 @@ def test_warmup_linear_schedule_values_and_serialization():
     assert float(restored(60)) == pytest.approx(1e-3)
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    (dict(peak_learning_rate=0, warmup_steps=1, total_steps=10), "peak_learning_rate"),
-    (dict(peak_learning_rate=1e-3, warmup_steps=10, total_steps=10), "total_steps"),
-    (dict(peak_learning_rate=1e-3, warmup_steps=1, total_steps=10, decay="step"), "decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(peak_learning_rate=0, warmup_steps=1, total_steps=10), "peak_learning_rate"),
+        (dict(peak_learning_rate=1e-3, warmup_steps=10, total_steps=10), "total_steps"),
+        (dict(peak_learning_rate=1e-3, warmup_steps=1, total_steps=10, decay="step"), "decay"),
+    ],
+)
 def test_schedule_bad_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         WarmupDecay(**kwargs)
@@ -78,8 +93,9 @@ def test_schedule_bad_arguments(kwargs, argument):
 def test_weight_decay_on_kernels_only():
     model = GPTModel(50, 16, 2, 32, 1, rate=0.0, max_length=8)
     model(np.zeros((1, 8), "int32"))
-    optimizer = build_optimizer(model, learning_rate=0.1, total_steps=10, warmup_steps=0,
-                                weight_decay=0.5, clipnorm=None)
+    optimizer = build_optimizer(
+        model, learning_rate=0.1, total_steps=10, warmup_steps=0, weight_decay=0.5, clipnorm=None
+    )
     excluded = {v.path for v in no_decay_variables(model)}
     assert any("embeddings" in p for p in excluded) and any("bias" in p for p in excluded)
     assert any("gamma" in p for p in excluded)
@@ -92,18 +108,21 @@ def test_weight_decay_on_kernels_only():
             np.testing.assert_allclose(value, 0.5, err_msg=variable.path)
         else:
             assert len(variable.shape) == 2
-            np.testing.assert_allclose(value, 0.5 * (1 - 0.1 * 0.5), rtol=1e-5,
-                                       err_msg=variable.path)
+            np.testing.assert_allclose(
+                value, 0.5 * (1 - 0.1 * 0.5), rtol=1e-5, err_msg=variable.path
+            )
 
 
 # ---- strategy ------------------------------------------------------------------------------
+
 
 def test_get_strategy_auto_on_one_cpu_is_default(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     strategy = get_strategy("auto")
     assert strategy.num_replicas_in_sync == 1
-    assert not isinstance(strategy, (tf.distribute.MirroredStrategy,
-                                     tf.distribute.MultiWorkerMirroredStrategy))
+    assert not isinstance(
+        strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    )
 
 
 @pytest.mark.parametrize("name", ["gpu", "Mirrored", ""])
@@ -112,8 +131,10 @@ def test_unknown_strategy_is_named(name):
         get_strategy(name)
 
 
-@pytest.mark.parametrize("tf_config", ["{not json", '{"cluster": {}}',
-                                       '{"cluster": {"worker": ["a:1"]}, "task": {"type": 1}}'])
+@pytest.mark.parametrize(
+    "tf_config",
+    ["{not json", '{"cluster": {}}', '{"cluster": {"worker": ["a:1"]}, "task": {"type": 1}}'],
+)
 def test_malformed_tf_config_is_a_clear_error(monkeypatch, tf_config):
     monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(ValueError, match="TF_CONFIG"):
@@ -134,6 +155,7 @@ def test_keras_version_gate():
 
 # ---- the driver ----------------------------------------------------------------------------
 
+
 def test_train_gpt_writes_its_outputs_and_learns(tmp_path):
     result = train(RunConfig(**TINY_GPT, steps=30, eval_every=10, out=str(tmp_path)))
     run_dir = tmp_path / "gpt"
@@ -148,8 +170,9 @@ def test_train_gpt_writes_its_outputs_and_learns(tmp_path):
     assert {"perplexity", "val_perplexity"} <= set(result.history)
     reloaded = keras.saving.load_model(run_dir / "model.keras")
     tokens = np.arange(16, dtype="int32")[None]
-    np.testing.assert_allclose(np.asarray(reloaded(tokens)), np.asarray(result.model(tokens)),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(reloaded(tokens)), np.asarray(result.model(tokens)), atol=1e-6
+    )
 
 
 def test_rerun_of_a_finished_run_trains_no_more(tmp_path):
@@ -170,14 +193,17 @@ def test_resume_refuses_other_settings_and_no_resume_refuses_overwrite(tmp_path)
     assert (tmp_path / "gpt" / "model.keras").read_bytes() == before
 
 
-@pytest.mark.parametrize("overrides, argument", [
-    (dict(steps=25, eval_every=10), "steps"),
-    (dict(precision="float8"), "precision"),
-    (dict(preset="gpt-huge"), "preset"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(learning_rate=-1.0), "learning_rate"),
-    (dict(strategy="tpu-pod"), "strategy"),
-])
+@pytest.mark.parametrize(
+    "overrides, argument",
+    [
+        (dict(steps=25, eval_every=10), "steps"),
+        (dict(precision="float8"), "precision"),
+        (dict(preset="gpt-huge"), "preset"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(strategy="tpu-pod"), "strategy"),
+    ],
+)
 def test_bad_settings_fail_before_training(tmp_path, overrides, argument):
     with pytest.raises(ValueError, match=argument):
         train(RunConfig(**{**TINY_GPT, "out": str(tmp_path), **overrides}))
@@ -199,8 +225,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     x = np.ones((20, 4), "float32")
     x[13] = np.nan  # the 14th step (batch size 1) sees a NaN
     guard = StopOnNaN()
-    model.fit(x, np.ones((20, 1), "float32"), batch_size=1, epochs=4, steps_per_epoch=5,
-              callbacks=[guard, CheckpointEveryEpoch(checkpoint)], verbose=0, shuffle=False)
+    model.fit(
+        x,
+        np.ones((20, 1), "float32"),
+        batch_size=1,
+        epochs=4,
+        steps_per_epoch=5,
+        callbacks=[guard, CheckpointEveryEpoch(checkpoint)],
+        verbose=0,
+        shuffle=False,
+    )
     assert guard.diverged_at == 14
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("-10")
     fresh = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
@@ -212,53 +246,92 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_train_raises_training_diverged_with_the_checkpoint_named(tmp_path):
     with pytest.raises(TrainingDiverged, match="NaN or infinite"):
-        train(RunConfig(**TINY_GPT, steps=20, eval_every=10, learning_rate=1e30, clipnorm=None,
-                        weight_decay=0.0, warmup_steps=0, out=str(tmp_path)))
+        train(
+            RunConfig(
+                **TINY_GPT,
+                steps=20,
+                eval_every=10,
+                learning_rate=1e30,
+                clipnorm=None,
+                weight_decay=0.0,
+                warmup_steps=0,
+                out=str(tmp_path),
+            )
+        )
     assert not (tmp_path / "gpt" / "model.keras").exists()
 
 
 # ---- several devices and processes --------------------------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model, extra", [
-    ("gpt", {}),
-    # Replicas sum gradients in another order: equal to ~1e-7 relative. Adam turns an entry's
-    # gradient into its sign, so an entry whose gradient is rounding noise moves by up to
-    # +-learning_rate either way; BERT has many such entries, hence its small rate here.
-    ("bert", {"rate": 0.0, "vocab_size": 400, "seq_len": 24, "learning_rate": 1e-6}),
-    ("gpt", {"gradient_accumulation_steps": 2}),
-])
+@pytest.mark.parametrize(
+    "model, extra",
+    [
+        ("gpt", {}),
+        # Replicas sum gradients in another order: equal to ~1e-7 relative. Adam turns an entry's
+        # gradient into its sign, so an entry whose gradient is rounding noise moves by up to
+        # +-learning_rate either way; BERT has many such entries, hence its small rate here.
+        ("bert", {"rate": 0.0, "vocab_size": 400, "seq_len": 24, "learning_rate": 1e-6}),
+        ("gpt", {"gradient_accumulation_steps": 2}),
+    ],
+)
 def test_mirrored_two_cpus_equals_one_device(tmp_path, model, extra):
     # XLA is off: it cannot place a mirrored variable on a second *logical* CPU device.
     # A small clip norm makes clipping act on every step: Keras's own AdamW would clip each
     # replica's half-batch gradient separately and drift from one device.
-    base = {**TINY_GPT, "model": model, "preset": f"{model}-test", "steps": 6, "eval_every": 3,
-            "batch_size": 8, "jit_compile": False, "clipnorm": 0.05, **extra}
+    base = {
+        **TINY_GPT,
+        "model": model,
+        "preset": f"{model}-test",
+        "steps": 6,
+        "eval_every": 3,
+        "batch_size": 8,
+        "jit_compile": False,
+        "clipnorm": 0.05,
+        **extra,
+    }
     one = _run_worker({"config": dict(base, out=str(tmp_path / "one"))}, tmp_path / "one.npz")
-    two = _run_worker({"logical_cpus": 2,
-                       "config": dict(base, out=str(tmp_path / "two"), strategy="mirrored",
-                                      devices=["/cpu:0", "/cpu:1"])}, tmp_path / "two.npz")
+    two = _run_worker(
+        {
+            "logical_cpus": 2,
+            "config": dict(
+                base, out=str(tmp_path / "two"), strategy="mirrored", devices=["/cpu:0", "/cpu:1"]
+            ),
+        },
+        tmp_path / "two.npz",
+    )
     outcomes = [_finish(process) for process in (one, two)]
-    for code, out, err in outcomes:
+    for code, _, err in outcomes:
         assert code == 0, err[-3000:]
     assert "Strategy: MirroredStrategy with 2 replica(s)." in outcomes[1][1]
     single, mirrored = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     for key in single.files:
         if "perplexity" not in key:  # exp(loss): equal losses, but not to 1e-5 absolute
-            np.testing.assert_allclose(mirrored[key], single[key], atol=1e-5, rtol=0,
-                                       err_msg=key)
+            np.testing.assert_allclose(mirrored[key], single[key], atol=1e-5, rtol=0, err_msg=key)
     one_losses = _losses(tmp_path / "one" / model)
     two_losses = _losses(tmp_path / "two" / model)
     assert sorted(one_losses) == list(range(1, 7))
-    np.testing.assert_allclose([two_losses[s] for s in one_losses],
-                               [one_losses[s] for s in one_losses], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        [two_losses[s] for s in one_losses], [one_losses[s] for s in one_losses], atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.slow
 def test_mirrored_batch_not_divisible_by_replicas(tmp_path):
-    process = _run_worker({"logical_cpus": 2, "config": dict(
-        TINY_GPT, batch_size=3, strategy="mirrored", devices=["/cpu:0", "/cpu:1"],
-        out=str(tmp_path))}, tmp_path / "x.npz")
+    process = _run_worker(
+        {
+            "logical_cpus": 2,
+            "config": dict(
+                TINY_GPT,
+                batch_size=3,
+                strategy="mirrored",
+                devices=["/cpu:0", "/cpu:1"],
+                out=str(tmp_path),
+            ),
+        },
+        tmp_path / "x.npz",
+    )
     code, out, err = _finish(process)
     assert code != 0 and "`batch_size`=3 must be divisible by the 2 replicas" in err
 
@@ -278,11 +351,19 @@ def _two_workers(tmp_path, env_extra=None):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes = []
     for index in range(2):
-        env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
-                                              "task": {"type": "worker", "index": index}}),
-                   **(env_extra or {}))
-        config = dict(TINY_GPT, steps=4, eval_every=2, strategy="multi_worker",
-                      jit_compile=False, out=str(tmp_path / f"out{index}"))
+        env = dict(
+            ENV,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+            **(env_extra or {}),
+        )
+        config = dict(
+            TINY_GPT,
+            steps=4,
+            eval_every=2,
+            strategy="multi_worker",
+            jit_compile=False,
+            out=str(tmp_path / f"out{index}"),
+        )
         processes.append(_run_worker({"config": config}, tmp_path / f"w{index}.npz", env=env))
     return [_finish(process, timeout=300) for process in processes]
 
@@ -308,15 +389,38 @@ def test_multi_worker_fit_still_needs_the_keras_fix(tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    command = [sys.executable, "-m", "tf_bigmodels", "train", "gpt", "--preset", "gpt-test",
-               "--steps", "300", "--eval-every", "10", "--samples", "0", "--no-export"]
-    uninterrupted = subprocess.run(command + ["--out", str(tmp_path / "a")], env=ENV,
-                                   capture_output=True, text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "tf_bigmodels",
+        "train",
+        "gpt",
+        "--preset",
+        "gpt-test",
+        "--steps",
+        "300",
+        "--eval-every",
+        "10",
+        "--samples",
+        "0",
+        "--no-export",
+    ]
+    uninterrupted = subprocess.run(
+        command + ["--out", str(tmp_path / "a")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
 
     checkpoints = tmp_path / "b" / "gpt" / "checkpoints"
-    victim = subprocess.Popen(command + ["--out", str(tmp_path / "b")], env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        command + ["--out", str(tmp_path / "b")],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (checkpoints / "checkpoint").exists():
         time.sleep(0.02)
@@ -325,8 +429,13 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     saved = tf.train.latest_checkpoint(str(checkpoints))
     assert saved is not None and not saved.endswith("-300"), "the kill came too late to test"
 
-    resumed = subprocess.run(command + ["--out", str(tmp_path / "b")], env=ENV,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        command + ["--out", str(tmp_path / "b")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming" in resumed.stderr
     a = keras.saving.load_model(tmp_path / "a" / "gpt" / "model.keras").get_weights()
@@ -344,32 +453,63 @@ def test_a_run_without_model_file_is_rebuilt_from_its_checkpoint(tmp_path):
     for got, want in zip(model.get_weights(), result.model.get_weights()):
         np.testing.assert_array_equal(got, want)
     generated = subprocess.run(
-        [sys.executable, "-m", "tf_bigmodels", "generate", str(run_dir), "--prompt", "A",
-         "--max-new-tokens", "5", "--temperature", "0"], env=ENV, capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "tf_bigmodels",
+            "generate",
+            str(run_dir),
+            "--prompt",
+            "A",
+            "--max-new-tokens",
+            "5",
+            "--temperature",
+            "0",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert generated.returncode == 0, generated.stderr[-2000:]
     assert "checkpoint of step 20" in generated.stderr and generated.stdout.startswith("A")
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_training(tmp_path, precision):
-    result = train(RunConfig(**TINY_GPT, steps=10, eval_every=10, precision=precision,
-                             out=str(tmp_path)))
+    result = train(
+        RunConfig(**TINY_GPT, steps=10, eval_every=10, precision=precision, out=str(tmp_path))
+    )
     block = result.model.blocks[0]
     assert block.compute_dtype == precision.split("_")[1] and block.variable_dtype == "float32"
     assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer) == (
-        precision == "mixed_float16")  # float16 needs loss scaling, bfloat16 does not
+        precision == "mixed_float16"
+    )  # float16 needs loss scaling, bfloat16 does not
     assert np.isfinite(result.history["loss"][-1])
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
 
 def test_gradient_accumulation_gives_the_full_batch_update(tmp_path):
     whole = train(RunConfig(**TINY_GPT, steps=6, eval_every=3, out=str(tmp_path / "a")))
-    sliced = train(RunConfig(**TINY_GPT, steps=6, eval_every=3, gradient_accumulation_steps=4,
-                             out=str(tmp_path / "b")))
+    sliced = train(
+        RunConfig(
+            **TINY_GPT,
+            steps=6,
+            eval_every=3,
+            gradient_accumulation_steps=4,
+            out=str(tmp_path / "b"),
+        )
+    )
     np.testing.assert_allclose(sliced.history["loss"], whole.history["loss"], atol=1e-5)
     for got, want in zip(sliced.model.get_weights(), whole.model.get_weights()):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
-        train(RunConfig(**TINY_GPT, steps=6, eval_every=3, gradient_accumulation_steps=3,
-                        out=str(tmp_path / "c")))
+        train(
+            RunConfig(
+                **TINY_GPT,
+                steps=6,
+                eval_every=3,
+                gradient_accumulation_steps=3,
+                out=str(tmp_path / "c"),
+            )
+        )

@@ -1,10 +1,14 @@
 import keras
 import numpy as np
 import pytest
-
 from helpers import assert_layer_contract
-from tf_bigmodels.layers import (MultiHeadSelfAttention, TransformerLayer, attention_mask,
-                                 scaled_dot_product_attention)
+
+from tf_bigmodels.layers import (
+    MultiHeadSelfAttention,
+    TransformerLayer,
+    attention_mask,
+    scaled_dot_product_attention,
+)
 
 B, T, D, H, DFF = 2, 8, 24, 3, 40
 
@@ -17,20 +21,32 @@ def _padding(lengths):
     return (np.arange(T)[None, :] < np.array(lengths)[:, None]).astype("int32")
 
 
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(causal=True, norm_first=True, activation="gelu_approximate"),
-    dict(rate=0.2, epsilon=1e-5, activation="relu", name="block"),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(causal=True, norm_first=True, activation="gelu_approximate"),
+        dict(rate=0.2, epsilon=1e-5, activation="relu", name="block"),
+    ],
+)
 def test_common_checks(options, tmp_path):
-    assert_layer_contract(TransformerLayer, dict(d_model=D, num_heads=H, dff=DFF, **options),
-                          {"x": _x(), "padding_mask": _padding([T, 5])}, (B, T, D),
-                          tmp_path=tmp_path)
+    assert_layer_contract(
+        TransformerLayer,
+        dict(d_model=D, num_heads=H, dff=DFF, **options),
+        {"x": _x(), "padding_mask": _padding([T, 5])},
+        (B, T, D),
+        tmp_path=tmp_path,
+    )
 
 
 def test_attention_common_checks(tmp_path):
-    assert_layer_contract(MultiHeadSelfAttention, dict(num_heads=H, rate=0.1), {"x": _x()},
-                          (B, T, D), tmp_path=tmp_path)
+    assert_layer_contract(
+        MultiHeadSelfAttention,
+        dict(num_heads=H, rate=0.1),
+        {"x": _x()},
+        (B, T, D),
+        tmp_path=tmp_path,
+    )
 
 
 def test_per_head_width_and_feed_forward_back_to_d_model():
@@ -50,10 +66,10 @@ def test_causal_position_depends_only_on_earlier_positions():
     base = np.asarray(layer(x))
     for i in range(T - 1):
         changed = x.copy()
-        changed[:, i + 1:] = _x(seed=i + 1)[:, i + 1:]
+        changed[:, i + 1 :] = _x(seed=i + 1)[:, i + 1 :]
         out = np.asarray(layer(changed))
-        np.testing.assert_allclose(out[:, :i + 1], base[:, :i + 1], atol=1e-6, rtol=0)
-        assert np.abs(out[:, i + 1:] - base[:, i + 1:]).max() > 1e-3
+        np.testing.assert_allclose(out[:, : i + 1], base[:, : i + 1], atol=1e-6, rtol=0)
+        assert np.abs(out[:, i + 1 :] - base[:, i + 1 :]).max() > 1e-3
 
 
 def test_non_causal_layer_sees_later_positions():
@@ -72,8 +88,12 @@ def test_padded_positions_do_not_leak_into_real_ones(causal):
     x = _x()
     noisy = np.where(mask[..., None] == 1, x, _x(seed=7) * 10)
     real = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(layer(noisy, padding_mask=mask))[real],
-                               np.asarray(layer(x, padding_mask=mask))[real], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(layer(noisy, padding_mask=mask))[real],
+        np.asarray(layer(x, padding_mask=mask))[real],
+        atol=1e-6,
+        rtol=0,
+    )
     # Without the mask the padding does leak (for the bidirectional layer), so the test has teeth.
     if not causal:
         assert np.abs(np.asarray(layer(noisy))[real] - np.asarray(layer(x))[real]).max() > 1e-3
@@ -85,16 +105,22 @@ def test_left_padding_with_causal_mask():
     x = _x()
     noisy = np.where(mask[..., None] == 1, x, -x * 5)
     real = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(layer(noisy, padding_mask=mask))[real],
-                               np.asarray(layer(x, padding_mask=mask))[real], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(layer(noisy, padding_mask=mask))[real],
+        np.asarray(layer(x, padding_mask=mask))[real],
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def test_attention_mask_combines_padding_and_causal():
-    mask = np.asarray(attention_mask(np.array([[1, 1, 0]]), causal=True, query_length=3,
-                                     key_length=3))
+    mask = np.asarray(
+        attention_mask(np.array([[1, 1, 0]]), causal=True, query_length=3, key_length=3)
+    )
     np.testing.assert_array_equal(mask[0], [[1, 0, 0], [1, 1, 0], [1, 1, 0]])
-    offset = np.asarray(attention_mask(None, causal=True, query_length=1, key_length=4,
-                                       query_offset=2))
+    offset = np.asarray(
+        attention_mask(None, causal=True, query_length=1, key_length=4, query_offset=2)
+    )
     np.testing.assert_array_equal(offset[0], [[1, 1, 1, 0]])
     assert attention_mask(None) is None
 
@@ -151,10 +177,14 @@ def test_plain_formula_matches_keras_multi_head_attention():
     per_head = lambda a: a.reshape(a.shape[:-1] + (H, D // H))  # noqa: E731
     weights = []
     for i in range(3):
-        weights += [per_head(qkv_kernel[:, i * D:(i + 1) * D]), per_head(qkv_bias[i * D:(i + 1) * D])]
+        weights += [
+            per_head(qkv_kernel[:, i * D : (i + 1) * D]),
+            per_head(qkv_bias[i * D : (i + 1) * D]),
+        ]
     theirs.set_weights(weights + [out_kernel.reshape(H, D // H, D), out_bias])
-    np.testing.assert_allclose(ours_out, np.asarray(theirs(x, x, attention_mask=mask)),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        ours_out, np.asarray(theirs(x, x, attention_mask=mask)), atol=1e-5, rtol=0
+    )
 
 
 def test_scaled_dot_product_attention_against_numpy():
@@ -167,16 +197,19 @@ def test_scaled_dot_product_attention_against_numpy():
     np.testing.assert_allclose(np.asarray(out), expected @ v, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    (dict(d_model=30, num_heads=4, dff=8), "d_model"),
-    (dict(d_model=0, num_heads=4, dff=8), "d_model"),
-    (dict(d_model=32, num_heads=-1, dff=8), "num_heads"),
-    (dict(d_model=32, num_heads=4, dff=0), "dff"),
-    (dict(d_model=32, num_heads=4, dff=8, rate=1.0), "rate"),
-    (dict(d_model=32, num_heads=4, dff=8, rate=-0.1), "rate"),
-    (dict(d_model=32, num_heads=4, dff=8, epsilon=0), "epsilon"),
-    (dict(d_model=32, num_heads=4, dff=8, activation="no_such_fn"), "activation"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(d_model=30, num_heads=4, dff=8), "d_model"),
+        (dict(d_model=0, num_heads=4, dff=8), "d_model"),
+        (dict(d_model=32, num_heads=-1, dff=8), "num_heads"),
+        (dict(d_model=32, num_heads=4, dff=0), "dff"),
+        (dict(d_model=32, num_heads=4, dff=8, rate=1.0), "rate"),
+        (dict(d_model=32, num_heads=4, dff=8, rate=-0.1), "rate"),
+        (dict(d_model=32, num_heads=4, dff=8, epsilon=0), "epsilon"),
+        (dict(d_model=32, num_heads=4, dff=8, activation="no_such_fn"), "activation"),
+    ],
+)
 def test_bad_config_names_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         TransformerLayer(**kwargs)

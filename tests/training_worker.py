@@ -16,7 +16,8 @@ settings = json.loads(sys.argv[1])
 if settings.get("logical_cpus"):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * settings["logical_cpus"])
+        cpu, [tf.config.LogicalDeviceConfiguration()] * settings["logical_cpus"]
+    )
 
 import numpy as np  # noqa: E402
 
@@ -24,6 +25,5 @@ from tf_bigmodels.training import RunConfig, train  # noqa: E402
 
 result = train(RunConfig(**settings["config"]))
 weights = {f"w{i}": np.asarray(w) for i, w in enumerate(result.model.get_weights())}
-np.savez(sys.argv[2], **weights, **{f"history_{k}": np.array(v)
-                                   for k, v in result.history.items()})
+np.savez(sys.argv[2], **weights, **{f"history_{k}": np.array(v) for k, v in result.history.items()})
 print("WORKER_DONE", result.step)

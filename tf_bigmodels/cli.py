@@ -50,15 +50,20 @@ def _loading(path):
 
         path = pathlib.Path(path)
         hint = ""
-        for config in (path / "config.json", path.parent / "config.json",
-                       path.parent.parent / "config.json"):
+        for config in (
+            path / "config.json",
+            path.parent / "config.json",
+            path.parent.parent / "config.json",
+        ):
             try:
                 version = json.loads(config.read_text(encoding="utf-8")).get("version")
             except (OSError, ValueError, AttributeError):
                 continue
             if version != __version__:
-                hint = (f" (its run directory was written by tf_bigmodels {version!r}, this is "
-                        f"{__version__}: retrain with this version or load it with that one)")
+                hint = (
+                    f" (its run directory was written by tf_bigmodels {version!r}, this is "
+                    f"{__version__}: retrain with this version or load it with that one)"
+                )
             break
         raise ValueError(f"cannot load {path}: {_one_line(error)}{hint}") from None
 
@@ -89,47 +94,77 @@ def _add_train(subparsers):
     from tf_bigmodels.training.strategy import STRATEGIES
 
     parser = subparsers.add_parser(
-        "train", help="train a GPT or pre-train a BERT with model.fit",
+        "train",
+        help="train a GPT or pre-train a BERT with model.fit",
         description="Train a GPT (byte-level) or pre-train a BERT (WordPiece, MLM + NSP) on the "
-                    "bundled corpus or your own text files. Re-running the same command resumes "
-                    "from the last checkpoint.")
+        "bundled corpus or your own text files. Re-running the same command resumes "
+        "from the last checkpoint.",
+    )
     parser.add_argument("model", choices=("gpt", "bert"))
-    parser.add_argument("--corpus", nargs="+", default=["shakespeare"], metavar="PATH_OR_GLOB",
-                        help="'shakespeare' (bundled) or UTF-8 text files / globs (one document "
-                             "per file)")
-    parser.add_argument("--preset", help=f"model size: GPT {sorted(GPT_PRESETS)}, "
-                                         f"BERT {sorted(BERT_PRESETS)}")
+    parser.add_argument(
+        "--corpus",
+        nargs="+",
+        default=["shakespeare"],
+        metavar="PATH_OR_GLOB",
+        help="'shakespeare' (bundled) or UTF-8 text files / globs (one document per file)",
+    )
+    parser.add_argument(
+        "--preset", help=f"model size: GPT {sorted(GPT_PRESETS)}, BERT {sorted(BERT_PRESETS)}"
+    )
     parser.add_argument("--steps", type=_positive_int, help="training steps (batches)")
     parser.add_argument("--batch-size", type=_positive_int, help="global batch size")
     parser.add_argument("--seq-len", type=_positive_int, help="tokens per example")
-    parser.add_argument("--lr", type=_positive_float, dest="learning_rate",
-                        help="peak learning rate")
+    parser.add_argument(
+        "--lr", type=_positive_float, dest="learning_rate", help="peak learning rate"
+    )
     parser.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
     parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--clipnorm", type=_positive_float, default=1.0,
-                        help="global-norm gradient clipping")
-    parser.add_argument("--grad-accum", type=int, dest="gradient_accumulation_steps",
-                        help="run each batch as N micro-batches (less memory, same update)")
+    parser.add_argument(
+        "--clipnorm", type=_positive_float, default=1.0, help="global-norm gradient clipping"
+    )
+    parser.add_argument(
+        "--grad-accum",
+        type=int,
+        dest="gradient_accumulation_steps",
+        help="run each batch as N micro-batches (less memory, same update)",
+    )
     for name in ("d-model", "num-heads", "dff", "num-layers", "vocab-size"):
         parser.add_argument(f"--{name}", type=_positive_int, help="override the preset")
     parser.add_argument("--dropout", type=float, dest="rate", help="override the preset")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32")
-    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
-                        dest="jit_compile", help="compile the train step with XLA")
+    parser.add_argument(
+        "--jit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        dest="jit_compile",
+        help="compile the train step with XLA",
+    )
     parser.add_argument("--steps-per-execution", type=_positive_int, default=1)
-    parser.add_argument("--eval-every", type=_positive_int, default=250,
-                        help="validate and checkpoint every N steps")
+    parser.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=250,
+        help="validate and checkpoint every N steps",
+    )
     parser.add_argument("--eval-steps", type=_positive_int, default=20)
     parser.add_argument("--out", default="runs", help="parent of the run directory")
     parser.add_argument("--name", help="run directory name (default: the model kind)")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue a run found in the run directory (default); with "
-                             "--no-resume an existing run is an error")
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue a run found in the run directory (default); with "
+        "--no-resume an existing run is an error",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=2, help="GPT samples printed at the end")
-    parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
-                        help="write a SavedModel at the end")
+    parser.add_argument(
+        "--export",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write a SavedModel at the end",
+    )
     parser.set_defaults(handler=_train)
 
 
@@ -155,10 +190,12 @@ def _train(args):
 
 def _add_generate(subparsers):
     parser = subparsers.add_parser(
-        "generate", help="generate text from a trained GPT, streamed as it is produced",
+        "generate",
+        help="generate text from a trained GPT, streamed as it is produced",
         description="Generate text from a run directory (its SavedModel, else its model.keras, "
-                    "else its newest checkpoint), a .keras file, or a SavedModel / export "
-                    "directory.")
+        "else its newest checkpoint), a .keras file, or a SavedModel / export "
+        "directory.",
+    )
     parser.add_argument("source", help="run directory, .keras file or SavedModel directory")
     parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
@@ -176,9 +213,15 @@ def _generate(args):
     with _loading(args.source):
         generator = load_generator(source)
     print(args.prompt, end="", flush=True)
-    for piece in stream_text(generator, args.prompt, args.max_new_tokens,
-                             temperature=args.temperature, top_k=args.top_k or None,
-                             top_p=args.top_p, seed=args.seed):
+    for piece in stream_text(
+        generator,
+        args.prompt,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        seed=args.seed,
+    ):
         print(piece, end="", flush=True)
     print()
     return 0
@@ -191,8 +234,9 @@ def _resolve_run_source(source):
     if not run_dir.exists():
         raise FileNotFoundError(2, "No such file or directory", str(run_dir))
     if (run_dir / "config.json").is_file():
-        if (run_dir / "export").is_dir() and any(p.name.isdigit()
-                                                 for p in (run_dir / "export").iterdir()):
+        if (run_dir / "export").is_dir() and any(
+            p.name.isdigit() for p in (run_dir / "export").iterdir()
+        ):
             return str(run_dir / "export")
         if (run_dir / "model.keras").is_file():
             return str(run_dir / "model.keras")
@@ -206,23 +250,32 @@ def _resolve_run_source(source):
 
 def _add_export(subparsers):
     parser = subparsers.add_parser(
-        "export", help="write a SavedModel that serves raw strings (TF Serving layout)",
+        "export",
+        help="write a SavedModel that serves raw strings (TF Serving layout)",
         description="Export a trained GPT, BERT pre-trainer or BERT classifier as a SavedModel "
-                    "under OUT/<version>/ (written atomically).")
+        "under OUT/<version>/ (written atomically).",
+    )
     parser.add_argument("source", help="run directory or .keras file")
     parser.add_argument("--out", help="export directory (default: RUN_DIR/export)")
-    parser.add_argument("--tokenizer", help="WordPiece tokenizer directory for a BERT .keras file "
-                                            "(default: RUN_DIR/tokenizer)")
+    parser.add_argument(
+        "--tokenizer",
+        help="WordPiece tokenizer directory for a BERT .keras file (default: RUN_DIR/tokenizer)",
+    )
     parser.add_argument("--version", type=_positive_int, help="default: the next free number")
-    parser.add_argument("--max-new-tokens", type=int,
-                        help="GPT serving_default setting (default: half the context)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="GPT serving_default setting (0 = greedy)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="GPT serving_default setting (default: half the context)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="GPT serving_default setting (0 = greedy)"
+    )
     parser.add_argument("--top-k", type=int, help="GPT serving_default setting")
     parser.add_argument("--top-p", type=float, help="GPT serving_default setting")
-    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
-                        help="XLA-compile the decode loop (--no-xla for TF Serving builds that "
-                             "reject XLA)")
+    parser.add_argument(
+        "--xla",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="XLA-compile the decode loop (--no-xla for TF Serving builds that reject XLA)",
+    )
     parser.set_defaults(handler=_export)
 
 
@@ -241,15 +294,26 @@ def _export(args):
     with _loading(model_path):
         model = keras.saving.load_model(model_path)
     if not isinstance(model, (GPTModel, BERTPretrainer, BERTClassifier)):
-        raise ValueError(f"{model_path} holds a {type(model).__name__}; export takes a GPTModel, "
-                         "BERTPretrainer or BERTClassifier.")
+        raise ValueError(
+            f"{model_path} holds a {type(model).__name__}; export takes a GPTModel, "
+            "BERTPretrainer or BERTClassifier."
+        )
     out = args.out or str(run_dir / "export")
     if isinstance(model, GPTModel):
-        max_new_tokens = (model.max_length // 2 if args.max_new_tokens is None
-                          else args.max_new_tokens)
-        path = export_gpt(model, ByteTokenizer(), out, version=args.version,
-                          max_new_tokens=max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, jit_compile=args.xla)
+        max_new_tokens = (
+            model.max_length // 2 if args.max_new_tokens is None else args.max_new_tokens
+        )
+        path = export_gpt(
+            model,
+            ByteTokenizer(),
+            out,
+            version=args.version,
+            max_new_tokens=max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            jit_compile=args.xla,
+        )
     else:
         tokenizer = WordPieceTokenizer.load(args.tokenizer or run_dir / "tokenizer")
         path = export_bert(model, tokenizer, out, version=args.version, jit_compile=args.xla)
@@ -259,11 +323,13 @@ def _export(args):
 
 def _add_plot(subparsers):
     parser = subparsers.add_parser(
-        "plot", help="draw a run's loss curves and a layer's attention maps as PNGs",
+        "plot",
+        help="draw a run's loss curves and a layer's attention maps as PNGs",
         description="Write RUN_DIR/plots/loss.png (training and validation loss) and "
-                    "attention_layer<N>.png (the attention of layer N for --text; the causal "
-                    "triangle of a GPT, both directions for BERT). Needs matplotlib: "
-                    "pip install \"tf-bigmodels[plot]\".")
+        "attention_layer<N>.png (the attention of layer N for --text; the causal "
+        "triangle of a GPT, both directions for BERT). Needs matplotlib: "
+        'pip install "tf-bigmodels[plot]".',
+    )
     parser.add_argument("run_dir", help="run directory written by `tf-bigmodels train`")
     parser.add_argument("--text", help="input of the attention map (default: a line of the corpus)")
     parser.add_argument("--layer", type=int, default=0, help="Transformer block, from 0")
@@ -293,7 +359,8 @@ def build_parser():
     """
     parser = _Parser(
         prog="tf-bigmodels",
-        description="Train, sample from and export the Transformer, GPT and BERT of tf_bigmodels.")
+        description="Train, sample from and export the Transformer, GPT and BERT of tf_bigmodels.",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     _add_generate(subparsers)
@@ -319,10 +386,16 @@ def main(argv=None):
     except _USER_ERRORS as error:
         message = error.strerror if isinstance(error, OSError) and error.strerror else error
         filename = getattr(error, "filename", None)
-        print(f"tf-bigmodels {args.command}: error: {_one_line(message)}"
-              + (f": {filename}" if filename else ""), file=sys.stderr)
+        print(
+            f"tf-bigmodels {args.command}: error: {_one_line(message)}"
+            + (f": {filename}" if filename else ""),
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
-        print("\ntf-bigmodels: interrupted. Re-run the same command to resume from the last "
-              "checkpoint.", file=sys.stderr)
+        print(
+            "\ntf-bigmodels: interrupted. Re-run the same command to resume from the last "
+            "checkpoint.",
+            file=sys.stderr,
+        )
         return 130

@@ -29,8 +29,10 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("plotting needs matplotlib, which is not installed; install it with "
-                          "`pip install \"tf-bigmodels[plot]\"` (or `pip install matplotlib`).") from None
+        raise ImportError(
+            "plotting needs matplotlib, which is not installed; install it with "
+            '`pip install "tf-bigmodels[plot]"` (or `pip install matplotlib`).'
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -64,8 +66,11 @@ def read_metrics(path):
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(2, "No such file (a run directory has metrics.jsonl once "
-                                   "training has logged a step)", str(path))
+        raise FileNotFoundError(
+            2,
+            "No such file (a run directory has metrics.jsonl once training has logged a step)",
+            str(path),
+        )
     train, val = {}, {}
     with open(path, "rb") as file:
         for number, raw in enumerate(file, start=1):
@@ -74,19 +79,24 @@ def read_metrics(path):
             try:
                 record = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
-                raise ValueError(f"{path} line {number} is not JSON; metrics.jsonl holds one JSON "
-                                 "object per line (is this the right file?).") from None
+                raise ValueError(
+                    f"{path} line {number} is not JSON; metrics.jsonl holds one JSON "
+                    "object per line (is this the right file?)."
+                ) from None
             if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError(f"{path} line {number} has no integer \"step\"; metrics.jsonl "
-                                 "lines look like {\"step\": 10, \"loss\": 2.5}.")
+                raise ValueError(
+                    f'{path} line {number} has no integer "step"; metrics.jsonl '
+                    'lines look like {"step": 10, "loss": 2.5}.'
+                )
             if "epoch" in record:
                 if _finite(record.get("val_loss")):
                     val[record["step"]] = float(record["val_loss"])
             elif _finite(record.get("loss")):
                 train[record["step"]] = float(record["loss"])
     if not train and not val:
-        raise ValueError(f"{path} holds no loss values yet; train for at least `log_every` "
-                         "steps first.")
+        raise ValueError(
+            f"{path} holds no loss values yet; train for at least `log_every` steps first."
+        )
     return {"train": sorted(train.items()), "val": sorted(val.items())}
 
 
@@ -116,8 +126,9 @@ def plot_loss_curves(metrics, path, *, title=None):
     for name, style in (("train", {"linewidth": 1.2}), ("val", {"marker": "o"})):
         if series[name]:
             steps, losses = zip(*series[name])
-            axes.plot(steps, losses, label={"train": "training", "val": "validation"}[name],
-                      **style)
+            axes.plot(
+                steps, losses, label={"train": "training", "val": "validation"}[name], **style
+            )
     axes.set_xlabel("step")
     axes.set_ylabel("loss (cross-entropy, nats)")
     axes.set_title(title or "loss")
@@ -157,12 +168,19 @@ def attention_maps(model, inputs, layer=0):
     if isinstance(model, (BERTPretrainer, BERTClassifier)):
         model = model.encoder
     if not isinstance(model, (GPTModel, BERTEncoder)):
-        raise TypeError(f"`model` must be a GPTModel, BERTEncoder, BERTPretrainer or "
-                        f"BERTClassifier, got {type(model).__name__}.")
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not (
-            0 <= layer < model.num_layers):
-        raise ValueError(f"`layer`={layer!r} is out of range; the model has {model.num_layers} "
-                         f"layers, numbered 0 to {model.num_layers - 1}.")
+        raise TypeError(
+            f"`model` must be a GPTModel, BERTEncoder, BERTPretrainer or "
+            f"BERTClassifier, got {type(model).__name__}."
+        )
+    if (
+        isinstance(layer, bool)
+        or not isinstance(layer, (int, np.integer))
+        or not (0 <= layer < model.num_layers)
+    ):
+        raise ValueError(
+            f"`layer`={layer!r} is out of range; the model has {model.num_layers} "
+            f"layers, numbered 0 to {model.num_layers - 1}."
+        )
     if isinstance(model, GPTModel):
         token_ids = _one_sequence(inputs, "inputs")
         x = model.token_embedding(token_ids)
@@ -170,12 +188,17 @@ def attention_maps(model, inputs, layer=0):
         padding_mask, segment_ids = None, None
     else:
         if not isinstance(inputs, dict) or "token_ids" not in inputs:
-            raise ValueError("`inputs` of a BERT model must be a dict with \"token_ids\" (and "
-                             "optionally \"segment_ids\", \"padding_mask\").")
+            raise ValueError(
+                '`inputs` of a BERT model must be a dict with "token_ids" (and '
+                'optionally "segment_ids", "padding_mask").'
+            )
         token_ids = _one_sequence(inputs["token_ids"], "inputs['token_ids']")
         segment_ids = inputs.get("segment_ids")
-        segment_ids = (np.zeros_like(token_ids) if segment_ids is None
-                       else np.asarray(segment_ids, "int32").reshape(token_ids.shape))
+        segment_ids = (
+            np.zeros_like(token_ids)
+            if segment_ids is None
+            else np.asarray(segment_ids, "int32").reshape(token_ids.shape)
+        )
         padding_mask = inputs.get("padding_mask")
         x = model.token_embedding(token_ids)
         x = x + model.position_embedding(x) + model.segment_embedding(segment_ids)
@@ -190,11 +213,17 @@ def _one_sequence(token_ids, argument):
     ids = np.asarray(token_ids)
     if ids.ndim == 1:
         ids = ids[None, :]
-    if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or not np.issubdtype(
-            ids.dtype, np.integer):
-        raise ValueError(f"`{argument}` must be the integer token ids of one sequence, shape "
-                         f"(seq,) or (1, seq), got an array of shape {ids.shape} and dtype "
-                         f"{ids.dtype}.")
+    if (
+        ids.ndim != 2
+        or ids.shape[0] != 1
+        or ids.shape[1] < 1
+        or not np.issubdtype(ids.dtype, np.integer)
+    ):
+        raise ValueError(
+            f"`{argument}` must be the integer token ids of one sequence, shape "
+            f"(seq,) or (1, seq), got an array of shape {ids.shape} and dtype "
+            f"{ids.dtype}."
+        )
     return ids.astype("int32")
 
 
@@ -218,14 +247,21 @@ def plot_attention(maps, tokens, path, *, title=None):
     plt = _pyplot()
     maps = np.asarray(maps)
     if maps.ndim != 3 or maps.shape[1] != maps.shape[2] or maps.shape[1] != len(tokens):
-        raise ValueError(f"`maps` must have shape (heads, seq, seq) with seq = len(tokens) = "
-                         f"{len(tokens)}, got {maps.shape}.")
+        raise ValueError(
+            f"`maps` must have shape (heads, seq, seq) with seq = len(tokens) = "
+            f"{len(tokens)}, got {maps.shape}."
+        )
     heads = maps.shape[0]
     columns = min(heads, 4)
     rows = math.ceil(heads / columns)
     size = 3.2 if len(tokens) <= 16 else 4.5
-    figure, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows + 0.6),
-                                squeeze=False, gridspec_kw={"wspace": 0.35})
+    figure, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(size * columns + 1, size * rows + 0.6),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.35},
+    )
     for head, axis in enumerate(axes.flat):
         if head >= heads:
             axis.axis("off")
@@ -299,13 +335,16 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
     series = read_metrics(run_dir)
     model_path = run_dir / "model.keras"
     if not model_path.is_file():
-        raise FileNotFoundError(2, "No model in the run directory (training writes model.keras "
-                                   "when it finishes)", str(model_path))
+        raise FileNotFoundError(
+            2,
+            "No model in the run directory (training writes model.keras when it finishes)",
+            str(model_path),
+        )
     model = keras.saving.load_model(model_path)
     if isinstance(model, GPTModel):
         from tf_bigmodels.tokenizers import ByteTokenizer
 
-        ids = ByteTokenizer().tokenize(text).numpy()[:min(64, model.max_length)]
+        ids = ByteTokenizer().tokenize(text).numpy()[: min(64, model.max_length)]
         tokens = [_byte_label(i) for i in ids]
         maps = attention_maps(model, ids, layer)
         kind = "GPT (causal)"
@@ -314,19 +353,25 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
 
         tokenizer = WordPieceTokenizer.load(run_dir / "tokenizer")
         length = min(64, model.encoder.max_length)
-        pieces = tokenizer.tokenize(text).numpy().tolist()[:length - 2]
+        pieces = tokenizer.tokenize(text).numpy().tolist()[: length - 2]
         ids = np.array([tokenizer.cls_id] + pieces + [tokenizer.sep_id], "int32")
         tokens = [tokenizer.vocabulary[i] for i in ids]
         maps = attention_maps(model, {"token_ids": ids[None, :]}, layer)
         kind = "BERT (bidirectional)"
     else:
-        raise ValueError(f"{model_path} holds a {type(model).__name__}; plot draws a GPTModel, "
-                         "BERTPretrainer or BERTClassifier.")
+        raise ValueError(
+            f"{model_path} holds a {type(model).__name__}; plot draws a GPTModel, "
+            "BERTPretrainer or BERTClassifier."
+        )
     name = run_dir.resolve().name
     return {
         "loss": plot_loss_curves(series, out_dir / "loss.png", title=f"{name}: loss"),
-        "attention": plot_attention(maps, tokens, out_dir / f"attention_layer{layer}.png",
-                                    title=f"{name}: {kind} attention, layer {layer}"),
+        "attention": plot_attention(
+            maps,
+            tokens,
+            out_dir / f"attention_layer{layer}.png",
+            title=f"{name}: {kind} attention, layer {layer}",
+        ),
         "attention_maps": maps,
     }
 

@@ -80,10 +80,19 @@ def gpt_from_keras_hub(backbone):
     _require_norm_placement(layers, normalize_first=True)
 
     model = GPTModel(
-        backbone.vocabulary_size, backbone.hidden_dim, backbone.num_heads,
-        backbone.intermediate_dim, backbone.num_layers, backbone.dropout,
-        max_length=backbone.max_sequence_length, tie_embeddings=True, norm_first=True,
-        activation=activation, epsilon=epsilon, dtype=backbone.dtype_policy)
+        backbone.vocabulary_size,
+        backbone.hidden_dim,
+        backbone.num_heads,
+        backbone.intermediate_dim,
+        backbone.num_layers,
+        backbone.dropout,
+        max_length=backbone.max_sequence_length,
+        tie_embeddings=True,
+        norm_first=True,
+        activation=activation,
+        epsilon=epsilon,
+        dtype=backbone.dtype_policy,
+    )
     model.build((None, None))
 
     _copy(model.token_embedding.embeddings, backbone.token_embedding.embeddings)
@@ -133,15 +142,28 @@ def bert_from_keras_hub(backbone):
     if backbone.cls_token_index != 0:
         raise ValueError(
             f"BertBackbone pools the token at `cls_token_index`={backbone.cls_token_index}; "
-            "BERTEncoder pools position 0 only.")
-    _require_activation(backbone.pooled_dense.activation, keras.activations.tanh,
-                        f"{backbone.pooled_dense.name}.activation", "tanh")
+            "BERTEncoder pools position 0 only."
+        )
+    _require_activation(
+        backbone.pooled_dense.activation,
+        keras.activations.tanh,
+        f"{backbone.pooled_dense.name}.activation",
+        "tanh",
+    )
 
     encoder = BERTEncoder(
-        backbone.vocabulary_size, backbone.hidden_dim, backbone.num_heads,
-        backbone.intermediate_dim, backbone.num_layers, backbone.dropout,
-        max_length=backbone.max_sequence_length, type_vocab_size=backbone.num_segments,
-        activation=activation, epsilon=epsilon, dtype=backbone.dtype_policy)
+        backbone.vocabulary_size,
+        backbone.hidden_dim,
+        backbone.num_heads,
+        backbone.intermediate_dim,
+        backbone.num_layers,
+        backbone.dropout,
+        max_length=backbone.max_sequence_length,
+        type_vocab_size=backbone.num_segments,
+        activation=activation,
+        epsilon=epsilon,
+        dtype=backbone.dtype_policy,
+    )
     encoder.build({"token_ids": (None, None)})
 
     _copy(encoder.token_embedding.embeddings, backbone.token_embedding.embeddings)
@@ -193,19 +215,23 @@ def bert_pretrainer_from_keras_hub(masked_lm):
     if head.activation is not None and head.activation is not keras.activations.linear:
         raise ValueError(
             f"The keras-hub MLM head applies an output activation ({head.activation!r}) to its "
-            "logits; BERTPretrainer returns logits and has no such activation.")
+            "logits; BERTPretrainer returns logits and has no such activation."
+        )
     if head.token_embedding is not masked_lm.backbone.token_embedding:
         raise ValueError(
             "The keras-hub MLM head does not project through its backbone's token embedding; "
-            "BERTPretrainer ties its MLM output projection to the token embedding.")
+            "BERTPretrainer ties its MLM output projection to the token embedding."
+        )
 
     encoder = bert_from_keras_hub(masked_lm.backbone)
     transform, norm = head._intermediate_dense, head._intermediate_layer_norm
     pretrainer = BERTPretrainer(
         encoder,
         mlm_activation=_activation_name(
-            transform.activation, f"{head.name}/{transform.name}.activation"),
-        mlm_epsilon=float(norm.epsilon))
+            transform.activation, f"{head.name}/{transform.name}.activation"
+        ),
+        mlm_epsilon=float(norm.epsilon),
+    )
     pretrainer.build({"token_ids": (None, None), "mask_positions": (None, None)})
 
     _copy_dense(pretrainer.mlm_head.transform, transform)
@@ -218,7 +244,8 @@ def _check_type(argument, value, expected):
     if not isinstance(value, expected):
         raise TypeError(
             f"`{argument}` must be a `keras_hub.models.{expected.__name__}`, "
-            f"got {type(value).__module__}.{type(value).__qualname__}.")
+            f"got {type(value).__module__}.{type(value).__qualname__}."
+        )
 
 
 def _common_value(what, named_values):
@@ -226,8 +253,9 @@ def _common_value(what, named_values):
     values = {value for _, value in named_values}
     if len(values) != 1:
         listing = ", ".join(f"{name}={value!r}" for name, value in named_values)
-        raise ValueError(f"Our models use one {what} everywhere, but the keras-hub model has "
-                         f"several: {listing}.")
+        raise ValueError(
+            f"Our models use one {what} everywhere, but the keras-hub model has several: {listing}."
+        )
     return values.pop()
 
 
@@ -250,7 +278,8 @@ def _activation_name(activation, where):
     raise ValueError(
         f"The keras-hub model's {where} is {activation!r}, which has no equivalent in "
         "tf_bigmodels; allowed are 'gelu' (exact), 'gelu_approximate' (tanh) and the Keras "
-        "built-in activations.")
+        "built-in activations."
+    )
 
 
 def _require_activation(activation, expected, where, expected_name):
@@ -260,7 +289,8 @@ def _require_activation(activation, expected, where, expected_name):
     if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=1e-6):
         raise ValueError(
             f"The keras-hub model's {where} is {activation!r}, but our model computes "
-            f"{expected_name!r} there.")
+            f"{expected_name!r} there."
+        )
 
 
 def _common_activation(layers):
@@ -279,11 +309,15 @@ def _common_activation(layers):
 
 def _common_epsilon(layers, other_norms):
     """The one epsilon of every layer norm in keras-hub Transformer layers and `other_norms`."""
-    norms = [(f"{layer.name}/{norm.name}", norm) for layer in layers
-             for norm in (layer._self_attention_layer_norm, layer._feedforward_layer_norm)]
+    norms = [
+        (f"{layer.name}/{norm.name}", norm)
+        for layer in layers
+        for norm in (layer._self_attention_layer_norm, layer._feedforward_layer_norm)
+    ]
     norms += [(norm.name, norm) for norm in other_norms]
-    return _common_value("layer-norm epsilon",
-                         [(f"{name}.epsilon", float(norm.epsilon)) for name, norm in norms])
+    return _common_value(
+        "layer-norm epsilon", [(f"{name}.epsilon", float(norm.epsilon)) for name, norm in norms]
+    )
 
 
 def _require_norm_placement(layers, *, normalize_first):
@@ -292,7 +326,8 @@ def _require_norm_placement(layers, *, normalize_first):
             raise ValueError(
                 f"keras-hub layer '{layer.name}' has `normalize_first`={layer.normalize_first}; "
                 f"this converter builds {'pre' if normalize_first else 'post'}-norm blocks and "
-                f"needs `normalize_first`={normalize_first}.")
+                f"needs `normalize_first`={normalize_first}."
+            )
 
 
 def _copy(target, source, value=None):
@@ -301,7 +336,8 @@ def _copy(target, source, value=None):
     if tuple(target.shape) != tuple(value.shape):
         raise ValueError(
             f"Cannot copy keras-hub weight '{source.path}' of shape {tuple(value.shape)} into "
-            f"'{target.path}' of shape {tuple(target.shape)}.")
+            f"'{target.path}' of shape {tuple(target.shape)}."
+        )
     target.assign(value)
 
 
@@ -317,11 +353,13 @@ def _copy_norm(target, source):
         raise ValueError(
             f"keras-hub layer norm '{source.name}' has center={source.center}, "
             f"scale={source.scale}, rms_scaling={source.rms_scaling}; ours is a standard layer "
-            "norm (center=True, scale=True, rms_scaling=False).")
+            "norm (center=True, scale=True, rms_scaling=False)."
+        )
     if float(source.epsilon) != float(target.epsilon):
         raise ValueError(
             f"keras-hub layer norm '{source.name}' has epsilon={source.epsilon}, but "
-            f"'{target.name}' has epsilon={target.epsilon}.")
+            f"'{target.name}' has epsilon={target.epsilon}."
+        )
     _copy(target.gamma, source.gamma)
     _copy(target.beta, source.beta)
 
@@ -329,14 +367,18 @@ def _copy_norm(target, source):
 def _copy_block(block, layer, attention):
     """Copies one keras-hub TransformerEncoder/Decoder into one of our `TransformerLayer`s."""
     d_model = block.d_model
-    if (attention.num_heads != block.num_heads or attention.key_dim * attention.num_heads != d_model
-            or (attention.value_dim or attention.key_dim) != attention.key_dim
-            or not attention.use_bias):
+    if (
+        attention.num_heads != block.num_heads
+        or attention.key_dim * attention.num_heads != d_model
+        or (attention.value_dim or attention.key_dim) != attention.key_dim
+        or not attention.use_bias
+    ):
         raise ValueError(
             f"keras-hub attention '{attention.name}' has num_heads={attention.num_heads}, "
             f"key_dim={attention.key_dim}, value_dim={attention.value_dim}, "
             f"use_bias={attention.use_bias}; ours needs num_heads={block.num_heads}, "
-            f"key_dim = value_dim = {d_model} // {block.num_heads} and biases.")
+            f"key_dim = value_dim = {d_model} // {block.num_heads} and biases."
+        )
     projections = (attention.query_dense, attention.key_dense, attention.value_dense)
     kernels = [ops.convert_to_numpy(p.kernel).reshape(d_model, d_model) for p in projections]
     biases = [ops.convert_to_numpy(p.bias).reshape(d_model) for p in projections]
@@ -344,8 +386,11 @@ def _copy_block(block, layer, attention):
     _copy(qkv.kernel, projections[0].kernel, np.concatenate(kernels, axis=-1))  # (d, 3d)
     _copy(qkv.bias, projections[0].bias, np.concatenate(biases, axis=-1))  # (3d,)
     output = attention.output_dense
-    _copy(block.attention.output_dense.kernel, output.kernel,
-          ops.convert_to_numpy(output.kernel).reshape(d_model, d_model))  # (heads, hd, d) -> (d, d)
+    _copy(
+        block.attention.output_dense.kernel,
+        output.kernel,
+        ops.convert_to_numpy(output.kernel).reshape(d_model, d_model),
+    )  # (heads, hd, d) -> (d, d)
     _copy(block.attention.output_dense.bias, output.bias)
     _copy_norm(block.attention_norm, layer._self_attention_layer_norm)
     _copy_dense(block.ffn_hidden, layer._feedforward_intermediate_dense)
@@ -365,7 +410,8 @@ def backbone_from_preset(backbone_class, preset_dir, dtype=None):
         raise ValueError(
             f"`preset_dir`={preset_dir!r} is not a directory; from_keras_hub loads a keras-hub "
             f"preset already on disk (make one with `{backbone_class.__name__}.from_preset(name)"
-            f".save_to_preset(directory)` where there is network access).")
+            f".save_to_preset(directory)` where there is network access)."
+        )
     try:
         return backbone_class.from_preset(os.fspath(preset_dir), dtype=dtype)
     except ValueError as error:

@@ -24,19 +24,27 @@ def split_texts(texts):
     """
     if isinstance(texts, os.PathLike):
         texts = [texts]
-    if isinstance(texts, (list, tuple)) and texts and all(
-            isinstance(t, os.PathLike) for t in texts):
+    if (
+        isinstance(texts, (list, tuple))
+        and texts
+        and all(isinstance(t, os.PathLike) for t in texts)
+    ):
         return None, corpus_files(list(texts), "texts")
     if isinstance(texts, str):
         raise TypeError(
             f"texts must be a list of document strings or pathlib.Path(s) of files, got one str "
-            f"({texts[:40]!r}); wrap a document in a list, or pass pathlib.Path(...) for a file.")
+            f"({texts[:40]!r}); wrap a document in a list, or pass pathlib.Path(...) for a file."
+        )
     if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
-        raise TypeError(f"texts must be a list of document strings or pathlib.Path(s) of files; "
-                        f"got {type(texts).__name__}.")
+        raise TypeError(
+            f"texts must be a list of document strings or pathlib.Path(s) of files; "
+            f"got {type(texts).__name__}."
+        )
     if not any(t.strip() for t in texts):
-        raise ValueError(f"texts is empty (a list of {len(texts)} blank strings); give at least "
-                         f"one document with text.")
+        raise ValueError(
+            f"texts is empty (a list of {len(texts)} blank strings); give at least "
+            f"one document with text."
+        )
     return list(texts), None
 
 
@@ -47,12 +55,17 @@ def shard_settings(batch_size, seed, input_context):
     if input_context is None:
         return 1, 0, batch_size, seed
     if not isinstance(input_context, tf.distribute.InputContext):
-        raise TypeError(f"input_context must be a tf.distribute.InputContext or None, got "
-                        f"{type(input_context).__name__}.")
+        raise TypeError(
+            f"input_context must be a tf.distribute.InputContext or None, got "
+            f"{type(input_context).__name__}."
+        )
     pipeline_id = input_context.input_pipeline_id
-    return (input_context.num_input_pipelines, pipeline_id,
-            input_context.get_per_replica_batch_size(batch_size),
-            seed + _PIPELINE_SEED_STRIDE * pipeline_id)
+    return (
+        input_context.num_input_pipelines,
+        pipeline_id,
+        input_context.get_per_replica_batch_size(batch_size),
+        seed + _PIPELINE_SEED_STRIDE * pipeline_id,
+    )
 
 
 def epochs(one_epoch, repeat):

@@ -13,13 +13,24 @@ from tf_bigmodels.data.corpus import load_corpus
 
 # A "sentence" ends at a line break, after . ! ? followed by space, or after a CJK full stop.
 _SENTENCE_BREAK = re.compile(r"\n+|(?<=[.!?])\s+|(?<=[。！？])")
-_MASK_TOKEN_RATE = 0.8    # BERT: 80% of the chosen tokens become [MASK],
+_MASK_TOKEN_RATE = 0.8  # BERT: 80% of the chosen tokens become [MASK],
 _RANDOM_TOKEN_RATE = 0.1  # 10% a random token, and 10% stay as they are.
 
 
-def bert_pretraining_dataset(texts, tokenizer, seq_len, batch_size, *, max_predictions_per_seq=20,
-                             masked_lm_prob=0.15, short_seq_prob=0.1, whole_word_masking=False,
-                             seed=0, repeat=False, input_context=None):
+def bert_pretraining_dataset(
+    texts,
+    tokenizer,
+    seq_len,
+    batch_size,
+    *,
+    max_predictions_per_seq=20,
+    masked_lm_prob=0.15,
+    short_seq_prob=0.1,
+    whole_word_masking=False,
+    seed=0,
+    repeat=False,
+    input_context=None,
+):
     """Returns a `tf.data.Dataset` of BERT pretraining `(features, labels)` batches.
 
     Follows the original BERT recipe (Devlin et al. 2019, §3.1 and appendix A; Google's
@@ -99,50 +110,62 @@ def bert_pretraining_dataset(texts, tokenizer, seq_len, batch_size, *, max_predi
     check_int("seq_len", seq_len, 5)
     check_int("max_predictions_per_seq", max_predictions_per_seq, 1)
     if max_predictions_per_seq > seq_len - 3:
-        raise ValueError(f"max_predictions_per_seq={max_predictions_per_seq} is not allowed; it "
-                         f"must be <= seq_len - 3 = {seq_len - 3}.")
+        raise ValueError(
+            f"max_predictions_per_seq={max_predictions_per_seq} is not allowed; it "
+            f"must be <= seq_len - 3 = {seq_len - 3}."
+        )
     if not 0 < masked_lm_prob <= 1:
         raise ValueError(f"masked_lm_prob={masked_lm_prob!r} is not allowed; it must be in (0, 1].")
     if not 0 <= short_seq_prob <= 1:
         raise ValueError(f"short_seq_prob={short_seq_prob!r} is not allowed; it must be in [0, 1].")
-    missing = [a for a in ("tokenize", "vocab_size", "vocabulary", "cls_id", "sep_id", "mask_id",
-                           "pad_id") if not hasattr(tokenizer, a)]
+    missing = [
+        a
+        for a in ("tokenize", "vocab_size", "vocabulary", "cls_id", "sep_id", "mask_id", "pad_id")
+        if not hasattr(tokenizer, a)
+    ]
     if missing:
-        raise TypeError(f"tokenizer {type(tokenizer).__name__} lacks {missing}; use a "
-                        f"WordPieceTokenizer.")
+        raise TypeError(
+            f"tokenizer {type(tokenizer).__name__} lacks {missing}; use a WordPieceTokenizer."
+        )
     documents, files = split_texts(texts)
     if files is not None:
         documents = load_corpus(files, errors="replace")
     num_pipelines, pipeline_id, per_replica_batch, pipeline_seed = shard_settings(
-        batch_size, seed, input_context)
+        batch_size, seed, input_context
+    )
 
     sentences = _tokenized_sentences(documents, tokenizer)
     if len(sentences) < 2:
         raise ValueError(
             f"texts has {len(sentences)} document(s) with text; next sentence prediction draws "
             f"'not next' segments from another document, so at least 2 are needed (split one "
-            f"file with load_corpus(..., document_separator='\\n\\n') or give more files).")
+            f"file with load_corpus(..., document_separator='\\n\\n') or give more files)."
+        )
     pairs = _segment_pairs(sentences, seq_len - 3, short_seq_prob, random.Random(seed))
     if len(pairs) // num_pipelines < per_replica_batch:
         raise ValueError(
             f"texts too short: it gives {len(pairs)} sequence pairs of seq_len={seq_len}, "
             f"{len(pairs) // num_pipelines} per input pipeline; one batch needs batch_size="
-            f"{per_replica_batch}. Give more text or a smaller seq_len or batch_size.")
+            f"{per_replica_batch}. Give more text or a smaller seq_len or batch_size."
+        )
 
     segments_a, segments_b, next_sentence_labels = zip(*pairs)
     pairs = tf.data.Dataset.from_tensor_slices(
-        (_ragged(segments_a), _ragged(segments_b), np.array(next_sentence_labels, np.int32)))
+        (_ragged(segments_a), _ragged(segments_b), np.array(next_sentence_labels, np.int32))
+    )
     pairs = pairs.shard(num_pipelines, pipeline_id)
-    masker = _Masker(tokenizer, seq_len, max_predictions_per_seq, masked_lm_prob,
-                     whole_word_masking)
+    masker = _Masker(
+        tokenizer, seq_len, max_predictions_per_seq, masked_lm_prob, whole_word_masking
+    )
 
     def one_epoch():
-        batches = pairs.shuffle(len(segments_a), seed=pipeline_seed,
-                                reshuffle_each_iteration=True).ragged_batch(
-            per_replica_batch, drop_remainder=True)
+        batches = pairs.shuffle(
+            len(segments_a), seed=pipeline_seed, reshuffle_each_iteration=True
+        ).ragged_batch(per_replica_batch, drop_remainder=True)
         batch_seeds = tf.data.Dataset.random(seed=pipeline_seed, rerandomize_each_iteration=True)
         return tf.data.Dataset.zip(batches, batch_seeds).map(
-            masker, num_parallel_calls=tf.data.AUTOTUNE)
+            masker, num_parallel_calls=tf.data.AUTOTUNE
+        )
 
     return epochs(one_epoch, repeat).prefetch(tf.data.AUTOTUNE)
 
@@ -154,7 +177,7 @@ def _tokenized_sentences(documents, tokenizer):
     values, splits = ids.flat_values.numpy().astype(np.int32), ids.row_splits.numpy()
     result, row = [], 0
     for doc in sentences:
-        doc_ids = [values[splits[i]:splits[i + 1]] for i in range(row, row + len(doc))]
+        doc_ids = [values[splits[i] : splits[i + 1]] for i in range(row, row + len(doc))]
         row += len(doc)
         doc_ids = [s for s in doc_ids if s.size]
         if doc_ids:
@@ -203,7 +226,7 @@ def _pair_from_chunk(chunk, documents, doc_index, target_length, rng):
     other += other >= doc_index  # never the same document
     random_document = documents[other]
     b = []
-    for sentence in random_document[rng.randrange(len(random_document)):]:
+    for sentence in random_document[rng.randrange(len(random_document)) :]:
         b.append(sentence)
         if sum(s.size for s in b) >= target_length - a.size:
             break
@@ -214,51 +237,69 @@ def _truncate_pair(a, b, max_num_tokens, rng):
     """Drops tokens from the longer segment, at its front or back at random, until they fit."""
     bounds = [[0, a.size], [0, b.size]]
     while sum(end - start for start, end in bounds) > max_num_tokens:
-        longer = bounds[0] if bounds[0][1] - bounds[0][0] > bounds[1][1] - bounds[1][0] else bounds[1]
+        longer = (
+            bounds[0] if bounds[0][1] - bounds[0][0] > bounds[1][1] - bounds[1][0] else bounds[1]
+        )
         if rng.random() < 0.5:
             longer[0] += 1
         else:
             longer[1] -= 1
-    return a[bounds[0][0]:bounds[0][1]], b[bounds[1][0]:bounds[1][1]]
+    return a[bounds[0][0] : bounds[0][1]], b[bounds[1][0] : bounds[1][1]]
 
 
 def _ragged(arrays):
-    return tf.RaggedTensor.from_row_lengths(np.concatenate(arrays),
-                                            np.array([x.size for x in arrays], np.int64))
+    return tf.RaggedTensor.from_row_lengths(
+        np.concatenate(arrays), np.array([x.size for x in arrays], np.int64)
+    )
 
 
 class _Masker:
     """Packs a batch of segment pairs and masks it; called in tf.data.map with a per-batch seed."""
 
-    def __init__(self, tokenizer, seq_len, max_predictions_per_seq, masked_lm_prob,
-                 whole_word_masking):
+    def __init__(
+        self, tokenizer, seq_len, max_predictions_per_seq, masked_lm_prob, whole_word_masking
+    ):
         self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.max_predictions_per_seq = max_predictions_per_seq
         self.masked_lm_prob = masked_lm_prob
         self.is_continuation = (
             tf.constant([t.startswith("##") for t in tokenizer.vocabulary])
-            if whole_word_masking else None)
+            if whole_word_masking
+            else None
+        )
 
     def __call__(self, batch, batch_seed):
         segments_a, segments_b, next_sentence_labels = batch
         tok = self.tokenizer
         select_seed, value_seed = tf.unstack(
-            tf.random.experimental.stateless_split(tf.stack([batch_seed, 0]), 2))
+            tf.random.experimental.stateless_split(tf.stack([batch_seed, 0]), 2)
+        )
         token_ids, segment_ids = tf_text.combine_segments(
-            [segments_a, segments_b], start_of_sequence_id=tok.cls_id, end_of_segment_id=tok.sep_id)
-        items = token_ids if self.is_continuation is None else _whole_words(
-            token_ids, self.is_continuation)
+            [segments_a, segments_b], start_of_sequence_id=tok.cls_id, end_of_segment_id=tok.sep_id
+        )
+        items = (
+            token_ids
+            if self.is_continuation is None
+            else _whole_words(token_ids, self.is_continuation)
+        )
         token_ids, mask_positions, mask_ids = tf_text.mask_language_model(
             items,
-            _BertItemSelector(self.max_predictions_per_seq, self.masked_lm_prob,
-                              [tok.cls_id, tok.sep_id], select_seed),
-            _BertMaskValuesChooser(tok.vocab_size, tok.mask_id, value_seed))
-        token_ids, padding_mask = tf_text.pad_model_inputs(token_ids, self.seq_len,
-                                                           pad_value=tok.pad_id)
+            _BertItemSelector(
+                self.max_predictions_per_seq,
+                self.masked_lm_prob,
+                [tok.cls_id, tok.sep_id],
+                select_seed,
+            ),
+            _BertMaskValuesChooser(tok.vocab_size, tok.mask_id, value_seed),
+        )
+        token_ids, padding_mask = tf_text.pad_model_inputs(
+            token_ids, self.seq_len, pad_value=tok.pad_id
+        )
         segment_ids, _ = tf_text.pad_model_inputs(segment_ids, self.seq_len)
         mask_positions, mask_weights = tf_text.pad_model_inputs(
-            tf.cast(mask_positions, tf.int32), self.max_predictions_per_seq)
+            tf.cast(mask_positions, tf.int32), self.max_predictions_per_seq
+        )
         mask_ids, _ = tf_text.pad_model_inputs(mask_ids, self.max_predictions_per_seq)
         batch_size = next_sentence_labels.shape[0]
         features = {
@@ -300,8 +341,11 @@ class _BertItemSelector(ItemSelector):
 
     def get_selection_mask(self, input_ids, axis):
         selectable = self.get_selectable(input_ids, axis)  # [batch, (items)] bool
-        sizes = (input_ids.row_lengths(axis=2).flat_values if input_ids.ragged_rank == 2
-                 else tf.ones_like(selectable.flat_values, tf.int64))
+        sizes = (
+            input_ids.row_lengths(axis=2).flat_values
+            if input_ids.ragged_rank == 2
+            else tf.ones_like(selectable.flat_values, tf.int64)
+        )
         sizes = tf.where(selectable.flat_values, sizes, tf.zeros_like(sizes))
         n = tf.reduce_sum(selectable.with_flat_values(sizes), axis=1)  # [batch]
         # float64 and round-half-even, exactly as Python's round() in create_pretraining_data.py
@@ -316,7 +360,8 @@ class _BertItemSelector(ItemSelector):
         sorted_sizes = tf.gather(dense_sizes, order, batch_dims=1)
         taken = tf.cumsum(sorted_sizes, axis=1)  # tokens chosen once this item is taken
         take = (taken <= count[:, None]) | (
-            (tf.range(tf.shape(order)[1]) == 0)[None, :] & (sorted_sizes <= self.max_selections))
+            (tf.range(tf.shape(order)[1]) == 0)[None, :] & (sorted_sizes <= self.max_selections)
+        )
         take &= sorted_sizes > 0
         take = tf.gather(take, tf.argsort(order, axis=1, stable=True), batch_dims=1)
         return tf.RaggedTensor.from_tensor(take, lengths=selectable.row_lengths())
@@ -326,16 +371,24 @@ class _BertMaskValuesChooser(tf_text.MaskValuesChooser):
     """80% [MASK], 10% a random id in [0, vocab_size), 10% unchanged; stateless from `seed`."""
 
     def __init__(self, vocab_size, mask_token, seed):
-        super().__init__(vocab_size, mask_token, mask_token_rate=_MASK_TOKEN_RATE,
-                         random_token_rate=_RANDOM_TOKEN_RATE)
+        super().__init__(
+            vocab_size,
+            mask_token,
+            mask_token_rate=_MASK_TOKEN_RATE,
+            random_token_rate=_RANDOM_TOKEN_RATE,
+        )
         self.seed = seed
 
     def get_mask_values(self, masked_lm_ids):
         ids = masked_lm_ids.flat_values
         choice_seed, token_seed = tf.unstack(tf.random.experimental.stateless_split(self.seed, 2))
         choice = tf.random.stateless_uniform(tf.shape(ids), choice_seed)
-        random_ids = tf.random.stateless_uniform(tf.shape(ids), token_seed, minval=0,
-                                                 maxval=self.vocab_size, dtype=ids.dtype)
-        values = tf.where(choice < _MASK_TOKEN_RATE, tf.cast(self.mask_token, ids.dtype),
-                          tf.where(choice < _MASK_TOKEN_RATE + _RANDOM_TOKEN_RATE, random_ids, ids))
+        random_ids = tf.random.stateless_uniform(
+            tf.shape(ids), token_seed, minval=0, maxval=self.vocab_size, dtype=ids.dtype
+        )
+        values = tf.where(
+            choice < _MASK_TOKEN_RATE,
+            tf.cast(self.mask_token, ids.dtype),
+            tf.where(choice < _MASK_TOKEN_RATE + _RANDOM_TOKEN_RATE, random_ids, ids),
+        )
         return masked_lm_ids.with_flat_values(values)

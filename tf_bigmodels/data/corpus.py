@@ -46,9 +46,12 @@ def load_corpus(source, *, document_separator=None, errors="strict"):
     if errors not in ("strict", "replace"):
         raise ValueError(f"errors={errors!r} is not allowed; use 'strict' or 'replace'.")
     if document_separator is not None and (
-            not isinstance(document_separator, str) or not document_separator):
-        raise ValueError(f"document_separator={document_separator!r} is not allowed; use a "
-                         f"non-empty str or None.")
+        not isinstance(document_separator, str) or not document_separator
+    ):
+        raise ValueError(
+            f"document_separator={document_separator!r} is not allowed; use a "
+            f"non-empty str or None."
+        )
     if isinstance(source, str) and source == SHAKESPEARE:
         return _shakespeare_documents()
     documents = []
@@ -57,8 +60,10 @@ def load_corpus(source, *, document_separator=None, errors="strict"):
         documents.extend(text.split(document_separator) if document_separator else [text])
     documents = [d for d in documents if d.strip()]
     if not documents:
-        raise ValueError(f"source={source!r} holds no text (every file is empty or blank); give "
-                         f"files with some UTF-8 text.")
+        raise ValueError(
+            f"source={source!r} holds no text (every file is empty or blank); give "
+            f"files with some UTF-8 text."
+        )
     return documents
 
 
@@ -71,10 +76,15 @@ def corpus_files(source, argument):
     ['texts/a.txt', 'texts/b.txt']
     """
     items = [source] if isinstance(source, (str, os.PathLike)) else source
-    if not isinstance(items, (list, tuple)) or not items or not all(
-            isinstance(item, (str, os.PathLike)) for item in items):
-        raise TypeError(f"{argument}={source!r} is not allowed; give '{SHAKESPEARE}', a file path, "
-                        f"a glob pattern, or a non-empty list of paths.")
+    if (
+        not isinstance(items, (list, tuple))
+        or not items
+        or not all(isinstance(item, (str, os.PathLike)) for item in items)
+    ):
+        raise TypeError(
+            f"{argument}={source!r} is not allowed; give '{SHAKESPEARE}', a file path, "
+            f"a glob pattern, or a non-empty list of paths."
+        )
     files = []
     for item in items:
         item = os.fspath(item)
@@ -86,8 +96,10 @@ def corpus_files(source, argument):
         elif os.path.isfile(item):
             files.append(item)
         else:
-            raise ValueError(f"{argument}: {item!r} is not an existing file (nor "
-                             f"'{SHAKESPEARE}' or a glob pattern).")
+            raise ValueError(
+                f"{argument}: {item!r} is not an existing file (nor "
+                f"'{SHAKESPEARE}' or a glob pattern)."
+            )
     return files
 
 
@@ -104,8 +116,11 @@ def _read_utf8(path, errors):
 
 
 def _shakespeare_documents():
-    text = importlib.resources.files(__package__).joinpath("tinyshakespeare.txt").read_text(
-        encoding="utf-8")
+    text = (
+        importlib.resources.files(__package__)
+        .joinpath("tinyshakespeare.txt")
+        .read_text(encoding="utf-8")
+    )
     speeches = text.split("\n\n")
     documents, current, size = [], [], 0
     target = len(text) / SHAKESPEARE_DOCUMENTS

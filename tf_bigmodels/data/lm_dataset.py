@@ -10,8 +10,18 @@ TRAIN_FRACTION = 0.9
 _LINES_PER_STEP = 256  # lines tokenized per call
 
 
-def lm_dataset(texts, tokenizer, seq_len, batch_size, *, split="train", seed=0,
-               shuffle_buffer=10_000, repeat=False, input_context=None):
+def lm_dataset(
+    texts,
+    tokenizer,
+    seq_len,
+    batch_size,
+    *,
+    split="train",
+    seed=0,
+    shuffle_buffer=10_000,
+    repeat=False,
+    input_context=None,
+):
     """Returns a `tf.data.Dataset` of `(x, y)` next-token windows for language modelling.
 
     The documents are read line by line, tokenized, and packed into one token stream with an
@@ -72,7 +82,8 @@ def lm_dataset(texts, tokenizer, seq_len, batch_size, *, split="train", seed=0,
         raise ValueError(f"split={split!r} is not allowed; use 'train' or 'val'.")
     documents, files = split_texts(texts)
     num_pipelines, pipeline_id, per_replica_batch, pipeline_seed = shard_settings(
-        batch_size, seed, input_context)
+        batch_size, seed, input_context
+    )
     if documents is not None:
         # Every line gets its "\n" back (as from a file), so a document without one grows by 1.
         sizes = [len(d.encode("utf-8")) + (not d.endswith("\n")) for d in documents]
@@ -92,30 +103,37 @@ def lm_dataset(texts, tokenizer, seq_len, batch_size, *, split="train", seed=0,
     end_id = _end_id(tokenizer)
     tokens = records.batch(_LINES_PER_STEP).map(
         lambda lines, offsets, is_end: _tokenize_lines(tokenizer, end_id, lines, is_end),
-        num_parallel_calls=tf.data.AUTOTUNE)  # 1-D chunks of the token stream
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )  # 1-D chunks of the token stream
 
-    num_tokens = (int(tokens.reduce(tf.constant(0, tf.int64),
-                                    lambda n, chunk: n + tf.size(chunk, tf.int64)))
-                  if documents is not None else
-                  (split_at if split == "train" else sum(sizes) - split_at) + len(files))
+    num_tokens = (
+        int(tokens.reduce(tf.constant(0, tf.int64), lambda n, chunk: n + tf.size(chunk, tf.int64)))
+        if documents is not None
+        else (split_at if split == "train" else sum(sizes) - split_at) + len(files)
+    )
     num_windows = max(num_tokens - 1, 0) // seq_len
     if num_windows // num_pipelines < per_replica_batch:
         raise ValueError(
             f"texts too short: its {split!r} split has {'about ' if files else ''}{num_tokens} "
             f"tokens, {num_windows} windows of seq_len={seq_len} (+1 for the target), "
             f"{num_windows // num_pipelines} per input pipeline; one batch needs batch_size="
-            f"{per_replica_batch}. Give more text or a smaller seq_len or batch_size.")
+            f"{per_replica_batch}. Give more text or a smaller seq_len or batch_size."
+        )
 
-    windows = tokens.rebatch(seq_len).scan(
-        (tf.zeros([seq_len], tf.int32), False), _shift_by_one
-    ).filter(_is_complete).map(_window)
+    windows = (
+        tokens.rebatch(seq_len)
+        .scan((tf.zeros([seq_len], tf.int32), False), _shift_by_one)
+        .filter(_is_complete)
+        .map(_window)
+    )
     windows = windows.shard(num_pipelines, pipeline_id)
 
     def one_epoch():
         shuffled = windows
         if split == "train":
-            shuffled = windows.shuffle(shuffle_buffer, seed=pipeline_seed,
-                                       reshuffle_each_iteration=True)
+            shuffled = windows.shuffle(
+                shuffle_buffer, seed=pipeline_seed, reshuffle_each_iteration=True
+            )
         return shuffled.batch(per_replica_batch, drop_remainder=True)
 
     return epochs(one_epoch, repeat).prefetch(tf.data.AUTOTUNE)
@@ -129,6 +147,7 @@ def _lines_of_string(document):
 
 def _line_records(lines, start, size):
     """(line + "\\n", its byte offset, False) per line, then ("", last offset, True) as the end."""
+
     def step(offset, line):
         line = line + "\n"
         return offset + tf.cast(tf.strings.length(line), tf.int64), (line, offset, False)
@@ -141,7 +160,8 @@ def _tokenize_lines(tokenizer, end_id, lines, is_end):
     ids = tokenizer.tokenize(lines)  # [lines, (tokens)]
     ends = tf.cast(is_end, tf.int64)
     end_tokens = tf.RaggedTensor.from_row_lengths(
-        tf.fill([tf.reduce_sum(ends)], tf.constant(end_id, ids.dtype)), ends)
+        tf.fill([tf.reduce_sum(ends)], tf.constant(end_id, ids.dtype)), ends
+    )
     return tf.cast(tf.concat([ids, end_tokens], axis=1).flat_values, tf.int32)
 
 
@@ -152,7 +172,9 @@ def _shift_by_one(state, chunk):
     y = tf.concat([previous[1:], chunk[:1]], axis=0)
     chunk = tf.pad(chunk, [[0, seq_len - tf.size(chunk)]])  # only the stream's last chunk is short
     return (tf.ensure_shape(chunk, [seq_len]), True), (
-        (previous, tf.ensure_shape(y, [seq_len])), have_previous)
+        (previous, tf.ensure_shape(y, [seq_len])),
+        have_previous,
+    )
 
 
 def _is_complete(window, complete):
@@ -167,5 +189,7 @@ def _end_id(tokenizer):
     for attribute in ("end_id", "sep_id"):
         if hasattr(tokenizer, attribute):
             return getattr(tokenizer, attribute)
-    raise TypeError(f"tokenizer {type(tokenizer).__name__} has neither end_id nor sep_id; the "
-                    f"pipeline needs one to mark the end of each document.")
+    raise TypeError(
+        f"tokenizer {type(tokenizer).__name__} has neither end_id nor sep_id; the "
+        f"pipeline needs one to mark the end of each document."
+    )

@@ -20,5 +20,11 @@ from tf_bigmodels.export.bert import BERTServingModule, export_bert
 from tf_bigmodels.export.gpt import GPTServingModule, export_gpt
 from tf_bigmodels.export.streaming import load_generator, stream_text
 
-__all__ = ["BERTServingModule", "GPTServingModule", "export_bert", "export_gpt", "load_generator",
-           "stream_text"]
+__all__ = [
+    "BERTServingModule",
+    "GPTServingModule",
+    "export_bert",
+    "export_gpt",
+    "load_generator",
+    "stream_text",
+]

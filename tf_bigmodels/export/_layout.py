@@ -32,12 +32,16 @@ def write_version(export_dir, version, write):
     if version is None:
         version = 1 + max((int(n) for n in os.listdir(export_dir) if n.isdigit()), default=0)
     if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version <= 0:
-        raise ValueError(f"`version` must be None or a positive int (TF Serving's version "
-                         f"directories are numbers), got {version!r}.")
+        raise ValueError(
+            f"`version` must be None or a positive int (TF Serving's version "
+            f"directories are numbers), got {version!r}."
+        )
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):
-        raise ValueError(f"`version`={version}: {final} already exists; an export never "
-                         f"overwrites a version, pass another `version` or None for the next.")
+        raise ValueError(
+            f"`version`={version}: {final} already exists; an export never "
+            f"overwrites a version, pass another `version` or None for the next."
+        )
     temporary = tempfile.mkdtemp(prefix=f".partial-{version}-", dir=export_dir)
     try:
         write(temporary)

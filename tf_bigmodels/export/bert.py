@@ -50,18 +50,22 @@ class BERTServingModule(tf.Module):
         super().__init__(name="bert_serving")
         self.model = model
         self.tokenizer = tokenizer
-        self.export_config = tf.Variable(json.dumps(config, sort_keys=True), trainable=False,
-                                         name="export_config")
+        self.export_config = tf.Variable(
+            json.dumps(config, sort_keys=True), trainable=False, name="export_config"
+        )
         self._config = config
         self._vocabulary = tf.constant(list(tokenizer.vocabulary))
         self._run = tf.function(lambda inputs: model(inputs), jit_compile=config["jit_compile"])
         if isinstance(model, BERTPretrainer):
             self.serving_default = tf.function(self._encode, input_signature=[_TEXT])
-            self.encode_pair = tf.function(self._encode, input_signature=[
-                _TEXT, tf.TensorSpec([None], tf.string, name="text_pair")])
+            self.encode_pair = tf.function(
+                self._encode,
+                input_signature=[_TEXT, tf.TensorSpec([None], tf.string, name="text_pair")],
+            )
             self.fill_mask = tf.function(self._fill_mask, input_signature=[_TEXT])
-            self._encoder = tf.function(lambda inputs: model.encoder(inputs),
-                                        jit_compile=config["jit_compile"])
+            self._encoder = tf.function(
+                lambda inputs: model.encoder(inputs), jit_compile=config["jit_compile"]
+            )
         else:
             self._class_names = tf.constant(config["class_names"])
             self.serving_default = tf.function(self._classify, input_signature=[_TEXT])
@@ -75,8 +79,11 @@ class BERTServingModule(tf.Module):
         ['encode_pair', 'fill_mask', 'serving_default']
         """
         if isinstance(self.model, BERTPretrainer):
-            return {"serving_default": self.serving_default, "encode_pair": self.encode_pair,
-                    "fill_mask": self.fill_mask}
+            return {
+                "serving_default": self.serving_default,
+                "encode_pair": self.encode_pair,
+                "fill_mask": self.fill_mask,
+            }
         return {"serving_default": self.serving_default}
 
     def _pack(self, segments):
@@ -85,9 +92,11 @@ class BERTServingModule(tf.Module):
         budget = self._config["seq_length"] - 1 - len(segments)  # [CLS] and one [SEP] each
         trimmed = tf_text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
         ids, segment_ids = tf_text.combine_segments(trimmed, tokenizer.cls_id, tokenizer.sep_id)
-        return {"token_ids": ids.to_tensor(tokenizer.pad_id),
-                "segment_ids": segment_ids.to_tensor(0),
-                "padding_mask": tf.ones_like(ids).to_tensor(0)}
+        return {
+            "token_ids": ids.to_tensor(tokenizer.pad_id),
+            "segment_ids": segment_ids.to_tensor(0),
+            "padding_mask": tf.ones_like(ids).to_tensor(0),
+        }
 
     def _encode(self, text, text_pair=None):
         segments = [self.tokenizer.tokenize(text)]
@@ -95,9 +104,11 @@ class BERTServingModule(tf.Module):
             segments.append(self.tokenizer.tokenize(text_pair))
         inputs = self._pack(segments)
         outputs = self._encoder(inputs)
-        return {"pooled_output": tf.cast(outputs["pooled_output"], tf.float32),
-                "sequence_output": tf.cast(outputs["sequence_output"], tf.float32),
-                "padding_mask": inputs["padding_mask"]}
+        return {
+            "pooled_output": tf.cast(outputs["pooled_output"], tf.float32),
+            "sequence_output": tf.cast(outputs["sequence_output"], tf.float32),
+            "padding_mask": inputs["padding_mask"],
+        }
 
     def _tokenize_with_masks(self, text):
         """Wordpiece ids where every literal "[MASK]" becomes `mask_id` (the tokenizer would split
@@ -113,7 +124,8 @@ class BERTServingModule(tf.Module):
         inputs = self._pack([self._tokenize_with_masks(text)])
         is_mask = tf.equal(inputs["token_ids"], self.tokenizer.mask_id)
         positions = tf.ragged.boolean_mask(
-            tf.broadcast_to(tf.range(tf.shape(is_mask)[1]), tf.shape(is_mask)), is_mask)
+            tf.broadcast_to(tf.range(tf.shape(is_mask)[1]), tf.shape(is_mask)), is_mask
+        )
         counts = tf.cast(positions.row_lengths(), tf.int32)
         shown = tf.reduce_max(counts)
         slots = tf.maximum(shown, 1)  # the MLM head needs one slot at least
@@ -122,20 +134,34 @@ class BERTServingModule(tf.Module):
         # logits: (B, slots, vocab)
         scores, indices = tf.math.top_k(tf.nn.softmax(logits), k=self._config["top_k"])
         valid = (tf.range(slots)[tf.newaxis] < counts[:, tf.newaxis])[..., tf.newaxis]
-        return {"tokens": tf.where(valid, tf.gather(self._vocabulary, indices), "")[:, :shown],
-                "scores": tf.where(valid, scores, 0.0)[:, :shown],
-                "mask_counts": counts}
+        return {
+            "tokens": tf.where(valid, tf.gather(self._vocabulary, indices), "")[:, :shown],
+            "scores": tf.where(valid, scores, 0.0)[:, :shown],
+            "mask_counts": counts,
+        }
 
     def _classify(self, text):
         logits = self._run(self._pack([self.tokenizer.tokenize(text)]))
         probabilities = tf.nn.softmax(logits)
         label = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return {"probabilities": probabilities, "label": label,
-                "label_name": tf.gather(self._class_names, label)}
+        return {
+            "probabilities": probabilities,
+            "label": label,
+            "label_name": tf.gather(self._class_names, label),
+        }
 
 
-def export_bert(model, tokenizer, export_dir, *, version=None, seq_length=None, top_k=5,
-                class_names=None, jit_compile=True):
+def export_bert(
+    model,
+    tokenizer,
+    export_dir,
+    *,
+    version=None,
+    seq_length=None,
+    top_k=5,
+    class_names=None,
+    jit_compile=True,
+):
     """Writes a SavedModel of a BERT pre-trainer or classifier to `export_dir/<version>/`.
 
     The WordPiece tokenizer travels inside the graph, so the SavedModel takes raw strings and
@@ -168,43 +194,73 @@ def export_bert(model, tokenizer, export_dir, *, version=None, seq_length=None, 
     ...     text=tf.constant(["the [MASK] sat ."]))["tokens"]  # doctest: +SKIP
     """
     if not isinstance(model, (BERTPretrainer, BERTClassifier)):
-        raise TypeError(f"`model` must be a BERTPretrainer or a BERTClassifier, got "
-                        f"{type(model).__name__}.")
+        raise TypeError(
+            f"`model` must be a BERTPretrainer or a BERTClassifier, got {type(model).__name__}."
+        )
     for attribute in ("tokenize", "vocabulary", "cls_id", "sep_id", "pad_id", "mask_id"):
         if not hasattr(tokenizer, attribute):
-            raise TypeError(f"`tokenizer` must be a WordPieceTokenizer (it needs `{attribute}`), "
-                            f"got {type(tokenizer).__name__}.")
+            raise TypeError(
+                f"`tokenizer` must be a WordPieceTokenizer (it needs `{attribute}`), "
+                f"got {type(tokenizer).__name__}."
+            )
     encoder = model.encoder
     if tokenizer.vocab_size != encoder.vocab_size:
-        raise ValueError(f"`tokenizer` has vocab_size={tokenizer.vocab_size} but the model's "
-                         f"encoder has vocab_size={encoder.vocab_size}; they must be equal.")
+        raise ValueError(
+            f"`tokenizer` has vocab_size={tokenizer.vocab_size} but the model's "
+            f"encoder has vocab_size={encoder.vocab_size}; they must be equal."
+        )
     seq_length = encoder.max_length if seq_length is None else seq_length
-    if (isinstance(seq_length, bool) or not isinstance(seq_length, numbers.Integral)
-            or not 3 <= seq_length <= encoder.max_length):
-        raise ValueError(f"`seq_length` must be None or an int in [3, {encoder.max_length}], got "
-                         f"{seq_length!r}.")
-    if (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
-            or not 1 <= top_k <= encoder.vocab_size):
+    if (
+        isinstance(seq_length, bool)
+        or not isinstance(seq_length, numbers.Integral)
+        or not 3 <= seq_length <= encoder.max_length
+    ):
+        raise ValueError(
+            f"`seq_length` must be None or an int in [3, {encoder.max_length}], got {seq_length!r}."
+        )
+    if (
+        isinstance(top_k, bool)
+        or not isinstance(top_k, numbers.Integral)
+        or not 1 <= top_k <= encoder.vocab_size
+    ):
         raise ValueError(f"`top_k` must be an int in [1, {encoder.vocab_size}], got {top_k!r}.")
-    config = {"seq_length": int(seq_length), "top_k": int(top_k), "jit_compile": bool(jit_compile),
-              "tf_bigmodels_version": tf_bigmodels.__version__}
+    config = {
+        "seq_length": int(seq_length),
+        "top_k": int(top_k),
+        "jit_compile": bool(jit_compile),
+        "tf_bigmodels_version": tf_bigmodels.__version__,
+    }
     if isinstance(model, BERTClassifier):
         if class_names is None:
             class_names = [str(i) for i in range(model.num_classes)]
         class_names = list(class_names)
         if len(class_names) != model.num_classes or not all(
-                isinstance(n, str) for n in class_names):
-            raise ValueError(f"`class_names` must be None or {model.num_classes} strings (one per "
-                             f"class), got {class_names!r}.")
+            isinstance(n, str) for n in class_names
+        ):
+            raise ValueError(
+                f"`class_names` must be None or {model.num_classes} strings (one per "
+                f"class), got {class_names!r}."
+            )
         config["class_names"] = class_names
     elif class_names is not None:
-        raise ValueError(f"`class_names`={class_names!r} applies to a BERTClassifier only; got a "
-                         f"{type(model).__name__}.")
+        raise ValueError(
+            f"`class_names`={class_names!r} applies to a BERTClassifier only; got a "
+            f"{type(model).__name__}."
+        )
     if not model.built:
-        inputs = {"token_ids": tf.zeros((1, 3), tf.int32), "segment_ids": tf.zeros((1, 3), tf.int32),
-                  "padding_mask": tf.ones((1, 3), tf.int32)}
-        model(inputs if isinstance(model, BERTClassifier)
-              else {**inputs, "mask_positions": tf.zeros((1, 1), tf.int32)})
+        inputs = {
+            "token_ids": tf.zeros((1, 3), tf.int32),
+            "segment_ids": tf.zeros((1, 3), tf.int32),
+            "padding_mask": tf.ones((1, 3), tf.int32),
+        }
+        model(
+            inputs
+            if isinstance(model, BERTClassifier)
+            else {**inputs, "mask_positions": tf.zeros((1, 1), tf.int32)}
+        )
     module = BERTServingModule(model, tokenizer, config)
-    return write_version(export_dir, version, lambda path: tf.saved_model.save(
-        module, path, signatures=module.signatures()))
+    return write_version(
+        export_dir,
+        version,
+        lambda path: tf.saved_model.save(module, path, signatures=module.signatures()),
+    )

@@ -53,74 +53,121 @@ class GPTServingModule(tf.Module):
         super().__init__(name="gpt_serving")
         self.model = model
         self.tokenizer = tokenizer
-        self.generation_config = tf.Variable(json.dumps(config, sort_keys=True),
-                                             trainable=False, name="generation_config")
+        self.generation_config = tf.Variable(
+            json.dumps(config, sort_keys=True), trainable=False, name="generation_config"
+        )
         self._config = config
         self._generate_ids = generation.generate_function(model, jit_compile=config["jit_compile"])
         self._forward = tf.function(lambda ids: model(ids), jit_compile=config["jit_compile"])
 
         scalar = tf.TensorSpec
         self.serving_default = tf.function(self._serving_default, input_signature=[_STRINGS])
-        self.generate = tf.function(self._generate, input_signature=[
-            _STRINGS, scalar([], tf.int32, name="max_new_tokens"),
-            scalar([], tf.float32, name="temperature"), scalar([], tf.int32, name="top_k"),
-            scalar([], tf.float32, name="top_p"), scalar([], tf.int32, name="seed")])
-        self.logits = tf.function(self._logits, input_signature=[
-            tf.TensorSpec([None, None], tf.int32, name="token_ids")])
+        self.generate = tf.function(
+            self._generate,
+            input_signature=[
+                _STRINGS,
+                scalar([], tf.int32, name="max_new_tokens"),
+                scalar([], tf.float32, name="temperature"),
+                scalar([], tf.int32, name="top_k"),
+                scalar([], tf.float32, name="top_p"),
+                scalar([], tf.int32, name="seed"),
+            ],
+        )
+        self.logits = tf.function(
+            self._logits, input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")]
+        )
         self.tokenize = tf.function(self._tokenize, input_signature=[_STRINGS])
-        self.detokenize = tf.function(self.tokenizer.detokenize, input_signature=[
-            tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)])
-        self.generate_tokens = tf.function(self._generate_tokens, input_signature=[
-            tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
-            scalar([], tf.int32), scalar([], tf.float32), scalar([], tf.int32),
-            scalar([], tf.float32), scalar([], tf.int32)])
+        self.detokenize = tf.function(
+            self.tokenizer.detokenize,
+            input_signature=[tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)],
+        )
+        self.generate_tokens = tf.function(
+            self._generate_tokens,
+            input_signature=[
+                tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
+                scalar([], tf.int32),
+                scalar([], tf.float32),
+                scalar([], tf.int32),
+                scalar([], tf.float32),
+                scalar([], tf.int32),
+            ],
+        )
 
     def _tokenize(self, prompts):
         ids = tf.cast(self.tokenizer.tokenize(prompts), tf.int32)
         empty = tf.equal(ids.row_lengths(), 0)
         start = tf.RaggedTensor.from_row_lengths(
             tf.fill([tf.reduce_sum(tf.cast(empty, tf.int32))], self.tokenizer.end_id),
-            tf.cast(empty, ids.row_splits.dtype))
+            tf.cast(empty, ids.row_splits.dtype),
+        )
         return tf.concat([start, ids], axis=1)  # empty rows become [end_id]
 
     def _generate_tokens(self, ids, max_new_tokens, temperature, top_k, top_p, seed):
         seed = tf.where(seed < 0, tf.random.uniform([], 0, tf.int32.max, tf.int32), seed)
         _, new_tokens, new_lengths = self._generate_ids(
-            ids, max_new_tokens, temperature, top_k, top_p, seed,
-            tf.constant(self.tokenizer.end_id, tf.int32), tf.constant(self.tokenizer.pad_id, tf.int32))
+            ids,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            tf.constant(self.tokenizer.end_id, tf.int32),
+            tf.constant(self.tokenizer.pad_id, tf.int32),
+        )
         return new_tokens, new_lengths
 
     def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
         new_tokens, new_lengths = self._generate_tokens(
-            self._tokenize(prompts), max_new_tokens, temperature, top_k, top_p, seed)
+            self._tokenize(prompts), max_new_tokens, temperature, top_k, top_p, seed
+        )
         completions = self.tokenizer.detokenize(
-            tf.RaggedTensor.from_tensor(new_tokens, lengths=new_lengths))
+            tf.RaggedTensor.from_tensor(new_tokens, lengths=new_lengths)
+        )
         return {"completions": completions}
 
     def _serving_default(self, prompts):
         c = self._config
         return self._generate(
-            prompts, tf.constant(c["max_new_tokens"], tf.int32),
-            tf.constant(c["temperature"], tf.float32), tf.constant(c["top_k"], tf.int32),
-            tf.constant(c["top_p"], tf.float32), tf.constant(c["seed"], tf.int32))
+            prompts,
+            tf.constant(c["max_new_tokens"], tf.int32),
+            tf.constant(c["temperature"], tf.float32),
+            tf.constant(c["top_k"], tf.int32),
+            tf.constant(c["top_p"], tf.float32),
+            tf.constant(c["seed"], tf.int32),
+        )
 
     def _logits(self, token_ids):
         vocab, max_length = self.model.vocab_size, self.model.max_length
         checks = [
             tf.debugging.assert_less_equal(
-                tf.shape(token_ids)[1], max_length,
-                message=f"`token_ids` may hold at most max_length={max_length} positions"),
+                tf.shape(token_ids)[1],
+                max_length,
+                message=f"`token_ids` may hold at most max_length={max_length} positions",
+            ),
             tf.debugging.assert_non_negative(
-                token_ids, message=f"`token_ids` must be in [0, {vocab})"),
-            tf.debugging.assert_less(token_ids, vocab,
-                                     message=f"`token_ids` must be in [0, {vocab})"),
+                token_ids, message=f"`token_ids` must be in [0, {vocab})"
+            ),
+            tf.debugging.assert_less(
+                token_ids, vocab, message=f"`token_ids` must be in [0, {vocab})"
+            ),
         ]
         with tf.control_dependencies(checks):
             return {"logits": self._forward(tf.identity(token_ids))}
 
 
-def export_gpt(model, tokenizer, export_dir, *, version=None, max_new_tokens=64, temperature=1.0,
-               top_k=None, top_p=None, seed=None, jit_compile=True):
+def export_gpt(
+    model,
+    tokenizer,
+    export_dir,
+    *,
+    version=None,
+    max_new_tokens=64,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    seed=None,
+    jit_compile=True,
+):
     """Writes a SavedModel that generates text from raw strings to `export_dir/<version>/`.
 
     The module (`GPTServingModule`) holds the model's variables and the tokenizer, so the
@@ -158,29 +205,45 @@ def export_gpt(model, tokenizer, export_dir, *, version=None, max_new_tokens=64,
         raise TypeError(f"`model` must be a GPTModel, got {type(model).__name__}.")
     for attribute in ("tokenize", "detokenize", "end_id", "pad_id"):
         if not hasattr(tokenizer, attribute):
-            raise TypeError(f"`tokenizer` must have `{attribute}` (a ByteTokenizer does), got "
-                            f"{type(tokenizer).__name__}.")
+            raise TypeError(
+                f"`tokenizer` must have `{attribute}` (a ByteTokenizer does), got "
+                f"{type(tokenizer).__name__}."
+            )
     limit = model.max_length - 1
-    if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral)
-            or not 0 <= max_new_tokens <= limit):
-        raise ValueError(f"`max_new_tokens` must be an int in [0, {limit}], got "
-                         f"{max_new_tokens!r}.")
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, numbers.Integral)
+        or not 0 <= max_new_tokens <= limit
+    ):
+        raise ValueError(
+            f"`max_new_tokens` must be an int in [0, {limit}], got {max_new_tokens!r}."
+        )
     if not model.built:
         model(tf.zeros((1, 1), tf.int32))
     # One Python-side check of every setting, with the messages of GPTModel.generate.
-    generation.check_settings(model, tf.ragged.constant([[0]]), max_new_tokens, temperature,
-                               top_k, top_p, seed, None, 0)
+    generation.check_settings(
+        model, tf.ragged.constant([[0]]), max_new_tokens, temperature, top_k, top_p, seed, None, 0
+    )
     config = {
-        "max_new_tokens": int(max_new_tokens), "temperature": float(temperature),
-        "top_k": int(top_k or 0), "top_p": 1.0 if top_p is None else float(top_p),
-        "seed": -1 if seed is None else int(seed), "jit_compile": bool(jit_compile),
-        "end_id": int(tokenizer.end_id), "pad_id": int(tokenizer.pad_id),
-        "max_length": model.max_length, "vocab_size": model.vocab_size,
+        "max_new_tokens": int(max_new_tokens),
+        "temperature": float(temperature),
+        "top_k": int(top_k or 0),
+        "top_p": 1.0 if top_p is None else float(top_p),
+        "seed": -1 if seed is None else int(seed),
+        "jit_compile": bool(jit_compile),
+        "end_id": int(tokenizer.end_id),
+        "pad_id": int(tokenizer.pad_id),
+        "max_length": model.max_length,
+        "vocab_size": model.vocab_size,
         "prompt_truncation": "left, to max_length - max_new_tokens tokens",
         "tf_bigmodels_version": tf_bigmodels.__version__,
     }
     module = GPTServingModule(model, tokenizer, config)
-    signatures = {"serving_default": module.serving_default, "generate": module.generate,
-                  "logits": module.logits}
-    return write_version(export_dir, version,
-                         lambda path: tf.saved_model.save(module, path, signatures=signatures))
+    signatures = {
+        "serving_default": module.serving_default,
+        "generate": module.generate,
+        "logits": module.logits,
+    }
+    return write_version(
+        export_dir, version, lambda path: tf.saved_model.save(module, path, signatures=signatures)
+    )

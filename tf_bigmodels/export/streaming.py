@@ -42,13 +42,25 @@ def load_generator(source, tokenizer=None):
         if versions:
             path = os.path.join(path, str(max(versions)))
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        raise ValueError(f"`source`={os.fspath(source)!r} is neither a GPTModel, a .keras file, a "
-                         f"SavedModel directory nor an export directory with numeric versions.")
+        raise ValueError(
+            f"`source`={os.fspath(source)!r} is neither a GPTModel, a .keras file, a "
+            f"SavedModel directory nor an export directory with numeric versions."
+        )
     return tf.saved_model.load(path), None
 
 
-def stream_text(source, prompt, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
-                seed=None, chunk_tokens=16, tokenizer=None):
+def stream_text(
+    source,
+    prompt,
+    max_new_tokens,
+    *,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    seed=None,
+    chunk_tokens=16,
+    tokenizer=None,
+):
     """Yields the continuation of `prompt` piece by piece while it is generated.
 
     Generation runs in chunks of `chunk_tokens` tokens (each chunk one call of the cached,
@@ -81,32 +93,39 @@ def stream_text(source, prompt, max_new_tokens, *, temperature=1.0, top_k=None, 
     """
     if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens <= 0:
         raise ValueError(f"`chunk_tokens` must be a positive int, got {chunk_tokens!r}.")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or (
-            max_new_tokens < 0):
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or (max_new_tokens < 0)
+    ):
         raise ValueError(f"`max_new_tokens` must be an int >= 0, got {max_new_tokens!r}.")
-    generator, tokenizer = source if isinstance(source, tuple) else load_generator(source, tokenizer)
-    step, detokenize = (_model_steps(generator, tokenizer, temperature, top_k, top_p)
-                        if isinstance(generator, GPTModel)
-                        else _saved_model_steps(generator, temperature, top_k, top_p))
-    seed = random.randrange(2 ** 31) if seed is None else seed
+    generator, tokenizer = (
+        source if isinstance(source, tuple) else load_generator(source, tokenizer)
+    )
+    step, detokenize = (
+        _model_steps(generator, tokenizer, temperature, top_k, top_p)
+        if isinstance(generator, GPTModel)
+        else _saved_model_steps(generator, temperature, top_k, top_p)
+    )
+    seed = random.randrange(2**31) if seed is None else seed
     context = _prompt_ids(generator, tokenizer, prompt)
     generated, emitted, chunk = [], "", 0
     while len(generated) < max_new_tokens:
         count = min(chunk_tokens, max_new_tokens - len(generated))
-        new = step(context + generated, count, (seed + chunk) % 2 ** 31)
+        new = step(context + generated, count, (seed + chunk) % 2**31)
         generated += new
         finished = len(new) < count
         text = detokenize(generated)
         stable = text if finished else text.rstrip(_REPLACEMENT)
         if len(stable) > len(emitted) and stable.startswith(emitted):
-            yield stable[len(emitted):]
+            yield stable[len(emitted) :]
             emitted = stable
         if finished:
             break
         chunk += 1
     text = detokenize(generated)
     if len(text) > len(emitted):
-        yield text[len(emitted):]
+        yield text[len(emitted) :]
 
 
 def _prompt_ids(generator, tokenizer, prompt):
@@ -118,8 +137,16 @@ def _prompt_ids(generator, tokenizer, prompt):
 
 def _model_steps(model, tokenizer, temperature, top_k, top_p):
     def step(ids, count, seed):
-        out = model.generate([ids], count, temperature=temperature, top_k=top_k, top_p=top_p,
-                             seed=seed, end_id=tokenizer.end_id, pad_id=tokenizer.pad_id)
+        out = model.generate(
+            [ids],
+            count,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            end_id=tokenizer.end_id,
+            pad_id=tokenizer.pad_id,
+        )
         kept = min(len(ids), model.max_length - count)  # the prompt after left truncation
         return out.to_list()[0][kept:]
 
@@ -130,16 +157,26 @@ def _model_steps(model, tokenizer, temperature, top_k, top_p):
 
 
 def _saved_model_steps(loaded, temperature, top_k, top_p):
-    settings = (tf.constant(temperature, tf.float32), tf.constant(top_k or 0, tf.int32),
-                tf.constant(1.0 if top_p is None else top_p, tf.float32))
+    settings = (
+        tf.constant(temperature, tf.float32),
+        tf.constant(top_k or 0, tf.int32),
+        tf.constant(1.0 if top_p is None else top_p, tf.float32),
+    )
 
     def step(ids, count, seed):
-        new, lengths = loaded.generate_tokens(tf.ragged.constant([ids], tf.int32),
-                                              tf.constant(count, tf.int32), *settings,
-                                              tf.constant(seed, tf.int32))
-        return new.numpy()[0, :int(lengths[0])].tolist()
+        new, lengths = loaded.generate_tokens(
+            tf.ragged.constant([ids], tf.int32),
+            tf.constant(count, tf.int32),
+            *settings,
+            tf.constant(seed, tf.int32),
+        )
+        return new.numpy()[0, : int(lengths[0])].tolist()
 
     def detokenize(ids):
-        return loaded.detokenize(tf.ragged.constant([ids], tf.int32, ragged_rank=1)).numpy()[0].decode()
+        return (
+            loaded.detokenize(tf.ragged.constant([ids], tf.int32, ragged_rank=1))
+            .numpy()[0]
+            .decode()
+        )
 
     return step, detokenize

@@ -43,9 +43,10 @@ def get_activation(activation):
     except (ValueError, TypeError) as error:
         raise ValueError(
             f"`activation` must be 'gelu', 'gelu_approximate', a Keras activation name or a "
-            f"callable, got {activation!r}.") from error
+            f"callable, got {activation!r}."
+        ) from error
     if resolved is None:
-        raise ValueError(f"`activation` must not be None; use 'linear' for no activation.")
+        raise ValueError("`activation` must not be None; use 'linear' for no activation.")
     return resolved
 
 

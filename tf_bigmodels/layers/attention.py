@@ -97,33 +97,58 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     TensorShape([2, 10, 64])
     """
 
-    def __init__(self, num_heads, rate=0.0, *, kernel_initializer="glorot_uniform",
-                 output_kernel_initializer=None, bias_initializer="zeros", **kwargs):
+    def __init__(
+        self,
+        num_heads,
+        rate=0.0,
+        *,
+        kernel_initializer="glorot_uniform",
+        output_kernel_initializer=None,
+        bias_initializer="zeros",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
         self.rate = _checks.unit_interval("rate", rate)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_kernel_initializer = keras.initializers.get(
-            output_kernel_initializer or kernel_initializer)
+            output_kernel_initializer or kernel_initializer
+        )
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.attention_dropout = keras.layers.Dropout(
-            self.rate, dtype=self.dtype_policy, name="attention_dropout")
+            self.rate, dtype=self.dtype_policy, name="attention_dropout"
+        )
 
     def build(self, input_shape):
         d_model = input_shape[-1]
         _checks.divisible("d_model", d_model, "num_heads", self.num_heads)
         self.head_dim = d_model // self.num_heads
         self.qkv = keras.layers.Dense(
-            3 * d_model, kernel_initializer=clone_initializer(self.kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer), dtype=self.dtype_policy, name="qkv")
+            3 * d_model,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="qkv",
+        )
         self.qkv.build(input_shape)
         self.output_dense = keras.layers.Dense(
-            d_model, kernel_initializer=clone_initializer(self.output_kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer), dtype=self.dtype_policy, name="output_dense")
+            d_model,
+            kernel_initializer=clone_initializer(self.output_kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="output_dense",
+        )
         self.output_dense.build(input_shape)
 
-    def call(self, x, attention_mask=None, training=None, return_attention_scores=False,
-             cache=None, cache_index=0):
+    def call(
+        self,
+        x,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        cache=None,
+        cache_index=0,
+    ):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (0, 2, 3, 1, 4))  # (B, 3, h, T, hd)
@@ -131,13 +156,16 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         if cache is not None:
             zero = ops.zeros((), "int32")
             cache = ops.slice_update(
-                cache, (zero, zero, zero, ops.cast(cache_index, "int32"), zero),
-                ops.cast(qkv[:, 1:], cache.dtype))  # (B, 2, h, cache_length, hd)
+                cache,
+                (zero, zero, zero, ops.cast(cache_index, "int32"), zero),
+                ops.cast(qkv[:, 1:], cache.dtype),
+            )  # (B, 2, h, cache_length, hd)
             key, value = cache[:, 0], cache[:, 1]
         else:
             key, value = qkv[:, 1], qkv[:, 2]
         heads, weights = scaled_dot_product_attention(
-            query, key, value, attention_mask, dropout=self.attention_dropout, training=training)
+            query, key, value, attention_mask, dropout=self.attention_dropout, training=training
+        )
         heads = ops.reshape(ops.transpose(heads, (0, 2, 1, 3)), (batch, length, -1))  # (B, T, d)
         outputs = (self.output_dense(heads),)
         if return_attention_scores:

@@ -36,8 +36,14 @@ class MaskedLMHead(keras.layers.Layer):
     TensorShape([2, 2, 100])
     """
 
-    def __init__(self, vocab_size, activation="gelu", epsilon=1e-12,
-                 kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(
+        self,
+        vocab_size,
+        activation="gelu",
+        epsilon=1e-12,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
         self.activation = get_activation(activation)
@@ -47,15 +53,20 @@ class MaskedLMHead(keras.layers.Layer):
     def build(self, sequence_shape, mask_positions_shape=None, embeddings_shape=None):
         width = sequence_shape[-1]
         self.transform = keras.layers.Dense(
-            width, activation=self.activation,
+            width,
+            activation=self.activation,
             kernel_initializer=clone_initializer(self.kernel_initializer),
-            dtype=self.dtype_policy, name="transform")
+            dtype=self.dtype_policy,
+            name="transform",
+        )
         self.transform.build((None, None, width))
         self.norm = keras.layers.LayerNormalization(
-            epsilon=self.epsilon, dtype=self.dtype_policy, name="norm")
+            epsilon=self.epsilon, dtype=self.dtype_policy, name="norm"
+        )
         self.norm.build((None, None, width))
-        self.bias = self.add_weight(name="output_bias", shape=(self.vocab_size,),
-                                    initializer="zeros")
+        self.bias = self.add_weight(
+            name="output_bias", shape=(self.vocab_size,), initializer="zeros"
+        )
 
     def call(self, sequence, mask_positions, embeddings):
         x = ops.take_along_axis(sequence, ops.expand_dims(mask_positions, -1), axis=1)  # (B, P, d)
@@ -68,7 +79,10 @@ class MaskedLMHead(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(vocab_size=self.vocab_size, activation=serialize_activation(self.activation),
-                      epsilon=self.epsilon,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        config.update(
+            vocab_size=self.vocab_size,
+            activation=serialize_activation(self.activation),
+            epsilon=self.epsilon,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
         return config

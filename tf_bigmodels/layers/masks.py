@@ -3,8 +3,9 @@
 from keras import ops
 
 
-def attention_mask(padding_mask=None, *, causal=False, query_length=None, key_length=None,
-                   query_offset=0):
+def attention_mask(
+    padding_mask=None, *, causal=False, query_length=None, key_length=None, query_offset=0
+):
     """Builds the boolean attention mask `[batch or 1, query, key]` (True = may attend).
 
     A padding mask `[batch, key]` (1/True = real token) hides padded keys from every query; a
@@ -41,4 +42,3 @@ def attention_mask(padding_mask=None, *, causal=False, query_length=None, key_le
         )  # (1, Q, K)
         mask = causal_mask if mask is None else ops.logical_and(mask, causal_mask)
     return mask
-

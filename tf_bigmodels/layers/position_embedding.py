@@ -43,8 +43,10 @@ class PositionEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         self.embeddings = self.add_weight(
-            name="embeddings", shape=(self.max_length, input_shape[-1]),
-            initializer=clone_initializer(self.initializer))
+            name="embeddings",
+            shape=(self.max_length, input_shape[-1]),
+            initializer=clone_initializer(self.initializer),
+        )
 
     def call(self, x, start_index=0, positions=None):
         embeddings = ops.convert_to_tensor(self.embeddings, dtype=self.compute_dtype)
@@ -56,12 +58,15 @@ class PositionEmbedding(keras.layers.Layer):
                 raise ValueError(
                     f"The input sequence has length {length} (starting at position {start_index}) "
                     f"but `max_length`={self.max_length}: at most {self.max_length} positions are "
-                    "allowed. Shorten the input or build the model with a larger `max_length`.")
+                    "allowed. Shorten the input or build the model with a larger `max_length`."
+                )
         else:
             length = ops.shape(x)[1]
             tf.debugging.assert_less_equal(
-                start_index + length, self.max_length,
-                message=f"sequence length exceeds `max_length`={self.max_length}")
+                start_index + length,
+                self.max_length,
+                message=f"sequence length exceeds `max_length`={self.max_length}",
+            )
         rows = ops.slice(embeddings, (start_index, 0), (length, ops.shape(embeddings)[1]))
         return ops.broadcast_to(rows, ops.shape(x))
 
@@ -70,6 +75,7 @@ class PositionEmbedding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(max_length=self.max_length,
-                      initializer=keras.initializers.serialize(self.initializer))
+        config.update(
+            max_length=self.max_length, initializer=keras.initializers.serialize(self.initializer)
+        )
         return config

@@ -69,9 +69,22 @@ class TransformerLayer(keras.layers.Layer):
     >>> model = keras.Model(inputs, keras.layers.Dense(1)(x))
     """
 
-    def __init__(self, d_model, num_heads, dff, rate=0.1, *, causal=False, norm_first=False,
-                 activation="gelu", epsilon=1e-6, kernel_initializer="glorot_uniform",
-                 output_kernel_initializer=None, bias_initializer="zeros", **kwargs):
+    def __init__(
+        self,
+        d_model,
+        num_heads,
+        dff,
+        rate=0.1,
+        *,
+        causal=False,
+        norm_first=False,
+        activation="gelu",
+        epsilon=1e-6,
+        kernel_initializer="glorot_uniform",
+        output_kernel_initializer=None,
+        bias_initializer="zeros",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.d_model = _checks.positive_int("d_model", d_model)
         self.num_heads = _checks.positive_int("num_heads", num_heads)
@@ -84,66 +97,103 @@ class TransformerLayer(keras.layers.Layer):
         self.epsilon = _checks.positive_float("epsilon", epsilon)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_kernel_initializer = keras.initializers.get(
-            output_kernel_initializer or kernel_initializer)
+            output_kernel_initializer or kernel_initializer
+        )
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.supports_masking = True
 
         self.attention = MultiHeadSelfAttention(
-            self.num_heads, self.rate, kernel_initializer=self.kernel_initializer,
+            self.num_heads,
+            self.rate,
+            kernel_initializer=self.kernel_initializer,
             output_kernel_initializer=self.output_kernel_initializer,
-            bias_initializer=self.bias_initializer, dtype=self.dtype_policy, name="attention")
+            bias_initializer=self.bias_initializer,
+            dtype=self.dtype_policy,
+            name="attention",
+        )
         self.attention_dropout = keras.layers.Dropout(
-            self.rate, dtype=self.dtype_policy, name="attention_output_dropout")
+            self.rate, dtype=self.dtype_policy, name="attention_output_dropout"
+        )
         self.attention_norm = keras.layers.LayerNormalization(
-            epsilon=self.epsilon, dtype=self.dtype_policy, name="attention_norm")
+            epsilon=self.epsilon, dtype=self.dtype_policy, name="attention_norm"
+        )
         self.ffn_hidden = keras.layers.Dense(
-            self.dff, activation=self.activation,
+            self.dff,
+            activation=self.activation,
             kernel_initializer=clone_initializer(self.kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer), dtype=self.dtype_policy,
-            name="ffn_hidden")
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="ffn_hidden",
+        )
         self.ffn_output = keras.layers.Dense(
-            self.d_model, kernel_initializer=clone_initializer(self.output_kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer), dtype=self.dtype_policy,
-            name="ffn_output")
+            self.d_model,
+            kernel_initializer=clone_initializer(self.output_kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="ffn_output",
+        )
         self.ffn_dropout = keras.layers.Dropout(
-            self.rate, dtype=self.dtype_policy, name="ffn_dropout")
+            self.rate, dtype=self.dtype_policy, name="ffn_dropout"
+        )
         self.ffn_norm = keras.layers.LayerNormalization(
-            epsilon=self.epsilon, dtype=self.dtype_policy, name="ffn_norm")
+            epsilon=self.epsilon, dtype=self.dtype_policy, name="ffn_norm"
+        )
 
     def build(self, input_shape):
         if input_shape[-1] is not None and input_shape[-1] != self.d_model:
             raise ValueError(
                 f"TransformerLayer '{self.name}' has `d_model`={self.d_model} but its input has "
-                f"last dimension {input_shape[-1]}; they must be equal.")
+                f"last dimension {input_shape[-1]}; they must be equal."
+            )
         self.attention.build(input_shape)
         self.attention_norm.build(input_shape)
         self.ffn_hidden.build(input_shape)
         self.ffn_output.build(tuple(input_shape[:-1]) + (self.dff,))
         self.ffn_norm.build(input_shape)
 
-    def call(self, x, padding_mask=None, training=None, return_attention_scores=False, mask=None,
-             cache=None, cache_index=0):
+    def call(
+        self,
+        x,
+        padding_mask=None,
+        training=None,
+        return_attention_scores=False,
+        mask=None,
+        cache=None,
+        cache_index=0,
+    ):
         if padding_mask is None:
             padding_mask = mask
         if cache is not None and not self.causal:
-            raise ValueError(f"TransformerLayer '{self.name}' got a `cache` but has causal=False; "
-                             "a key/value cache is allowed only with causal=True.")
+            raise ValueError(
+                f"TransformerLayer '{self.name}' got a `cache` but has causal=False; "
+                "a key/value cache is allowed only with causal=True."
+            )
         length = ops.shape(x)[1]
         key_length = length if cache is None else ops.shape(cache)[3]
-        allowed = attention_mask(padding_mask, causal=self.causal, query_length=length,
-                                 key_length=key_length,
-                                 query_offset=0 if cache is None else cache_index)
+        allowed = attention_mask(
+            padding_mask,
+            causal=self.causal,
+            query_length=length,
+            key_length=key_length,
+            query_offset=0 if cache is None else cache_index,
+        )
 
         residual = x
         if self.norm_first:
             x = self.attention_norm(x)
         if cache is None:
-            x, weights = self.attention(x, attention_mask=allowed, training=training,
-                                        return_attention_scores=True)
+            x, weights = self.attention(
+                x, attention_mask=allowed, training=training, return_attention_scores=True
+            )
         else:
             x, weights, cache = self.attention(
-                x, attention_mask=allowed, training=training, return_attention_scores=True,
-                cache=cache, cache_index=cache_index)
+                x,
+                attention_mask=allowed,
+                training=training,
+                return_attention_scores=True,
+                cache=cache,
+                cache_index=cache_index,
+            )
         x = residual + self.attention_dropout(x, training=training)
         if not self.norm_first:
             x = self.attention_norm(x)

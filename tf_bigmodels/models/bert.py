@@ -15,7 +15,8 @@ _ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 def _check_keys(inputs, allowed, required, owner):
     if not isinstance(inputs, dict):
         raise ValueError(
-            f"{owner} takes a dict with keys {sorted(allowed)}, got {type(inputs).__name__}.")
+            f"{owner} takes a dict with keys {sorted(allowed)}, got {type(inputs).__name__}."
+        )
     unknown = set(inputs) - set(allowed)
     missing = set(required) - set(inputs)
     if unknown or missing:
@@ -23,7 +24,9 @@ def _check_keys(inputs, allowed, required, owner):
             f"{owner} input dict has keys {sorted(inputs)}; allowed keys are {sorted(allowed)} "
             f"and {sorted(required)} are required"
             + (f" (unknown: {sorted(unknown)})" if unknown else "")
-            + (f" (missing: {sorted(missing)})" if missing else "") + ".")
+            + (f" (missing: {sorted(missing)})" if missing else "")
+            + "."
+        )
 
 
 @keras.saving.register_keras_serializable(package="tf_bigmodels")
@@ -66,13 +69,32 @@ class BERTEncoder(keras.Model):
     TensorShape([2, 128])
     """
 
-    def __init__(self, vocab_size, d_model, num_heads, dff, num_layers, rate=0.1, *,
-                 max_length=512, type_vocab_size=2, activation="gelu", epsilon=1e-12,
-                 initializer_range=0.02, **kwargs):
+    def __init__(
+        self,
+        vocab_size,
+        d_model,
+        num_heads,
+        dff,
+        num_layers,
+        rate=0.1,
+        *,
+        max_length=512,
+        type_vocab_size=2,
+        activation="gelu",
+        epsilon=1e-12,
+        initializer_range=0.02,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        (self.vocab_size, self.d_model, self.num_heads, self.dff, self.num_layers, self.rate,
-         self.max_length) = _checks.model_sizes(vocab_size, d_model, num_heads, dff, num_layers,
-                                                rate, max_length)
+        (
+            self.vocab_size,
+            self.d_model,
+            self.num_heads,
+            self.dff,
+            self.num_layers,
+            self.rate,
+            self.max_length,
+        ) = _checks.model_sizes(vocab_size, d_model, num_heads, dff, num_layers, rate, max_length)
         self.type_vocab_size = _checks.positive_int("type_vocab_size", type_vocab_size)
         self.activation = serialize_activation(get_activation(activation))
         self.epsilon = _checks.positive_float("epsilon", epsilon)
@@ -81,27 +103,54 @@ class BERTEncoder(keras.Model):
         weights = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
         policy = self.dtype_policy
         self.token_embedding = keras.layers.ReversibleEmbedding(
-            self.vocab_size, self.d_model, embeddings_initializer=clone_initializer(weights), dtype=policy,
-            name="token_embedding")
+            self.vocab_size,
+            self.d_model,
+            embeddings_initializer=clone_initializer(weights),
+            dtype=policy,
+            name="token_embedding",
+        )
         self.segment_embedding = keras.layers.Embedding(
-            self.type_vocab_size, self.d_model, embeddings_initializer=clone_initializer(weights), dtype=policy,
-            name="segment_embedding")
+            self.type_vocab_size,
+            self.d_model,
+            embeddings_initializer=clone_initializer(weights),
+            dtype=policy,
+            name="segment_embedding",
+        )
         self.position_embedding = PositionEmbedding(
-            self.max_length, initializer=clone_initializer(weights), dtype=policy, name="position_embedding")
+            self.max_length,
+            initializer=clone_initializer(weights),
+            dtype=policy,
+            name="position_embedding",
+        )
         self.embedding_norm = keras.layers.LayerNormalization(
-            epsilon=self.epsilon, dtype=policy, name="embedding_norm")
+            epsilon=self.epsilon, dtype=policy, name="embedding_norm"
+        )
         self.embedding_dropout = keras.layers.Dropout(
-            self.rate, dtype=policy, name="embedding_dropout")
+            self.rate, dtype=policy, name="embedding_dropout"
+        )
         self.blocks = [
             TransformerLayer(
-                self.d_model, self.num_heads, self.dff, self.rate, causal=False, norm_first=False,
-                activation=self.activation, epsilon=self.epsilon, kernel_initializer=weights,
-                dtype=policy, name=f"block_{i}")
+                self.d_model,
+                self.num_heads,
+                self.dff,
+                self.rate,
+                causal=False,
+                norm_first=False,
+                activation=self.activation,
+                epsilon=self.epsilon,
+                kernel_initializer=weights,
+                dtype=policy,
+                name=f"block_{i}",
+            )
             for i in range(self.num_layers)
         ]
         self.pooler = keras.layers.Dense(
-            self.d_model, activation="tanh", kernel_initializer=clone_initializer(weights), dtype=policy,
-            name="pooler")
+            self.d_model,
+            activation="tanh",
+            kernel_initializer=clone_initializer(weights),
+            dtype=policy,
+            name="pooler",
+        )
 
     def build(self, input_shape):
         _check_keys(input_shape, _ENCODER_INPUTS, ("token_ids",), "BERTEncoder")
@@ -164,15 +213,24 @@ class BERTEncoder(keras.Model):
         from tf_bigmodels.convert.keras_hub import backbone_from_preset, bert_from_keras_hub
 
         return bert_from_keras_hub(
-            backbone_from_preset(keras_hub.models.BertBackbone, preset_dir, dtype))
+            backbone_from_preset(keras_hub.models.BertBackbone, preset_dir, dtype)
+        )
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            vocab_size=self.vocab_size, d_model=self.d_model, num_heads=self.num_heads,
-            dff=self.dff, num_layers=self.num_layers, rate=self.rate, max_length=self.max_length,
-            type_vocab_size=self.type_vocab_size, activation=self.activation,
-            epsilon=self.epsilon, initializer_range=self.initializer_range)
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            num_heads=self.num_heads,
+            dff=self.dff,
+            num_layers=self.num_layers,
+            rate=self.rate,
+            max_length=self.max_length,
+            type_vocab_size=self.type_vocab_size,
+            activation=self.activation,
+            epsilon=self.epsilon,
+            initializer_range=self.initializer_range,
+        )
         return config
 
 
@@ -241,62 +299,91 @@ class BERTPretrainer(_EncoderWrapper):
         if not isinstance(encoder, BERTEncoder):
             raise TypeError(f"`encoder` must be a BERTEncoder, got {type(encoder).__name__}.")
         self.encoder = encoder
-        self.mlm_activation = serialize_activation(get_activation(
-            encoder.activation if mlm_activation is None else mlm_activation))
+        self.mlm_activation = serialize_activation(
+            get_activation(encoder.activation if mlm_activation is None else mlm_activation)
+        )
         self.mlm_epsilon = _checks.positive_float(
-            "mlm_epsilon", encoder.epsilon if mlm_epsilon is None else mlm_epsilon)
+            "mlm_epsilon", encoder.epsilon if mlm_epsilon is None else mlm_epsilon
+        )
         self.mlm_head = MaskedLMHead(
-            encoder.vocab_size, activation=self.mlm_activation, epsilon=self.mlm_epsilon,
-            kernel_initializer=keras.initializers.TruncatedNormal(
-                stddev=encoder.initializer_range),
-            dtype=encoder.dtype_policy, name="mlm_head")
+            encoder.vocab_size,
+            activation=self.mlm_activation,
+            epsilon=self.mlm_epsilon,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=encoder.initializer_range),
+            dtype=encoder.dtype_policy,
+            name="mlm_head",
+        )
         self.nsp_head = keras.layers.Dense(
-            2, kernel_initializer=keras.initializers.TruncatedNormal(
-                stddev=encoder.initializer_range),
-            dtype=encoder.dtype_policy, name="nsp_head")
+            2,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=encoder.initializer_range),
+            dtype=encoder.dtype_policy,
+            name="nsp_head",
+        )
         self.mlm_accuracy = keras.metrics.SparseCategoricalAccuracy(name="mlm_accuracy")
         self.nsp_accuracy = keras.metrics.SparseCategoricalAccuracy(name="nsp_accuracy")
 
     def build(self, input_shape):
-        _check_keys(input_shape, _ENCODER_INPUTS + ("mask_positions",),
-                    ("token_ids", "mask_positions"), "BERTPretrainer")
+        _check_keys(
+            input_shape,
+            _ENCODER_INPUTS + ("mask_positions",),
+            ("token_ids", "mask_positions"),
+            "BERTPretrainer",
+        )
         if not self.encoder.built:
             self.encoder.build({k: v for k, v in input_shape.items() if k != "mask_positions"})
         token_shape = tuple(input_shape["token_ids"])
-        self.mlm_head.build(token_shape + (self.encoder.d_model,), input_shape["mask_positions"],
-                            (self.encoder.vocab_size, self.encoder.d_model))
+        self.mlm_head.build(
+            token_shape + (self.encoder.d_model,),
+            input_shape["mask_positions"],
+            (self.encoder.vocab_size, self.encoder.d_model),
+        )
         self.nsp_head.build((token_shape[0], self.encoder.d_model))
 
     def call(self, inputs, training=False):
-        _check_keys(inputs, _ENCODER_INPUTS + ("mask_positions",),
-                    ("token_ids", "mask_positions"), "BERTPretrainer")
+        _check_keys(
+            inputs,
+            _ENCODER_INPUTS + ("mask_positions",),
+            ("token_ids", "mask_positions"),
+            "BERTPretrainer",
+        )
         encoded = self.encoder(
-            {k: v for k, v in inputs.items() if k != "mask_positions"}, training=training)
-        mlm_logits = self.mlm_head(encoded["sequence_output"], inputs["mask_positions"],
-                                   self.encoder.token_embedding.embeddings)
+            {k: v for k, v in inputs.items() if k != "mask_positions"}, training=training
+        )
+        mlm_logits = self.mlm_head(
+            encoded["sequence_output"],
+            inputs["mask_positions"],
+            self.encoder.token_embedding.embeddings,
+        )
         nsp_logits = ops.cast(self.nsp_head(encoded["pooled_output"]), "float32")
         return {"mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self.loss is not None:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
-        _check_keys(y, ("mask_ids", "mask_weights", "next_sentence_labels"),
-                    ("mask_ids", "mask_weights", "next_sentence_labels"), "BERTPretrainer labels")
+        _check_keys(
+            y,
+            ("mask_ids", "mask_weights", "next_sentence_labels"),
+            ("mask_ids", "mask_weights", "next_sentence_labels"),
+            "BERTPretrainer labels",
+        )
         weights = ops.cast(y["mask_weights"], "float32")
         mlm = keras.losses.sparse_categorical_crossentropy(
-            y["mask_ids"], y_pred["mlm_logits"], from_logits=True)  # (B, P)
+            y["mask_ids"], y_pred["mlm_logits"], from_logits=True
+        )  # (B, P)
         # Each replica adds its share of the global mean; Keras sums gradients over replicas.
         mlm_loss = ops.sum(mlm * weights) / ops.maximum(_replica_sum(ops.sum(weights)), 1.0)
         nsp = keras.losses.sparse_categorical_crossentropy(
-            y["next_sentence_labels"], y_pred["nsp_logits"], from_logits=True)
+            y["next_sentence_labels"], y_pred["nsp_logits"], from_logits=True
+        )
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         nsp_loss = ops.mean(nsp) / replicas
         return mlm_loss + nsp_loss + ops.sum(self.losses)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if self.loss is None:
-            self.mlm_accuracy.update_state(y["mask_ids"], y_pred["mlm_logits"],
-                                           sample_weight=y["mask_weights"])
+            self.mlm_accuracy.update_state(
+                y["mask_ids"], y_pred["mlm_logits"], sample_weight=y["mask_weights"]
+            )
             self.nsp_accuracy.update_state(y["next_sentence_labels"], y_pred["nsp_logits"])
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
@@ -340,9 +427,10 @@ class BERTClassifier(_EncoderWrapper):
         self.dropout = keras.layers.Dropout(self.rate, dtype=encoder.dtype_policy, name="dropout")
         self.output_dense = keras.layers.Dense(
             self.num_classes,
-            kernel_initializer=keras.initializers.TruncatedNormal(
-                stddev=encoder.initializer_range),
-            dtype=encoder.dtype_policy, name="logits")
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=encoder.initializer_range),
+            dtype=encoder.dtype_policy,
+            name="logits",
+        )
 
     def build(self, input_shape):
         if not self.encoder.built:

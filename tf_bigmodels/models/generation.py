@@ -39,8 +39,19 @@ _MIN_BUCKET = 16
 _FUNCTIONS = weakref.WeakKeyDictionary()  # model -> {(kind, jit_compile): tf.function}
 
 
-def generate(model, token_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
-             seed=None, end_id=None, pad_id=0, jit_compile=True):
+def generate(
+    model,
+    token_ids,
+    max_new_tokens,
+    *,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    seed=None,
+    end_id=None,
+    pad_id=0,
+    jit_compile=True,
+):
     """Continues each prompt by up to `max_new_tokens` tokens; see the module docstring.
 
     Settings are checked in Python first (a `ValueError` naming the argument); the rules are
@@ -79,15 +90,19 @@ def generate(model, token_ids, max_new_tokens, *, temperature=1.0, top_k=None, t
     """
     dense = not isinstance(token_ids, (list, tuple, tf.RaggedTensor))
     prompts = _as_ragged(token_ids)
-    check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id,
-                    pad_id)
+    check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id)
     if seed is None:
-        seed = random.randrange(2 ** 31)
+        seed = random.randrange(2**31)
     prompts, new_tokens, new_lengths = generate_function(model, jit_compile=jit_compile)(
-        prompts, tf.constant(max_new_tokens, tf.int32), tf.constant(temperature, tf.float32),
-        tf.constant(top_k or 0, tf.int32), tf.constant(1.0 if top_p is None else top_p, tf.float32),
-        tf.constant(seed, tf.int32), tf.constant(-1 if end_id is None else end_id, tf.int32),
-        tf.constant(pad_id, tf.int32))
+        prompts,
+        tf.constant(max_new_tokens, tf.int32),
+        tf.constant(temperature, tf.float32),
+        tf.constant(top_k or 0, tf.int32),
+        tf.constant(1.0 if top_p is None else top_p, tf.float32),
+        tf.constant(seed, tf.int32),
+        tf.constant(-1 if end_id is None else end_id, tf.int32),
+        tf.constant(pad_id, tf.int32),
+    )
     if dense:
         return tf.concat([prompts.to_tensor(), new_tokens], axis=1)
     return tf.concat([prompts, tf.RaggedTensor.from_tensor(new_tokens, lengths=new_lengths)], 1)
@@ -125,17 +140,21 @@ def generate_function(model, *, jit_compile=True):
         model_ref = weakref.ref(model)
         decode = decode_function(model, jit_compile=jit_compile)
 
-        @tf.function(input_signature=[
-            tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
-            tf.TensorSpec([], tf.int32, name="max_new_tokens"),
-            tf.TensorSpec([], tf.float32, name="temperature"),
-            tf.TensorSpec([], tf.int32, name="top_k"),
-            tf.TensorSpec([], tf.float32, name="top_p"),
-            tf.TensorSpec([], tf.int32, name="seed"),
-            tf.TensorSpec([], tf.int32, name="end_id"),
-            tf.TensorSpec([], tf.int32, name="pad_id")])
-        def generate_in_graph(prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id,
-                              pad_id):
+        @tf.function(
+            input_signature=[
+                tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
+                tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+                tf.TensorSpec([], tf.float32, name="temperature"),
+                tf.TensorSpec([], tf.int32, name="top_k"),
+                tf.TensorSpec([], tf.float32, name="top_p"),
+                tf.TensorSpec([], tf.int32, name="seed"),
+                tf.TensorSpec([], tf.int32, name="end_id"),
+                tf.TensorSpec([], tf.int32, name="pad_id"),
+            ]
+        )
+        def generate_in_graph(
+            prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id
+        ):
             gpt = model_ref()
             checks = _graph_checks(gpt, prompts, max_new_tokens, temperature, top_k, top_p)
             with tf.control_dependencies(checks):
@@ -144,8 +163,17 @@ def generate_function(model, *, jit_compile=True):
                 padded = _left_pad(prompts, lengths, _bucket(tf.reduce_max(lengths)), pad_id)
                 buffer = tf.fill([tf.shape(padded)[0], _bucket(max_new_tokens)], pad_id)
                 new_tokens, new_lengths = decode(
-                    padded, lengths, buffer, max_new_tokens, temperature, top_k, top_p, seed,
-                    end_id, pad_id)
+                    padded,
+                    lengths,
+                    buffer,
+                    max_new_tokens,
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed,
+                    end_id,
+                    pad_id,
+                )
             return prompts, new_tokens[:, :max_new_tokens], new_lengths
 
         functions[key] = generate_in_graph
@@ -178,10 +206,31 @@ def decode_function(model, *, jit_compile=True):
         model_ref = weakref.ref(model)
 
         @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-        def decode(prompt, prompt_lengths, buffer, max_new_tokens, temperature, top_k, top_p, seed,
-                   end_id, pad_id):
-            return _decode(model_ref(), prompt, prompt_lengths, buffer, max_new_tokens,
-                           temperature, top_k, top_p, seed, end_id, pad_id)
+        def decode(
+            prompt,
+            prompt_lengths,
+            buffer,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            end_id,
+            pad_id,
+        ):
+            return _decode(
+                model_ref(),
+                prompt,
+                prompt_lengths,
+                buffer,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                end_id,
+                pad_id,
+            )
 
         functions[key] = decode
     return functions[key]
@@ -213,13 +262,17 @@ def sample_next_token(logits, temperature, top_k, top_p, seed):
     ...                   tf.constant(1.0), tf.constant([1, 2])).numpy()
     array([1], dtype=int32)
     """
+
     def greedy():
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     def sample():
         scaled = logits / temperature
-        filtered = tf.cond(tf.logical_or(top_k > 0, top_p < 1.0),
-                           lambda: _filter_top_k_top_p(scaled, top_k, top_p), lambda: scaled)
+        filtered = tf.cond(
+            tf.logical_or(top_k > 0, top_p < 1.0),
+            lambda: _filter_top_k_top_p(scaled, top_k, top_p),
+            lambda: scaled,
+        )
         return tf.random.stateless_categorical(filtered, 1, seed, dtype=tf.int32)[:, 0]
 
     return tf.cond(temperature > 0.0, sample, greedy)
@@ -238,47 +291,76 @@ def _filter_top_k_top_p(logits, top_k, top_p):
     return tf.where(logits >= threshold[:, tf.newaxis], logits, -math.inf)
 
 
-def _decode(model, prompt, prompt_lengths, buffer, max_new_tokens, temperature, top_k, top_p,
-            seed, end_id, pad_id):
+def _decode(
+    model,
+    prompt,
+    prompt_lengths,
+    buffer,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    end_id,
+    pad_id,
+):
     batch, width = tf.shape(prompt)[0], tf.shape(prompt)[1]
     cache_length = width + tf.shape(buffer)[1]
     first_real = width - prompt_lengths  # (B,) slot of each row's first real token
     key_mask = tf.range(cache_length)[tf.newaxis] >= first_real[:, tf.newaxis]  # (B, T)
     positions = tf.maximum(tf.range(width)[tf.newaxis] - first_real[:, tf.newaxis], 0)  # (B, P)
     hidden, cache = model.hidden_states(
-        prompt, padding_mask=key_mask, positions=positions,
-        cache=model.init_cache(batch, cache_length), cache_index=0)
+        prompt,
+        padding_mask=key_mask,
+        positions=positions,
+        cache=model.init_cache(batch, cache_length),
+        cache_index=0,
+    )
     logits = model.logits_from_hidden_states(hidden[:, -1])  # (B, V)
 
     def keep_going(step, logits, cache, buffer, done, new_lengths):
         return tf.logical_and(step < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
 
     def one_token(step, logits, cache, buffer, done, new_lengths):
-        token = sample_next_token(logits, temperature, top_k, top_p,
-                                  tf.stack([seed, step]))
+        token = sample_next_token(logits, temperature, top_k, top_p, tf.stack([seed, step]))
         token = tf.where(done, pad_id, token)
         buffer = tf.tensor_scatter_nd_update(
-            buffer, tf.stack([tf.range(batch), tf.fill([batch], step)], axis=1), token)
+            buffer, tf.stack([tf.range(batch), tf.fill([batch], step)], axis=1), token
+        )
         new_lengths += tf.cast(tf.logical_not(done), tf.int32)
         done = tf.logical_or(done, tf.equal(token, end_id))
         hidden, cache = model.hidden_states(
-            token[:, tf.newaxis], padding_mask=key_mask,
-            positions=(prompt_lengths + step)[:, tf.newaxis], cache=cache,
-            cache_index=width + step)
+            token[:, tf.newaxis],
+            padding_mask=key_mask,
+            positions=(prompt_lengths + step)[:, tf.newaxis],
+            cache=cache,
+            cache_index=width + step,
+        )
         logits = model.logits_from_hidden_states(hidden[:, 0])
         return step + 1, logits, cache, buffer, done, new_lengths
 
     _, _, _, buffer, _, new_lengths = tf.while_loop(
-        keep_going, one_token,
-        (tf.constant(0), logits, cache, buffer, tf.zeros([batch], tf.bool),
-         tf.zeros([batch], tf.int32)))
+        keep_going,
+        one_token,
+        (
+            tf.constant(0),
+            logits,
+            cache,
+            buffer,
+            tf.zeros([batch], tf.bool),
+            tf.zeros([batch], tf.int32),
+        ),
+    )
     return buffer, new_lengths
 
 
 def _bucket(n):
     """Smallest power of two >= n and >= _MIN_BUCKET (n: int32 scalar tensor)."""
     n = tf.cast(tf.maximum(n, _MIN_BUCKET), tf.float64)
-    return tf.cast(tf.pow(tf.constant(2.0, tf.float64), tf.math.ceil(tf.math.log(n) / math.log(2.0) - 1e-9)), tf.int32)
+    return tf.cast(
+        tf.pow(tf.constant(2.0, tf.float64), tf.math.ceil(tf.math.log(n) / math.log(2.0) - 1e-9)),
+        tf.int32,
+    )
 
 
 def _truncate_left(prompts, keep):
@@ -300,24 +382,32 @@ def _graph_checks(model, prompts, max_new_tokens, temperature, top_k, top_p):
     limit = model.max_length - 1
     return [
         tf.debugging.assert_greater_equal(
-            max_new_tokens, 0, message=f"`max_new_tokens` must be in [0, {limit}]"),
+            max_new_tokens, 0, message=f"`max_new_tokens` must be in [0, {limit}]"
+        ),
         tf.debugging.assert_less_equal(
-            max_new_tokens, limit,
+            max_new_tokens,
+            limit,
             message=f"`max_new_tokens` must be in [0, {limit}] (max_length - 1: a prompt keeps "
-                    "at least one token)"),
+            "at least one token)",
+        ),
         tf.debugging.assert_greater_equal(
-            temperature, 0.0, message="`temperature` must be >= 0 (0 = greedy)"),
+            temperature, 0.0, message="`temperature` must be >= 0 (0 = greedy)"
+        ),
         tf.debugging.assert_all_finite(temperature, message="`temperature` must be finite"),
         tf.debugging.assert_greater_equal(top_k, 0, message="`top_k` must be >= 0 (0 = off)"),
         tf.debugging.assert_greater(top_p, 0.0, message="`top_p` must be in (0, 1]"),
         tf.debugging.assert_less_equal(top_p, 1.0, message="`top_p` must be in (0, 1]"),
         tf.debugging.assert_positive(
-            prompts.row_lengths(), message="`token_ids`: every prompt needs at least one token"),
+            prompts.row_lengths(), message="`token_ids`: every prompt needs at least one token"
+        ),
         tf.debugging.assert_non_negative(
-            prompts.values, message=f"`token_ids` must be in [0, {model.vocab_size})"),
+            prompts.values, message=f"`token_ids` must be in [0, {model.vocab_size})"
+        ),
         tf.debugging.assert_less(
-            prompts.values, model.vocab_size,
-            message=f"`token_ids` must be in [0, {model.vocab_size})"),
+            prompts.values,
+            model.vocab_size,
+            message=f"`token_ids` must be in [0, {model.vocab_size})",
+        ),
     ]
 
 
@@ -328,14 +418,15 @@ def _as_ragged(token_ids):
         return tf.ragged.constant([list(row) for row in token_ids], dtype=tf.int32, ragged_rank=1)
     token_ids = tf.convert_to_tensor(token_ids)
     if token_ids.shape.rank != 2 or not token_ids.dtype.is_integer:
-        raise ValueError(f"`token_ids` must be an int tensor (batch, seq), a tf.RaggedTensor or a "
-                         f"list of lists of ids, got {token_ids.dtype.name} of shape "
-                         f"{token_ids.shape}.")
+        raise ValueError(
+            f"`token_ids` must be an int tensor (batch, seq), a tf.RaggedTensor or a "
+            f"list of lists of ids, got {token_ids.dtype.name} of shape "
+            f"{token_ids.shape}."
+        )
     return tf.RaggedTensor.from_tensor(tf.cast(token_ids, tf.int32))
 
 
-def check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id,
-                   pad_id):
+def check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id):
     """Raises a ValueError naming the first bad argument of `generate`; returns None otherwise.
 
     Args:
@@ -349,34 +440,47 @@ def check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, se
     ... # doctest: +SKIP
     ValueError: `top_p` must be None or a number in (0, 1], got 1.5.
     """
+
     def is_int(value):
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
     limit = model.max_length - 1
     if not is_int(max_new_tokens) or not 0 <= max_new_tokens <= limit:
-        raise ValueError(f"`max_new_tokens` must be an int in [0, {limit}] (max_length - 1), got "
-                         f"{max_new_tokens!r}.")
-    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
-            or not 0 <= temperature < math.inf):
-        raise ValueError(f"`temperature` must be a finite number >= 0 (0 = greedy), got "
-                         f"{temperature!r}.")
+        raise ValueError(
+            f"`max_new_tokens` must be an int in [0, {limit}] (max_length - 1), got "
+            f"{max_new_tokens!r}."
+        )
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, numbers.Real)
+        or not 0 <= temperature < math.inf
+    ):
+        raise ValueError(
+            f"`temperature` must be a finite number >= 0 (0 = greedy), got {temperature!r}."
+        )
     if top_k is not None and (not is_int(top_k) or top_k < 0):
         raise ValueError(f"`top_k` must be None or an int >= 0 (0 = off), got {top_k!r}.")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
-                              or not 0 < top_p <= 1):
+    if top_p is not None and (
+        isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1
+    ):
         raise ValueError(f"`top_p` must be None or a number in (0, 1], got {top_p!r}.")
-    if seed is not None and (not is_int(seed) or not 0 <= seed < 2 ** 31):
+    if seed is not None and (not is_int(seed) or not 0 <= seed < 2**31):
         raise ValueError(f"`seed` must be None or an int in [0, 2**31 - 1], got {seed!r}.")
     if end_id is not None and (not is_int(end_id) or not 0 <= end_id < model.vocab_size):
-        raise ValueError(f"`end_id` must be None or an int in [0, {model.vocab_size}), got "
-                         f"{end_id!r}.")
+        raise ValueError(
+            f"`end_id` must be None or an int in [0, {model.vocab_size}), got {end_id!r}."
+        )
     if not is_int(pad_id):
         raise ValueError(f"`pad_id` must be an int, got {pad_id!r}.")
     lengths = prompts.row_lengths().numpy()
     if lengths.size == 0 or lengths.min() == 0:
-        raise ValueError(f"`token_ids` must hold at least one prompt and every prompt at least one "
-                         f"id; got row lengths {lengths.tolist()}.")
+        raise ValueError(
+            f"`token_ids` must hold at least one prompt and every prompt at least one "
+            f"id; got row lengths {lengths.tolist()}."
+        )
     values = prompts.values.numpy()
     if values.min() < 0 or values.max() >= model.vocab_size:
-        raise ValueError(f"`token_ids` must be in [0, {model.vocab_size}), got values from "
-                         f"{values.min()} to {values.max()}.")
+        raise ValueError(
+            f"`token_ids` must be in [0, {model.vocab_size}), got values from "
+            f"{values.min()} to {values.max()}."
+        )

@@ -58,13 +58,33 @@ class GPTModel(keras.Model):
     TensorShape([2, 64, 259])
     """
 
-    def __init__(self, vocab_size, d_model, num_heads, dff, num_layers, rate=0.1, *,
-                 max_length=1024, tie_embeddings=True, norm_first=True,
-                 activation="gelu_approximate", epsilon=1e-5, initializer_range=0.02, **kwargs):
+    def __init__(
+        self,
+        vocab_size,
+        d_model,
+        num_heads,
+        dff,
+        num_layers,
+        rate=0.1,
+        *,
+        max_length=1024,
+        tie_embeddings=True,
+        norm_first=True,
+        activation="gelu_approximate",
+        epsilon=1e-5,
+        initializer_range=0.02,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        (self.vocab_size, self.d_model, self.num_heads, self.dff, self.num_layers, self.rate,
-         self.max_length) = _checks.model_sizes(vocab_size, d_model, num_heads, dff, num_layers,
-                                                rate, max_length)
+        (
+            self.vocab_size,
+            self.d_model,
+            self.num_heads,
+            self.dff,
+            self.num_layers,
+            self.rate,
+            self.max_length,
+        ) = _checks.model_sizes(vocab_size, d_model, num_heads, dff, num_layers, rate, max_length)
         self.tie_embeddings = bool(tie_embeddings)
         self.norm_first = bool(norm_first)
         self.activation = serialize_activation(get_activation(activation))
@@ -73,26 +93,48 @@ class GPTModel(keras.Model):
 
         weights = keras.initializers.RandomNormal(stddev=self.initializer_range)
         residual = keras.initializers.RandomNormal(
-            stddev=self.initializer_range / math.sqrt(2 * self.num_layers))
+            stddev=self.initializer_range / math.sqrt(2 * self.num_layers)
+        )
         policy = self.dtype_policy
         self.token_embedding = keras.layers.ReversibleEmbedding(
-            self.vocab_size, self.d_model, tie_weights=self.tie_embeddings,
-            embeddings_initializer=clone_initializer(weights), dtype=policy, name="token_embedding")
+            self.vocab_size,
+            self.d_model,
+            tie_weights=self.tie_embeddings,
+            embeddings_initializer=clone_initializer(weights),
+            dtype=policy,
+            name="token_embedding",
+        )
         self.position_embedding = PositionEmbedding(
-            self.max_length, initializer=clone_initializer(weights), dtype=policy, name="position_embedding")
+            self.max_length,
+            initializer=clone_initializer(weights),
+            dtype=policy,
+            name="position_embedding",
+        )
         self.embedding_dropout = keras.layers.Dropout(
-            self.rate, dtype=policy, name="embedding_dropout")
+            self.rate, dtype=policy, name="embedding_dropout"
+        )
         self.blocks = [
             TransformerLayer(
-                self.d_model, self.num_heads, self.dff, self.rate, causal=True,
-                norm_first=self.norm_first, activation=self.activation, epsilon=self.epsilon,
-                kernel_initializer=weights, output_kernel_initializer=residual, dtype=policy,
-                name=f"block_{i}")
+                self.d_model,
+                self.num_heads,
+                self.dff,
+                self.rate,
+                causal=True,
+                norm_first=self.norm_first,
+                activation=self.activation,
+                epsilon=self.epsilon,
+                kernel_initializer=weights,
+                output_kernel_initializer=residual,
+                dtype=policy,
+                name=f"block_{i}",
+            )
             for i in range(self.num_layers)
         ]
         self.final_norm = (
             keras.layers.LayerNormalization(epsilon=self.epsilon, dtype=policy, name="final_norm")
-            if self.norm_first else None)
+            if self.norm_first
+            else None
+        )
 
     def build(self, token_ids_shape, padding_mask_shape=None):
         self.token_embedding.build(token_ids_shape)
@@ -107,8 +149,16 @@ class GPTModel(keras.Model):
         x = self.hidden_states(token_ids, padding_mask=padding_mask, training=training)
         return self.logits_from_hidden_states(x)
 
-    def hidden_states(self, token_ids, padding_mask=None, training=False, *, positions=None,
-                      cache=None, cache_index=0):
+    def hidden_states(
+        self,
+        token_ids,
+        padding_mask=None,
+        training=False,
+        *,
+        positions=None,
+        cache=None,
+        cache_index=0,
+    ):
         """The final hidden states `(batch, seq, d_model)`, before the output projection.
 
         With `cache` (from `init_cache`) this is one step of incremental decoding: `token_ids`
@@ -133,15 +183,21 @@ class GPTModel(keras.Model):
         TensorShape([1, 8, 32])
         """
         x = self.token_embedding(token_ids)
-        x = self.embedding_dropout(x + self.position_embedding(x, positions=positions),
-                                   training=training)
+        x = self.embedding_dropout(
+            x + self.position_embedding(x, positions=positions), training=training
+        )
         new_cache = []
         for i, block in enumerate(self.blocks):
             if cache is None:
                 x = block(x, padding_mask=padding_mask, training=training)
             else:
-                x, layer_cache = block(x, padding_mask=padding_mask, training=training,
-                                       cache=cache[i], cache_index=cache_index)
+                x, layer_cache = block(
+                    x,
+                    padding_mask=padding_mask,
+                    training=training,
+                    cache=cache[i],
+                    cache_index=cache_index,
+                )
                 new_cache.append(layer_cache)
         if self.final_norm is not None:
             x = self.final_norm(x)
@@ -178,8 +234,19 @@ class GPTModel(keras.Model):
         shape = (batch_size, 2, self.num_heads, cache_length, self.d_model // self.num_heads)
         return tuple(ops.zeros(shape, self.compute_dtype) for _ in self.blocks)
 
-    def generate(self, token_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
-                 seed=None, end_id=None, pad_id=0, jit_compile=True):
+    def generate(
+        self,
+        token_ids,
+        max_new_tokens,
+        *,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        seed=None,
+        end_id=None,
+        pad_id=0,
+        jit_compile=True,
+    ):
         """Continues each prompt by `max_new_tokens` tokens with a key/value cache.
 
         Greedy when `temperature == 0` (or `top_k == 1`), otherwise samples from
@@ -213,8 +280,17 @@ class GPTModel(keras.Model):
         TensorShape([2, None])
         """
         return generation.generate(
-            self, token_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            seed=seed, end_id=end_id, pad_id=pad_id, jit_compile=jit_compile)
+            self,
+            token_ids,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            end_id=end_id,
+            pad_id=pad_id,
+            jit_compile=jit_compile,
+        )
 
     @classmethod
     def from_keras_hub(cls, preset_dir, *, dtype=None):
@@ -252,14 +328,23 @@ class GPTModel(keras.Model):
         from tf_bigmodels.convert.keras_hub import backbone_from_preset, gpt_from_keras_hub
 
         return gpt_from_keras_hub(
-            backbone_from_preset(keras_hub.models.GPT2Backbone, preset_dir, dtype))
+            backbone_from_preset(keras_hub.models.GPT2Backbone, preset_dir, dtype)
+        )
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            vocab_size=self.vocab_size, d_model=self.d_model, num_heads=self.num_heads,
-            dff=self.dff, num_layers=self.num_layers, rate=self.rate, max_length=self.max_length,
-            tie_embeddings=self.tie_embeddings, norm_first=self.norm_first,
-            activation=self.activation, epsilon=self.epsilon,
-            initializer_range=self.initializer_range)
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            num_heads=self.num_heads,
+            dff=self.dff,
+            num_layers=self.num_layers,
+            rate=self.rate,
+            max_length=self.max_length,
+            tie_embeddings=self.tie_embeddings,
+            norm_first=self.norm_first,
+            activation=self.activation,
+            epsilon=self.epsilon,
+            initializer_range=self.initializer_range,
+        )
         return config

@@ -60,8 +60,12 @@ class ByteTokenizer(tf.Module):
             an int32 `tf.Tensor` `[length]`.
         """
         strings = tf.strings.unicode_transcode(
-            tf.convert_to_tensor(strings, tf.string), "UTF-8", "UTF-8",
-            errors="replace", replacement_char=_REPLACEMENT_CHAR)
+            tf.convert_to_tensor(strings, tf.string),
+            "UTF-8",
+            "UTF-8",
+            errors="replace",
+            replacement_char=_REPLACEMENT_CHAR,
+        )
         pieces = tf.strings.bytes_split(strings)  # one 1-byte string per byte
         return tf.ragged.map_flat_values(_bytes_to_ids, pieces)
 
@@ -79,10 +83,12 @@ class ByteTokenizer(tf.Module):
         pieces = tf.gather(self._id_to_bytes, ids)
         text = tf.strings.reduce_join(pieces, axis=-1)
         return tf.strings.unicode_transcode(
-            text, "UTF-8", "UTF-8", errors="replace", replacement_char=_REPLACEMENT_CHAR)
+            text, "UTF-8", "UTF-8", errors="replace", replacement_char=_REPLACEMENT_CHAR
+        )
 
 
 def _bytes_to_ids(one_byte_strings):
     # (n,) strings of one byte -> (n, 1) uint8 -> (n,) int32
-    return tf.cast(tf.reshape(tf.io.decode_raw(one_byte_strings, tf.uint8, fixed_length=1), [-1]),
-                   tf.int32)
+    return tf.cast(
+        tf.reshape(tf.io.decode_raw(one_byte_strings, tf.uint8, fixed_length=1), [-1]), tf.int32
+    )

@@ -59,20 +59,27 @@ class WordPieceTokenizer(tf.Module):
         if missing:
             raise ValueError(
                 f"vocabulary lacks the special tokens {missing}; it must contain all of "
-                f"{list(SPECIAL_TOKENS)}.")
+                f"{list(SPECIAL_TOKENS)}."
+            )
         if len(set(vocabulary)) != len(vocabulary):
             duplicates = sorted({t for t in vocabulary if vocabulary.count(t) > 1})[:5]
-            raise ValueError(f"vocabulary has duplicate tokens {duplicates}; each token must "
-                             f"appear once.")
+            raise ValueError(
+                f"vocabulary has duplicate tokens {duplicates}; each token must appear once."
+            )
         if not isinstance(lowercase, bool):
             raise TypeError(f"lowercase must be a bool, got {lowercase!r}.")
         self.vocabulary = tuple(vocabulary)
         self.lowercase = lowercase
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
-            self.vocabulary.index(t) for t in SPECIAL_TOKENS)
+            self.vocabulary.index(t) for t in SPECIAL_TOKENS
+        )
         self._tokenizer = tf_text.FastBertTokenizer(
-            vocab=list(self.vocabulary), token_out_type=tf.int32, unknown_token="[UNK]",
-            support_detokenization=True, lower_case_nfd_strip_accents=lowercase)
+            vocab=list(self.vocabulary),
+            token_out_type=tf.int32,
+            unknown_token="[UNK]",
+            support_detokenization=True,
+            lower_case_nfd_strip_accents=lowercase,
+        )
 
     @property
     def vocab_size(self):
@@ -90,7 +97,8 @@ class WordPieceTokenizer(tf.Module):
             an int32 `tf.Tensor` `[length]`.
         """
         strings = tf.strings.unicode_transcode(
-            tf.convert_to_tensor(strings, tf.string), "UTF-8", "UTF-8", errors="replace")
+            tf.convert_to_tensor(strings, tf.string), "UTF-8", "UTF-8", errors="replace"
+        )
         if strings.shape.rank == 0:  # FastBertTokenizer takes batches only
             return self._tokenizer.tokenize(strings[tf.newaxis])[0]
         return self._tokenizer.tokenize(strings)
@@ -141,8 +149,10 @@ class WordPieceTokenizer(tf.Module):
         """
         config_path = os.path.join(directory, _CONFIG_FILE)
         if not os.path.isfile(config_path):
-            raise ValueError(f"directory={str(directory)!r} holds no {_CONFIG_FILE}; it must be a "
-                             f"directory written by WordPieceTokenizer.save.")
+            raise ValueError(
+                f"directory={str(directory)!r} holds no {_CONFIG_FILE}; it must be a "
+                f"directory written by WordPieceTokenizer.save."
+            )
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
         return cls(os.path.join(directory, _VOCAB_FILE), lowercase=config["lowercase"])
@@ -173,13 +183,20 @@ class WordPieceTokenizer(tf.Module):
         >>> tokenizer = WordPieceTokenizer.train(load_corpus("shakespeare"), vocab_size=8000)
         ... # doctest: +SKIP
         """
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or (
-                vocab_size <= len(SPECIAL_TOKENS)):
-            raise ValueError(f"vocab_size={vocab_size!r} is not allowed; it must be an int larger "
-                             f"than the {len(SPECIAL_TOKENS)} special tokens {list(SPECIAL_TOKENS)}.")
+        if (
+            isinstance(vocab_size, bool)
+            or not isinstance(vocab_size, int)
+            or (vocab_size <= len(SPECIAL_TOKENS))
+        ):
+            raise ValueError(
+                f"vocab_size={vocab_size!r} is not allowed; it must be an int larger "
+                f"than the {len(SPECIAL_TOKENS)} special tokens {list(SPECIAL_TOKENS)}."
+            )
         if isinstance(texts, str):
-            raise TypeError("texts must be a list of str or a tf.data.Dataset of strings, got one "
-                            "str; wrap it in a list.")
+            raise TypeError(
+                "texts must be a list of str or a tf.data.Dataset of strings, got one "
+                "str; wrap it in a list."
+            )
         if isinstance(texts, tf.data.Dataset):
             dataset, num_texts = texts, None
         else:
@@ -190,23 +207,32 @@ class WordPieceTokenizer(tf.Module):
         splitter = BasicTokenizer(lower_case=lowercase)
         words = dataset.batch(_TRAIN_BATCH).map(
             lambda t: splitter.tokenize(
-                tf.strings.unicode_transcode(t, "UTF-8", "UTF-8", errors="replace")),
-            num_parallel_calls=tf.data.AUTOTUNE)
+                tf.strings.unicode_transcode(t, "UTF-8", "UTF-8", errors="replace")
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         progress = keras.utils.Progbar(
             None if num_texts is None else math.ceil(num_texts / _TRAIN_BATCH),
-            verbose=1 if verbose else 0, unit_name="batch")
+            verbose=1 if verbose else 0,
+            unit_name="batch",
+        )
         try:
             word_counts = vocab_learner.count_words(_with_progress(words, progress))
         except StopIteration:  # tensorflow-text's counter cannot handle zero words
             word_counts = None
         if not word_counts:
-            raise ValueError("texts hold no words (only whitespace or nothing); give text to "
-                             "learn a vocabulary from.")
+            raise ValueError(
+                "texts hold no words (only whitespace or nothing); give text to "
+                "learn a vocabulary from."
+            )
         if verbose:
-            print(f"Learning a WordPiece vocabulary of about {vocab_size} tokens from "
-                  f"{len(word_counts)} distinct words...")
-        vocabulary = vocab_learner.learn(word_counts, vocab_size, list(SPECIAL_TOKENS),
-                                         **learn_params)
+            print(
+                f"Learning a WordPiece vocabulary of about {vocab_size} tokens from "
+                f"{len(word_counts)} distinct words..."
+            )
+        vocabulary = vocab_learner.learn(
+            word_counts, vocab_size, list(SPECIAL_TOKENS), **learn_params
+        )
         return cls(vocabulary, lowercase=lowercase)
 
 
@@ -218,7 +244,9 @@ def _with_progress(batches, progress):
 
 def _read_vocabulary(path):
     if not os.path.isfile(path):
-        raise ValueError(f"vocabulary={str(path)!r} is not an existing file; give a list of "
-                         f"tokens or the path of a vocabulary file with one token per line.")
+        raise ValueError(
+            f"vocabulary={str(path)!r} is not an existing file; give a list of "
+            f"tokens or the path of a vocabulary file with one token per line."
+        )
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.rstrip("\n")]

@@ -43,8 +43,9 @@ def accumulate_gradients(model, micro_batches):
             xi, yi, wi = (_slice(value, part, micro_batches) for value in (x, y, sample_weight))
             with tf.GradientTape() as tape:
                 y_pred = model(xi, training=True)
-                loss = model.compute_loss(x=xi, y=yi, y_pred=y_pred, sample_weight=wi,
-                                          training=True)
+                loss = model.compute_loss(
+                    x=xi, y=yi, y_pred=y_pred, sample_weight=wi, training=True
+                )
                 scaled = model.optimizer.scale_loss(loss)
             for index, gradient in enumerate(tape.gradient(scaled, variables)):
                 if gradient is not None:
@@ -56,8 +57,12 @@ def accumulate_gradients(model, micro_batches):
                     metric.update_state(loss * replicas, sample_weight=examples)
             model.compute_metrics(xi, yi, y_pred, wi)
         model.optimizer.apply_gradients(
-            [(gradient / micro_batches, variable) for gradient, variable in zip(total, variables)
-             if gradient is not None])
+            [
+                (gradient / micro_batches, variable)
+                for gradient, variable in zip(total, variables)
+                if gradient is not None
+            ]
+        )
         return model.get_metrics_result()
 
     model.__dict__["train_step"] = train_step
@@ -65,7 +70,9 @@ def accumulate_gradients(model, micro_batches):
 
 def _slice(value, part, parts):
     """Slice `part` of `parts` along the batch axis of every tensor in `value` (None stays)."""
+
     def cut(tensor):
         size = tf.shape(tensor)[0] // parts
-        return tensor[part * size:(part + 1) * size]
+        return tensor[part * size : (part + 1) * size]
+
     return None if value is None else tf.nest.map_structure(cut, value)

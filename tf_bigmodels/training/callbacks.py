@@ -35,8 +35,9 @@ class RunCheckpoint:
         self.directory = str(directory) if chief else tempfile.mkdtemp(prefix="tfb-worker-ckpt-")
         self.optimizer = model.optimizer
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
-                                                  max_to_keep=max_to_keep)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.directory, max_to_keep=max_to_keep
+        )
 
     def restore(self):
         """Restores the newest checkpoint, if any; returns the optimizer step it holds (else 0)."""
@@ -176,8 +177,9 @@ class MetricsLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs:
-            self._write({"step": self._step(), "epoch": epoch + 1,
-                         **{k: float(v) for k, v in logs.items()}})
+            self._write(
+                {"step": self._step(), "epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+            )
 
 
 def atomic_save_model(model, path):

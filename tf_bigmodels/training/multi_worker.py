@@ -53,9 +53,11 @@ def prepare_for_multi_worker(model, strategy):
     >>> prepare_for_multi_worker(model, strategy)
     >>> model.fit(...)
     """
-    if (not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            or not keras_is_affected()
-            or os.environ.get("TF_BIGMODELS_KERAS_20585_FIX", "1") == "0"):
+    if (
+        not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        or not keras_is_affected()
+        or os.environ.get("TF_BIGMODELS_KERAS_20585_FIX", "1") == "0"
+    ):
         return False
 
     symbolic_build = model._maybe_symbolic_build
@@ -78,10 +80,12 @@ def _first_local_replica(strategy):
         if isinstance(value, tf.distribute.DistributedValues):
             return strategy.experimental_local_results(value)[0]
         return value
+
     return pick
 
 
 def _vector_outputs(step):
     def step_with_vector_outputs(data):
         return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), step(data))
+
     return step_with_vector_outputs

@@ -50,12 +50,26 @@ def no_decay_variables(model):
     >>> [v.path for v in no_decay_variables(model)][:2]
     ['gpt_model/token_embedding/embeddings', 'gpt_model/position_embedding/embeddings']
     """
-    return [v for v in model.trainable_variables
-            if len(v.shape) < 2 or v.path.rsplit("/", 1)[-1] == "embeddings"]
+    return [
+        v
+        for v in model.trainable_variables
+        if len(v.shape) < 2 or v.path.rsplit("/", 1)[-1] == "embeddings"
+    ]
 
 
-def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="cosine",
-                    min_ratio=0.1, weight_decay=0.1, beta_2=0.95, epsilon=1e-8, clipnorm=1.0):
+def build_optimizer(
+    model,
+    *,
+    learning_rate,
+    total_steps,
+    warmup_steps,
+    decay="cosine",
+    min_ratio=0.1,
+    weight_decay=0.1,
+    beta_2=0.95,
+    epsilon=1e-8,
+    clipnorm=1.0,
+):
     """`AdamW` with a `WarmupDecay` schedule, decay excluded from `no_decay_variables`, clipping.
 
     Build the model (call it once) before calling this, inside the strategy's scope.
@@ -82,7 +96,11 @@ def build_optimizer(model, *, learning_rate, total_steps, warmup_steps, decay="c
         raise ValueError("`model` must be built (called once) before `build_optimizer`.")
     optimizer = AdamW(
         learning_rate=WarmupDecay(learning_rate, warmup_steps, total_steps, decay, min_ratio),
-        weight_decay=weight_decay, beta_1=0.9, beta_2=beta_2, epsilon=epsilon,
-        global_clipnorm=clipnorm)
+        weight_decay=weight_decay,
+        beta_1=0.9,
+        beta_2=beta_2,
+        epsilon=epsilon,
+        global_clipnorm=clipnorm,
+    )
     optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
     return optimizer

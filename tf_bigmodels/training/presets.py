@@ -31,35 +31,81 @@ class Preset:
 
 GPT_PRESETS = {
     # A test size: seconds on a CPU.
-    "gpt-test": Preset(dict(d_model=32, num_heads=2, dff=128, num_layers=2, rate=0.0),
-                       seq_len=32, batch_size=8, steps=20, learning_rate=1e-3, warmup_steps=5),
+    "gpt-test": Preset(
+        dict(d_model=32, num_heads=2, dff=128, num_layers=2, rate=0.0),
+        seq_len=32,
+        batch_size=8,
+        steps=20,
+        learning_rate=1e-3,
+        warmup_steps=5,
+    ),
     # nanoGPT's CPU configuration for character-level Shakespeare.
-    "gpt-nano": Preset(dict(d_model=128, num_heads=4, dff=512, num_layers=4, rate=0.0),
-                       seq_len=64, batch_size=12, steps=2000, learning_rate=1e-3,
-                       warmup_steps=100),
+    "gpt-nano": Preset(
+        dict(d_model=128, num_heads=4, dff=512, num_layers=4, rate=0.0),
+        seq_len=64,
+        batch_size=12,
+        steps=2000,
+        learning_rate=1e-3,
+        warmup_steps=100,
+    ),
     # GPT-2 small (124M parameters with its 50257-token vocabulary).
-    "gpt2-124m": Preset(dict(d_model=768, num_heads=12, dff=3072, num_layers=12, rate=0.1),
-                        seq_len=1024, batch_size=8, steps=100_000, learning_rate=6e-4,
-                        warmup_steps=2000),
+    "gpt2-124m": Preset(
+        dict(d_model=768, num_heads=12, dff=3072, num_layers=12, rate=0.1),
+        seq_len=1024,
+        batch_size=8,
+        steps=100_000,
+        learning_rate=6e-4,
+        warmup_steps=2000,
+    ),
 }
 
 BERT_PRESETS = {
-    "bert-test": Preset(dict(d_model=32, num_heads=2, dff=128, num_layers=2, rate=0.1),
-                        seq_len=32, batch_size=8, steps=20, learning_rate=1e-3, warmup_steps=5,
-                        vocab_size=1000),
+    "bert-test": Preset(
+        dict(d_model=32, num_heads=2, dff=128, num_layers=2, rate=0.1),
+        seq_len=32,
+        batch_size=8,
+        steps=20,
+        learning_rate=1e-3,
+        warmup_steps=5,
+        vocab_size=1000,
+    ),
     # The compact BERTs of Turc et al. 2019 (Tiny/Mini/Small) and BERT-Base.
-    "bert-tiny": Preset(dict(d_model=128, num_heads=2, dff=512, num_layers=2, rate=0.1),
-                        seq_len=128, batch_size=32, steps=2000, learning_rate=1e-3,
-                        warmup_steps=200, vocab_size=8000),
-    "bert-mini": Preset(dict(d_model=256, num_heads=4, dff=1024, num_layers=4, rate=0.1),
-                        seq_len=128, batch_size=32, steps=10_000, learning_rate=5e-4,
-                        warmup_steps=1000, vocab_size=8000),
-    "bert-small": Preset(dict(d_model=512, num_heads=8, dff=2048, num_layers=4, rate=0.1),
-                         seq_len=128, batch_size=32, steps=10_000, learning_rate=3e-4,
-                         warmup_steps=1000, vocab_size=16000),
-    "bert-base": Preset(dict(d_model=768, num_heads=12, dff=3072, num_layers=12, rate=0.1),
-                        seq_len=512, batch_size=256, steps=1_000_000, learning_rate=1e-4,
-                        warmup_steps=10_000, vocab_size=30522),
+    "bert-tiny": Preset(
+        dict(d_model=128, num_heads=2, dff=512, num_layers=2, rate=0.1),
+        seq_len=128,
+        batch_size=32,
+        steps=2000,
+        learning_rate=1e-3,
+        warmup_steps=200,
+        vocab_size=8000,
+    ),
+    "bert-mini": Preset(
+        dict(d_model=256, num_heads=4, dff=1024, num_layers=4, rate=0.1),
+        seq_len=128,
+        batch_size=32,
+        steps=10_000,
+        learning_rate=5e-4,
+        warmup_steps=1000,
+        vocab_size=8000,
+    ),
+    "bert-small": Preset(
+        dict(d_model=512, num_heads=8, dff=2048, num_layers=4, rate=0.1),
+        seq_len=128,
+        batch_size=32,
+        steps=10_000,
+        learning_rate=3e-4,
+        warmup_steps=1000,
+        vocab_size=16000,
+    ),
+    "bert-base": Preset(
+        dict(d_model=768, num_heads=12, dff=3072, num_layers=12, rate=0.1),
+        seq_len=512,
+        batch_size=256,
+        steps=1_000_000,
+        learning_rate=1e-4,
+        warmup_steps=10_000,
+        vocab_size=30522,
+    ),
 }
 
 DEFAULT_PRESET = {"gpt": "gpt-nano", "bert": "bert-tiny"}
@@ -91,5 +137,4 @@ def build_model(kind, model_kwargs, vocab_size, max_length):
     """
     if kind == "gpt":
         return GPTModel(vocab_size=vocab_size, max_length=max_length, **model_kwargs)
-    return BERTPretrainer(BERTEncoder(vocab_size=vocab_size, max_length=max_length,
-                                      **model_kwargs))
+    return BERTPretrainer(BERTEncoder(vocab_size=vocab_size, max_length=max_length, **model_kwargs))

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import logging
-import math
 import os
 import pathlib
 
@@ -12,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_bigmodels import __version__
-from tf_bigmodels.data import bert_pretraining_dataset, load_corpus, lm_dataset
+from tf_bigmodels.data import bert_pretraining_dataset, lm_dataset, load_corpus
 from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
 from tf_bigmodels.training import callbacks as cb
 from tf_bigmodels.training.accumulation import accumulate_gradients
@@ -25,8 +24,18 @@ logger = logging.getLogger("tf_bigmodels")
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Settings that fix the model's shape or the meaning of a step: a resumed run must keep them.
-_FIXED_ON_RESUME = ("model", "preset", "d_model", "num_heads", "dff", "num_layers", "seq_len",
-                    "batch_size", "vocab_size", "eval_every")
+_FIXED_ON_RESUME = (
+    "model",
+    "preset",
+    "d_model",
+    "num_heads",
+    "dff",
+    "num_layers",
+    "seq_len",
+    "batch_size",
+    "vocab_size",
+    "eval_every",
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -135,18 +144,32 @@ class RunConfig:
         return config
 
     def _check(self):
-        for field in ("steps", "batch_size", "seq_len", "eval_every", "eval_steps",
-                      "steps_per_execution", "log_every", "d_model", "num_heads", "dff", "num_layers"):
+        for field in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "eval_every",
+            "eval_steps",
+            "steps_per_execution",
+            "log_every",
+            "d_model",
+            "num_heads",
+            "dff",
+            "num_layers",
+        ):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{field}` must be a positive integer, got {value!r}.")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"`precision` must be one of {list(PRECISIONS)}, "
-                             f"got {self.precision!r}.")
-        for field, low, allowed in (("warmup_steps", 0, "an integer >= 0"),
-                                    ("samples", 0, "an integer >= 0"),
-                                    ("sample_tokens", 0, "an integer >= 0"),
-                                    ("gradient_accumulation_steps", 2, "None or an integer >= 2")):
+            raise ValueError(
+                f"`precision` must be one of {list(PRECISIONS)}, got {self.precision!r}."
+            )
+        for field, low, allowed in (
+            ("warmup_steps", 0, "an integer >= 0"),
+            ("samples", 0, "an integer >= 0"),
+            ("sample_tokens", 0, "an integer >= 0"),
+            ("gradient_accumulation_steps", 2, "None or an integer >= 2"),
+        ):
             value = getattr(self, field)
             if value is None and field == "gradient_accumulation_steps":
                 continue
@@ -156,19 +179,25 @@ class RunConfig:
             if value is not None and not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"`{field}` must be a number >= 0, got {value!r}.")
         if self.d_model % self.num_heads:
-            raise ValueError(f"`d_model`={self.d_model} must be divisible by `num_heads`="
-                             f"{self.num_heads} (each head is d_model // num_heads wide).")
-        if self.rate is not None and not (isinstance(self.rate, (int, float))
-                                          and 0 <= self.rate < 1):
+            raise ValueError(
+                f"`d_model`={self.d_model} must be divisible by `num_heads`="
+                f"{self.num_heads} (each head is d_model // num_heads wide)."
+            )
+        if self.rate is not None and not (
+            isinstance(self.rate, (int, float)) and 0 <= self.rate < 1
+        ):
             raise ValueError(f"`rate` (dropout) must be a number in [0, 1), got {self.rate!r}.")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ValueError(f"`learning_rate` must be a positive number, got "
-                             f"{self.learning_rate!r}.")
+            raise ValueError(
+                f"`learning_rate` must be a positive number, got {self.learning_rate!r}."
+            )
         self.eval_every = min(self.eval_every, self.steps)
         if self.steps % self.eval_every:
-            raise ValueError(f"`steps`={self.steps} must be a multiple of `eval_every`="
-                             f"{self.eval_every} (validation and checkpoints happen every "
-                             "`eval_every` steps).")
+            raise ValueError(
+                f"`steps`={self.steps} must be a multiple of `eval_every`="
+                f"{self.eval_every} (validation and checkpoints happen every "
+                "`eval_every` steps)."
+            )
         if self.warmup_steps >= self.steps:
             self.warmup_steps = self.steps // 10
         if self.seq_len < 5 and self.model == "bert":
@@ -242,12 +271,14 @@ def train(config):
         if config.batch_size % replicas:
             raise ValueError(
                 f"`batch_size`={config.batch_size} must be divisible by the {replicas} replicas "
-                f"of the {type(strategy).__name__} (each replica takes batch_size / replicas).")
+                f"of the {type(strategy).__name__} (each replica takes batch_size / replicas)."
+            )
         micro = config.gradient_accumulation_steps or 1
         if (config.batch_size // replicas) % micro:
             raise ValueError(
                 f"`gradient_accumulation_steps`={micro} must divide the batch of each replica "
-                f"({config.batch_size} / {replicas} replicas = {config.batch_size // replicas}).")
+                f"({config.batch_size} / {replicas} replicas = {config.batch_size // replicas})."
+            )
         _prepare_run_dir(run_dir, config, chief)
         keras.utils.set_random_seed(config.seed)
         tokenizer = _tokenizer(config, texts, run_dir, chief)
@@ -263,19 +294,29 @@ def train(config):
             if epoch:
                 logger.info("Resuming %s at step %d.", run_dir, epoch * config.eval_every)
             guard = cb.StopOnNaN()
-            callbacks = [guard, cb.Throughput(config.batch_size * config.seq_len,
-                                              perplexity=config.model == "gpt"),
-                         cb.CheckpointEveryEpoch(checkpoint)]
+            callbacks = [
+                guard,
+                cb.Throughput(config.batch_size * config.seq_len, perplexity=config.model == "gpt"),
+                cb.CheckpointEveryEpoch(checkpoint),
+            ]
             if chief:
                 callbacks += [
                     cb.MetricsLog(run_dir / "metrics.jsonl", every=config.log_every),
-                    keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor="val_loss",
-                                                    save_best_only=True),
-                    keras.callbacks.TensorBoard(run_dir / "logs", update_freq=50)]
+                    keras.callbacks.ModelCheckpoint(
+                        run_dir / "best.keras", monitor="val_loss", save_best_only=True
+                    ),
+                    keras.callbacks.TensorBoard(run_dir / "logs", update_freq=50),
+                ]
             fit = model.fit(
-                train_data.skip(epoch * config.eval_every), epochs=epochs, initial_epoch=epoch,
-                steps_per_epoch=config.eval_every, validation_data=val_data,
-                callbacks=callbacks, verbose=config.verbose, shuffle=False)
+                train_data.skip(epoch * config.eval_every),
+                epochs=epochs,
+                initial_epoch=epoch,
+                steps_per_epoch=config.eval_every,
+                validation_data=val_data,
+                callbacks=callbacks,
+                verbose=config.verbose,
+                shuffle=False,
+            )
             history = fit.history
             if guard.diverged_at is not None:
                 last = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
@@ -283,7 +324,8 @@ def train(config):
                     f"The training loss became NaN or infinite at step {guard.diverged_at}; "
                     f"training stopped and nothing was saved after it. The last good checkpoint "
                     f"is {last or 'none (it diverged before the first one)'}. Lower --lr, keep "
-                    "--clipnorm, or use float32/bfloat16 instead of float16.")
+                    "--clipnorm, or use float32/bfloat16 instead of float16."
+                )
         step = epochs * config.eval_every
         samples, export_path = [], None
         if chief:
@@ -315,13 +357,16 @@ def load_run_model(run_dir):
     """
     run_dir = pathlib.Path(run_dir)
     if tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is None:
-        raise ValueError(f"the run directory {run_dir} has no model yet: no model.keras, export or "
-                         "checkpoint (train it first).")
+        raise ValueError(
+            f"the run directory {run_dir} has no model yet: no model.keras, export or "
+            "checkpoint (train it first)."
+        )
     try:
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ValueError(f"`run_dir`={str(run_dir)!r} has no readable config.json ({error})."
-                         ) from error
+        raise ValueError(
+            f"`run_dir`={str(run_dir)!r} has no readable config.json ({error})."
+        ) from error
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     config = RunConfig(**{k: v for k, v in saved.items() if k in fields}).resolved()
     if config.model == "gpt":
@@ -339,39 +384,58 @@ def _compiled_model(config, vocab_size):
     model = build_model(config.model, _model_kwargs(config), vocab_size, config.seq_len)
     model(_dummy_inputs(config))
     optimizer = build_optimizer(
-        model, learning_rate=config.learning_rate,
-        total_steps=config.steps, warmup_steps=config.warmup_steps,
+        model,
+        learning_rate=config.learning_rate,
+        total_steps=config.steps,
+        warmup_steps=config.warmup_steps,
         decay="cosine" if config.model == "gpt" else "linear",
-        weight_decay=config.weight_decay, clipnorm=config.clipnorm,
+        weight_decay=config.weight_decay,
+        clipnorm=config.clipnorm,
         # nanoGPT's character-level Shakespeare uses 0.99 (few tokens per step); BERT used 0.999.
         beta_2=0.99 if config.model == "gpt" else 0.999,
-        epsilon=1e-8 if config.model == "gpt" else 1e-6)
-    loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-            if config.model == "gpt" else None)
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile,
-                  steps_per_execution=config.steps_per_execution)
+        epsilon=1e-8 if config.model == "gpt" else 1e-6,
+    )
+    loss = (
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if config.model == "gpt"
+        else None
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        jit_compile=config.jit_compile,
+        steps_per_execution=config.steps_per_execution,
+    )
     optimizer.build(model.trainable_variables)
     accumulate_gradients(model, config.gradient_accumulation_steps or 1)
     return model
 
 
 def _model_kwargs(config):
-    return {field: getattr(config, field)
-            for field in ("d_model", "num_heads", "dff", "num_layers", "rate")
-            if getattr(config, field) is not None}
+    return {
+        field: getattr(config, field)
+        for field in ("d_model", "num_heads", "dff", "num_layers", "rate")
+        if getattr(config, field) is not None
+    }
 
 
 def _dummy_inputs(config):
     ids = np.zeros((1, config.seq_len), "int32")
     if config.model == "gpt":
         return ids
-    return {"token_ids": ids, "segment_ids": ids, "padding_mask": np.ones_like(ids),
-            "mask_positions": np.zeros((1, 1), "int32")}
+    return {
+        "token_ids": ids,
+        "segment_ids": ids,
+        "padding_mask": np.ones_like(ids),
+        "mask_positions": np.zeros((1, 1), "int32"),
+    }
 
 
 def _run_record(config):
-    return {"version": __version__, **{k: v for k, v in dataclasses.asdict(config).items()
-                                       if k != "devices"}}
+    return {
+        "version": __version__,
+        **{k: v for k, v in dataclasses.asdict(config).items() if k != "devices"},
+    }
 
 
 def _check_run_dir(run_dir, config):
@@ -383,28 +447,36 @@ def _check_run_dir(run_dir, config):
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ValueError(f"cannot write the run directory {run_dir}: {existing} is not a "
-                         "writable directory.")
+        raise ValueError(
+            f"cannot write the run directory {run_dir}: {existing} is not a writable directory."
+        )
     if config_path.exists():
         try:
             saved = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise ValueError(f"{config_path} is unreadable ({error}); choose another --name or "
-                             "--out.") from error
+            raise ValueError(
+                f"{config_path} is unreadable ({error}); choose another --name or --out."
+            ) from error
         if not config.resume and tf.train.latest_checkpoint(str(run_dir / "checkpoints")):
             raise ValueError(
                 f"{run_dir} already holds a run; re-run with --resume to continue it, or choose "
-                "another --name or --out (nothing was overwritten).")
+                "another --name or --out (nothing was overwritten)."
+            )
         if saved.get("version") != __version__:
             raise ValueError(
                 f"{run_dir} was written by tf_bigmodels {saved.get('version')!r}, this is "
-                f"{__version__}; start a new run with another --name or --out.")
-        changed = [f"{key}: {saved.get(key)!r} -> {record[key]!r}" for key in _FIXED_ON_RESUME
-                   if saved.get(key) != record[key]]
+                f"{__version__}; start a new run with another --name or --out."
+            )
+        changed = [
+            f"{key}: {saved.get(key)!r} -> {record[key]!r}"
+            for key in _FIXED_ON_RESUME
+            if saved.get(key) != record[key]
+        ]
         if changed:
             raise ValueError(
                 f"{run_dir} holds a run with other settings ({'; '.join(changed)}); resume it "
-                "with the same settings, or choose another --name or --out.")
+                "with the same settings, or choose another --name or --out."
+            )
 
 
 def _prepare_run_dir(run_dir, config, chief):
@@ -417,8 +489,9 @@ def _prepare_run_dir(run_dir, config, chief):
             temporary.write_text(json.dumps(record, indent=2), encoding="utf-8")
             os.replace(temporary, config_path)
         except OSError as error:
-            raise ValueError(f"cannot write the run directory {run_dir}: {error.strerror}."
-                             ) from error
+            raise ValueError(
+                f"cannot write the run directory {run_dir}: {error.strerror}."
+            ) from error
 
 
 def _tokenizer(config, texts, run_dir, chief):
@@ -435,18 +508,29 @@ def _tokenizer(config, texts, run_dir, chief):
 
 def _datasets(config, texts, tokenizer):
     if config.model == "gpt":
-        train = lm_dataset(texts, tokenizer, config.seq_len, config.batch_size, split="train",
-                           seed=config.seed, repeat=True)
+        train = lm_dataset(
+            texts,
+            tokenizer,
+            config.seq_len,
+            config.batch_size,
+            split="train",
+            seed=config.seed,
+            repeat=True,
+        )
         val = lm_dataset(texts, tokenizer, config.seq_len, config.batch_size, split="val")
         return train, _fixed(val, config.eval_steps)
     if len(texts) < 4:
-        raise ValueError(f"BERT pre-training needs at least 4 documents (2 for validation), "
-                         f"the corpus has {len(texts)}.")
+        raise ValueError(
+            f"BERT pre-training needs at least 4 documents (2 for validation), "
+            f"the corpus has {len(texts)}."
+        )
     cut = max(2, len(texts) // 10)
-    train = bert_pretraining_dataset(texts[:-cut], tokenizer, config.seq_len, config.batch_size,
-                                     seed=config.seed, repeat=True)
-    val = bert_pretraining_dataset(texts[-cut:], tokenizer, config.seq_len, config.batch_size,
-                                   seed=config.seed + 1)
+    train = bert_pretraining_dataset(
+        texts[:-cut], tokenizer, config.seq_len, config.batch_size, seed=config.seed, repeat=True
+    )
+    val = bert_pretraining_dataset(
+        texts[-cut:], tokenizer, config.seq_len, config.batch_size, seed=config.seed + 1
+    )
     return train, _fixed(val, config.eval_steps)
 
 
@@ -462,11 +546,22 @@ def _samples(model, tokenizer, config):
     """A few sampled continuations; longer than the context through a sliding window."""
     from tf_bigmodels.export import stream_text
 
-    prompts = (["ROMEO:", ""] * config.samples)[:config.samples]
-    return [prompt + "".join(stream_text(
-                model, prompt, config.sample_tokens, temperature=0.8, top_k=40,
-                seed=config.seed + index, tokenizer=tokenizer))
-            for index, prompt in enumerate(prompts)]
+    prompts = (["ROMEO:", ""] * config.samples)[: config.samples]
+    return [
+        prompt
+        + "".join(
+            stream_text(
+                model,
+                prompt,
+                config.sample_tokens,
+                temperature=0.8,
+                top_k=40,
+                seed=config.seed + index,
+                tokenizer=tokenizer,
+            )
+        )
+        for index, prompt in enumerate(prompts)
+    ]
 
 
 def _export(model, tokenizer, directory, config):
@@ -474,6 +569,12 @@ def _export(model, tokenizer, directory, config):
 
     if config.model == "gpt":
         # serving_default continues a prompt by half a context, sampled as the printed samples.
-        return export_gpt(model, tokenizer, str(directory), max_new_tokens=model.max_length // 2,
-                          temperature=0.8, top_k=40)
+        return export_gpt(
+            model,
+            tokenizer,
+            str(directory),
+            max_new_tokens=model.max_length // 2,
+            temperature=0.8,
+            top_k=40,
+        )
     return export_bert(model, tokenizer, str(directory))

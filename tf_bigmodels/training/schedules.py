@@ -32,17 +32,18 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     >>> optimizer = keras.optimizers.AdamW(learning_rate=schedule)
     """
 
-    def __init__(self, peak_learning_rate, warmup_steps, total_steps, decay="cosine",
-                 min_ratio=0.1):
-        self.peak_learning_rate = _checks.positive_float("peak_learning_rate",
-                                                         peak_learning_rate)
+    def __init__(
+        self, peak_learning_rate, warmup_steps, total_steps, decay="cosine", min_ratio=0.1
+    ):
+        self.peak_learning_rate = _checks.positive_float("peak_learning_rate", peak_learning_rate)
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be an integer >= 0, got {warmup_steps!r}.")
         self.warmup_steps = warmup_steps
         self.total_steps = _checks.positive_int("total_steps", total_steps)
         if self.total_steps <= warmup_steps:
-            raise ValueError(f"`total_steps`={total_steps} must be greater than "
-                             f"`warmup_steps`={warmup_steps}.")
+            raise ValueError(
+                f"`total_steps`={total_steps} must be greater than `warmup_steps`={warmup_steps}."
+            )
         if decay not in DECAYS:
             raise ValueError(f"`decay` must be one of {list(DECAYS)}, got {decay!r}.")
         self.decay = decay
@@ -54,7 +55,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         floor = peak * self.min_ratio
         warmup = peak * step / max(self.warmup_steps, 1)
         progress = ops.clip(
-            (step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+            (step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0
+        )
         if self.decay == "cosine":
             shape = 0.5 * (1.0 + ops.cos(math.pi * progress))
         else:
@@ -63,5 +65,10 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         return ops.where(step < self.warmup_steps, warmup, decayed)
 
     def get_config(self):
-        return dict(peak_learning_rate=self.peak_learning_rate, warmup_steps=self.warmup_steps,
-                    total_steps=self.total_steps, decay=self.decay, min_ratio=self.min_ratio)
+        return dict(
+            peak_learning_rate=self.peak_learning_rate,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps,
+            decay=self.decay,
+            min_ratio=self.min_ratio,
+        )

@@ -27,13 +27,17 @@ def _tf_config_workers():
         raise ValueError(
             "The environment variable TF_CONFIG must be JSON like "
             '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
-            f'"task": {{"type": "worker", "index": 0}}}}; got {raw!r} ({error}).') from error
+            f'"task": {{"type": "worker", "index": 0}}}}; got {raw!r} ({error}).'
+        ) from error
     return count
 
 
 def _tpu_present():
-    return bool(os.environ.get("TPU_NAME")) or os.path.exists("/dev/accel0") or os.path.exists(
-        "/dev/vfio/0")
+    return (
+        bool(os.environ.get("TPU_NAME"))
+        or os.path.exists("/dev/accel0")
+        or os.path.exists("/dev/vfio/0")
+    )
 
 
 def get_strategy(name="auto", *, devices=None, tpu=None):
@@ -82,14 +86,16 @@ def get_strategy(name="auto", *, devices=None, tpu=None):
         if workers < 1:
             raise ValueError(
                 "`strategy`='multi_worker' needs the environment variable TF_CONFIG to describe "
-                "the cluster and this worker's task; it is not set.")
+                "the cluster and this worker's task; it is not set."
+            )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif name == "mirrored":
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     else:
         strategy = tf.distribute.get_strategy()
-    logger.info("Strategy: %s with %d replica(s).", type(strategy).__name__,
-                strategy.num_replicas_in_sync)
+    logger.info(
+        "Strategy: %s with %d replica(s).", type(strategy).__name__, strategy.num_replicas_in_sync
+    )
     return strategy
 
 
@@ -106,4 +112,5 @@ def is_chief(strategy):
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
     return task_type in (None, "chief") or (
-        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
+        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    )
