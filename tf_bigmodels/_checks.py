@@ -1,37 +1,190 @@
-"""Argument checks shared by every public constructor: one message format for one kind of mistake."""
+"""Argument checks: one set of helpers and one message style for the whole package.
 
+Every check raises `ValueError("`name` must be <what is allowed>, got <value>.")` and returns the
+value converted to a plain Python type. Integers are `numbers.Integral` (so NumPy integers pass)
+but never `bool`; numbers are finite `numbers.Real`. A check never changes a valid value: defaults
+that depend on other settings are documented where they are applied, not hidden in a check.
+
+Example:
+
+>>> integer("steps", 10, low=1)
+10
+>>> integer("steps", 0, low=1)
+Traceback (most recent call last):
+...
+ValueError: `steps` must be an integer >= 1, got 0.
+>>> number("top_p", 1.5, low=0, high=1, low_open=True)
+Traceback (most recent call last):
+...
+ValueError: `top_p` must be a number in (0, 1], got 1.5.
+"""
+
+import math
 import numbers
 
 
-def positive_int(name, value):
-    """Returns `value` if it is an int > 0; raises ValueError naming `name` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+def _fail(name, allowed, value, none_ok):
+    prefix = "None or " if none_ok else ""
+    raise ValueError(f"`{name}` must be {prefix}{allowed}, got {value!r}.")
+
+
+def _range_text(kind, low, high, low_open, high_open):
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{kind} {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{kind} {'<' if high_open else '<='} {high}"
+    return kind
+
+
+def _in_range(value, low, high, low_open, high_open):
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    return not (high is not None and (value >= high if high_open else value > high))
+
+
+def integer(name, value, *, low=None, high=None, none_ok=False):
+    """Returns `value` as an `int` if it is an integer in [low, high]; raises ValueError otherwise.
+
+    Args:
+        name: str. The argument's name, as the user wrote it.
+        value: the value to check.
+        low, high: int or None. Inclusive bounds; None is unbounded.
+        none_ok: bool. Accept (and return) None.
+
+    Example:
+
+    >>> import numpy as np
+    >>> integer("top_k", np.int64(5), low=1)
+    5
+    >>> integer("seed", True)
+    Traceback (most recent call last):
+    ...
+    ValueError: `seed` must be an integer, got True.
+    """
+    if value is None and none_ok:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not _in_range(value, low, high, False, False)
+    ):
+        _fail(name, _range_text("an integer", low, high, False, False), value, none_ok)
     return int(value)
 
 
-def unit_interval(name, value, *, closed_right=False):
-    """Returns `value` if it lies in [0, 1) (or [0, 1] with `closed_right`); raises otherwise."""
-    upper_ok = value <= 1 if closed_right else value < 1
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value >= 0 and upper_ok):
-        allowed = "[0, 1]" if closed_right else "[0, 1)"
-        raise ValueError(f"`{name}` must be a number in {allowed}, got {value!r}.")
+def number(name, value, *, low=None, high=None, low_open=False, high_open=False, none_ok=False):
+    """Returns `value` as a `float` if it is a finite number within the bounds; raises otherwise.
+
+    Args:
+        name: str. The argument's name.
+        value: the value to check.
+        low, high: numbers or None. Bounds; None is unbounded.
+        low_open, high_open: bool. Exclude the bound itself.
+        none_ok: bool. Accept (and return) None.
+
+    Example:
+
+    >>> number("temperature", 0.7, low=0, low_open=True)
+    0.7
+    >>> number("temperature", float("nan"), low=0, low_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: `temperature` must be a number > 0, got nan.
+    """
+    if value is None and none_ok:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not _in_range(value, low, high, low_open, high_open)
+    ):
+        _fail(name, _range_text("a number", low, high, low_open, high_open), value, none_ok)
     return float(value)
+
+
+def one_of(name, value, choices):
+    """Returns `value` if it is one of `choices`; raises ValueError listing them otherwise.
+
+    Example:
+
+    >>> one_of("split", "test", ("train", "val"))
+    Traceback (most recent call last):
+    ...
+    ValueError: `split` must be one of ['train', 'val'], got 'test'.
+    """
+    if isinstance(value, (list, dict, set)) or value not in choices:
+        _fail(name, f"one of {list(choices)}", value, False)
+    return value
+
+
+def boolean(name, value):
+    """Returns `value` if it is a `bool`; raises ValueError otherwise.
+
+    Example:
+
+    >>> boolean("lowercase", 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: `lowercase` must be True or False, got 1.
+    """
+    if not isinstance(value, bool):
+        _fail(name, "True or False", value, False)
+    return value
+
+
+def positive_int(name, value):
+    """`integer(name, value, low=1)`.
+
+    Example:
+
+    >>> positive_int("num_heads", 4)
+    4
+    """
+    return integer(name, value, low=1)
 
 
 def positive_float(name, value):
-    """Returns `value` if it is a real number > 0; raises ValueError naming `name` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-    return float(value)
+    """`number(name, value, low=0, low_open=True)`.
+
+    Example:
+
+    >>> positive_float("epsilon", 1e-6)
+    1e-06
+    """
+    return number(name, value, low=0, low_open=True)
+
+
+def unit_interval(name, value, *, closed_right=False):
+    """A probability such as a dropout rate: a number in [0, 1), or [0, 1] with `closed_right`.
+
+    Example:
+
+    >>> unit_interval("rate", 0.1)
+    0.1
+    """
+    return number(name, value, low=0, high=1, high_open=not closed_right)
 
 
 def divisible(name, value, divisor_name, divisor):
-    """Raises ValueError unless `value % divisor == 0`."""
+    """Raises ValueError unless `value % divisor == 0`.
+
+    Example:
+
+    >>> divisible("d_model", 30, "num_heads", 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: `d_model` must be divisible by `num_heads`=4 (each head gets d_model // num_heads dimensions), got 30.
+    """
     if value % divisor:
-        raise ValueError(
-            f"`{name}`={value} must be divisible by `{divisor_name}`={divisor} "
-            f"(each head gets {name} // {divisor_name} dimensions)."
+        _fail(
+            name,
+            f"divisible by `{divisor_name}`={divisor} "
+            f"(each head gets {name} // {divisor_name} dimensions)",
+            value,
+            False,
         )
 
 
@@ -46,6 +199,12 @@ def model_sizes(vocab_size, d_model, num_heads, dff, num_layers, rate, max_lengt
     d_model = positive_int("d_model", d_model)
     num_heads = positive_int("num_heads", num_heads)
     divisible("d_model", d_model, "num_heads", num_heads)
-    return (positive_int("vocab_size", vocab_size), d_model, num_heads, positive_int("dff", dff),
-            positive_int("num_layers", num_layers), unit_interval("rate", rate),
-            positive_int("max_length", max_length))
+    return (
+        positive_int("vocab_size", vocab_size),
+        d_model,
+        num_heads,
+        positive_int("dff", dff),
+        positive_int("num_layers", num_layers),
+        unit_interval("rate", rate),
+        positive_int("max_length", max_length),
+    )
