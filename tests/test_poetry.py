@@ -1,7 +1,9 @@
 """Poem-format score, bits per character and the poetry benchmark's smoke run."""
 
+import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -17,6 +19,8 @@ from tf_bigmodels.data import (
     split_poem,
 )
 from tf_bigmodels.tokenizers import ByteTokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 JINGYESI = "静夜思\n李白\n床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"
 DENGGAO = (
@@ -97,23 +101,29 @@ def test_lm_split_counts_match_the_lm_dataset_stream(split):
 
 @pytest.mark.slow
 def test_poetry_benchmark_smoke_run(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = tmp_path / "poetry.json"
     result = subprocess.run(
-        [sys.executable, os.path.join(root, "benchmarks", "poetry.py"), "--smoke"],
+        [sys.executable, str(ROOT / "benchmarks" / "poetry.py"), "--smoke", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| tokenizer") and len(rows) == 4, result.stdout
-    for row, name in zip(rows[2:], ("byte", "sentencepiece")):
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[0] == name
-        score = float(
-            cells[cells.index(next(c for c in cells if c.startswith("0.") or c in ("1.000", "0")))]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| tokenizer |") and [r.split(" | ")[0] for r in table[1:]] == [
+        "| byte",
+        "| sentencepiece",
+    ]
+    results = json.loads(out.read_text(encoding="utf-8"))
+    byte, sentence_piece = results["rows"]
+    for row in (byte, sentence_piece):
+        assert row["steps"] > 0 and 0.0 <= row["poem_format_score"] <= 1.0
+        assert row["bits_per_character"] == pytest.approx(
+            row["val_loss_per_token"] * row["val_tokens_per_character"] / math.log(2)
         )
-        assert 0.0 <= score <= 1.0
+        assert all(sample.count("\n") >= 2 for sample in row["samples"])  # title, author
+    # A Chinese character is three byte tokens, about one SentencePiece token.
+    assert byte["val_tokens_per_character"] > 2 * sentence_piece["val_tokens_per_character"]
+    assert 0.8 < results["held_out_real_poem_score"]["all_held_out"] <= 1.0

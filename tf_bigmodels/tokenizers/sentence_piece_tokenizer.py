@@ -186,7 +186,8 @@ class SentencePieceTokenizer(tf.Module):
         fixed; the vocabulary holds the 3 special pieces, "\\n" and the 256 byte pieces first, so
         `vocab_size` must leave room for them and for every character that `character_coverage`
         keeps. A small corpus may give fewer than `vocab_size` pieces (SentencePiece's
-        `hard_vocab_limit=False`). Training is in C++ and takes about a second per 10,000 lines.
+        `hard_vocab_limit=False`). Training runs in C++: 300 poems take a fraction of a second,
+        the whole 全唐诗 (56,053 poems, 8,000 pieces) about 2.5 minutes on one CPU core.
 
         Args:
             texts: list of str (documents, e.g. from `load_corpus`).
@@ -209,6 +210,7 @@ class SentencePieceTokenizer(tf.Module):
         Example:
 
         >>> from tf_bigmodels.data import load_corpus
+        >>> # Minutes of training (the whole corpus), so not run as a doctest:
         >>> tokenizer = SentencePieceTokenizer.train(load_corpus("tangshi"), vocab_size=8000)
         ... # doctest: +SKIP
         """
