@@ -167,7 +167,10 @@ def test_lm_bad_input(tmp_path):
         lm_dataset([], BYTES, 8, 2)
     with pytest.raises(ValueError, match=r"texts too short.*seq_len=64.*batch_size=2"):
         lm_dataset(["a short text"], BYTES, 64, 2)
-    with pytest.raises(ValueError, match="texts: .*missing.txt' is not an existing file"):
+    with pytest.raises(
+        ValueError,
+        match="`texts` must be an existing file.*, got '.*missing.txt', which is not an existing",
+    ):
         lm_dataset(tmp_path / "missing.txt", BYTES, 8, 2)
     with pytest.raises(TypeError, match="got one str"):
         lm_dataset("shakespeare", BYTES, 8, 2)
@@ -337,7 +340,10 @@ def test_bert_bad_input(shakespeare_word_piece):
         bert_pretraining_dataset(docs, tok, 64, 4, masked_lm_prob=0)
     with pytest.raises(ValueError, match=r"texts too short.*batch_size=100000"):
         bert_pretraining_dataset(docs, tok, 64, 100_000)
-    with pytest.raises(ValueError, match="texts: .*missing.txt' is not an existing file"):
+    with pytest.raises(
+        ValueError,
+        match="`texts` must be an existing file.*, got '.*missing.txt', which is not an existing",
+    ):
         bert_pretraining_dataset([pathlib.Path("missing.txt")], tok, 64, 4)
 
 

@@ -102,7 +102,7 @@ def load_corpus(source, *, document_separator=None, encoding="utf-8", errors="st
     if isinstance(source, str) and source in BUNDLED_CORPORA:
         return _bundled_documents(source)
     documents = []
-    for path in corpus_files(source, "source"):
+    for path in corpus_files(source, "source", bundled=True):
         text = _read_text(path, encoding, errors)
         documents.extend(text.split(document_separator) if document_separator else [text])
     documents = [d for d in documents if d.strip()]
@@ -145,8 +145,14 @@ def load_labelled_corpus(name):
     return LabelledCorpus(texts, labels, REVIEW_LABEL_NAMES)
 
 
-def corpus_files(source, argument):
+def corpus_files(source, argument, *, bundled=False):
     """Returns the files named by a path, a glob, or a list of them; errors name `argument`.
+
+    Args:
+        source: a file path, a glob pattern, or a list of paths and patterns.
+        argument: str. The name of the caller's argument, for error messages.
+        bundled: bool. The caller also takes the names of the bundled corpora (errors list
+            them). Defaults to False.
 
     Example:
 
@@ -154,8 +160,8 @@ def corpus_files(source, argument):
     ['texts/a.txt', 'texts/b.txt']
     """
     allowed = (
-        f"one of {list(BUNDLED_CORPORA)}, an existing file, a glob pattern that matches files, "
-        f"or a non-empty list of files and patterns"
+        f"{f'one of {list(BUNDLED_CORPORA)}, ' if bundled else ''}an existing file, a glob "
+        f"pattern that matches files, or a non-empty list of files and patterns"
     )
     items = [source] if isinstance(source, (str, os.PathLike)) else source
     if (
