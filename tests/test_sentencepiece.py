@@ -14,7 +14,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tf_bigmodels.data import load_corpus
+from tf_bigmodels.data import lm_dataset, load_corpus
 from tf_bigmodels.export import export_gpt
 from tf_bigmodels.models import GPTModel
 from tf_bigmodels.tokenizers import SentencePieceTokenizer
@@ -100,6 +100,16 @@ def test_same_ids_inside_and_outside_tf_function_and_as_sentencepiece(tokenizer)
     reference = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
     assert eager == [reference.encode(t) for t in TEXTS]
     assert tokenizer.tokenize(TEXTS[0]).numpy().tolist() == eager[0]  # a scalar string
+
+
+def test_lm_dataset_windows_spell_the_poems(tokenizer):
+    poems = load_corpus("tangshi")[:40]
+    stream = "".join(poem + "\n" for poem in poems)  # end-of-text ids detokenize to nothing
+    x, y = next(iter(lm_dataset(poems, tokenizer, seq_len=48, batch_size=8, seed=1)))
+    assert x.numpy()[:, 1:].tolist() == y.numpy()[:, :-1].tolist()
+    assert tokenizer.end_id in x.numpy()  # documents are separated
+    for text in tokenizer.detokenize(x).numpy():
+        assert text.decode("utf-8").strip("\ufffd") in stream  # edges may cut a byte sequence
 
 
 def test_special_ids(tokenizer):
