@@ -27,7 +27,7 @@ Fixed settings (all in `SETTINGS` below):
   scored.
 
 Usage:
-    python benchmarks/poetry.py [--minutes 15] [--out results.json]
+    python benchmarks/poetry.py [--minutes 15] [--vocab-size 8000] [--out results.json]
     python benchmarks/poetry.py --smoke     # seconds: tiny model, 600 poems, 10 prompts
 """
 
@@ -205,9 +205,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
     parser.add_argument("--smoke", action="store_true", help="tiny settings, seconds per model")
+    parser.add_argument("--vocab-size", type=int, help="SentencePiece pieces (default 8000)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     settings = SMOKE if args.smoke else SETTINGS
+    if args.vocab_size:
+        settings = dict(settings, sentencepiece_vocab_size=args.vocab_size)
     seconds = 3.0 if args.smoke else args.minutes * 60
 
     poems = load_corpus("tangshi")
@@ -259,7 +262,8 @@ def main():
     if args.out:
         result = {
             "command": "python benchmarks/poetry.py"
-            + (" --smoke" if args.smoke else f" --minutes {args.minutes:g}"),
+            + (" --smoke" if args.smoke else f" --minutes {args.minutes:g}")
+            + (f" --vocab-size {args.vocab_size}" if args.vocab_size else ""),
             "machine": machine(),
             "settings": settings,
             "budget_seconds": seconds,
