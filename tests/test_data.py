@@ -1,5 +1,9 @@
 """Corpus loading and the GPT / BERT tf.data pipelines: windows, splits, masking statistics."""
 
+import configparser
+import fnmatch
+import hashlib
+import importlib.resources
 import pathlib
 import random
 import re
@@ -8,7 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_bigmodels.data import bert_pretraining_dataset, lm_dataset, load_corpus
+from tf_bigmodels.data import (
+    LabelledCorpus,
+    bert_pretraining_dataset,
+    lm_dataset,
+    load_corpus,
+    load_labelled_corpus,
+)
 from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
 
 BYTES = ByteTokenizer()
@@ -33,19 +43,34 @@ def test_files_globs_and_separator(tmp_path):
 
 
 def test_load_corpus_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="'nope.txt' is not an existing file"):
+    with pytest.raises(ValueError, match="got 'nope.txt', which is not an existing file"):
         load_corpus("nope.txt")
-    with pytest.raises(ValueError, match="matches no file"):
+    with pytest.raises(ValueError, match="a glob that matches no file"):
         load_corpus(str(tmp_path / "*.txt"))
+    with pytest.raises(TypeError, match=r"`source` must be one of \['shakespeare', 'tangshi'"):
+        load_corpus(3)
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(ValueError, match="holds no text"):
         load_corpus(tmp_path / "empty.txt")
     (tmp_path / "gbk.txt").write_bytes("你好".encode("gbk"))
-    with pytest.raises(ValueError, match=r"gbk.txt' is not valid UTF-8 \(byte 0xc4 at offset 0\)"):
+    with pytest.raises(
+        ValueError, match=r"gbk.txt', which is not valid UTF-8 \(byte 0xc4 at offset 0"
+    ):
         load_corpus(tmp_path / "gbk.txt")
     assert "\ufffd" in load_corpus(tmp_path / "gbk.txt", errors="replace")[0]
-    with pytest.raises(ValueError, match="errors='ignore' is not allowed"):
+    with pytest.raises(
+        ValueError, match=r"`errors` must be one of \['strict', 'replace'\], got 'ignore'"
+    ):
         load_corpus("shakespeare", errors="ignore")
+    with pytest.raises(ValueError, match="`document_separator` must be None or a non-empty str"):
+        load_corpus(tmp_path / "gbk.txt", document_separator="")
+    with pytest.raises(ValueError, match="`encoding` must be a text encoding Python knows"):
+        load_corpus(tmp_path / "gbk.txt", encoding="klingon")
+
+
+def test_load_corpus_reads_gbk_files(tmp_path):
+    (tmp_path / "gbk.txt").write_bytes("床前明月光，疑是地上霜。".encode("gbk"))
+    assert load_corpus(tmp_path / "gbk.txt", encoding="gbk") == ["床前明月光，疑是地上霜。"]
 
 
 # ---- lm_dataset --------------------------------------------------------------------------------
@@ -142,7 +167,10 @@ def test_lm_bad_input(tmp_path):
         lm_dataset([], BYTES, 8, 2)
     with pytest.raises(ValueError, match=r"texts too short.*seq_len=64.*batch_size=2"):
         lm_dataset(["a short text"], BYTES, 64, 2)
-    with pytest.raises(ValueError, match="texts: .*missing.txt' is not an existing file"):
+    with pytest.raises(
+        ValueError,
+        match="`texts` must be an existing file.*, got '.*missing.txt', which is not an existing",
+    ):
         lm_dataset(tmp_path / "missing.txt", BYTES, 8, 2)
     with pytest.raises(TypeError, match="got one str"):
         lm_dataset("shakespeare", BYTES, 8, 2)
@@ -312,7 +340,10 @@ def test_bert_bad_input(shakespeare_word_piece):
         bert_pretraining_dataset(docs, tok, 64, 4, masked_lm_prob=0)
     with pytest.raises(ValueError, match=r"texts too short.*batch_size=100000"):
         bert_pretraining_dataset(docs, tok, 64, 100_000)
-    with pytest.raises(ValueError, match="texts: .*missing.txt' is not an existing file"):
+    with pytest.raises(
+        ValueError,
+        match="`texts` must be an existing file.*, got '.*missing.txt', which is not an existing",
+    ):
         bert_pretraining_dataset([pathlib.Path("missing.txt")], tok, 64, 4)
 
 
@@ -353,3 +384,73 @@ def test_repeat_works_under_a_global_seed_of_zero():
     docs = load_corpus("shakespeare")[:2]
     stream = lm_dataset(docs, BYTES, 64, 32, seed=0, repeat=True)
     np.testing.assert_array_equal(_first_batches(stream, 3)[2][0], _first_batches(stream, 3)[2][0])
+
+
+# Chinese corpora -------------------------------------------------------------------------------
+
+# sha256 of the source files (quantangshi.txt, neg.txt, pos.txt) the bundled data were made from.
+TANGSHI_SHA256 = "3fec5af88e534e84427404c4c9b46f4eed0b32739e2afb9b586e58db5dcd4301"
+REVIEWS_SHA256 = {
+    0: "461b72768663057eff27dea5debcfd1404edd7ed1c3f9761c577b807a11bc8a1",
+    1: "9f651025714e0237efcc449ba6ca6a6e742e8765f4e5cce6c7ecb907c83b5f05",
+}
+
+
+def _sha256(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_tangshi_is_56053_poems_that_rebuild_the_source_file():
+    poems = load_corpus("tangshi")
+    assert len(poems) == 56_053
+    assert _sha256("\n\n".join(poems) + "\n") == TANGSHI_SHA256
+    assert sum(map(len, poems)) + 2 * len(poems) - 1 == 4_460_701  # characters of the file
+    assert poems[0] == "帝京篇十首 一\n太宗皇帝\n" + (
+        "秦川雄帝宅，函谷壮皇居。\n绮殿千寻起，离宫百雉余。\n"
+        "连甍遥接汉，飞观迥凌虚。\n云日隐层阙，风烟出绮疎。"
+    )
+    lines = [poem.split("\n") for poem in poems]
+    assert all(len(poem) >= 3 and all(line.strip() for line in poem) for poem in lines)
+
+
+def test_chinese_reviews_are_labelled_and_rebuild_the_source_files():
+    reviews = load_labelled_corpus("chinese_reviews")
+    assert isinstance(reviews, LabelledCorpus) and len(reviews) == 17_363
+    assert reviews.label_names == ("负面", "正面")
+    assert [reviews.labels.count(k) for k in (0, 1)] == [9_031, 8_332]
+    for label, digest in REVIEWS_SHA256.items():
+        texts = [t for t, k in zip(reviews.texts, reviews.labels) if k == label]
+        assert _sha256("\n".join(texts) + "\n") == digest
+    assert len(set(reviews.texts)) == len(reviews.texts)  # deduplicated, no review under both
+    assert load_corpus("chinese_reviews") == reviews.texts
+
+
+def test_bundled_corpora_are_fresh_lists_from_a_cache():
+    poems = load_corpus("tangshi")
+    poems.clear()
+    assert len(load_corpus("tangshi")) == 56_053
+    load_labelled_corpus("chinese_reviews").texts.clear()
+    assert len(load_labelled_corpus("chinese_reviews").texts) == 17_363
+
+
+def test_chinese_corpora_ship_as_package_data_with_their_licences():
+    data = importlib.resources.files("tf_bigmodels.data")
+    for licence in ("tangshi/LICENSE", "chinese_reviews/LICENSE.md"):
+        assert "MIT License" in data.joinpath(licence).read_text(encoding="utf-8")
+    # Every data file in the source tree is matched by setup.cfg's package_data, so the wheel
+    # (and an installed package) carries it.
+    setup = configparser.ConfigParser()
+    setup.read(pathlib.Path(__file__).parents[1] / "setup.cfg")
+    patterns = setup["options.package_data"]["tf_bigmodels.data"].split()
+    root = pathlib.Path(str(data))
+    shipped = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    shipped = [p for p in shipped if not p.endswith((".py", ".pyc"))]
+    assert {"tangshi/quantangshi.txt.xz", "chinese_reviews/pos.txt.xz"} <= set(shipped)
+    assert [p for p in shipped if not any(fnmatch.fnmatch(p, pat) for pat in patterns)] == []
+
+
+def test_load_labelled_corpus_names_the_allowed_corpora():
+    with pytest.raises(
+        ValueError, match=r"`name` must be one of \['chinese_reviews'\], got 'tangshi'"
+    ):
+        load_labelled_corpus("tangshi")

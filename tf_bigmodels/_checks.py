@@ -208,3 +208,20 @@ def model_sizes(vocab_size, d_model, num_heads, dff, num_layers, rate, max_lengt
         unit_interval("rate", rate),
         positive_int("max_length", max_length),
     )
+
+
+def non_empty_str(name, value, *, none_ok=False):
+    """Returns `value` if it is a non-empty `str`; raises ValueError otherwise.
+
+    Example:
+
+    >>> non_empty_str("document_separator", "")
+    Traceback (most recent call last):
+    ...
+    ValueError: `document_separator` must be a non-empty str, got ''.
+    """
+    if value is None and none_ok:
+        return None
+    if not isinstance(value, str) or not value:
+        _fail(name, "a non-empty str", value, none_ok)
+    return value

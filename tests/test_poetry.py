@@ -1,0 +1,129 @@
+"""Poem-format score, bits per character and the poetry benchmark's smoke run."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tf_bigmodels.data import (
+    bits_per_character,
+    is_regulated_couplet,
+    lm_dataset,
+    lm_split_counts,
+    load_corpus,
+    poem_format_score,
+    split_poem,
+)
+from tf_bigmodels.tokenizers import ByteTokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+JINGYESI = "静夜思\n李白\n床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"
+DENGGAO = (
+    "登高\n杜甫\n风急天高猿啸哀，渚清沙白鸟飞回。\n无边落木萧萧下，不尽长江滚滚来。\n"
+    "万里悲秋常作客，百年多病独登台。\n艰难苦恨繁霜鬓，潦倒新停浊酒杯。"
+)
+
+
+@pytest.mark.parametrize(
+    "line, ok",
+    [
+        ("床前明月光，疑是地上霜。", True),  # 5 + 5
+        ("风急天高猿啸哀，渚清沙白鸟飞回。", True),  # 7 + 7
+        ("床前明月光，疑是地上霜", False),  # no "。"
+        ("床前明月光。疑是地上霜，", False),  # marks swapped
+        ("床前明月光,疑是地上霜.", False),  # half-width marks
+        ("床前明月光，风急天高猿啸哀。", False),  # 5 + 7
+        ("床前明月，疑是地上。", False),  # 4 + 4
+        ("床前明月光，疑是地上霜。床前明月光，疑是地上霜。", False),  # two couplets
+        ("床前明月光，疑是地上霜。 ", False),  # trailing space
+        ("床前 月光，疑是地上霜。", False),  # a space for a character
+        ("abcde，fghij。", False),  # not Han
+        ("", False),
+    ],
+)
+def test_is_regulated_couplet(line, ok):
+    assert is_regulated_couplet(line) is ok
+
+
+def test_split_poem_stops_at_the_first_blank_line():
+    poem = split_poem(JINGYESI + "\n\n春晓\n孟浩然\n春眠不觉晓，处处闻啼鸟。")
+    assert (poem.title, poem.author) == ("静夜思", "李白")
+    assert poem.lines == ["床前明月光，疑是地上霜。", "举头望明月，低头思故乡。"]
+    assert split_poem("无题").lines == [] and split_poem("无题").author == ""
+
+
+def test_poem_format_score_on_hand_made_poems():
+    assert poem_format_score([JINGYESI, DENGGAO]) == 1.0
+    broken = "题\n作者\n床前明月光，疑是地上霜。\n举头望明月低头思故乡\n月，月。\n"
+    assert poem_format_score([broken]) == pytest.approx(1 / 3)
+    # Lines are pooled over poems: 6 good of 2 + 4 + 3 lines.
+    assert poem_format_score([JINGYESI, DENGGAO, broken]) == pytest.approx(7 / 9)
+    assert poem_format_score(["题\n作者\n"]) == 0.0  # no body lines at all
+    assert poem_format_score([JINGYESI + "\n\n题\n作者\n乱写一行"]) == 1.0  # after a blank line
+    with pytest.raises(TypeError, match="`poems` must be a list of str"):
+        poem_format_score(JINGYESI)
+
+
+def test_real_poems_score_about_0_9():
+    poems = load_corpus("tangshi")
+    score = poem_format_score(poems)
+    assert 0.88 < score < 0.91, score  # 0.896 on all 56,053 poems
+
+
+def test_bits_per_character():
+    # One token per character: bits/char is the loss in bits.
+    assert bits_per_character(math.log(2), 100, 100) == pytest.approx(1.0)
+    # Three byte tokens per Chinese character: three times the bits per character.
+    assert bits_per_character(1.0, 300, 100) == pytest.approx(3 / math.log(2))
+    with pytest.raises(ValueError, match="`characters` must be an integer >= 1, got 0"):
+        bits_per_character(1.0, 10, 0)
+    with pytest.raises(ValueError, match="`mean_token_loss` must be a number >= 0"):
+        bits_per_character(float("nan"), 10, 10)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_lm_split_counts_match_the_lm_dataset_stream(split):
+    docs = load_corpus("tangshi")[:40] + ["", "no newline at the end", "ends with one\n"]
+    tokens, characters = lm_split_counts(docs, ByteTokenizer(), split)
+    # With seq_len 1 and batch 1, a stream of n tokens gives n - 1 windows.
+    assert sum(1 for _ in lm_dataset(docs, ByteTokenizer(), 1, 1, split=split)) == tokens - 1
+    assert characters < tokens  # three bytes per Chinese character
+    ascii_docs = ["First line\nsecond line", "", "third\n", "fourth and last"] * 5
+    tokens, characters = lm_split_counts(ascii_docs, ByteTokenizer(), split)
+    assert sum(1 for _ in lm_dataset(ascii_docs, ByteTokenizer(), 1, 1, split=split)) == tokens - 1
+    assert characters == tokens  # one byte per character, and per end of document
+
+
+@pytest.mark.slow
+def test_poetry_benchmark_smoke_run(tmp_path):
+    out = tmp_path / "poetry.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "poetry.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| tokenizer |") and [r.split(" | ")[0] for r in table[1:]] == [
+        "| byte",
+        "| sentencepiece",
+    ]
+    results = json.loads(out.read_text(encoding="utf-8"))
+    byte, sentence_piece = results["rows"]
+    for row in (byte, sentence_piece):
+        assert row["steps"] > 0 and 0.0 <= row["poem_format_score"] <= 1.0
+        assert row["bits_per_character"] == pytest.approx(
+            row["val_loss_per_token"] * row["val_tokens_per_character"] / math.log(2)
+        )
+        assert all(sample.count("\n") >= 2 for sample in row["samples"])  # title, author
+    # A Chinese character is three byte tokens, about one SentencePiece token.
+    assert byte["val_tokens_per_character"] > 2 * sentence_piece["val_tokens_per_character"]
+    assert 0.8 < results["held_out_real_poem_score"]["all_held_out"] <= 1.0

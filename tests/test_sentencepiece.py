@@ -1,0 +1,246 @@
+"""SentencePieceTokenizer: lossless round trips, in-graph ids, save/load, SavedModel, GPT export."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import unicodedata
+
+import pytest
+import sentencepiece as spm
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tf_bigmodels.data import lm_dataset, load_corpus
+from tf_bigmodels.export import export_gpt
+from tf_bigmodels.models import GPTModel
+from tf_bigmodels.tokenizers import SentencePieceTokenizer
+
+ENGLISH = [
+    "First Citizen: Before we proceed any further, hear me speak.",
+    "All: Speak, speak.  Two spaces,\ttabs and  trailing space ",
+]
+TEXTS = [
+    "静夜思\n李白\n床前明月光，疑是地上霜。\n举头望明月，低头思故乡。\n",  # a poem
+    "  Hello,  world!\n\n\tIndented line; 'quotes' & digits 0123.\n",  # English, spaces
+    "我用 TensorFlow 2.21 训练 GPT，loss 降到 1.5 了！Great.",  # mixed
+    "全角标点：，。！？「」『』（）《》、；…… ＡＢＣ１２３",  # full-width, NFKC would fold
+    "生僻字𠀀与表情😀🎉，字节回退。",  # outside the vocabulary: byte pieces
+    "",
+    "\n",
+    "\r\n\u3000 ",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return SentencePieceTokenizer.train(load_corpus("tangshi")[:300] + ENGLISH, vocab_size=4000)
+
+
+def _round_trip(tok, strings):
+    return [s.decode("utf-8") for s in tok.detokenize(tok.tokenize(strings)).numpy()]
+
+
+def test_round_trip_is_exact_on_chinese_english_and_mixed_text(tokenizer):
+    assert _round_trip(tokenizer, TEXTS) == TEXTS
+    poems = load_corpus("tangshi")[-50:]  # not seen in training
+    assert _round_trip(tokenizer, poems) == poems
+
+
+def test_full_width_punctuation_and_newlines_are_kept(tokenizer):
+    text = TEXTS[3]
+    assert unicodedata.normalize("NFKC", text) != text  # what the default normaliser would do
+    assert _round_trip(tokenizer, [text]) == [text]
+    poem = TEXTS[0]
+    ids = tokenizer.tokenize(poem).numpy().tolist()
+    pieces = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+    newline, comma, stop = (pieces.piece_to_id(p) for p in "\n，。")
+    assert newline == 3  # right after the specials
+    assert [ids.count(i) for i in (newline, comma, stop)] == [4, 2, 2]
+
+
+def test_chinese_takes_far_fewer_tokens_than_bytes(tokenizer):
+    poems = load_corpus("tangshi")[-200:]  # not seen in training
+    tokens = int(tf.reduce_sum(tokenizer.tokenize(poems).row_lengths()))
+    utf8_bytes = sum(len(p.encode("utf-8")) for p in poems)  # the byte tokenizer's count
+    assert tokens < utf8_bytes / 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.text(
+            alphabet=st.one_of(
+                st.characters(blacklist_categories=("Cs",)),
+                st.sampled_from("床前明月光，。！？\n \t😀ＡＢ"),
+            ),
+            max_size=40,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_round_trip_random_unicode_in_tf_function(tokenizer, strings):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def round_trip(s):
+        return tokenizer.detokenize(tokenizer.tokenize(s))
+
+    assert [s.decode("utf-8") for s in round_trip(tf.constant(strings)).numpy()] == strings
+
+
+def test_same_ids_inside_and_outside_tf_function_and_as_sentencepiece(tokenizer):
+    encode = tf.function(
+        lambda s: tokenizer.tokenize(s), input_signature=[tf.TensorSpec([None], tf.string)]
+    )
+    eager = tokenizer.tokenize(TEXTS).to_list()
+    assert encode(tf.constant(TEXTS)).to_list() == eager
+    reference = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+    assert eager == [reference.encode(t) for t in TEXTS]
+    assert tokenizer.tokenize(TEXTS[0]).numpy().tolist() == eager[0]  # a scalar string
+
+
+def test_lm_dataset_windows_spell_the_poems(tokenizer):
+    poems = load_corpus("tangshi")[:40]
+    stream = "".join(poem + "\n" for poem in poems)  # end-of-text ids detokenize to nothing
+    x, y = next(iter(lm_dataset(poems, tokenizer, seq_len=48, batch_size=8, seed=1)))
+    assert x.numpy()[:, 1:].tolist() == y.numpy()[:, :-1].tolist()
+    assert tokenizer.end_id in x.numpy()  # documents are separated
+    for text in tokenizer.detokenize(x).numpy():
+        assert text.decode("utf-8").strip("\ufffd") in stream  # edges may cut a byte sequence
+
+
+def test_special_ids(tokenizer):
+    assert (tokenizer.unk_id, tokenizer.end_id, tokenizer.pad_id) == (0, 1, 2)
+    assert tokenizer.vocab_size <= 4000
+    ids = tokenizer.tokenize("月光").numpy().tolist()
+    with_specials = [tokenizer.pad_id, *ids, tokenizer.end_id, tokenizer.pad_id]
+    assert tokenizer.detokenize([with_specials]).numpy()[0].decode() == "月光"
+    assert tokenizer.detokenize([[tokenizer.unk_id]]).numpy()[0].decode() == "\ufffd"
+    lone_byte = 4 + 0xE4  # the first byte of a 3-byte character, alone: not UTF-8
+    assert tokenizer.detokenize([[lone_byte]]).numpy()[0].decode() == "\ufffd"
+    assert (
+        tokenizer.tokenize([b"\xff\xfe ok"]).to_list()
+        == tokenizer.tokenize(["\ufffd\ufffd ok"]).to_list()
+    )
+
+
+def test_save_load_is_equal_and_atomic(tokenizer, tmp_path):
+    tokenizer.save(tmp_path / "tok")
+    assert os.listdir(tmp_path / "tok") == ["sentencepiece.model"]  # no temporary file left
+    loaded = SentencePieceTokenizer.load(tmp_path / "tok")
+    assert loaded.model_proto == tokenizer.model_proto
+    assert loaded.vocab_size == tokenizer.vocab_size
+    assert loaded.tokenize(TEXTS).to_list() == tokenizer.tokenize(TEXTS).to_list()
+    with pytest.raises(ValueError, match="holds no sentencepiece.model"):
+        SentencePieceTokenizer.load(tmp_path)
+
+
+def test_bad_arguments():
+    poems = load_corpus("tangshi")[:300]
+    with pytest.raises(ValueError, match=r"`vocab_size` must be at least \d+ for these texts"):
+        SentencePieceTokenizer.train(poems, vocab_size=1000)
+    with pytest.raises(ValueError, match="`vocab_size` must be an integer >= 261, got 100"):
+        SentencePieceTokenizer.train(poems, vocab_size=100)
+    with pytest.raises(ValueError, match=r"`model_type` must be one of \['unigram', 'bpe'\]"):
+        SentencePieceTokenizer.train(poems, 4000, model_type="word")
+    with pytest.raises(ValueError, match=r"`character_coverage` must be a number in \(0, 1\]"):
+        SentencePieceTokenizer.train(poems, 4000, character_coverage=0)
+    with pytest.raises(TypeError, match="`texts` must be a list of str, got one str"):
+        SentencePieceTokenizer.train("床前明月光", 4000)
+    with pytest.raises(ValueError, match="`texts` must hold some text"):
+        SentencePieceTokenizer.train(["", "\n\n"], 4000)
+    with pytest.raises(ValueError, match="do not parse as one"):
+        SentencePieceTokenizer(b"not a model")
+
+
+# Runs in a fresh interpreter: only tensorflow and tensorflow_text are imported.
+_LOAD_TOKENIZER = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
+    loaded = tf.saved_model.load(sys.argv[1])
+    texts = json.loads(sys.argv[2])
+    assert not any(name.startswith("tf_bigmodels") for name in sys.modules)
+    ids = loaded.encode(tf.constant(texts))
+    back = [s.decode("utf-8") for s in loaded.decode(ids).numpy()]
+    with open(sys.argv[3], "w") as f:
+        json.dump({"ids": ids.to_list(), "texts": back}, f)
+""")
+
+
+def _fresh_process(script, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_saved_model_in_a_fresh_process_gives_the_same_ids(tokenizer, tmp_path):
+    module = tf.Module()
+    module.tokenizer = tokenizer
+    module.encode = tf.function(
+        tokenizer.tokenize, input_signature=[tf.TensorSpec([None], tf.string)]
+    )
+    module.decode = tf.function(
+        tokenizer.detokenize,
+        input_signature=[tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)],
+    )
+    tf.saved_model.save(module, str(tmp_path / "model"))
+    out = tmp_path / "out.json"
+    _fresh_process(_LOAD_TOKENIZER, tmp_path / "model", json.dumps(TEXTS), out)
+    served = json.loads(out.read_text())
+    assert served["ids"] == tokenizer.tokenize(TEXTS).to_list()
+    assert served["texts"] == TEXTS
+
+
+_SERVE_GPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
+    serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+    assert not any(name.startswith("tf_bigmodels") for name in sys.modules)
+    completions = serve(prompts=tf.constant(json.loads(sys.argv[2])))["completions"]
+    with open(sys.argv[3], "w") as f:
+        json.dump([s.decode("utf-8") for s in completions.numpy()], f, ensure_ascii=False)
+""")
+
+
+@pytest.mark.slow
+def test_exported_gpt_takes_and_returns_chinese_in_a_fresh_process(tokenizer, tmp_path):
+    tf.keras.utils.set_random_seed(3)
+    model = GPTModel(tokenizer.vocab_size, 32, 2, 64, 1, rate=0.0, max_length=64)
+    # A few steps on poems, so that greedy decoding writes poem text rather than noise.
+    ids = tokenizer.tokenize(load_corpus("tangshi")[:64]).to_tensor(tokenizer.pad_id)[:, :33]
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(1e-2),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(ids[:, :-1], ids[:, 1:], batch_size=16, epochs=15, verbose=0)
+    path = export_gpt(model, tokenizer, tmp_path / "gpt", max_new_tokens=12, temperature=0.0)
+    prompts = ["静夜思\n李白\n", "春晓\n孟浩然\n"]
+    out = tmp_path / "served.json"
+    _fresh_process(_SERVE_GPT, path, json.dumps(prompts, ensure_ascii=False), out)
+    served = json.loads(out.read_text(encoding="utf-8"))
+    prompt_ids = tokenizer.tokenize(prompts).to_list()
+    generated = model.generate(
+        prompt_ids, 12, temperature=0.0, end_id=tokenizer.end_id, pad_id=tokenizer.pad_id
+    ).to_list()
+    new = [row[len(p) :] for row, p in zip(generated, prompt_ids)]
+    expected = [tokenizer.detokenize([row]).numpy()[0].decode("utf-8") for row in new]
+    assert served == expected
+    assert all(re.search(r"[\u4e00-\u9fff]", text) for text in served), served
+
+
+def test_tokenizer_survives_resetting_the_random_seed(tokenizer):
+    before = tokenizer.tokenize(TEXTS).to_list()
+    tf.random.set_seed(0)  # clears TensorFlow's eager kernel cache
+    assert tokenizer.tokenize(TEXTS).to_list() == before
