@@ -17,7 +17,7 @@ measured in this run, the rule that decides whether they show the defect (a Pyth
 printed exactly as it is evaluated), and the verdict the rule gives. When a run does not show a
 defect, the verdict says so. Everything also goes to `walkthrough.json`, which the tests read.
 
-Run:  python examples/article_walkthrough.py            (about 3 minutes on a 2-core CPU)
+Run:  python examples/article_walkthrough.py            (about 1.5 minutes on a 2-core CPU)
       python examples/article_walkthrough.py --smoke    (about 1 minute; fewer training steps)
 """
 
