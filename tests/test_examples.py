@@ -69,22 +69,33 @@ def test_every_example_has_a_test():
 
 
 def test_article_walkthrough(workdir):
+    """Each verdict follows from the printed numbers by its printed rule, and in smoke mode every
+    defect of the README's table shows, so a narrative the numbers do not support fails here."""
     stdout = run_example("article_walkthrough", workdir)
-    for number in range(1, 8):
-        assert f"DEFECT {number}:" in stdout
-    assert "WALKTHROUGH DONE" in stdout
     results = json.loads(
         (workdir / "example_outputs/article_walkthrough/walkthrough.json").read_text()
     )
-    assert results["attention_formula_max_abs_diff"] < 1e-5
-    assert results["key_dim_params"]["tutorial_style"] > 7 * results["key_dim_params"]["ours"]
-    assert "Incompatible shapes" in results["ffn_failure"]
-    assert results["causal"]["earlier_positions_see_position_10"] == {
-        "leaky (causal=False)": True,
-        "ours (GPTModel)": False,
-    }
-    assert results["order"]["without_positions"] < 1e-4 < results["order"]["ours"]
-    assert results["padding"]["with_mask"] == 0.0 < results["padding"]["without_mask"]
+    defects = results["defects"]
+    assert list(defects) == [str(n) for n in range(1, 11)]  # numbered as the README's table
+    for number, defect in defects.items():
+        holds = eval(defect["rule"], {"__builtins__": {"len": len}}, dict(defect["numbers"]))
+        assert defect["shown"] == bool(holds), number
+        verdict = "SHOWN" if holds else "NOT SHOWN IN THIS RUN"
+        assert f"DEFECT {number}: {defect['title']}" in stdout
+        assert f"  rule: {defect['rule']}\n  verdict: {verdict}:" in stdout
+    not_shown = [n for n, d in defects.items() if not d["shown"]]
+    assert not not_shown, f"defects not shown in smoke mode: {not_shown}"
+    assert "DEFECTS SHOWN IN THIS RUN: 10 of 10" in stdout
+
+    causal = defects["4"]["numbers"]  # the classic one, in plain numbers as well as by its rule
+    assert causal["leaky_teacher_forced_loss"] < 0.5
+    assert causal["leaky_prefix_only_loss"] > causal["ours_prefix_only_loss"]
+    assert abs(causal["ours_teacher_forced_loss"] - causal["ours_prefix_only_loss"]) < 1e-3
+    samples = results["samples"]
+    assert samples["leaky"].startswith("KING RICHARD") and samples["ours"].startswith("KING")
+    assert f"leaky: {samples['leaky']!r}" in stdout and f"ours: {samples['ours']!r}" in stdout
+    assert results["attention_formula"]["by_hand_vs_keras"] < 1e-5
+    assert "WALKTHROUGH DONE" in stdout
 
 
 def test_train_gpt(gpt_run):
