@@ -138,7 +138,7 @@ def test_lm_input_context_shards_disjoint_windows():
 
 
 def test_lm_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="texts is empty"):
+    with pytest.raises(ValueError, match="^`texts` must hold .* got an empty list.$"):
         lm_dataset([], BYTES, 8, 2)
     with pytest.raises(ValueError, match=r"texts too short.*seq_len=64.*batch_size=2"):
         lm_dataset(["a short text"], BYTES, 64, 2)
@@ -146,10 +146,14 @@ def test_lm_bad_input(tmp_path):
         lm_dataset(tmp_path / "missing.txt", BYTES, 8, 2)
     with pytest.raises(TypeError, match="got one str"):
         lm_dataset("shakespeare", BYTES, 8, 2)
-    with pytest.raises(ValueError, match="split='test' is not allowed"):
+    with pytest.raises(ValueError, match=r"^`split` must be one of \['train', 'val'\], got 'test'"):
         lm_dataset(["text"], BYTES, 8, 2, split="test")
-    with pytest.raises(ValueError, match="seq_len=0 is not allowed"):
+    with pytest.raises(ValueError, match="^`seq_len` must be an integer >= 1, got 0.$"):
         lm_dataset(["text"], BYTES, 0, 2)
+    with pytest.raises(ValueError, match="^`batch_size` must be an integer >= 1, got 2.0.$"):
+        lm_dataset(["text"], BYTES, 8, 2.0)
+    with pytest.raises(TypeError, match="^`tokenizer` must be a Tokenizer .*, got str.$"):
+        lm_dataset(["text"], "bytes", 8, 2)
     # Invalid UTF-8 inside the text is replaced, not fatal.
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe" + b"abc\n" * 200)
     x, _ = _all(lm_dataset(tmp_path / "bad.txt", BYTES, 8, 2))
@@ -300,16 +304,22 @@ def test_bert_bad_input(shakespeare_word_piece):
     tok, docs = shakespeare_word_piece, load_corpus("shakespeare")[:3]
     with pytest.raises(ValueError, match="1 document.*at least 2"):
         bert_pretraining_dataset(docs[:1], tok, 64, 4)
-    with pytest.raises(ValueError, match="texts is empty"):
+    with pytest.raises(ValueError, match="^`texts` must hold .* got 2 blank strings.$"):
         bert_pretraining_dataset(["", " "], tok, 64, 4)
-    with pytest.raises(TypeError, match="lacks .*cls_id"):
+    with pytest.raises(TypeError, match="^`tokenizer` must be a WordPieceTokenizer, got Byte"):
         bert_pretraining_dataset(docs, BYTES, 64, 4)
-    with pytest.raises(ValueError, match="seq_len=4 is not allowed"):
+    with pytest.raises(ValueError, match="^`seq_len` must be an integer >= 5, got 4.$"):
         bert_pretraining_dataset(docs, tok, 4, 4)
-    with pytest.raises(ValueError, match="max_predictions_per_seq=62 is not allowed"):
+    with pytest.raises(
+        ValueError, match=r"^`max_predictions_per_seq` must be an integer in \[1, 61\], got 62.$"
+    ):
         bert_pretraining_dataset(docs, tok, 64, 4, max_predictions_per_seq=62)
-    with pytest.raises(ValueError, match="masked_lm_prob=0 is not allowed"):
+    with pytest.raises(
+        ValueError, match=r"^`masked_lm_prob` must be a number in \(0, 1\], got 0.$"
+    ):
         bert_pretraining_dataset(docs, tok, 64, 4, masked_lm_prob=0)
+    with pytest.raises(ValueError, match="^`short_seq_prob` must be a number in .*, got nan.$"):
+        bert_pretraining_dataset(docs, tok, 64, 4, short_seq_prob=float("nan"))
     with pytest.raises(ValueError, match=r"texts too short.*batch_size=100000"):
         bert_pretraining_dataset(docs, tok, 64, 100_000)
     with pytest.raises(ValueError, match="texts: .*missing.txt' is not an existing file"):

@@ -93,7 +93,7 @@ def test_bert_attention_is_bidirectional_and_skips_padding():
 
 def test_attention_maps_name_bad_arguments():
     model = GPTModel(258, 32, 2, 64, 2, max_length=16)
-    with pytest.raises(ValueError, match=r"`layer`=2 is out of range.*0 to 1"):
+    with pytest.raises(ValueError, match=r"^`layer` must be an integer in \[0, 1\], got 2.$"):
         plot.attention_maps(model, [1, 2, 3], layer=2)
     with pytest.raises(ValueError, match="one sequence"):
         plot.attention_maps(model, np.ones((2, 3), "int32"))
@@ -170,7 +170,7 @@ def test_cli_plot(gpt_run, tmp_path):
 
     result = run_cli("plot", str(gpt_run), "--out", str(tmp_path), "--layer", "7")
     assert result.returncode == 2
-    assert "`layer`=7 is out of range" in error_line(result)
+    assert "`layer` must be an integer in [0, 1], got 7." in error_line(result)
     assert (tmp_path / "loss.png").read_bytes() == before
 
 

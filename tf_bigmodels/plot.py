@@ -18,6 +18,7 @@ import pathlib
 import numpy as np
 from keras import ops
 
+from tf_bigmodels import _checks
 from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer, GPTModel
 
 DEFAULT_TEXT = "First Citizen: Before we proceed any further, hear me speak."
@@ -172,41 +173,24 @@ def attention_maps(model, inputs, layer=0):
             f"`model` must be a GPTModel, BERTEncoder, BERTPretrainer or "
             f"BERTClassifier, got {type(model).__name__}."
         )
-    if (
-        isinstance(layer, bool)
-        or not isinstance(layer, (int, np.integer))
-        or not (0 <= layer < model.num_layers)
-    ):
-        raise ValueError(
-            f"`layer`={layer!r} is out of range; the model has {model.num_layers} "
-            f"layers, numbered 0 to {model.num_layers - 1}."
-        )
+    layer = _checks.integer("layer", layer, low=0, high=model.num_layers - 1)
     if isinstance(model, GPTModel):
-        token_ids = _one_sequence(inputs, "inputs")
-        x = model.token_embedding(token_ids)
-        x = x + model.position_embedding(x)  # (1, T, d_model)
-        padding_mask, segment_ids = None, None
+        weights = model.attention_weights(_one_sequence(inputs, "inputs"))
     else:
         if not isinstance(inputs, dict) or "token_ids" not in inputs:
             raise ValueError(
-                '`inputs` of a BERT model must be a dict with "token_ids" (and '
-                'optionally "segment_ids", "padding_mask").'
+                '`inputs` of a BERT model must be a dict with "token_ids" (and optionally '
+                f'"segment_ids", "padding_mask"), got {type(inputs).__name__}.'
             )
         token_ids = _one_sequence(inputs["token_ids"], "inputs['token_ids']")
-        segment_ids = inputs.get("segment_ids")
-        segment_ids = (
-            np.zeros_like(token_ids)
-            if segment_ids is None
-            else np.asarray(segment_ids, "int32").reshape(token_ids.shape)
+        weights = model.attention_weights(
+            {
+                key: np.asarray(value, "int32").reshape(token_ids.shape)
+                for key, value in dict(inputs, token_ids=token_ids).items()
+                if value is not None
+            }
         )
-        padding_mask = inputs.get("padding_mask")
-        x = model.token_embedding(token_ids)
-        x = x + model.position_embedding(x) + model.segment_embedding(segment_ids)
-        x = model.embedding_norm(x)  # (1, T, d_model)
-    for block in model.blocks[:layer]:
-        x = block(x, padding_mask=padding_mask)
-    _, weights = model.blocks[layer](x, padding_mask=padding_mask, return_attention_scores=True)
-    return np.asarray(ops.convert_to_numpy(weights), "float32")[0]  # (heads, T, T)
+    return np.asarray(ops.convert_to_numpy(weights[layer]), "float32")[0]  # (heads, T, T)
 
 
 def _one_sequence(token_ids, argument):

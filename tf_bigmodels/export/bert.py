@@ -1,14 +1,15 @@
 """SavedModel export of a BERT pre-trainer or classifier with the WordPiece tokenizer in the graph."""
 
 import json
-import numbers
 
 import tensorflow as tf
 import tensorflow_text as tf_text
 
 import tf_bigmodels
+from tf_bigmodels import _checks
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import BERTClassifier, BERTPretrainer
+from tf_bigmodels.tokenizers import WordPieceTokenizer, check_tokenizer
 
 _TEXT = tf.TensorSpec([None], tf.string, name="text")
 _MASK_TOKEN = "[MASK]"
@@ -197,37 +198,23 @@ def export_bert(
         raise TypeError(
             f"`model` must be a BERTPretrainer or a BERTClassifier, got {type(model).__name__}."
         )
-    for attribute in ("tokenize", "vocabulary", "cls_id", "sep_id", "pad_id", "mask_id"):
-        if not hasattr(tokenizer, attribute):
-            raise TypeError(
-                f"`tokenizer` must be a WordPieceTokenizer (it needs `{attribute}`), "
-                f"got {type(tokenizer).__name__}."
-            )
+    # The signatures write [CLS], [SEP] and find [MASK]: a WordPiece vocabulary's special tokens.
+    check_tokenizer(tokenizer, WordPieceTokenizer)
     encoder = model.encoder
     if tokenizer.vocab_size != encoder.vocab_size:
         raise ValueError(
-            f"`tokenizer` has vocab_size={tokenizer.vocab_size} but the model's "
-            f"encoder has vocab_size={encoder.vocab_size}; they must be equal."
+            f"`tokenizer` must have the encoder's vocab_size={encoder.vocab_size}, got one with "
+            f"vocab_size={tokenizer.vocab_size}."
         )
-    seq_length = encoder.max_length if seq_length is None else seq_length
-    if (
-        isinstance(seq_length, bool)
-        or not isinstance(seq_length, numbers.Integral)
-        or not 3 <= seq_length <= encoder.max_length
-    ):
-        raise ValueError(
-            f"`seq_length` must be None or an int in [3, {encoder.max_length}], got {seq_length!r}."
-        )
-    if (
-        isinstance(top_k, bool)
-        or not isinstance(top_k, numbers.Integral)
-        or not 1 <= top_k <= encoder.vocab_size
-    ):
-        raise ValueError(f"`top_k` must be an int in [1, {encoder.vocab_size}], got {top_k!r}.")
+    # [CLS] text [SEP] needs 3 positions at least; the default is documented above.
+    seq_length = _checks.integer(
+        "seq_length", seq_length, low=3, high=encoder.max_length, none_ok=True
+    )
+    top_k = _checks.integer("top_k", top_k, low=1, high=encoder.vocab_size)
     config = {
-        "seq_length": int(seq_length),
-        "top_k": int(top_k),
-        "jit_compile": bool(jit_compile),
+        "seq_length": encoder.max_length if seq_length is None else seq_length,
+        "top_k": top_k,
+        "jit_compile": _checks.boolean("jit_compile", jit_compile),
         "tf_bigmodels_version": tf_bigmodels.__version__,
     }
     if isinstance(model, BERTClassifier):
@@ -244,8 +231,8 @@ def export_bert(
         config["class_names"] = class_names
     elif class_names is not None:
         raise ValueError(
-            f"`class_names`={class_names!r} applies to a BERTClassifier only; got a "
-            f"{type(model).__name__}."
+            f"`class_names` must be None for a {type(model).__name__} (it applies to a "
+            f"BERTClassifier only), got {class_names!r}."
         )
     if not model.built:
         inputs = {
