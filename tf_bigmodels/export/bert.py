@@ -12,6 +12,7 @@ from tf_bigmodels.models import BERTClassifier, BERTPretrainer
 from tf_bigmodels.tokenizers import WordPieceTokenizer, check_tokenizer
 
 _TEXT = tf.TensorSpec([None], tf.string, name="text")
+_TEXT_PAIR = tf.TensorSpec([None], tf.string, name="text_pair")
 _MASK_TOKEN = "[MASK]"
 
 
@@ -37,6 +38,12 @@ class BERTServingModule(tf.Module):
     - `serving_default(text: string [B]) -> {"probabilities": float32 [B, C], "label": int32 [B],
       "label_name": string [B]}` (label names are the class indices unless `class_names` given).
 
+    Every signature checks its inputs in the graph, so a bad request fails with an
+    `InvalidArgumentError` naming the input and never reaches an op that could crash the serving
+    process: `text` and `text_pair` must be 1-D (a scalar or a matrix names the input and its
+    shape), and `encode_pair` needs `text` and `text_pair` of one batch size. An empty batch
+    (B = 0) gives empty outputs.
+
     Args:
         model: a built `BERTPretrainer` or `BERTClassifier`.
         tokenizer: its `WordPieceTokenizer`.
@@ -59,10 +66,7 @@ class BERTServingModule(tf.Module):
         self._run = tf.function(lambda inputs: model(inputs), jit_compile=config["jit_compile"])
         if isinstance(model, BERTPretrainer):
             self.serving_default = tf.function(self._encode, input_signature=[_TEXT])
-            self.encode_pair = tf.function(
-                self._encode,
-                input_signature=[_TEXT, tf.TensorSpec([None], tf.string, name="text_pair")],
-            )
+            self.encode_pair = tf.function(self._encode, input_signature=[_TEXT, _TEXT_PAIR])
             self.fill_mask = tf.function(self._fill_mask, input_signature=[_TEXT])
             self._encoder = tf.function(
                 lambda inputs: model.encoder(inputs), jit_compile=config["jit_compile"]
@@ -94,15 +98,29 @@ class BERTServingModule(tf.Module):
         trimmed = tf_text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
         ids, segment_ids = tf_text.combine_segments(trimmed, tokenizer.cls_id, tokenizer.sep_id)
         return {
-            "token_ids": ids.to_tensor(tokenizer.pad_id),
-            "segment_ids": segment_ids.to_tensor(0),
-            "padding_mask": tf.ones_like(ids).to_tensor(0),
+            "token_ids": _dense(ids, tokenizer.pad_id),
+            "segment_ids": _dense(segment_ids, 0),
+            "padding_mask": _dense(tf.ones_like(ids), 0),
         }
 
+    def _texts(self, text, text_pair=None):
+        """The checked inputs, each a 1-D string tensor; InvalidArgumentError names a bad one."""
+        # EnsureShape checks the shape a request really has (a signature does not) and its
+        # error names the input; tensorflow-text's ops abort the process on inconsistent shapes.
+        text = tf.ensure_shape(text, [None])
+        if text_pair is None:
+            return [text]
+        text_pair = tf.ensure_shape(text_pair, [None])
+        same_batch = tf.debugging.assert_equal(
+            tf.shape(text)[0],
+            tf.shape(text_pair)[0],
+            message="`text` and `text_pair` must have the same batch size",
+        )
+        with tf.control_dependencies([same_batch]):
+            return [tf.identity(text), tf.identity(text_pair)]
+
     def _encode(self, text, text_pair=None):
-        segments = [self.tokenizer.tokenize(text)]
-        if text_pair is not None:
-            segments.append(self.tokenizer.tokenize(text_pair))
+        segments = [self.tokenizer.tokenize(t) for t in self._texts(text, text_pair)]
         inputs = self._pack(segments)
         outputs = self._encoder(inputs)
         return {
@@ -122,13 +140,14 @@ class BERTServingModule(tf.Module):
         return ids[:, :-1]  # a mask follows every piece but the last
 
     def _fill_mask(self, text):
+        (text,) = self._texts(text)
         inputs = self._pack([self._tokenize_with_masks(text)])
         is_mask = tf.equal(inputs["token_ids"], self.tokenizer.mask_id)
         positions = tf.ragged.boolean_mask(
             tf.broadcast_to(tf.range(tf.shape(is_mask)[1]), tf.shape(is_mask)), is_mask
         )
         counts = tf.cast(positions.row_lengths(), tf.int32)
-        shown = tf.reduce_max(counts)
+        shown = tf.reduce_max(tf.concat([counts, [0]], axis=0))  # 0, not INT_MIN, for B = 0
         slots = tf.maximum(shown, 1)  # the MLM head needs one slot at least
         mask_positions = tf.pad(positions.to_tensor(0), [[0, 0], [0, slots - shown]])
         logits = self._run({**inputs, "mask_positions": mask_positions})["mlm_logits"]
@@ -142,6 +161,7 @@ class BERTServingModule(tf.Module):
         }
 
     def _classify(self, text):
+        (text,) = self._texts(text)
         logits = self._run(self._pack([self.tokenizer.tokenize(text)]))
         probabilities = tf.nn.softmax(logits)
         label = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
@@ -150,6 +170,13 @@ class BERTServingModule(tf.Module):
             "label": label,
             "label_name": tf.gather(self._class_names, label),
         }
+
+
+def _dense(ragged, fill):
+    """`[B, (T)]` -> `[B, max(T, 1)]`: an empty batch (width 0) gets the column the pooler reads."""
+    dense = ragged.to_tensor(fill)
+    missing = tf.maximum(1 - tf.shape(dense)[1], 0)
+    return tf.pad(dense, [[0, 0], [0, missing]], constant_values=fill)
 
 
 def export_bert(
