@@ -101,8 +101,8 @@ def bert_pretraining_dataset(
 
     >>> from tf_bigmodels.data import load_corpus
     >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
-    >>> docs = load_corpus("shakespeare")
-    >>> tokenizer = WordPieceTokenizer.train(docs, vocab_size=8000, verbose=False)
+    >>> docs = load_corpus("shakespeare")[:4]  # 4 of its 100 documents: a quick example
+    >>> tokenizer = WordPieceTokenizer.train(docs, vocab_size=1000, verbose=False)
     >>> ds = bert_pretraining_dataset(docs, tokenizer, seq_len=128, batch_size=32)
     >>> features, labels = next(iter(ds))
     >>> features["token_ids"].shape, labels["mask_weights"].dtype

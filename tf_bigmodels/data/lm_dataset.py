@@ -72,7 +72,8 @@ def lm_dataset(
 
     >>> from tf_bigmodels.data import load_corpus
     >>> from tf_bigmodels.tokenizers import ByteTokenizer
-    >>> ds = lm_dataset(load_corpus("shakespeare"), ByteTokenizer(), seq_len=64, batch_size=12)
+    >>> docs = load_corpus("shakespeare")[:10]  # 10 of its 100 documents: a quick example
+    >>> ds = lm_dataset(docs, ByteTokenizer(), seq_len=64, batch_size=12)
     >>> x, y = next(iter(ds))
     >>> x.shape, y.dtype
     (TensorShape([12, 64]), tf.int32)

@@ -25,8 +25,9 @@ def write_version(export_dir, version, write):
 
     Example:
 
-    >>> write_version("/tmp/models/gpt", None, lambda p: tf.saved_model.save(m, p))  # doctest: +SKIP
-    '/tmp/models/gpt/1'
+    >>> write = lambda path: open(os.path.join(path, "saved_model.pb"), "wb").close()
+    >>> write_version("models/gpt", None, write), write_version("models/gpt", None, write)
+    ('models/gpt/1', 'models/gpt/2')
     """
     export_dir = os.fspath(export_dir)
     os.makedirs(export_dir, exist_ok=True)

@@ -51,7 +51,14 @@ class BERTServingModule(tf.Module):
 
     Example:
 
-    >>> module = BERTServingModule(pretrainer, tokenizer, config)  # doctest: +SKIP
+    >>> from tf_bigmodels.models import BERTEncoder
+    >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
+    >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat"])
+    >>> encoder = BERTEncoder(tokenizer.vocab_size, 16, 2, 32, 1, max_length=16)
+    >>> module = BERTServingModule(
+    ...     BERTPretrainer(encoder), tokenizer, {"seq_length": 16, "top_k": 2, "jit_compile": False})
+    >>> module.fill_mask(tf.constant(["the [MASK]", "[MASK] [MASK] cat"]))["mask_counts"].numpy()
+    array([1, 2], dtype=int32)
     """
 
     def __init__(self, model, tokenizer, config):
@@ -80,8 +87,13 @@ class BERTServingModule(tf.Module):
 
         Example:
 
-        >>> sorted(module.signatures())  # doctest: +SKIP
-        ['encode_pair', 'fill_mask', 'serving_default']
+        >>> from tf_bigmodels.models import BERTEncoder
+        >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
+        >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"])
+        >>> classifier = BERTClassifier(BERTEncoder(6, 8, 1, 16, 1), num_classes=2)
+        >>> config = {"seq_length": 8, "top_k": 1, "jit_compile": False, "class_names": ["n", "y"]}
+        >>> sorted(BERTServingModule(classifier, tokenizer, config).signatures())
+        ['serving_default']
         """
         if isinstance(self.model, BERTPretrainer):
             return {
@@ -217,9 +229,16 @@ def export_bert(
 
     Example:
 
-    >>> path = export_bert(pretrainer, tokenizer, "exports/bert", top_k=3)  # doctest: +SKIP
-    >>> tf.saved_model.load(path).signatures["fill_mask"](
-    ...     text=tf.constant(["the [MASK] sat ."]))["tokens"]  # doctest: +SKIP
+    >>> from tf_bigmodels.models import BERTEncoder
+    >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
+    >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat"])
+    >>> pretrainer = BERTPretrainer(BERTEncoder(tokenizer.vocab_size, 16, 2, 32, 1, max_length=16))
+    >>> path = export_bert(pretrainer, tokenizer, "exports/bert", top_k=3, jit_compile=False)
+    >>> path
+    'exports/bert/1'
+    >>> fill_mask = tf.saved_model.load(path).signatures["fill_mask"]
+    >>> fill_mask(text=tf.constant(["the [MASK] sat ."]))["tokens"].shape
+    TensorShape([1, 1, 3])
     """
     if not isinstance(model, (BERTPretrainer, BERTClassifier)):
         raise TypeError(
