@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tf_bigmodels.data import bert_pretraining_dataset, lm_dataset, load_corpus
-from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
+from tf_bigmodels.tokenizers import ByteTokenizer, Tokenizer, WordPieceTokenizer
 
 BYTES = ByteTokenizer()
 
@@ -363,3 +363,24 @@ def test_repeat_works_under_a_global_seed_of_zero():
     docs = load_corpus("shakespeare")[:2]
     stream = lm_dataset(docs, BYTES, 64, 32, seed=0, repeat=True)
     np.testing.assert_array_equal(_first_batches(stream, 3)[2][0], _first_batches(stream, 3)[2][0])
+
+
+class _AsciiTokenizer(Tokenizer):
+    """A tokenizer written outside the package: ASCII code points, 127 for anything else."""
+
+    def __init__(self):
+        super().__init__()
+        self.vocab_size, self.end_id, self.pad_id = 129, 128, 127
+
+    def tokenize(self, strings):
+        ids = tf.strings.unicode_decode(strings, "UTF-8", errors="replace")
+        return tf.ragged.map_flat_values(lambda i: tf.where(i < 127, i, 127), ids)
+
+    def detokenize(self, ids):
+        return tf.strings.unicode_encode(ids, "UTF-8")
+
+
+def test_any_tokenizer_subclass_plugs_into_the_lm_pipeline():
+    x, y = _all(lm_dataset(["ab\n" * 40, "cd\n" * 40], _AsciiTokenizer(), 8, 2, split="train"))
+    assert set(np.unique(x)) == {ord("a"), ord("b"), ord("\n"), 128, ord("c"), ord("d")}
+    assert (x[:, 1:] == y[:, :-1]).all()

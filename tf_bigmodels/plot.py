@@ -456,7 +456,9 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
         raise FileNotFoundError(2, "No such run directory", str(run_dir))
     text = DEFAULT_TEXT if text is None else text
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"`text`={text!r} is empty; give some text to draw attention for.")
+        raise ValueError(
+            f"`text` must be a string with some text to draw attention for, got {text!r}."
+        )
     out_dir = run_dir / "plots" if out_dir is None else pathlib.Path(out_dir)
     series = read_metrics(run_dir)
     model_path = run_dir / "model.keras"

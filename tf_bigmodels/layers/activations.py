@@ -48,7 +48,9 @@ def get_activation(activation):
             f"callable, got {activation!r}."
         ) from error
     if resolved is None:
-        raise ValueError("`activation` must not be None; use 'linear' for no activation.")
+        raise ValueError(
+            "`activation` must be a name or a callable ('linear' for no activation), got None."
+        )
     return resolved
 
 

@@ -18,9 +18,11 @@ class Tokenizer(tf.Module):
       and the token at which generation stops.
     - `pad_id`: int. The token that fills padded positions; `detokenize` drops it.
 
-    Both methods must be pure TensorFlow ops (they run inside `tf.function`, `tf.data` and a
-    SavedModel), which is why the base is a `tf.Module`: a tokenizer held as an attribute of an
-    exported module travels inside the SavedModel. A tokenizer with a learned vocabulary also
+    `vocab_size`, `end_id` and `pad_id` are declared here and set by each subclass (as class
+    attributes, in `__init__`, or as properties). Both methods must be pure TensorFlow ops (they
+    run inside `tf.function`, `tf.data` and a SavedModel), which is why the base is a
+    `tf.Module`: a tokenizer held as an attribute of an exported module travels inside the
+    SavedModel. A tokenizer with a learned vocabulary also
     offers `save(directory)` and a classmethod `load(directory)`; one without (`ByteTokenizer`)
     has nothing to save.
 
@@ -36,6 +38,12 @@ class Tokenizer(tf.Module):
     True
     """
 
+    # Declared, not defined: a subclass sets them as class attributes, in `__init__`, or as
+    # properties, whichever fits (`ByteTokenizer` has fixed ids; a learned vocabulary does not).
+    vocab_size: int
+    end_id: int
+    pad_id: int
+
     def tokenize(self, strings):
         """Returns the int32 ids of `strings` (see the class docstring)."""
         raise NotImplementedError(f"{type(self).__name__} must implement `tokenize`.")
@@ -43,21 +51,6 @@ class Tokenizer(tf.Module):
     def detokenize(self, ids):
         """Returns the text of `ids` (see the class docstring)."""
         raise NotImplementedError(f"{type(self).__name__} must implement `detokenize`.")
-
-    @property
-    def vocab_size(self):
-        """int. Number of ids."""
-        raise NotImplementedError(f"{type(self).__name__} must define `vocab_size`.")
-
-    @property
-    def end_id(self):
-        """int. The end-of-document (and end-of-generation) id."""
-        raise NotImplementedError(f"{type(self).__name__} must define `end_id`.")
-
-    @property
-    def pad_id(self):
-        """int. The padding id."""
-        raise NotImplementedError(f"{type(self).__name__} must define `pad_id`.")
 
 
 def check_tokenizer(tokenizer, kind=Tokenizer, *, name="tokenizer"):
