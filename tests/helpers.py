@@ -201,3 +201,22 @@ def _check_reload(layer, call_args, expected, tmp_path):
         env=environment,
     )
     assert "RELOAD_OK" in result.stdout, result.stderr[-3000:]
+
+
+def reference_attention_weights(block, x, allowed):
+    """softmax(Q K^T / sqrt(d_k)) of one `TransformerLayer` on input `x`, written out in NumPy.
+
+    `allowed` is a bool array broadcastable to `(batch, seq, seq)` (True = may attend). The
+    queries and keys come from the block's fused QKV projection, applied to `x` itself
+    (post-norm) or to its layer norm (pre-norm), heads split in order.
+    """
+    h = block.attention_norm(x) if block.norm_first else x
+    attention = block.attention
+    qkv = np.asarray(h) @ np.asarray(attention.qkv.kernel) + np.asarray(attention.qkv.bias)
+    batch, length, _ = qkv.shape
+    heads, depth = attention.num_heads, attention.head_dim
+    qkv = qkv.reshape(batch, length, 3, heads, depth).transpose(2, 0, 3, 1, 4)  # (3, B, h, T, d)
+    scores = qkv[0] @ qkv[1].transpose(0, 1, 3, 2) / np.sqrt(depth)  # (B, h, T, T)
+    scores = np.where(np.asarray(allowed)[:, None], scores, -np.inf)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return scores / scores.sum(axis=-1, keepdims=True)

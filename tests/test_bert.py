@@ -1,7 +1,9 @@
+import re
+
 import keras
 import numpy as np
 import pytest
-from helpers import assert_layer_contract
+from helpers import assert_layer_contract, reference_attention_weights
 
 from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer
 
@@ -252,3 +254,55 @@ def test_pretrainer_reports_mlm_accuracy_over_real_predictions_and_nsp_accuracy(
     results = pretrainer.evaluate(inputs, labels, batch_size=2, verbose=0, return_dict=True)
     assert results["mlm_accuracy"] == pytest.approx(2 / 5)
     assert results["nsp_accuracy"] == pytest.approx(0.5)
+
+
+def test_attention_weights_are_the_ones_the_forward_pass_uses():
+    encoder = BERTEncoder(**dict(SMALL, rate=0.1))  # dropout must be off in the call
+    inputs = _inputs(lengths=(T, 6))
+    weights = encoder.attention_weights(inputs)
+    assert len(weights) == SMALL["num_layers"]
+    real = inputs["padding_mask"].astype(bool)
+    x = encoder.token_embedding(inputs["token_ids"])
+    x = x + encoder.position_embedding(x) + encoder.segment_embedding(inputs["segment_ids"])
+    x = encoder.embedding_norm(x)
+    for block, got in zip(encoder.blocks, weights):
+        got = keras.ops.convert_to_numpy(got)
+        assert got.shape == (2, 3, T, T) and got.dtype == np.float32
+        np.testing.assert_allclose(got.sum(axis=-1), 1.0, atol=1e-5, rtol=0)
+        assert (got[1][:, :, 6:] == 0).all() and (got[1][:, :6, :6] > 0).all()  # both directions
+        want = reference_attention_weights(block, x, real[:, None, :])
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        x = block(x, padding_mask=inputs["padding_mask"])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(x),
+        keras.ops.convert_to_numpy(encoder(inputs)["sequence_output"]),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "key, bad, allowed",
+    [
+        ("token_ids", -1, f"[0, {VOCAB})"),
+        ("token_ids", VOCAB, f"[0, {VOCAB})"),
+        ("segment_ids", -1, "[0, 2)"),
+        ("segment_ids", 2, "[0, 2)"),
+        ("mask_positions", -1, f"[0, {T})"),
+        ("mask_positions", T, f"[0, {T})"),
+    ],
+)
+def test_ids_outside_their_range_are_refused_in_eager_calls(key, bad, allowed):
+    """Keras's gather would wrap -1 around to the last row and read zeros past the end on GPU."""
+    inputs = _pretraining_inputs()
+    inputs[key] = inputs[key].copy()
+    inputs[key][0, 1] = bad
+    pretrainer = BERTPretrainer(BERTEncoder(**SMALL))
+    calls = [pretrainer]
+    if key != "mask_positions":
+        inputs_without = {k: v for k, v in inputs.items() if k != "mask_positions"}
+        calls += [lambda _: pretrainer.encoder(inputs_without)]
+        calls += [lambda _: pretrainer.encoder.attention_weights(inputs_without)]
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"`{key}` must be ids in {re.escape(allowed)}, got"):
+            call(inputs)

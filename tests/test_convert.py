@@ -1,4 +1,4 @@
-"""Parity of the keras-hub converters: same weights, same numbers (DESIGN §5: max diff <= 1e-5).
+"""Parity of the keras-hub converters: same weights, same numbers (max abs difference <= 1e-5 in float32).
 
 Every keras-hub weight is overwritten with random values first (biases, layer-norm betas and
 gammas included), so a weight that is dropped or mis-mapped shows up as a difference instead of

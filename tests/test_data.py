@@ -19,7 +19,7 @@ from tf_bigmodels.data import (
     load_corpus,
     load_labelled_corpus,
 )
-from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
+from tf_bigmodels.tokenizers import ByteTokenizer, Tokenizer, WordPieceTokenizer
 
 BYTES = ByteTokenizer()
 
@@ -163,7 +163,7 @@ def test_lm_input_context_shards_disjoint_windows():
 
 
 def test_lm_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="texts is empty"):
+    with pytest.raises(ValueError, match="^`texts` must hold .* got an empty list.$"):
         lm_dataset([], BYTES, 8, 2)
     with pytest.raises(ValueError, match=r"texts too short.*seq_len=64.*batch_size=2"):
         lm_dataset(["a short text"], BYTES, 64, 2)
@@ -174,10 +174,14 @@ def test_lm_bad_input(tmp_path):
         lm_dataset(tmp_path / "missing.txt", BYTES, 8, 2)
     with pytest.raises(TypeError, match="got one str"):
         lm_dataset("shakespeare", BYTES, 8, 2)
-    with pytest.raises(ValueError, match="split='test' is not allowed"):
+    with pytest.raises(ValueError, match=r"^`split` must be one of \['train', 'val'\], got 'test'"):
         lm_dataset(["text"], BYTES, 8, 2, split="test")
-    with pytest.raises(ValueError, match="seq_len=0 is not allowed"):
+    with pytest.raises(ValueError, match="^`seq_len` must be an integer >= 1, got 0.$"):
         lm_dataset(["text"], BYTES, 0, 2)
+    with pytest.raises(ValueError, match="^`batch_size` must be an integer >= 1, got 2.0.$"):
+        lm_dataset(["text"], BYTES, 8, 2.0)
+    with pytest.raises(TypeError, match="^`tokenizer` must be a Tokenizer .*, got str.$"):
+        lm_dataset(["text"], "bytes", 8, 2)
     # Invalid UTF-8 inside the text is replaced, not fatal.
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe" + b"abc\n" * 200)
     x, _ = _all(lm_dataset(tmp_path / "bad.txt", BYTES, 8, 2))
@@ -328,16 +332,22 @@ def test_bert_bad_input(shakespeare_word_piece):
     tok, docs = shakespeare_word_piece, load_corpus("shakespeare")[:3]
     with pytest.raises(ValueError, match="1 document.*at least 2"):
         bert_pretraining_dataset(docs[:1], tok, 64, 4)
-    with pytest.raises(ValueError, match="texts is empty"):
+    with pytest.raises(ValueError, match="^`texts` must hold .* got 2 blank strings.$"):
         bert_pretraining_dataset(["", " "], tok, 64, 4)
-    with pytest.raises(TypeError, match="lacks .*cls_id"):
+    with pytest.raises(TypeError, match="^`tokenizer` must be a WordPieceTokenizer, got Byte"):
         bert_pretraining_dataset(docs, BYTES, 64, 4)
-    with pytest.raises(ValueError, match="seq_len=4 is not allowed"):
+    with pytest.raises(ValueError, match="^`seq_len` must be an integer >= 5, got 4.$"):
         bert_pretraining_dataset(docs, tok, 4, 4)
-    with pytest.raises(ValueError, match="max_predictions_per_seq=62 is not allowed"):
+    with pytest.raises(
+        ValueError, match=r"^`max_predictions_per_seq` must be an integer in \[1, 61\], got 62.$"
+    ):
         bert_pretraining_dataset(docs, tok, 64, 4, max_predictions_per_seq=62)
-    with pytest.raises(ValueError, match="masked_lm_prob=0 is not allowed"):
+    with pytest.raises(
+        ValueError, match=r"^`masked_lm_prob` must be a number in \(0, 1\], got 0.$"
+    ):
         bert_pretraining_dataset(docs, tok, 64, 4, masked_lm_prob=0)
+    with pytest.raises(ValueError, match="^`short_seq_prob` must be a number in .*, got nan.$"):
+        bert_pretraining_dataset(docs, tok, 64, 4, short_seq_prob=float("nan"))
     with pytest.raises(ValueError, match=r"texts too short.*batch_size=100000"):
         bert_pretraining_dataset(docs, tok, 64, 100_000)
     with pytest.raises(
@@ -384,6 +394,27 @@ def test_repeat_works_under_a_global_seed_of_zero():
     docs = load_corpus("shakespeare")[:2]
     stream = lm_dataset(docs, BYTES, 64, 32, seed=0, repeat=True)
     np.testing.assert_array_equal(_first_batches(stream, 3)[2][0], _first_batches(stream, 3)[2][0])
+
+
+class _AsciiTokenizer(Tokenizer):
+    """A tokenizer written outside the package: ASCII code points, 127 for anything else."""
+
+    def __init__(self):
+        super().__init__()
+        self.vocab_size, self.end_id, self.pad_id = 129, 128, 127
+
+    def tokenize(self, strings):
+        ids = tf.strings.unicode_decode(strings, "UTF-8", errors="replace")
+        return tf.ragged.map_flat_values(lambda i: tf.where(i < 127, i, 127), ids)
+
+    def detokenize(self, ids):
+        return tf.strings.unicode_encode(ids, "UTF-8")
+
+
+def test_any_tokenizer_subclass_plugs_into_the_lm_pipeline():
+    x, y = _all(lm_dataset(["ab\n" * 40, "cd\n" * 40], _AsciiTokenizer(), 8, 2, split="train"))
+    assert set(np.unique(x)) == {ord("a"), ord("b"), ord("\n"), 128, ord("c"), ord("d")}
+    assert (x[:, 1:] == y[:, :-1]).all()
 
 
 # Chinese corpora -------------------------------------------------------------------------------

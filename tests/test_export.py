@@ -410,14 +410,24 @@ def test_saved_model_cli_lists_the_bert_signatures(bert_exports):
 
 def test_export_bert_checks_its_arguments(bert_exports, tmp_path):
     from tf_bigmodels.export import export_bert
+    from tf_bigmodels.tokenizers import ByteTokenizer
 
     pretrainer, classifier, tokenizer = bert_exports[:3]
-    with pytest.raises(ValueError, match="`seq_length`"):
+    with pytest.raises(ValueError, match=r"^`seq_length` must be None or an integer in \[3, 32\]"):
         export_bert(pretrainer, tokenizer, tmp_path, seq_length=2)
-    with pytest.raises(ValueError, match="`class_names`"):
+    with pytest.raises(ValueError, match=r"^`top_k` must be an integer in \[1, \d+\], got 0.$"):
+        export_bert(pretrainer, tokenizer, tmp_path, top_k=0)
+    with pytest.raises(ValueError, match="^`class_names` must be None or 3 strings"):
         export_bert(classifier, tokenizer, tmp_path, class_names=["only one"])
+    with pytest.raises(ValueError, match="^`class_names` must be None for a BERTPretrainer"):
+        export_bert(pretrainer, tokenizer, tmp_path, class_names=["a", "b"])
+    with pytest.raises(TypeError, match="^`tokenizer` must be a WordPieceTokenizer, got Byte"):
+        export_bert(pretrainer, ByteTokenizer(), tmp_path)
+    with pytest.raises(ValueError, match="^`version` must be None or an integer >= 1, got 0.$"):
+        export_bert(pretrainer, tokenizer, tmp_path, version=0)
     with pytest.raises(TypeError, match="`model`"):
         export_bert(pretrainer.encoder, tokenizer, tmp_path)
+    assert not list(tmp_path.iterdir())  # every check came before any file
 
 
 @pytest.mark.slow

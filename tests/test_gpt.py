@@ -3,7 +3,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from helpers import assert_layer_contract
+from helpers import assert_layer_contract, reference_attention_weights
 
 from tf_bigmodels.models import GPTModel
 
@@ -155,3 +155,44 @@ def test_memorises_a_repeating_sequence():
 def test_bad_config_names_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         GPTModel(**kwargs)
+
+
+def test_attention_weights_are_the_ones_the_forward_pass_uses():
+    model = GPTModel(**dict(SMALL, num_layers=3, rate=0.1))  # dropout must be off in the call
+    tokens = _tokens(seed=3)
+    padding_mask = np.ones((2, T), bool)
+    padding_mask[1, -4:] = False
+    weights = model.attention_weights(tokens, padding_mask=padding_mask)
+    assert len(weights) == 3
+    allowed = np.tril(np.ones((T, T), bool))[None] & padding_mask[:, None, :]
+    x = model.token_embedding(tokens)
+    x = x + model.position_embedding(x)
+    for block, got in zip(model.blocks, weights):
+        got = keras.ops.convert_to_numpy(got)
+        assert got.shape == (2, 3, T, T) and got.dtype == np.float32
+        np.testing.assert_allclose(got.sum(axis=-1), 1.0, atol=1e-5, rtol=0)
+        assert (got[:, :, ~np.tril(np.ones((T, T), bool))] == 0).all()  # causal: exact zeros
+        assert (got[1][:, :, -4:] == 0).all()  # padded keys
+        want = reference_attention_weights(block, x, allowed)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        x = block(x, padding_mask=padding_mask)
+    # The same pass gives the model's logits: the weights come from what `call` computes.
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.logits_from_hidden_states(model.final_norm(x))),
+        keras.ops.convert_to_numpy(model(tokens, padding_mask=padding_mask)),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("bad", [-1, VOCAB])
+def test_token_ids_outside_the_vocabulary_are_refused_in_eager_calls(bad):
+    """Keras's gather would wrap -1 around to the last row and read zeros past the end on GPU."""
+    model = GPTModel(**SMALL)
+    tokens = _tokens()
+    tokens[1, 3] = bad
+    for call in (model, model.hidden_states, model.attention_weights):
+        with pytest.raises(
+            ValueError, match=rf"`token_ids` must be ids in \[0, {VOCAB}\), got values from"
+        ):
+            call(tokens)

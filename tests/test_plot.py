@@ -12,11 +12,12 @@ import pytest
 import tf_bigmodels
 from tf_bigmodels import plot
 from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel
-from tf_bigmodels.tokenizers import WordPieceTokenizer
+from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
 
 pytest.importorskip("matplotlib")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BYTES = ByteTokenizer()
 
 
 def png_size(path):
@@ -93,7 +94,7 @@ def test_bert_attention_is_bidirectional_and_skips_padding():
 
 def test_attention_maps_name_bad_arguments():
     model = GPTModel(258, 32, 2, 64, 2, max_length=16)
-    with pytest.raises(ValueError, match=r"`layer`=2 is out of range.*0 to 1"):
+    with pytest.raises(ValueError, match=r"^`layer` must be an integer in \[0, 1\], got 2.$"):
         plot.attention_maps(model, [1, 2, 3], layer=2)
     with pytest.raises(ValueError, match="one sequence"):
         plot.attention_maps(model, np.ones((2, 3), "int32"))
@@ -170,7 +171,7 @@ def test_cli_plot(gpt_run, tmp_path):
 
     result = run_cli("plot", str(gpt_run), "--out", str(tmp_path), "--layer", "7")
     assert result.returncode == 2
-    assert "`layer`=7 is out of range" in error_line(result)
+    assert "`layer` must be an integer in [0, 1], got 7." in error_line(result)
     assert (tmp_path / "loss.png").read_bytes() == before
 
 
@@ -183,3 +184,63 @@ def test_cli_plot_without_matplotlib_is_a_one_line_error(gpt_run):
     result = run_cli("plot", str(gpt_run), code=blocked)
     assert result.returncode == 2
     assert "pip install" in error_line(result) and "matplotlib" in error_line(result)
+
+
+POEM = "床前明月光，疑是地上霜。"  # 12 characters, 36 UTF-8 bytes
+
+
+def test_byte_labels_group_each_characters_bytes():
+    ids = BYTES.tokenize("a 你好").numpy().tolist() + [0xE4, 256]  # a cut character, end
+    assert plot.byte_token_labels(ids) == ["a", "␣", "你", "", "", "好", "", "", "e4", "<end>"]
+    assert plot.byte_token_labels([0xFF, 0x80, 10]) == ["ff", "80", "\\n"]  # invalid UTF-8
+
+
+def _drawn(monkeypatch, maps, labels, cjk_font):
+    """Calls plot_attention and returns its figure, drawn, instead of saving it."""
+    import matplotlib
+
+    monkeypatch.setattr(plot, "_cjk_font", lambda: cjk_font)
+    figures = []
+    monkeypatch.setattr(plot, "_save", lambda figure, path: figures.append(figure) or path)
+    plot.plot_attention(maps, labels, "unused.png", title="a title")
+    figure = figures[0]
+    figure.canvas.draw()
+    matplotlib.pyplot.close(figure)  # closing frees it; the drawn figure stays inspectable
+    return figure
+
+
+@pytest.mark.filterwarnings("ignore:Glyph")  # the stand-in font has no Chinese glyphs
+def test_attention_plot_labels_chinese_by_character_in_a_cjk_font(monkeypatch):
+    ids = BYTES.tokenize(POEM).numpy()
+    maps = plot.attention_maps(GPTModel(258, 32, 2, 64, 1, max_length=64), ids)
+    # Any installed font stands in for a CJK one: what matters is that the labels use it.
+    figure = _drawn(monkeypatch, maps, plot.byte_token_labels(ids), "DejaVu Sans")
+    axis = figure.axes[0]
+    labels = [label.get_text() for label in axis.get_xticklabels()]
+    assert labels == list(POEM)  # one tick per character, not three hex bytes
+    assert list(axis.get_xticks()) == [3 * i + 1 for i in range(12)]  # the middle byte
+    assert all(label.get_fontfamily()[0] == "DejaVu Sans" for label in axis.get_xticklabels())
+    assert min(label.get_fontsize() for label in axis.get_yticklabels()) >= 8
+
+
+def test_attention_plot_without_a_cjk_font_says_so(monkeypatch):
+    ids = BYTES.tokenize(POEM).numpy()
+    maps = plot.attention_maps(GPTModel(258, 32, 2, 64, 1, max_length=64), ids)
+    with pytest.warns(UserWarning, match="(?s)No font with Chinese.*fonts-noto-cjk"):
+        figure = _drawn(monkeypatch, maps, plot.byte_token_labels(ids), None)
+    labels = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+    assert labels[:2] == ["U+5E8A", "U+524D"]  # 床前: code points, not tofu boxes
+    assert "fonts-noto-cjk" in figure.get_supxlabel()
+
+
+def test_attention_plot_title_sits_just_above_the_panels(monkeypatch):
+    maps = np.full((4, 5, 5), 0.2, "float32")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = _drawn(monkeypatch, maps, list("hello"), None)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    title_bottom = figure._suptitle.get_window_extent(renderer).y0
+    panels_top = max(axis.get_tightbbox(renderer).y1 for axis in figure.axes[:4])
+    assert 0 <= title_bottom - panels_top < 0.3 * figure.dpi  # under 0.3 inch of space

@@ -7,7 +7,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
+from tf_bigmodels.tokenizers import ByteTokenizer, Tokenizer, WordPieceTokenizer, check_tokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -137,16 +137,48 @@ def test_tokenizer_in_saved_model(make, request, tmp_path):
 
 @pytest.mark.parametrize("vocab_size", [0, 5, 3.5, True])
 def test_word_piece_vocab_size_must_exceed_specials(vocab_size):
-    with pytest.raises(ValueError, match=rf"vocab_size={vocab_size!r}.*larger than the 5 special"):
+    with pytest.raises(
+        ValueError, match=rf"^`vocab_size` must be an integer >= 6, got {vocab_size!r}\.$"
+    ):
         WordPieceTokenizer.train(["some text"], vocab_size=vocab_size)
 
 
 def test_word_piece_bad_inputs():
-    with pytest.raises(ValueError, match=r"texts=\[\] is empty"):
+    with pytest.raises(ValueError, match=r"`texts` must hold at least one non-empty string, got"):
         WordPieceTokenizer.train([], vocab_size=100)
-    with pytest.raises(ValueError, match="hold no words"):
+    with pytest.raises(ValueError, match="`texts` must hold words"):
         WordPieceTokenizer.train(["  ", "\n"], vocab_size=100, verbose=False)
-    with pytest.raises(ValueError, match=r"lacks the special tokens \['\[MASK\]'\]"):
+    with pytest.raises(ValueError, match=r"`vocabulary` must contain .* without \['\[MASK\]'\]"):
         WordPieceTokenizer(SPECIALS[:4] + ["a"])
-    with pytest.raises(ValueError, match="vocabulary='missing.txt' is not an existing file"):
+    with pytest.raises(ValueError, match="`vocabulary` must be .*, got 'missing.txt'"):
         WordPieceTokenizer("missing.txt")
+    with pytest.raises(ValueError, match="^`lowercase` must be True or False, got 1.$"):
+        WordPieceTokenizer(SPECIALS + ["a"], lowercase=1)
+
+
+def test_tokenizers_share_one_base_class_and_one_check():
+    word_piece = WordPieceTokenizer(SPECIALS + ["a"])
+    for tokenizer in (ByteTokenizer(), word_piece):
+        assert isinstance(tokenizer, Tokenizer) and isinstance(tokenizer, tf.Module)
+        assert check_tokenizer(tokenizer) is tokenizer
+        assert tokenizer.detokenize([tokenizer.end_id, tokenizer.pad_id]).numpy() in (b"", b"[SEP]")
+    assert word_piece.end_id == word_piece.sep_id == 3 and word_piece.pad_id == 0
+    assert check_tokenizer(word_piece, WordPieceTokenizer) is word_piece
+    with pytest.raises(TypeError, match="^`tokenizer` must be a WordPieceTokenizer, got Byte"):
+        check_tokenizer(ByteTokenizer(), WordPieceTokenizer)
+    with pytest.raises(TypeError, match="^`tokenizer` must be a Tokenizer .*, got dict.$"):
+        check_tokenizer({})
+
+
+@pytest.mark.parametrize("make", [ByteTokenizer, lambda: WordPieceTokenizer(SPECIALS + ["a"])])
+@pytest.mark.parametrize("bad_id", [-1, 6, 258, 2**31 - 1])
+def test_detokenize_refuses_ids_outside_the_vocabulary(make, bad_id):
+    """tensorflow-text's WordPiece detokenizer reads out of bounds on such ids (a segfault)."""
+    tokenizer = make()
+    if 0 <= bad_id < tokenizer.vocab_size:
+        bad_id = tokenizer.vocab_size
+    detokenize = tf.function(tokenizer.detokenize)
+    for ids in ([[1, bad_id]], tf.constant([[1, bad_id]]), tf.ragged.constant([[1], [bad_id]])):
+        for call in (tokenizer.detokenize, detokenize):
+            with pytest.raises(tf.errors.InvalidArgumentError, match="`ids` must be token ids"):
+                call(ids)

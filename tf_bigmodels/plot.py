@@ -6,22 +6,27 @@ draw need it, `attention_maps` (the numbers) does not. `tf-bigmodels plot RUN_DI
 
 Example:
 
+On a finished run (not run as a test: it needs `tf-bigmodels train gpt` first):
+
 >>> from tf_bigmodels import plot
 >>> paths = plot.plot_run("runs/gpt")  # doctest: +SKIP
 """
 
+import functools
 import json
 import math
 import os
 import pathlib
+import warnings
 
 import numpy as np
 from keras import ops
 
+from tf_bigmodels import _checks
 from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer, GPTModel
 
 DEFAULT_TEXT = "First Citizen: Before we proceed any further, hear me speak."
-_MAX_LABELLED_TOKENS = 48  # beyond this, tick labels would overlap
+_MAX_LABELLED_TOKENS = 64  # beyond this, tick labels would overlap
 
 
 def _pyplot():
@@ -58,9 +63,14 @@ def read_metrics(path):
 
     Example:
 
-    >>> series = read_metrics("runs/gpt")  # doctest: +SKIP
-    >>> series["val"][-1]  # doctest: +SKIP
-    (2000, 1.52)
+    >>> import json
+    >>> run = pathlib.Path("runs/demo")
+    >>> run.mkdir(parents=True)
+    >>> lines = [{"step": 10, "loss": 2.5}, {"step": 20, "loss": 2.1},
+    ...          {"step": 20, "epoch": 1, "loss": 2.3, "val_loss": 2.4}]
+    >>> _ = (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\\n" for x in lines))
+    >>> read_metrics(run)
+    {'train': [(10, 2.5), (20, 2.1)], 'val': [(20, 2.4)]}
     """
     path = pathlib.Path(path)
     if path.is_dir():
@@ -117,8 +127,8 @@ def plot_loss_curves(metrics, path, *, title=None):
 
     Example:
 
-    >>> plot_loss_curves("runs/gpt", "runs/gpt/plots/loss.png")  # doctest: +SKIP
-    PosixPath('runs/gpt/plots/loss.png')
+    >>> plot_loss_curves({"train": [(10, 2.5), (20, 2.1)], "val": [(20, 2.4)]}, "plots/loss.png")
+    PosixPath('plots/loss.png')
     """
     plt = _pyplot()
     series = metrics if isinstance(metrics, dict) else read_metrics(metrics)
@@ -172,41 +182,24 @@ def attention_maps(model, inputs, layer=0):
             f"`model` must be a GPTModel, BERTEncoder, BERTPretrainer or "
             f"BERTClassifier, got {type(model).__name__}."
         )
-    if (
-        isinstance(layer, bool)
-        or not isinstance(layer, (int, np.integer))
-        or not (0 <= layer < model.num_layers)
-    ):
-        raise ValueError(
-            f"`layer`={layer!r} is out of range; the model has {model.num_layers} "
-            f"layers, numbered 0 to {model.num_layers - 1}."
-        )
+    layer = _checks.integer("layer", layer, low=0, high=model.num_layers - 1)
     if isinstance(model, GPTModel):
-        token_ids = _one_sequence(inputs, "inputs")
-        x = model.token_embedding(token_ids)
-        x = x + model.position_embedding(x)  # (1, T, d_model)
-        padding_mask, segment_ids = None, None
+        weights = model.attention_weights(_one_sequence(inputs, "inputs"))
     else:
         if not isinstance(inputs, dict) or "token_ids" not in inputs:
             raise ValueError(
-                '`inputs` of a BERT model must be a dict with "token_ids" (and '
-                'optionally "segment_ids", "padding_mask").'
+                '`inputs` of a BERT model must be a dict with "token_ids" (and optionally '
+                f'"segment_ids", "padding_mask"), got {type(inputs).__name__}.'
             )
         token_ids = _one_sequence(inputs["token_ids"], "inputs['token_ids']")
-        segment_ids = inputs.get("segment_ids")
-        segment_ids = (
-            np.zeros_like(token_ids)
-            if segment_ids is None
-            else np.asarray(segment_ids, "int32").reshape(token_ids.shape)
+        weights = model.attention_weights(
+            {
+                key: np.asarray(value, "int32").reshape(token_ids.shape)
+                for key, value in dict(inputs, token_ids=token_ids).items()
+                if value is not None
+            }
         )
-        padding_mask = inputs.get("padding_mask")
-        x = model.token_embedding(token_ids)
-        x = x + model.position_embedding(x) + model.segment_embedding(segment_ids)
-        x = model.embedding_norm(x)  # (1, T, d_model)
-    for block in model.blocks[:layer]:
-        x = block(x, padding_mask=padding_mask)
-    _, weights = model.blocks[layer](x, padding_mask=padding_mask, return_attention_scores=True)
-    return np.asarray(ops.convert_to_numpy(weights), "float32")[0]  # (heads, T, T)
+    return np.asarray(ops.convert_to_numpy(weights[layer]), "float32")[0]  # (heads, T, T)
 
 
 def _one_sequence(token_ids, argument):
@@ -230,9 +223,16 @@ def _one_sequence(token_ids, argument):
 def plot_attention(maps, tokens, path, *, title=None):
     """Writes a PNG of attention maps, one panel per head, queries down and keys across.
 
+    Tick labels name the tokens. A label `""` continues the label before it: the later bytes of
+    a UTF-8 character (see `byte_token_labels`) share their character's one tick, placed at the
+    middle of its bytes, so Chinese text reads character by character. Labels with CJK
+    characters are drawn in an installed CJK font (Noto Sans CJK, Source Han Sans, WenQuanYi,
+    SimHei, ...); when none is installed, each such character is shown as its code point
+    (`U+4F60`), a note under the panels says so, and a warning names the fix.
+
     Args:
         maps: float array `(num_heads, seq, seq)`, as `attention_maps` returns.
-        tokens: list of `seq` str. Tick labels (shown when there are at most 48).
+        tokens: list of `seq` str. Tick labels (shown when there are at most 64 ticks).
         path: str or path-like. The PNG to write (its directory is created).
         title: str or None. Figure title. Defaults to None ("attention").
 
@@ -241,8 +241,11 @@ def plot_attention(maps, tokens, path, *, title=None):
 
     Example:
 
-    >>> maps = attention_maps(gpt, ids, layer=0)  # doctest: +SKIP
-    >>> plot_attention(maps, ["T", "o", " ", "b", "e"], "attention.png")  # doctest: +SKIP
+    >>> from tf_bigmodels.tokenizers import ByteTokenizer
+    >>> ids = ByteTokenizer().tokenize("To be").numpy()
+    >>> maps = attention_maps(GPTModel(258, 32, 2, 64, 1, max_length=16), ids)
+    >>> plot_attention(maps, byte_token_labels(ids), "attention.png")
+    PosixPath('attention.png')
     """
     plt = _pyplot()
     maps = np.asarray(maps)
@@ -251,33 +254,153 @@ def plot_attention(maps, tokens, path, *, title=None):
             f"`maps` must have shape (heads, seq, seq) with seq = len(tokens) = "
             f"{len(tokens)}, got {maps.shape}."
         )
+    ticks, labels, note = _ticks(tokens)
+    labelled = 0 < len(ticks) <= _MAX_LABELLED_TOKENS
     heads = maps.shape[0]
-    columns = min(heads, 4)
+    columns = min(math.ceil(math.sqrt(heads)), 4)
     rows = math.ceil(heads / columns)
-    size = 3.2 if len(tokens) <= 16 else 4.5
+    # Room for every tick label at a readable size: about 0.15 inch per label.
+    size = min(max(3.5, 0.15 * len(ticks)), 8.0) if labelled else 4.0
+    font_size = 10 if len(ticks) <= 24 else 8
     figure, axes = plt.subplots(
         rows,
         columns,
-        figsize=(size * columns + 1, size * rows + 0.6),
+        figsize=(size * columns + 1.2, size * rows + 0.8 + 0.3 * bool(note)),
         squeeze=False,
-        gridspec_kw={"wspace": 0.35},
+        layout="constrained",
     )
+    # The CJK font first, matplotlib's own DejaVu Sans for what it lacks (Latin, symbols).
+    font = {"family": [_cjk_font(), "DejaVu Sans"]} if _cjk_font() else {}
     for head, axis in enumerate(axes.flat):
         if head >= heads:
             axis.axis("off")
             continue
         # One colour scale for all heads, up to the largest weight, so faint patterns show.
         image = axis.imshow(maps[head], cmap="viridis", vmin=0.0, vmax=float(maps.max()))
-        axis.set_title(f"head {head}", fontsize=9)
-        if len(tokens) <= _MAX_LABELLED_TOKENS:
-            axis.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
-            axis.set_yticks(range(len(tokens)), tokens, fontsize=6)
-        axis.set_xlabel("key", fontsize=8)
+        axis.set_title(f"head {head}", fontsize=11)
+        if labelled:
+            # Single characters read best upright; longer labels (wordpieces) turned.
+            turn = 90 if max(len(label) for label in labels) > 2 else 0
+            axis.set_xticks(ticks, labels, rotation=turn, fontsize=font_size, **font)
+            axis.set_yticks(ticks, labels, fontsize=font_size, **font)
+        axis.set_xlabel("key (attended to)", fontsize=10)
         if head % columns == 0:
-            axis.set_ylabel("query", fontsize=8)
-    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
-    figure.suptitle(title or "attention")
+            axis.set_ylabel("query (attending)", fontsize=10)
+    figure.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    figure.suptitle(title or "attention", fontsize=13)
+    if note and labelled:
+        figure.supxlabel(note, fontsize=10, color="firebrick")
+        warnings.warn(note, stacklevel=2)
     return _save(figure, path)
+
+
+def byte_token_labels(token_ids):
+    """Tick labels for `ByteTokenizer` ids: one per position, a character's later bytes "".
+
+    Each complete UTF-8 character labels its first byte and leaves its other bytes "" (so
+    `plot_attention` gives it one tick); a byte that is not part of a complete character (cut
+    text, invalid UTF-8) is labelled by its hex value. A space is "␣", a newline "\\n", and
+    the end-of-text and padding ids "<end>" and "<pad>".
+
+    Args:
+        token_ids: int sequence of `ByteTokenizer` ids.
+
+    Returns:
+        list of str, as long as `token_ids`.
+
+    Example:
+
+    >>> byte_token_labels([104, 105, 32, 228, 189, 160, 228, 256])
+    ['h', 'i', '␣', '你', '', '', 'e4', '<end>']
+    """
+    ids = [int(i) for i in np.asarray(token_ids).reshape(-1)]
+    labels, i = [], 0
+    while i < len(ids):
+        width = _utf8_width(ids[i])
+        piece = bytes(ids[i : i + width]) if all(b < 256 for b in ids[i : i + width]) else b""
+        try:
+            character = piece.decode("utf-8") if len(piece) == width else None
+        except UnicodeDecodeError:
+            character = None
+        if character is None:
+            labels.append(_SPECIAL_LABELS.get(ids[i], f"{ids[i]:02x}"))
+            i += 1
+            continue
+        labels += [_SPECIAL_LABELS.get(ids[i], character)] + [""] * (width - 1)
+        i += width
+    return labels
+
+
+_SPECIAL_LABELS = {32: "␣", 10: "\\n", 256: "<end>", 257: "<pad>"}
+
+
+def _utf8_width(byte):
+    """Bytes in the UTF-8 sequence that `byte` starts (1 for ASCII, a bad or special byte)."""
+    for width, (mask, lead) in ((2, (0xE0, 0xC0)), (3, (0xF0, 0xE0)), (4, (0xF8, 0xF0))):
+        if byte < 256 and byte & mask == lead:
+            return width
+    return 1
+
+
+def _ticks(tokens):
+    """(positions, labels, note): one tick per group of a label and the "" after it."""
+    starts = [i for i, token in enumerate(tokens) if token != "" or i == 0]
+    ends = starts[1:] + [len(tokens)]
+    positions = [(start + end - 1) / 2 for start, end in zip(starts, ends)]
+    labels = [str(tokens[i]) for i in starts]
+    note = None
+    if _cjk_font() is None and any(_is_cjk(c) for label in labels for c in label):
+        labels = ["".join(f"U+{ord(c):04X}" if _is_cjk(c) else c for c in t) for t in labels]
+        note = (
+            "No font with Chinese/Japanese/Korean characters is installed, so they are shown as "
+            "code points (U+XXXX);\ninstall one (e.g. the fonts-noto-cjk package) to see them."
+        )
+    return positions, labels, note
+
+
+def _is_cjk(character):
+    """Whether matplotlib's default font (DejaVu Sans) lacks `character`: CJK and full-width."""
+    code = ord(character)
+    return 0x2E80 <= code <= 0x9FFF or 0xAC00 <= code <= 0xD7AF or 0xF900 <= code <= 0xFFEF
+
+
+@functools.cache
+def _cjk_font():
+    """The name of an installed font with CJK glyphs, or None."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    fonts = {
+        entry.name: entry.fname
+        for entry in font_manager.fontManager.ttflist
+        if "Last Resort" not in entry.name  # draws a placeholder box for every character
+    }
+    candidates = [name for name in _CJK_FONTS if name in fonts]
+    candidates += sorted(name for name in fonts if name not in candidates)
+    for name in candidates:
+        try:
+            if FT2Font(fonts[name]).get_char_index(ord("中")):
+                return name
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return None
+
+
+# Tried first, in this order; any other installed font with the glyphs also serves.
+_CJK_FONTS = (
+    "Noto Sans CJK SC",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "Microsoft YaHei",
+    "PingFang SC",
+    "SimHei",
+    "Heiti SC",
+    "Noto Sans CJK JP",
+    "Arial Unicode MS",
+    "Droid Sans Fallback",
+)
 
 
 def _save(figure, path):
@@ -298,9 +421,10 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
     """Writes `loss.png` and `attention_layer<N>.png` for a training run directory.
 
     The loss curves come from `metrics.jsonl`. The attention map is drawn for `text` through the
-    run's `model.keras` (a `GPTModel`, tokenized by bytes; or a `BERTPretrainer`, tokenized as
-    `[CLS] text [SEP]` with the run's `tokenizer/`), truncated to the model's `max_length` and to
-    64 tokens so the picture stays readable.
+    run's `model.keras` (a `GPTModel`, tokenized by bytes and labelled by character; or a
+    `BERTPretrainer`, tokenized as `[CLS] text [SEP]` with the run's `tokenizer/` and labelled by
+    wordpiece), truncated to the model's `max_length` and to 64 tokens so the picture stays
+    readable. Chinese labels need a CJK font (see `plot_attention`).
 
     Args:
         run_dir: str or path-like. A directory written by `tf-bigmodels train` / `train`.
@@ -319,6 +443,8 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
 
     Example:
 
+    It needs a finished run (here `tf-bigmodels train gpt`), so it is not run as a test:
+
     >>> plot_run("runs/gpt", layer=1)["attention"]  # doctest: +SKIP
     PosixPath('runs/gpt/plots/attention_layer1.png')
     """
@@ -330,7 +456,9 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
         raise FileNotFoundError(2, "No such run directory", str(run_dir))
     text = DEFAULT_TEXT if text is None else text
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"`text`={text!r} is empty; give some text to draw attention for.")
+        raise ValueError(
+            f"`text` must be a string with some text to draw attention for, got {text!r}."
+        )
     out_dir = run_dir / "plots" if out_dir is None else pathlib.Path(out_dir)
     series = read_metrics(run_dir)
     model_path = run_dir / "model.keras"
@@ -345,7 +473,7 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
         from tf_bigmodels.tokenizers import ByteTokenizer
 
         ids = ByteTokenizer().tokenize(text).numpy()[: min(64, model.max_length)]
-        tokens = [_byte_label(i) for i in ids]
+        tokens = byte_token_labels(ids)
         maps = attention_maps(model, ids, layer)
         kind = "GPT (causal)"
     elif isinstance(model, (BERTPretrainer, BERTClassifier)):
@@ -374,9 +502,3 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
         ),
         "attention_maps": maps,
     }
-
-
-def _byte_label(token_id):
-    if 32 < token_id < 127:
-        return chr(token_id)
-    return {32: "␣", 10: "\\n"}.get(int(token_id), f"{int(token_id):02x}")

@@ -1,6 +1,9 @@
 """keras-hub weights in our models: GPT-2 and BERT backbones, and BERT's masked-LM head.
 
-Nothing else in the package imports this module (it is the only one that needs keras-hub models).
+Nothing else in the package imports this module (it is the only one that needs keras-hub models),
+and it imports `models`, never the reverse: the models stay importable and testable without
+keras-hub's model code. `gpt_from_keras_hub_preset(dir)` and `bert_from_keras_hub_preset(dir)`
+load a keras-hub preset directory already on disk.
 
 Example:
 
@@ -14,8 +17,16 @@ Example:
 
 from tf_bigmodels.convert.keras_hub import (
     bert_from_keras_hub,
+    bert_from_keras_hub_preset,
     bert_pretrainer_from_keras_hub,
     gpt_from_keras_hub,
+    gpt_from_keras_hub_preset,
 )
 
-__all__ = ["bert_from_keras_hub", "bert_pretrainer_from_keras_hub", "gpt_from_keras_hub"]
+__all__ = [
+    "bert_from_keras_hub",
+    "bert_from_keras_hub_preset",
+    "bert_pretrainer_from_keras_hub",
+    "gpt_from_keras_hub",
+    "gpt_from_keras_hub_preset",
+]

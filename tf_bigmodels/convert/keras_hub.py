@@ -1,6 +1,7 @@
 """Builds our GPT and BERT models from keras-hub models, with every weight copied by name.
 
-keras-hub is the reference we prove parity against (DESIGN §5). The converters read each setting
+keras-hub is the reference we prove parity against: same weights give outputs equal to 1e-5 in
+float32, so a difference in our layers cannot hide. The converters read each setting
 from the keras-hub layers themselves (activation, layer-norm epsilon, norm placement), check that
 our models can represent it, and map weights explicitly:
 
@@ -398,19 +399,78 @@ def _copy_block(block, layer, attention):
     _copy_norm(block.ffn_norm, layer._feedforward_layer_norm)
 
 
-def backbone_from_preset(backbone_class, preset_dir, dtype=None):
-    """`backbone_class.from_preset(preset_dir)` for a local directory; errors name `preset_dir`.
+def gpt_from_keras_hub_preset(preset_dir, *, dtype=None):
+    """Builds a `GPTModel` from a keras-hub GPT-2 preset directory already on disk.
+
+    Loads `keras_hub.models.GPT2Backbone.from_preset(preset_dir)` (offline: a directory path
+    never touches the network) and converts it with `gpt_from_keras_hub`: same configuration,
+    every weight copied, logits equal to the backbone's outputs times the transposed token
+    embedding (to 1e-5). To obtain a preset directory with network access:
+    `keras_hub.models.GPT2Backbone.from_preset("gpt2_base_en").save_to_preset("gpt2_base_en")`,
+    or download it from Kaggle Models. The GPT-2 BPE tokenizer is not part of this model;
+    `ByteTokenizer` ids do not match it.
+
+    Args:
+        preset_dir: str or path-like. Directory written by `save_to_preset` (holding
+            `config.json` and `model.weights.h5`) or an unpacked Kaggle download.
+        dtype: str or None. Dtype policy to load with (e.g. "bfloat16"). Defaults to None
+            (the preset's).
+
+    Returns:
+        A built `GPTModel`.
+
+    Raises:
+        ValueError: if `preset_dir` is not a directory or holds no GPT-2 backbone preset.
 
     Example:
 
-    >>> backbone = backbone_from_preset(keras_hub.models.GPT2Backbone, "presets/gpt2_base_en")
-    ... # doctest: +SKIP
+    >>> model = gpt_from_keras_hub_preset("presets/gpt2_base_en")  # doctest: +SKIP
+    >>> model.generate([[464, 3290]], max_new_tokens=10)  # doctest: +SKIP
     """
+    return gpt_from_keras_hub(
+        _backbone_from_preset(keras_hub.models.GPT2Backbone, preset_dir, dtype)
+    )
+
+
+def bert_from_keras_hub_preset(preset_dir, *, dtype=None):
+    """Builds a `BERTEncoder` from a keras-hub BERT preset directory already on disk.
+
+    Loads `keras_hub.models.BertBackbone.from_preset(preset_dir)` (offline: a directory path
+    never touches the network) and converts it with `bert_from_keras_hub`: same configuration
+    (including keras-hub's tanh GELU), every weight copied, equal "sequence_output" at real
+    positions and "pooled_output" (to 1e-5). To obtain a preset directory with network access:
+    `keras_hub.models.BertBackbone.from_preset("bert_base_en_uncased").save_to_preset(
+    "bert_base_en_uncased")`, or download it from Kaggle Models. Its `vocabulary.txt` loads with
+    `WordPieceTokenizer(path)`.
+
+    Args:
+        preset_dir: str or path-like. Directory written by `save_to_preset` (holding
+            `config.json` and `model.weights.h5`) or an unpacked Kaggle download.
+        dtype: str or None. Dtype policy to load with (e.g. "bfloat16"). Defaults to None
+            (the preset's).
+
+    Returns:
+        A built `BERTEncoder`; wrap it in `BERTClassifier(encoder, num_classes)` to fine-tune.
+
+    Raises:
+        ValueError: if `preset_dir` is not a directory or holds no BERT backbone preset.
+
+    Example:
+
+    >>> encoder = bert_from_keras_hub_preset("presets/bert_tiny_en_uncased")  # doctest: +SKIP
+    """
+    return bert_from_keras_hub(
+        _backbone_from_preset(keras_hub.models.BertBackbone, preset_dir, dtype)
+    )
+
+
+def _backbone_from_preset(backbone_class, preset_dir, dtype):
+    """`backbone_class.from_preset(preset_dir)` for a local directory; errors name `preset_dir`."""
     if not isinstance(preset_dir, (str, os.PathLike)) or not os.path.isdir(preset_dir):
         raise ValueError(
-            f"`preset_dir`={preset_dir!r} is not a directory; from_keras_hub loads a keras-hub "
-            f"preset already on disk (make one with `{backbone_class.__name__}.from_preset(name)"
-            f".save_to_preset(directory)` where there is network access)."
+            f"`preset_dir` must be a keras-hub preset directory already on disk (make one with "
+            f"`{backbone_class.__name__}.from_preset(name).save_to_preset(directory)` where "
+            f"there is network access), got {preset_dir!r}, which is not a directory."
         )
     try:
         return backbone_class.from_preset(os.fspath(preset_dir), dtype=dtype)

@@ -4,16 +4,11 @@ import os
 
 import tensorflow as tf
 
+from tf_bigmodels import _checks
 from tf_bigmodels.data.corpus import corpus_files
 
 # Folded into the seed per input pipeline so that replicas draw different shuffles and masks.
 _PIPELINE_SEED_STRIDE = 1_000_003
-
-
-def check_int(name, value, minimum):
-    """Raises unless `value` is an int >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be an int >= {minimum}.")
 
 
 def split_texts(texts):
@@ -32,31 +27,31 @@ def split_texts(texts):
         return None, corpus_files(list(texts), "texts")
     if isinstance(texts, str):
         raise TypeError(
-            f"texts must be a list of document strings or pathlib.Path(s) of files, got one str "
+            f"`texts` must be a list of document strings or pathlib.Path(s) of files, got one str "
             f"({texts[:40]!r}); wrap a document in a list, or pass pathlib.Path(...) for a file."
         )
     if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
         raise TypeError(
-            f"texts must be a list of document strings or pathlib.Path(s) of files; "
+            f"`texts` must be a list of document strings or pathlib.Path(s) of files, "
             f"got {type(texts).__name__}."
         )
     if not any(t.strip() for t in texts):
         raise ValueError(
-            f"texts is empty (a list of {len(texts)} blank strings); give at least "
-            f"one document with text."
+            "`texts` must hold at least one document with text, got "
+            + (f"{len(texts)} blank strings." if texts else "an empty list.")
         )
     return list(texts), None
 
 
 def shard_settings(batch_size, seed, input_context):
     """Returns `(num_pipelines, pipeline_id, per_replica_batch, pipeline_seed)`."""
-    check_int("batch_size", batch_size, 1)
-    check_int("seed", seed, 0)
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    seed = _checks.integer("seed", seed, low=0)
     if input_context is None:
         return 1, 0, batch_size, seed
     if not isinstance(input_context, tf.distribute.InputContext):
         raise TypeError(
-            f"input_context must be a tf.distribute.InputContext or None, got "
+            f"`input_context` must be a tf.distribute.InputContext or None, got "
             f"{type(input_context).__name__}."
         )
     pipeline_id = input_context.input_pipeline_id

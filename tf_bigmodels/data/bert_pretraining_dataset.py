@@ -8,8 +8,10 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 from tensorflow_text.python.ops.item_selector_ops import ItemSelector
 
-from tf_bigmodels.data._inputs import check_int, epochs, shard_settings, split_texts
+from tf_bigmodels import _checks
+from tf_bigmodels.data._inputs import epochs, shard_settings, split_texts
 from tf_bigmodels.data.corpus import load_corpus
+from tf_bigmodels.tokenizers import WordPieceTokenizer, check_tokenizer
 
 # A "sentence" ends at a line break, after . ! ? followed by space, or after a CJK full stop.
 _SENTENCE_BREAK = re.compile(r"\n+|(?<=[.!?])\s+|(?<=[。！？])")
@@ -72,8 +74,7 @@ def bert_pretraining_dataset(
     Args:
         texts: list of str (documents, e.g. from `load_corpus`; at least two), or a
             `pathlib.Path` / list of `pathlib.Path`s of UTF-8 files (one document per file).
-        tokenizer: a `WordPieceTokenizer` (needs `tokenize`, `vocab_size`, `vocabulary`, `cls_id`,
-            `sep_id`, `mask_id`, `pad_id`).
+        tokenizer: a `WordPieceTokenizer`.
         seq_len: int >= 5. Length of `token_ids`.
         batch_size: int. Global batch size (per replica when `input_context` is given: the
             context's share of it).
@@ -100,33 +101,24 @@ def bert_pretraining_dataset(
 
     >>> from tf_bigmodels.data import load_corpus
     >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
-    >>> docs = load_corpus("shakespeare")
-    >>> tokenizer = WordPieceTokenizer.train(docs, vocab_size=8000, verbose=False)
+    >>> docs = load_corpus("shakespeare")[:4]  # 4 of its 100 documents: a quick example
+    >>> tokenizer = WordPieceTokenizer.train(docs, vocab_size=1000, verbose=False)
     >>> ds = bert_pretraining_dataset(docs, tokenizer, seq_len=128, batch_size=32)
     >>> features, labels = next(iter(ds))
     >>> features["token_ids"].shape, labels["mask_weights"].dtype
     (TensorShape([32, 128]), tf.float32)
     """
-    check_int("seq_len", seq_len, 5)
-    check_int("max_predictions_per_seq", max_predictions_per_seq, 1)
-    if max_predictions_per_seq > seq_len - 3:
-        raise ValueError(
-            f"max_predictions_per_seq={max_predictions_per_seq} is not allowed; it "
-            f"must be <= seq_len - 3 = {seq_len - 3}."
-        )
-    if not 0 < masked_lm_prob <= 1:
-        raise ValueError(f"masked_lm_prob={masked_lm_prob!r} is not allowed; it must be in (0, 1].")
-    if not 0 <= short_seq_prob <= 1:
-        raise ValueError(f"short_seq_prob={short_seq_prob!r} is not allowed; it must be in [0, 1].")
-    missing = [
-        a
-        for a in ("tokenize", "vocab_size", "vocabulary", "cls_id", "sep_id", "mask_id", "pad_id")
-        if not hasattr(tokenizer, a)
-    ]
-    if missing:
-        raise TypeError(
-            f"tokenizer {type(tokenizer).__name__} lacks {missing}; use a WordPieceTokenizer."
-        )
+    seq_len = _checks.integer("seq_len", seq_len, low=5)
+    # [CLS] and two [SEP] are never masked, so at most seq_len - 3 tokens can be.
+    max_predictions_per_seq = _checks.integer(
+        "max_predictions_per_seq", max_predictions_per_seq, low=1, high=seq_len - 3
+    )
+    masked_lm_prob = _checks.number("masked_lm_prob", masked_lm_prob, low=0, high=1, low_open=True)
+    short_seq_prob = _checks.number("short_seq_prob", short_seq_prob, low=0, high=1)
+    _checks.boolean("whole_word_masking", whole_word_masking)
+    _checks.boolean("repeat", repeat)
+    # BERT's inputs need [CLS], [SEP] and [MASK], which only a WordPiece vocabulary has.
+    check_tokenizer(tokenizer, WordPieceTokenizer)
     documents, files = split_texts(texts)
     if files is not None:
         documents = load_corpus(files, errors="replace")

@@ -4,7 +4,9 @@ import os
 
 import tensorflow as tf
 
-from tf_bigmodels.data._inputs import check_int, epochs, shard_settings, split_texts
+from tf_bigmodels import _checks
+from tf_bigmodels.data._inputs import epochs, shard_settings, split_texts
+from tf_bigmodels.tokenizers import check_tokenizer
 
 TRAIN_FRACTION = 0.9
 _LINES_PER_STEP = 256  # lines tokenized per call
@@ -25,8 +27,8 @@ def lm_dataset(
     """Returns a `tf.data.Dataset` of `(x, y)` next-token windows for language modelling.
 
     The documents are read line by line, tokenized, and packed into one token stream with an
-    end-of-text token after every document (`tokenizer.end_id`, or `tokenizer.sep_id` for a
-    WordPiece tokenizer). The stream is cut into consecutive windows: window `i` has
+    end-of-text token after every document (`tokenizer.end_id`: `[SEP]` for a WordPiece
+    tokenizer). The stream is cut into consecutive windows: window `i` has
     `x = stream[i*seq_len : (i+1)*seq_len]` and `y = stream[i*seq_len + 1 : (i+1)*seq_len + 1]`,
     so `y[t] == x[t+1]` and every next-token pair of the stream is in exactly one window.
 
@@ -51,8 +53,7 @@ def lm_dataset(
         texts: list of str (documents, e.g. from `load_corpus`), or a `pathlib.Path` or list of
             `pathlib.Path`s of UTF-8 text files to stream (each file one document; a path may be a
             glob such as `Path("texts/*.txt")`). Invalid UTF-8 becomes U+FFFD.
-        tokenizer: a tokenizer with `tokenize(strings)` and `end_id` or `sep_id`, e.g.
-            `ByteTokenizer()`.
+        tokenizer: a `tf_bigmodels.tokenizers.Tokenizer`, e.g. `ByteTokenizer()`.
         seq_len: int. Window length, >= 1.
         batch_size: int. Global batch size (per replica when `input_context` is given: the
             context's share of it).
@@ -71,15 +72,17 @@ def lm_dataset(
 
     >>> from tf_bigmodels.data import load_corpus
     >>> from tf_bigmodels.tokenizers import ByteTokenizer
-    >>> ds = lm_dataset(load_corpus("shakespeare"), ByteTokenizer(), seq_len=64, batch_size=12)
+    >>> docs = load_corpus("shakespeare")[:10]  # 10 of its 100 documents: a quick example
+    >>> ds = lm_dataset(docs, ByteTokenizer(), seq_len=64, batch_size=12)
     >>> x, y = next(iter(ds))
     >>> x.shape, y.dtype
     (TensorShape([12, 64]), tf.int32)
     """
-    check_int("seq_len", seq_len, 1)
-    check_int("shuffle_buffer", shuffle_buffer, 1)
-    if split not in ("train", "val"):
-        raise ValueError(f"split={split!r} is not allowed; use 'train' or 'val'.")
+    seq_len = _checks.positive_int("seq_len", seq_len)
+    shuffle_buffer = _checks.positive_int("shuffle_buffer", shuffle_buffer)
+    _checks.one_of("split", split, ("train", "val"))
+    _checks.boolean("repeat", repeat)
+    check_tokenizer(tokenizer)
     documents, files = split_texts(texts)
     num_pipelines, pipeline_id, per_replica_batch, pipeline_seed = shard_settings(
         batch_size, seed, input_context
@@ -100,7 +103,7 @@ def lm_dataset(
         records = records.take_while(lambda line, offset, is_end: offset < split_at)
     else:
         records = records.filter(lambda line, offset, is_end: offset >= split_at)
-    end_id = _end_id(tokenizer)
+    end_id = tokenizer.end_id
     tokens = records.batch(_LINES_PER_STEP).map(
         lambda lines, offsets, is_end: _tokenize_lines(tokenizer, end_id, lines, is_end),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -183,13 +186,3 @@ def _is_complete(window, complete):
 
 def _window(window, complete):
     return window
-
-
-def _end_id(tokenizer):
-    for attribute in ("end_id", "sep_id"):
-        if hasattr(tokenizer, attribute):
-            return getattr(tokenizer, attribute)
-    raise TypeError(
-        f"tokenizer {type(tokenizer).__name__} has neither end_id nor sep_id; the "
-        f"pipeline needs one to mark the end of each document."
-    )

@@ -1,9 +1,10 @@
 """TF Serving layout: `export_dir/<version>/`, written to a temporary directory and renamed."""
 
-import numbers
 import os
 import shutil
 import tempfile
+
+from tf_bigmodels import _checks
 
 
 def write_version(export_dir, version, write):
@@ -24,23 +25,21 @@ def write_version(export_dir, version, write):
 
     Example:
 
-    >>> write_version("/tmp/models/gpt", None, lambda p: tf.saved_model.save(m, p))  # doctest: +SKIP
-    '/tmp/models/gpt/1'
+    >>> write = lambda path: open(os.path.join(path, "saved_model.pb"), "wb").close()
+    >>> write_version("models/gpt", None, write), write_version("models/gpt", None, write)
+    ('models/gpt/1', 'models/gpt/2')
     """
     export_dir = os.fspath(export_dir)
     os.makedirs(export_dir, exist_ok=True)
+    # TF Serving's version directories are positive numbers.
+    version = _checks.integer("version", version, low=1, none_ok=True)
     if version is None:
         version = 1 + max((int(n) for n in os.listdir(export_dir) if n.isdigit()), default=0)
-    if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version <= 0:
-        raise ValueError(
-            f"`version` must be None or a positive int (TF Serving's version "
-            f"directories are numbers), got {version!r}."
-        )
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):
         raise ValueError(
-            f"`version`={version}: {final} already exists; an export never "
-            f"overwrites a version, pass another `version` or None for the next."
+            f"`version` must be a new version ({final} already exists and an export never "
+            f"overwrites one; pass None for the next), got {version}."
         )
     temporary = tempfile.mkdtemp(prefix=f".partial-{version}-", dir=export_dir)
     try:

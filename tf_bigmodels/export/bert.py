@@ -1,16 +1,18 @@
 """SavedModel export of a BERT pre-trainer or classifier with the WordPiece tokenizer in the graph."""
 
 import json
-import numbers
 
 import tensorflow as tf
 import tensorflow_text as tf_text
 
 import tf_bigmodels
+from tf_bigmodels import _checks
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import BERTClassifier, BERTPretrainer
+from tf_bigmodels.tokenizers import WordPieceTokenizer, check_tokenizer
 
 _TEXT = tf.TensorSpec([None], tf.string, name="text")
+_TEXT_PAIR = tf.TensorSpec([None], tf.string, name="text_pair")
 _MASK_TOKEN = "[MASK]"
 
 
@@ -36,6 +38,12 @@ class BERTServingModule(tf.Module):
     - `serving_default(text: string [B]) -> {"probabilities": float32 [B, C], "label": int32 [B],
       "label_name": string [B]}` (label names are the class indices unless `class_names` given).
 
+    Every signature checks its inputs in the graph, so a bad request fails with an
+    `InvalidArgumentError` naming the input and never reaches an op that could crash the serving
+    process: `text` and `text_pair` must be 1-D (a scalar or a matrix names the input and its
+    shape), and `encode_pair` needs `text` and `text_pair` of one batch size. An empty batch
+    (B = 0) gives empty outputs.
+
     Args:
         model: a built `BERTPretrainer` or `BERTClassifier`.
         tokenizer: its `WordPieceTokenizer`.
@@ -43,7 +51,14 @@ class BERTServingModule(tf.Module):
 
     Example:
 
-    >>> module = BERTServingModule(pretrainer, tokenizer, config)  # doctest: +SKIP
+    >>> from tf_bigmodels.models import BERTEncoder
+    >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
+    >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat"])
+    >>> encoder = BERTEncoder(tokenizer.vocab_size, 16, 2, 32, 1, max_length=16)
+    >>> module = BERTServingModule(
+    ...     BERTPretrainer(encoder), tokenizer, {"seq_length": 16, "top_k": 2, "jit_compile": False})
+    >>> module.fill_mask(tf.constant(["the [MASK]", "[MASK] [MASK] cat"]))["mask_counts"].numpy()
+    array([1, 2], dtype=int32)
     """
 
     def __init__(self, model, tokenizer, config):
@@ -58,10 +73,7 @@ class BERTServingModule(tf.Module):
         self._run = tf.function(lambda inputs: model(inputs), jit_compile=config["jit_compile"])
         if isinstance(model, BERTPretrainer):
             self.serving_default = tf.function(self._encode, input_signature=[_TEXT])
-            self.encode_pair = tf.function(
-                self._encode,
-                input_signature=[_TEXT, tf.TensorSpec([None], tf.string, name="text_pair")],
-            )
+            self.encode_pair = tf.function(self._encode, input_signature=[_TEXT, _TEXT_PAIR])
             self.fill_mask = tf.function(self._fill_mask, input_signature=[_TEXT])
             self._encoder = tf.function(
                 lambda inputs: model.encoder(inputs), jit_compile=config["jit_compile"]
@@ -75,8 +87,13 @@ class BERTServingModule(tf.Module):
 
         Example:
 
-        >>> sorted(module.signatures())  # doctest: +SKIP
-        ['encode_pair', 'fill_mask', 'serving_default']
+        >>> from tf_bigmodels.models import BERTEncoder
+        >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
+        >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"])
+        >>> classifier = BERTClassifier(BERTEncoder(6, 8, 1, 16, 1), num_classes=2)
+        >>> config = {"seq_length": 8, "top_k": 1, "jit_compile": False, "class_names": ["n", "y"]}
+        >>> sorted(BERTServingModule(classifier, tokenizer, config).signatures())
+        ['serving_default']
         """
         if isinstance(self.model, BERTPretrainer):
             return {
@@ -93,15 +110,29 @@ class BERTServingModule(tf.Module):
         trimmed = tf_text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
         ids, segment_ids = tf_text.combine_segments(trimmed, tokenizer.cls_id, tokenizer.sep_id)
         return {
-            "token_ids": ids.to_tensor(tokenizer.pad_id),
-            "segment_ids": segment_ids.to_tensor(0),
-            "padding_mask": tf.ones_like(ids).to_tensor(0),
+            "token_ids": _dense(ids, tokenizer.pad_id),
+            "segment_ids": _dense(segment_ids, 0),
+            "padding_mask": _dense(tf.ones_like(ids), 0),
         }
 
+    def _texts(self, text, text_pair=None):
+        """The checked inputs, each a 1-D string tensor; InvalidArgumentError names a bad one."""
+        # EnsureShape checks the shape a request really has (a signature does not) and its
+        # error names the input; tensorflow-text's ops abort the process on inconsistent shapes.
+        text = tf.ensure_shape(text, [None])
+        if text_pair is None:
+            return [text]
+        text_pair = tf.ensure_shape(text_pair, [None])
+        same_batch = tf.debugging.assert_equal(
+            tf.shape(text)[0],
+            tf.shape(text_pair)[0],
+            message="`text` and `text_pair` must have the same batch size",
+        )
+        with tf.control_dependencies([same_batch]):
+            return [tf.identity(text), tf.identity(text_pair)]
+
     def _encode(self, text, text_pair=None):
-        segments = [self.tokenizer.tokenize(text)]
-        if text_pair is not None:
-            segments.append(self.tokenizer.tokenize(text_pair))
+        segments = [self.tokenizer.tokenize(t) for t in self._texts(text, text_pair)]
         inputs = self._pack(segments)
         outputs = self._encoder(inputs)
         return {
@@ -121,13 +152,14 @@ class BERTServingModule(tf.Module):
         return ids[:, :-1]  # a mask follows every piece but the last
 
     def _fill_mask(self, text):
+        (text,) = self._texts(text)
         inputs = self._pack([self._tokenize_with_masks(text)])
         is_mask = tf.equal(inputs["token_ids"], self.tokenizer.mask_id)
         positions = tf.ragged.boolean_mask(
             tf.broadcast_to(tf.range(tf.shape(is_mask)[1]), tf.shape(is_mask)), is_mask
         )
         counts = tf.cast(positions.row_lengths(), tf.int32)
-        shown = tf.reduce_max(counts)
+        shown = tf.reduce_max(tf.concat([counts, [0]], axis=0))  # 0, not INT_MIN, for B = 0
         slots = tf.maximum(shown, 1)  # the MLM head needs one slot at least
         mask_positions = tf.pad(positions.to_tensor(0), [[0, 0], [0, slots - shown]])
         logits = self._run({**inputs, "mask_positions": mask_positions})["mlm_logits"]
@@ -141,6 +173,7 @@ class BERTServingModule(tf.Module):
         }
 
     def _classify(self, text):
+        (text,) = self._texts(text)
         logits = self._run(self._pack([self.tokenizer.tokenize(text)]))
         probabilities = tf.nn.softmax(logits)
         label = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
@@ -149,6 +182,13 @@ class BERTServingModule(tf.Module):
             "label": label,
             "label_name": tf.gather(self._class_names, label),
         }
+
+
+def _dense(ragged, fill):
+    """`[B, (T)]` -> `[B, max(T, 1)]`: an empty batch (width 0) gets the column the pooler reads."""
+    dense = ragged.to_tensor(fill)
+    missing = tf.maximum(1 - tf.shape(dense)[1], 0)
+    return tf.pad(dense, [[0, 0], [0, missing]], constant_values=fill)
 
 
 def export_bert(
@@ -189,45 +229,38 @@ def export_bert(
 
     Example:
 
-    >>> path = export_bert(pretrainer, tokenizer, "exports/bert", top_k=3)  # doctest: +SKIP
-    >>> tf.saved_model.load(path).signatures["fill_mask"](
-    ...     text=tf.constant(["the [MASK] sat ."]))["tokens"]  # doctest: +SKIP
+    >>> from tf_bigmodels.models import BERTEncoder
+    >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
+    >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat"])
+    >>> pretrainer = BERTPretrainer(BERTEncoder(tokenizer.vocab_size, 16, 2, 32, 1, max_length=16))
+    >>> path = export_bert(pretrainer, tokenizer, "exports/bert", top_k=3, jit_compile=False)
+    >>> path
+    'exports/bert/1'
+    >>> fill_mask = tf.saved_model.load(path).signatures["fill_mask"]
+    >>> fill_mask(text=tf.constant(["the [MASK] sat ."]))["tokens"].shape
+    TensorShape([1, 1, 3])
     """
     if not isinstance(model, (BERTPretrainer, BERTClassifier)):
         raise TypeError(
             f"`model` must be a BERTPretrainer or a BERTClassifier, got {type(model).__name__}."
         )
-    for attribute in ("tokenize", "vocabulary", "cls_id", "sep_id", "pad_id", "mask_id"):
-        if not hasattr(tokenizer, attribute):
-            raise TypeError(
-                f"`tokenizer` must be a WordPieceTokenizer (it needs `{attribute}`), "
-                f"got {type(tokenizer).__name__}."
-            )
+    # The signatures write [CLS], [SEP] and find [MASK]: a WordPiece vocabulary's special tokens.
+    check_tokenizer(tokenizer, WordPieceTokenizer)
     encoder = model.encoder
     if tokenizer.vocab_size != encoder.vocab_size:
         raise ValueError(
-            f"`tokenizer` has vocab_size={tokenizer.vocab_size} but the model's "
-            f"encoder has vocab_size={encoder.vocab_size}; they must be equal."
+            f"`tokenizer` must have the encoder's vocab_size={encoder.vocab_size}, got one with "
+            f"vocab_size={tokenizer.vocab_size}."
         )
-    seq_length = encoder.max_length if seq_length is None else seq_length
-    if (
-        isinstance(seq_length, bool)
-        or not isinstance(seq_length, numbers.Integral)
-        or not 3 <= seq_length <= encoder.max_length
-    ):
-        raise ValueError(
-            f"`seq_length` must be None or an int in [3, {encoder.max_length}], got {seq_length!r}."
-        )
-    if (
-        isinstance(top_k, bool)
-        or not isinstance(top_k, numbers.Integral)
-        or not 1 <= top_k <= encoder.vocab_size
-    ):
-        raise ValueError(f"`top_k` must be an int in [1, {encoder.vocab_size}], got {top_k!r}.")
+    # [CLS] text [SEP] needs 3 positions at least; the default is documented above.
+    seq_length = _checks.integer(
+        "seq_length", seq_length, low=3, high=encoder.max_length, none_ok=True
+    )
+    top_k = _checks.integer("top_k", top_k, low=1, high=encoder.vocab_size)
     config = {
-        "seq_length": int(seq_length),
-        "top_k": int(top_k),
-        "jit_compile": bool(jit_compile),
+        "seq_length": encoder.max_length if seq_length is None else seq_length,
+        "top_k": top_k,
+        "jit_compile": _checks.boolean("jit_compile", jit_compile),
         "tf_bigmodels_version": tf_bigmodels.__version__,
     }
     if isinstance(model, BERTClassifier):
@@ -244,8 +277,8 @@ def export_bert(
         config["class_names"] = class_names
     elif class_names is not None:
         raise ValueError(
-            f"`class_names`={class_names!r} applies to a BERTClassifier only; got a "
-            f"{type(model).__name__}."
+            f"`class_names` must be None for a {type(model).__name__} (it applies to a "
+            f"BERTClassifier only), got {class_names!r}."
         )
     if not model.built:
         inputs = {

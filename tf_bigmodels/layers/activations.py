@@ -9,7 +9,8 @@ def gelu_approximate(x):
 
     Example:
 
-    >>> gelu_approximate(keras.ops.array([0.0, 1.0]))
+    >>> keras.ops.convert_to_numpy(gelu_approximate(keras.ops.array([-1.0, 0.0, 1.0]))).round(4)
+    array([-0.1588,  0.    ,  0.8412], dtype=float32)
     """
     return keras.activations.gelu(x, approximate=True)
 
@@ -20,7 +21,8 @@ def gelu(x):
 
     Example:
 
-    >>> gelu(keras.ops.array([0.0, 1.0]))
+    >>> keras.ops.convert_to_numpy(gelu(keras.ops.array([-1.0, 0.0, 1.0]))).round(4)
+    array([-0.1587,  0.    ,  0.8413], dtype=float32)
     """
     return keras.activations.gelu(x, approximate=False)
 
@@ -46,7 +48,9 @@ def get_activation(activation):
             f"callable, got {activation!r}."
         ) from error
     if resolved is None:
-        raise ValueError("`activation` must not be None; use 'linear' for no activation.")
+        raise ValueError(
+            "`activation` must be a name or a callable ('linear' for no activation), got None."
+        )
     return resolved
 
 

@@ -28,8 +28,13 @@ def attention_mask(
 
     Example:
 
-    >>> attention_mask(keras.ops.array([[1, 1, 0]]), causal=True, query_length=3, key_length=3)
-    ... # [[[True, False, False], [True, True, False], [True, True, False]]]
+    The last key is padding, so no query sees it; each query sees itself and earlier keys:
+
+    >>> mask = attention_mask(ops.array([[1, 1, 0]]), causal=True, query_length=3, key_length=3)
+    >>> ops.convert_to_numpy(mask).astype(int)
+    array([[[1, 0, 0],
+            [1, 1, 0],
+            [1, 1, 0]]])
     """
     mask = None
     if padding_mask is not None:

@@ -56,9 +56,10 @@ class PositionEmbedding(keras.layers.Layer):
         if isinstance(length, int) and isinstance(start_index, int):
             if start_index + length > self.max_length:
                 raise ValueError(
-                    f"The input sequence has length {length} (starting at position {start_index}) "
-                    f"but `max_length`={self.max_length}: at most {self.max_length} positions are "
-                    "allowed. Shorten the input or build the model with a larger `max_length`."
+                    f"The input sequence must fit the {self.max_length} positions of "
+                    f"`max_length`={self.max_length}, got length {length} from position "
+                    f"{start_index}. Shorten the input or build the model with a larger "
+                    "`max_length`."
                 )
         else:
             length = ops.shape(x)[1]

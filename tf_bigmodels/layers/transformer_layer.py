@@ -91,8 +91,8 @@ class TransformerLayer(keras.layers.Layer):
         _checks.divisible("d_model", self.d_model, "num_heads", self.num_heads)
         self.dff = _checks.positive_int("dff", dff)
         self.rate = _checks.unit_interval("rate", rate)
-        self.causal = bool(causal)
-        self.norm_first = bool(norm_first)
+        self.causal = _checks.boolean("causal", causal)
+        self.norm_first = _checks.boolean("norm_first", norm_first)
         self.activation = get_activation(activation)
         self.epsilon = _checks.positive_float("epsilon", epsilon)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -142,8 +142,8 @@ class TransformerLayer(keras.layers.Layer):
     def build(self, input_shape):
         if input_shape[-1] is not None and input_shape[-1] != self.d_model:
             raise ValueError(
-                f"TransformerLayer '{self.name}' has `d_model`={self.d_model} but its input has "
-                f"last dimension {input_shape[-1]}; they must be equal."
+                f"The input of TransformerLayer '{self.name}' must have last dimension "
+                f"`d_model`={self.d_model}, got {input_shape[-1]}."
             )
         self.attention.build(input_shape)
         self.attention_norm.build(input_shape)
@@ -165,8 +165,8 @@ class TransformerLayer(keras.layers.Layer):
             padding_mask = mask
         if cache is not None and not self.causal:
             raise ValueError(
-                f"TransformerLayer '{self.name}' got a `cache` but has causal=False; "
-                "a key/value cache is allowed only with causal=True."
+                f"`cache` must be None for TransformerLayer '{self.name}', which has "
+                "causal=False (a key/value cache serves causal decoding only), got a cache."
             )
         length = ops.shape(x)[1]
         key_length = length if cache is None else ops.shape(cache)[3]

@@ -8,6 +8,7 @@ from tf_bigmodels import _checks
 from tf_bigmodels.layers import MaskedLMHead, PositionEmbedding, TransformerLayer
 from tf_bigmodels.layers.activations import get_activation, serialize_activation
 from tf_bigmodels.layers.initializers import clone_initializer
+from tf_bigmodels.models._ids import check_ids
 
 _ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
@@ -15,14 +16,15 @@ _ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 def _check_keys(inputs, allowed, required, owner):
     if not isinstance(inputs, dict):
         raise ValueError(
-            f"{owner} takes a dict with keys {sorted(allowed)}, got {type(inputs).__name__}."
+            f"The input of {owner} must be a dict with keys {sorted(allowed)}, got "
+            f"{type(inputs).__name__}."
         )
     unknown = set(inputs) - set(allowed)
     missing = set(required) - set(inputs)
     if unknown or missing:
         raise ValueError(
-            f"{owner} input dict has keys {sorted(inputs)}; allowed keys are {sorted(allowed)} "
-            f"and {sorted(required)} are required"
+            f"The input of {owner} must be a dict with keys {sorted(allowed)} (of which "
+            f"{sorted(required)} are required), got keys {sorted(inputs)}"
             + (f" (unknown: {sorted(unknown)})" if unknown else "")
             + (f" (missing: {sorted(missing)})" if missing else "")
             + "."
@@ -54,6 +56,10 @@ class BERTEncoder(keras.Model):
     Call arguments:
         inputs: dict with "token_ids" `(batch, seq)` (required), "segment_ids" `(batch, seq)`
             (default all 0) and "padding_mask" `(batch, seq)` (1 = real token; default all real).
+            Ids must be in `[0, vocab_size)` and segment ids in `[0, type_vocab_size)`: an
+            embedding lookup would wrap a negative id around or read zeros, so an eager call
+            checks the ranges and raises ValueError; inside `tf.function` (training, export)
+            they are the caller's contract.
         training: bool. Enables dropout.
 
     Returns:
@@ -165,56 +171,63 @@ class BERTEncoder(keras.Model):
         self.pooler.build((token_shape[0], self.d_model))
 
     def call(self, inputs, training=False):
+        x, _ = self._forward(inputs, training, False)
+        return {"sequence_output": x, "pooled_output": self.pooler(x[:, 0, :])}
+
+    def attention_weights(self, inputs):
+        """The attention weights of every block, computed by the encoder's own forward pass.
+
+        Row `i` of a head's map is the distribution over the keys that position `i` attends to:
+        each row sums to 1 and padded keys get exactly 0. These are the very weights the forward
+        pass multiplies the values by (before attention dropout, which is off here: the call
+        runs with `training=False`).
+
+        Args:
+            inputs: the encoder's input dict (see the class docstring).
+
+        Returns:
+            A tuple of `num_layers` float32 tensors `(batch, num_heads, seq, seq)`, indexed
+            `[batch, head, query, key]`, block 0 first.
+
+        Example:
+
+        >>> encoder = BERTEncoder(vocab_size=100, d_model=32, num_heads=2, dff=64, num_layers=2)
+        >>> weights = encoder.attention_weights({"token_ids": keras.ops.array([[2, 7, 3, 0]]),
+        ...                                      "padding_mask": keras.ops.array([[1, 1, 1, 0]])})
+        >>> len(weights), tuple(weights[0].shape), float(weights[0][0, 1, 2, 3])
+        (2, (1, 2, 4, 4), 0.0)
+        """
+        _check_keys(inputs, _ENCODER_INPUTS, ("token_ids",), "BERTEncoder")
+        inputs = {key: ops.convert_to_tensor(value) for key, value in inputs.items()}
+        if not self.built:  # as `__call__` would, so that a later call finds the model built
+            self.build({key: tuple(value.shape) for key, value in inputs.items()})
+        _, weights = self._forward(inputs, False, True)
+        return weights
+
+    def _forward(self, inputs, training, collect_weights):
+        """The one forward path: `(sequence_output, per-block weights or None)`."""
         _check_keys(inputs, _ENCODER_INPUTS, ("token_ids",), "BERTEncoder")
         token_ids = inputs["token_ids"]
         segment_ids = inputs.get("segment_ids")
+        check_ids("token_ids", token_ids, self.vocab_size)
+        check_ids("segment_ids", segment_ids, self.type_vocab_size)
         if segment_ids is None:
             segment_ids = ops.zeros_like(token_ids)
         x = self.token_embedding(token_ids)
         x = x + self.position_embedding(x) + self.segment_embedding(segment_ids)
         x = self.embedding_dropout(self.embedding_norm(x), training=training)
+        weights = []
         for block in self.blocks:
-            x = block(x, padding_mask=inputs.get("padding_mask"), training=training)
-        return {"sequence_output": x, "pooled_output": self.pooler(x[:, 0, :])}
-
-    @classmethod
-    def from_keras_hub(cls, preset_dir, *, dtype=None):
-        """Builds a `BERTEncoder` from a keras-hub BERT preset directory already on disk.
-
-        Loads `keras_hub.models.BertBackbone.from_preset(preset_dir)` (offline: a directory path
-        never touches the network) and converts it with `tf_bigmodels.convert.bert_from_keras_hub`:
-        same configuration (including keras-hub's tanh GELU), every weight copied, equal
-        "sequence_output" at real positions and "pooled_output" (to 1e-5). The converter is
-        imported inside this method, not at module import, so that models do not depend on
-        `convert` (DESIGN §10); calling it needs `keras_hub` installed. To obtain a preset
-        directory with network access: `keras_hub.models.BertBackbone.from_preset(
-        "bert_base_en_uncased").save_to_preset("bert_base_en_uncased")`, or download it from
-        Kaggle Models. Its `vocabulary.txt` loads with `WordPieceTokenizer(path)`.
-
-        Args:
-            preset_dir: str or path-like. Directory written by `save_to_preset` (holding
-                `config.json` and `model.weights.h5`) or an unpacked Kaggle download.
-            dtype: str or None. Dtype policy to load with (e.g. "bfloat16"). Defaults to None
-                (the preset's).
-
-        Returns:
-            A built `BERTEncoder`; wrap it in `BERTClassifier(encoder, num_classes)` to fine-tune.
-
-        Raises:
-            ValueError: if `preset_dir` is not a directory or holds no BERT backbone preset.
-
-        Example:
-
-        >>> encoder = BERTEncoder.from_keras_hub("presets/bert_tiny_en_uncased")  # doctest: +SKIP
-        >>> classifier = BERTClassifier(encoder, num_classes=2)  # doctest: +SKIP
-        """
-        import keras_hub
-
-        from tf_bigmodels.convert.keras_hub import backbone_from_preset, bert_from_keras_hub
-
-        return bert_from_keras_hub(
-            backbone_from_preset(keras_hub.models.BertBackbone, preset_dir, dtype)
-        )
+            x = block(
+                x,
+                padding_mask=inputs.get("padding_mask"),
+                training=training,
+                return_attention_scores=collect_weights,
+            )
+            if collect_weights:
+                x, layer_weights = x
+                weights.append(layer_weights)
+        return x, tuple(weights) if collect_weights else None
 
     def get_config(self):
         config = super().get_config()
@@ -280,7 +293,8 @@ class BERTPretrainer(_EncoderWrapper):
         **kwargs: base model arguments.
 
     Call arguments:
-        inputs: the encoder's dict plus "mask_positions" `(batch, predictions)`.
+        inputs: the encoder's dict plus "mask_positions" `(batch, predictions)`, positions in
+            `[0, seq)` (checked eagerly like the encoder's ids; the contract inside a graph).
         training: bool.
 
     Returns:
@@ -346,6 +360,8 @@ class BERTPretrainer(_EncoderWrapper):
             ("token_ids", "mask_positions"),
             "BERTPretrainer",
         )
+        # A position outside the sequence would be wrapped around or read as zeros.
+        check_ids("mask_positions", inputs["mask_positions"], ops.shape(inputs["token_ids"])[1])
         encoded = self.encoder(
             {k: v for k, v in inputs.items() if k != "mask_positions"}, training=training
         )

@@ -10,6 +10,7 @@ from tf_bigmodels.layers import PositionEmbedding, TransformerLayer
 from tf_bigmodels.layers.activations import get_activation, serialize_activation
 from tf_bigmodels.layers.initializers import clone_initializer
 from tf_bigmodels.models import generation
+from tf_bigmodels.models._ids import check_ids
 
 
 @keras.saving.register_keras_serializable(package="tf_bigmodels")
@@ -22,7 +23,8 @@ class GPTModel(keras.Model):
     L = -sum_i log P(y_i | x_<i), the sparse categorical cross-entropy of these logits against the
     inputs shifted by one; the causal mask is what makes P(y_i | .) depend only on x_<=i.
     `generate` decodes with a key/value cache (`init_cache`, `hidden_states(..., cache=...)`) in
-    one XLA-compiled `tf.while_loop`.
+    one XLA-compiled `tf.while_loop`; `attention_weights` returns every block's attention maps.
+    To start from keras-hub's GPT-2 weights, use `tf_bigmodels.convert.gpt_from_keras_hub_preset`.
 
     Initialisation follows GPT-2: weights normal(0, `initializer_range`), the two residual
     projections of each block normal(0, `initializer_range` / sqrt(2 * num_layers)), biases zero.
@@ -46,7 +48,10 @@ class GPTModel(keras.Model):
         **kwargs: base model arguments (`name`, `dtype`).
 
     Call arguments:
-        token_ids: int tensor `(batch, seq)`, seq <= max_length.
+        token_ids: int tensor `(batch, seq)`, seq <= max_length, ids in `[0, vocab_size)`.
+            Outside that range the embedding lookup would wrap a negative id around or read
+            zeros, so an eager call checks the range and raises ValueError; inside
+            `tf.function` (training, generation, export) the range is the caller's contract.
         padding_mask: optional `(batch, seq)` bool/0-1 tensor, 1 = real token.
         training: bool. Enables dropout.
 
@@ -85,8 +90,8 @@ class GPTModel(keras.Model):
             self.rate,
             self.max_length,
         ) = _checks.model_sizes(vocab_size, d_model, num_heads, dff, num_layers, rate, max_length)
-        self.tie_embeddings = bool(tie_embeddings)
-        self.norm_first = bool(norm_first)
+        self.tie_embeddings = _checks.boolean("tie_embeddings", tie_embeddings)
+        self.norm_first = _checks.boolean("norm_first", norm_first)
         self.activation = serialize_activation(get_activation(activation))
         self.epsilon = _checks.positive_float("epsilon", epsilon)
         self.initializer_range = _checks.positive_float("initializer_range", initializer_range)
@@ -182,26 +187,74 @@ class GPTModel(keras.Model):
         >>> model.hidden_states(keras.ops.ones((1, 8), "int32")).shape
         TensorShape([1, 8, 32])
         """
+        x, new_cache, _ = self._forward(
+            token_ids, padding_mask, training, positions, cache, cache_index, False
+        )
+        return x if cache is None else (x, new_cache)
+
+    def attention_weights(self, token_ids, padding_mask=None):
+        """The attention weights of every block, computed by the model's own forward pass.
+
+        Row `i` of a head's map is the distribution over the keys that query position `i`
+        attends to: each row sums to 1, and the causal mask makes every entry above the
+        diagonal exactly 0 (as do padded keys, if `padding_mask` is given). These are the very
+        weights the forward pass multiplies the values by (before attention dropout, which is
+        off here: the call runs with `training=False`).
+
+        Args:
+            token_ids: int tensor `(batch, seq)`, ids in `[0, vocab_size)`.
+            padding_mask: optional `(batch, seq)` bool/0-1 tensor, 1 = real token.
+
+        Returns:
+            A tuple of `num_layers` float32 tensors `(batch, num_heads, seq, seq)`, indexed
+            `[batch, head, query, key]`, block 0 first.
+
+        Example:
+
+        >>> model = GPTModel(100, 32, 2, 64, 2, max_length=16)
+        >>> weights = model.attention_weights(keras.ops.array([[5, 6, 7]]))
+        >>> len(weights), tuple(weights[1].shape), float(weights[1][0, 0, 0, 1])
+        (2, (1, 2, 3, 3), 0.0)
+        """
+        token_ids = ops.convert_to_tensor(token_ids)
+        if not self.built:  # as `__call__` would, so that a later call finds the model built
+            self.build(tuple(token_ids.shape))
+        _, _, weights = self._forward(token_ids, padding_mask, False, None, None, 0, True)
+        return weights
+
+    def _forward(
+        self, token_ids, padding_mask, training, positions, cache, cache_index, collect_weights
+    ):
+        """The one forward path: `(hidden_states, new_cache or None, weights or None)`."""
+        check_ids("token_ids", token_ids, self.vocab_size)
         x = self.token_embedding(token_ids)
         x = self.embedding_dropout(
             x + self.position_embedding(x, positions=positions), training=training
         )
-        new_cache = []
+        new_cache, weights = [], []
         for i, block in enumerate(self.blocks):
-            if cache is None:
-                x = block(x, padding_mask=padding_mask, training=training)
-            else:
-                x, layer_cache = block(
-                    x,
-                    padding_mask=padding_mask,
-                    training=training,
-                    cache=cache[i],
-                    cache_index=cache_index,
-                )
-                new_cache.append(layer_cache)
+            extra = {} if cache is None else {"cache": cache[i], "cache_index": cache_index}
+            outputs = block(
+                x,
+                padding_mask=padding_mask,
+                training=training,
+                return_attention_scores=collect_weights,
+                **extra,
+            )
+            if not collect_weights and cache is None:
+                outputs = (outputs,)
+            x = outputs[0]
+            if collect_weights:
+                weights.append(outputs[1])
+            if cache is not None:
+                new_cache.append(outputs[-1])
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x if cache is None else (x, tuple(new_cache))
+        return (
+            x,
+            None if cache is None else tuple(new_cache),
+            tuple(weights) if collect_weights else None,
+        )
 
     def logits_from_hidden_states(self, hidden_states):
         """Float32 next-token logits `(..., vocab_size)` of hidden states `(..., d_model)`.
@@ -290,45 +343,6 @@ class GPTModel(keras.Model):
             end_id=end_id,
             pad_id=pad_id,
             jit_compile=jit_compile,
-        )
-
-    @classmethod
-    def from_keras_hub(cls, preset_dir, *, dtype=None):
-        """Builds a `GPTModel` from a keras-hub GPT-2 preset directory already on disk.
-
-        Loads `keras_hub.models.GPT2Backbone.from_preset(preset_dir)` (offline: a directory
-        path never touches the network) and converts it with
-        `tf_bigmodels.convert.gpt_from_keras_hub`: same configuration, every weight copied, logits
-        equal to the backbone's outputs times the transposed token embedding (to 1e-5). The
-        converter is imported inside this method, not at module import, so that models do not
-        depend on `convert` (DESIGN §10); calling it needs `keras_hub` installed. To obtain a
-        preset directory with network access: `keras_hub.models.GPT2Backbone.from_preset(
-        "gpt2_base_en").save_to_preset("gpt2_base_en")`, or download it from Kaggle Models. The
-        GPT-2 BPE tokenizer is not part of this model; `ByteTokenizer` ids do not match it.
-
-        Args:
-            preset_dir: str or path-like. Directory written by `save_to_preset` (holding
-                `config.json` and `model.weights.h5`) or an unpacked Kaggle download.
-            dtype: str or None. Dtype policy to load with (e.g. "bfloat16"). Defaults to None
-                (the preset's).
-
-        Returns:
-            A built `GPTModel`.
-
-        Raises:
-            ValueError: if `preset_dir` is not a directory or holds no GPT-2 backbone preset.
-
-        Example:
-
-        >>> model = GPTModel.from_keras_hub("presets/gpt2_base_en")  # doctest: +SKIP
-        >>> model.generate([[464, 3290]], max_new_tokens=10)  # doctest: +SKIP
-        """
-        import keras_hub
-
-        from tf_bigmodels.convert.keras_hub import backbone_from_preset, gpt_from_keras_hub
-
-        return gpt_from_keras_hub(
-            backbone_from_preset(keras_hub.models.GPT2Backbone, preset_dir, dtype)
         )
 
     def get_config(self):

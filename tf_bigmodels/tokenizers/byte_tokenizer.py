@@ -2,13 +2,14 @@
 
 import tensorflow as tf
 
-from tf_bigmodels.tokenizers._ids import as_id_tensor
+from tf_bigmodels.tokenizers._ids import checked_ids
+from tf_bigmodels.tokenizers.base import Tokenizer
 
 # U+FFFD, the Unicode replacement character, stands in for bytes that are not valid UTF-8.
 _REPLACEMENT_CHAR = 0xFFFD
 
 
-class ByteTokenizer(tf.Module):
+class ByteTokenizer(Tokenizer):
     """Tokenizes text into its UTF-8 bytes, plus two special tokens.
 
     Id layout (`vocab_size == 258`):
@@ -74,12 +75,12 @@ class ByteTokenizer(tf.Module):
 
         Args:
             ids: int `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2, values in
-                `[0, vocab_size)`.
+                `[0, vocab_size)`; any other id raises `tf.errors.InvalidArgumentError`.
 
         Returns:
             A string `tf.Tensor`: `[batch]` for rank-2 ids, a scalar for rank-1 ids.
         """
-        ids = as_id_tensor(ids)
+        ids = checked_ids(ids, self.vocab_size)
         pieces = tf.gather(self._id_to_bytes, ids)
         text = tf.strings.reduce_join(pieces, axis=-1)
         return tf.strings.unicode_transcode(

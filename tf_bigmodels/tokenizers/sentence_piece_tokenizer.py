@@ -13,6 +13,7 @@ from tensorflow_text.python.ops import sentencepiece_tokenizer as tf_text_senten
 
 from tf_bigmodels import _checks
 from tf_bigmodels.tokenizers._ids import as_id_tensor
+from tf_bigmodels.tokenizers.base import Tokenizer
 
 _MODEL_FILE = "sentencepiece.model"
 _REPLACEMENT_CHAR = 0xFFFD
@@ -22,7 +23,7 @@ _NEWLINE = "\n"
 _RESERVED = 3 + 256 + 1  # specials + byte pieces + the newline piece
 
 
-class SentencePieceTokenizer(tf.Module):
+class SentencePieceTokenizer(Tokenizer):
     """SentencePiece subword tokenizer: text -> int32 piece ids, and back, losslessly.
 
     The vocabulary is a SentencePiece model (a serialized `ModelProto`), usually learned from a

@@ -10,7 +10,9 @@ import tensorflow_text as tf_text
 from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as vocab_learner
 
-from tf_bigmodels.tokenizers._ids import as_id_tensor
+from tf_bigmodels import _checks
+from tf_bigmodels.tokenizers._ids import checked_ids
+from tf_bigmodels.tokenizers.base import Tokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _VOCAB_FILE = "vocab.txt"
@@ -18,7 +20,7 @@ _CONFIG_FILE = "tokenizer.json"
 _TRAIN_BATCH = 1024  # texts per word-counting step
 
 
-class WordPieceTokenizer(tf.Module):
+class WordPieceTokenizer(Tokenizer):
     """BERT WordPiece tokenizer: text -> int32 wordpiece ids, and back.
 
     Tokenization is BERT's: (optionally) lower-case and strip accents, split on whitespace and
@@ -29,7 +31,8 @@ class WordPieceTokenizer(tf.Module):
 
     The vocabulary must contain the special tokens `[PAD] [UNK] [CLS] [SEP] [MASK]`; their ids are
     the attributes `pad_id`, `unk_id`, `cls_id`, `sep_id` and `mask_id`. A vocabulary learned with
-    `train` starts with them: `[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4`.
+    `train` starts with them: `[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4`. `end_id` is `sep_id`:
+    `[SEP]` ends each document of a packed language-model stream, as it ends each BERT segment.
 
     `detokenize` is the inverse modulo normalisation: wordpieces are glued back into words and words
     are joined by single spaces, so `"Hello, world!"` comes back as `"hello , world !"`.
@@ -58,19 +61,17 @@ class WordPieceTokenizer(tf.Module):
         missing = [t for t in SPECIAL_TOKENS if t not in vocabulary]
         if missing:
             raise ValueError(
-                f"vocabulary lacks the special tokens {missing}; it must contain all of "
-                f"{list(SPECIAL_TOKENS)}."
+                f"`vocabulary` must contain the special tokens {list(SPECIAL_TOKENS)}, got one "
+                f"without {missing}."
             )
         if len(set(vocabulary)) != len(vocabulary):
             duplicates = sorted({t for t in vocabulary if vocabulary.count(t) > 1})[:5]
             raise ValueError(
-                f"vocabulary has duplicate tokens {duplicates}; each token must appear once."
+                f"`vocabulary` must hold each token once, got duplicates {duplicates}."
             )
-        if not isinstance(lowercase, bool):
-            raise TypeError(f"lowercase must be a bool, got {lowercase!r}.")
+        self.lowercase = _checks.boolean("lowercase", lowercase)
         self.vocabulary = tuple(vocabulary)
-        self.lowercase = lowercase
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+        self._pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
             self.vocabulary.index(t) for t in SPECIAL_TOKENS
         )
         self._tokenizer = tf_text.FastBertTokenizer(
@@ -85,6 +86,16 @@ class WordPieceTokenizer(tf.Module):
     def vocab_size(self):
         """int. Number of tokens in the vocabulary."""
         return len(self.vocabulary)
+
+    @property
+    def pad_id(self):
+        """int. Id of `[PAD]`."""
+        return self._pad_id
+
+    @property
+    def end_id(self):
+        """int. Id of `[SEP]`, which ends each document in a packed language-model stream."""
+        return self.sep_id
 
     def tokenize(self, strings):
         """Returns the wordpiece ids of `strings`.
@@ -108,12 +119,24 @@ class WordPieceTokenizer(tf.Module):
 
         Args:
             ids: int `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2, values in
-                `[0, vocab_size)`.
+                `[0, vocab_size)`. Any other id raises `tf.errors.InvalidArgumentError` naming
+                `ids` (it is not mapped to `[UNK]`: an id outside the vocabulary is a caller's
+                bug, and tensorflow-text's detokenizer would crash the process on it).
 
         Returns:
             A string `tf.Tensor`: `[batch]` for rank-2 ids, a scalar for rank-1 ids.
+
+        Example:
+
+        >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hi"])
+        >>> tokenizer.detokenize([5, 0, 5]).numpy()
+        b'hi hi'
+        >>> tokenizer.detokenize([6])  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ...
+        InvalidArgumentError: `ids` must be token ids in [0, 6)
         """
-        ids = as_id_tensor(ids)
+        ids = checked_ids(ids, self.vocab_size)
         if isinstance(ids, tf.Tensor) and ids.shape.rank == 2:
             ids = tf.RaggedTensor.from_tensor(ids)
         ids = tf.ragged.boolean_mask(ids, tf.not_equal(ids, self.pad_id))
@@ -127,8 +150,10 @@ class WordPieceTokenizer(tf.Module):
 
         Example:
 
-        >>> tokenizer.save("runs/bert/tokenizer")  # doctest: +SKIP
-        >>> same = WordPieceTokenizer.load("runs/bert/tokenizer")  # doctest: +SKIP
+        >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hi"])
+        >>> tokenizer.save("runs/bert/tokenizer")
+        >>> WordPieceTokenizer.load("runs/bert/tokenizer").vocabulary == tokenizer.vocabulary
+        True
         """
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, _VOCAB_FILE), "w", encoding="utf-8") as f:
@@ -145,13 +170,16 @@ class WordPieceTokenizer(tf.Module):
 
         Example:
 
+        A BERT run of `tf-bigmodels train bert` keeps its tokenizer in `runs/bert/tokenizer`
+        (not run here: it needs that run):
+
         >>> tokenizer = WordPieceTokenizer.load("runs/bert/tokenizer")  # doctest: +SKIP
         """
         config_path = os.path.join(directory, _CONFIG_FILE)
         if not os.path.isfile(config_path):
             raise ValueError(
-                f"directory={str(directory)!r} holds no {_CONFIG_FILE}; it must be a "
-                f"directory written by WordPieceTokenizer.save."
+                f"`directory` must be a directory written by WordPieceTokenizer.save (holding "
+                f"{_CONFIG_FILE}), got {str(directory)!r}."
             )
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
@@ -179,22 +207,23 @@ class WordPieceTokenizer(tf.Module):
 
         Example:
 
+        >>> tokenizer = WordPieceTokenizer.train(["The cat sat.", "The cats sat."] * 50,
+        ...                                      vocab_size=40, verbose=False)
+        >>> tokenizer.vocabulary[:5]
+        ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
+
+        On the whole bundled corpus (not run here: it takes tens of seconds):
+
         >>> from tf_bigmodels.data import load_corpus
         >>> tokenizer = WordPieceTokenizer.train(load_corpus("shakespeare"), vocab_size=8000)
         ... # doctest: +SKIP
         """
-        if (
-            isinstance(vocab_size, bool)
-            or not isinstance(vocab_size, int)
-            or (vocab_size <= len(SPECIAL_TOKENS))
-        ):
-            raise ValueError(
-                f"vocab_size={vocab_size!r} is not allowed; it must be an int larger "
-                f"than the {len(SPECIAL_TOKENS)} special tokens {list(SPECIAL_TOKENS)}."
-            )
+        # Room for the special tokens and at least one learned token.
+        vocab_size = _checks.integer("vocab_size", vocab_size, low=len(SPECIAL_TOKENS) + 1)
+        _checks.boolean("verbose", verbose)
         if isinstance(texts, str):
             raise TypeError(
-                "texts must be a list of str or a tf.data.Dataset of strings, got one "
+                "`texts` must be a list of str or a tf.data.Dataset of strings, got one "
                 "str; wrap it in a list."
             )
         if isinstance(texts, tf.data.Dataset):
@@ -202,7 +231,7 @@ class WordPieceTokenizer(tf.Module):
         else:
             texts = list(texts)
             if not texts:
-                raise ValueError("texts=[] is empty; give at least one non-empty string.")
+                raise ValueError("`texts` must hold at least one non-empty string, got [].")
             dataset, num_texts = tf.data.Dataset.from_tensor_slices(texts), len(texts)
         splitter = BasicTokenizer(lower_case=lowercase)
         words = dataset.batch(_TRAIN_BATCH).map(
@@ -222,8 +251,8 @@ class WordPieceTokenizer(tf.Module):
             word_counts = None
         if not word_counts:
             raise ValueError(
-                "texts hold no words (only whitespace or nothing); give text to "
-                "learn a vocabulary from."
+                "`texts` must hold words to learn a vocabulary from, got only whitespace or "
+                "nothing."
             )
         if verbose:
             print(
@@ -245,8 +274,8 @@ def _with_progress(batches, progress):
 def _read_vocabulary(path):
     if not os.path.isfile(path):
         raise ValueError(
-            f"vocabulary={str(path)!r} is not an existing file; give a list of "
-            f"tokens or the path of a vocabulary file with one token per line."
+            f"`vocabulary` must be a list of tokens or the path of an existing vocabulary file "
+            f"with one token per line, got {str(path)!r}."
         )
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.rstrip("\n")]

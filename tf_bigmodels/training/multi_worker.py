@@ -48,10 +48,12 @@ def prepare_for_multi_worker(model, strategy):
 
     Example:
 
+    >>> strategy = tf.distribute.get_strategy()  # one process: nothing to work around
     >>> with strategy.scope():
-    ...     model.compile(...)
+    ...     model = keras.Sequential([keras.layers.Dense(1)])
+    ...     model.compile(optimizer="sgd", loss="mse")
     >>> prepare_for_multi_worker(model, strategy)
-    >>> model.fit(...)
+    False
     """
     if (
         not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
