@@ -185,7 +185,7 @@ def _checked(value, rank, name):
         value = tf.identity(value)
     # A reshape, not tf.ensure_shape: shape inference evaluates ensure_shape before the check
     # runs, and its message would not name the input.
-    shape = {0: [], 1: [-1], 2: tf.concat([[-1], tf.shape(value)[-1:]], axis=0)}[rank]
+    shape = {0: [], 1: [-1], 2: tf.stack([-1, tf.shape(value)[-1]])}[rank]
     return tf.reshape(value, shape)
 
 

@@ -106,13 +106,15 @@ def stream_text(
             `export_dir` (the highest version), as in `load_generator`; or the `(generator,
             tokenizer)` pair `load_generator` returned (to load once and stream many times).
         prompt: str. May be empty (generation then starts a new document).
-        max_new_tokens: int >= 0. At most this many tokens (bytes with the byte tokenizer); any
-            number, the context slides beyond `max_length`.
+        max_new_tokens: int >= 0, or None with `max_new_chars`. At most this many tokens (bytes
+            with the byte tokenizer); any number, the context slides beyond `max_length`. None
+            means 4 per character of `max_new_chars` (a UTF-8 character is at most 4 bytes).
         temperature, top_k, top_p, seed: as in `GenerationSettings` (seed None: random).
             Defaults to 1.0, None, None, None.
         chunk_tokens: int > 0. Tokens per decode call. Defaults to 16.
         tokenizer: the model's tokenizer when `source` is a model; ignored for SavedModels.
-        max_new_chars: int >= 0 or None. Also stop after this many characters. Defaults to None.
+        max_new_chars: int >= 0 or None. Also stop after this many characters (newlines
+            included). Defaults to None.
 
     Yields:
         str pieces whose concatenation is the generated text.
@@ -122,11 +124,10 @@ def stream_text(
     >>> for piece in stream_text("exports/gpt", "To be", 200, temperature=0.8):  # doctest: +SKIP
     ...     print(piece, end="", flush=True)
     """
-    settings = GenerationSettings(
-        max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    settings, max_new_chars = _settings(
+        max_new_tokens, max_new_chars, temperature, top_k, top_p, seed
     )
     chunk_tokens = _checks.integer("chunk_tokens", chunk_tokens, low=1)
-    max_new_chars = _checks.integer("max_new_chars", max_new_chars, low=0, none_ok=True)
     decoder = _decoder(source, tokenizer)
     texts = _Texts(decoder, 1, max_new_chars)
     for new_ids, ended in _token_chunks(decoder, prompt, settings, 1, chunk_tokens):
@@ -157,7 +158,8 @@ def generate_texts(
 
     The same decoding as `stream_text` (windows, end token, trimming of a cut-off character),
     without the pieces: sample 1 is the text `stream_text` gives for the same arguments, and the
-    samples differ from each other because each row folds its index into the random key.
+    samples differ from each other because each copy of the prompt folds its number into the
+    random key.
 
     Args:
         source, prompt, max_new_tokens, temperature, top_k, top_p, seed, tokenizer,
@@ -172,11 +174,10 @@ def generate_texts(
     >>> texts = generate_texts("exports/gpt", "To be", 100, num_samples=3, seed=1)
     ... # doctest: +SKIP
     """
-    settings = GenerationSettings(
-        max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    settings, max_new_chars = _settings(
+        max_new_tokens, max_new_chars, temperature, top_k, top_p, seed
     )
     num_samples = _checks.integer("num_samples", num_samples, low=1)
-    max_new_chars = _checks.integer("max_new_chars", max_new_chars, low=0, none_ok=True)
     decoder = _decoder(source, tokenizer)
     texts = _Texts(decoder, num_samples, max_new_chars)
     # One window at a time: a chunk per window is the fewest decode calls.
@@ -186,6 +187,17 @@ def generate_texts(
             break
     texts.finish()
     return texts.emitted
+
+
+def _settings(max_new_tokens, max_new_chars, temperature, top_k, top_p, seed):
+    """The checked `GenerationSettings` and `max_new_chars`; tokens default to 4 per character."""
+    max_new_chars = _checks.integer("max_new_chars", max_new_chars, low=0, none_ok=True)
+    if max_new_tokens is None and max_new_chars is not None:
+        max_new_tokens = _MAX_TOKENS_PER_CHAR * max_new_chars
+    settings = GenerationSettings(
+        max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
+    return settings, max_new_chars
 
 
 class _Texts:

@@ -24,9 +24,10 @@ row's first real token, so a left-padded row gives exactly the logits of the sam
 Randomness: the key of row b is the user's seed with, folded in by
 `tf.random.experimental.stateless_fold_in`, the *window* (0 for `generate`; a streamed text longer
 than the context restarts from a shorter context as window 1, 2, ...), a fingerprint of the row's
-prompt ids and the row index b; step t samples with `stateless_fold_in(key_b, t)`. So one seed
-gives different, independent draws for different prompts and for the rows of a batch (several
-samples of one prompt differ), and the same (prompt, seed, row) always repeats.
+prompt ids and its *copy* (how many earlier rows of the batch hold the same prompt); step t
+samples with `stateless_fold_in(key_b, t)`. So one seed gives independent draws for different
+prompts and for copies of one prompt (several samples differ), a prompt gives the same text alone
+or in any batch, and the same (prompt, seed) always repeats.
 
 Retracing: settings, prompts and state are all tensors traced with unknown batch and length, so
 each function is traced once per model and `jit_compile` setting. XLA compiles one executable per
@@ -85,9 +86,9 @@ class GenerationSettings:
         top_p: float in (0, 1] or None. Nucleus sampling; None (or 1.0) keeps all. Defaults to
             None.
         seed: int in [0, 2**31 - 1] or None. The same seed with the same prompt gives the same
-            tokens (on the same device and `jit_compile` setting); different prompts, and the
-            rows of one batch, draw independently. None draws a fresh seed per call. Defaults to
-            None.
+            tokens (on the same device and `jit_compile` setting), alone or in any batch;
+            different prompts, and copies of one prompt in a batch, draw independently. None
+            draws a fresh seed per call. Defaults to None.
         end_id: int >= 0 or None (never stop early). Must be below the model's `vocab_size`.
             Defaults to None.
         pad_id: int. Fill value after `end_id`. Defaults to 0.
@@ -502,24 +503,29 @@ def _steps(model, state, stop, settings):
 
 
 def _row_keys(prompts, seed, window):
-    """One stateless key per row: the seed with the window, the row's prompt and index folded in.
+    """One stateless key per row: the seed with the window, the row's prompt and copy folded in.
 
     A seed < 0 is replaced by a fresh random one. The prompt enters as a 31-bit fingerprint
-    (FarmHash) of its ids, so two prompts that differ anywhere draw different numbers.
+    (FarmHash) of its ids, so two prompts that differ anywhere draw different numbers. The copy
+    is how many earlier rows hold the same prompt: copies of one prompt draw independently,
+    while a prompt's draws do not depend on the other prompts of its batch.
     """
     seed = tf.where(seed < 0, tf.random.uniform([], 0, tf.int32.max, tf.int32), seed)
     base = tf.random.experimental.stateless_fold_in(tf.stack([0, seed]), window)
     text = tf.strings.reduce_join(tf.strings.as_string(prompts), axis=-1, separator=" ")
     fingerprints = tf.cast(tf.strings.to_hash_bucket_fast(text, 2**31 - 1), tf.int32)  # (B,)
     rows = tf.range(tf.shape(fingerprints)[0])
+    same = tf.equal(fingerprints[:, tf.newaxis], fingerprints[tf.newaxis])  # (B, B)
+    earlier = rows[tf.newaxis] < rows[:, tf.newaxis]  # [b, j]: j < b
+    copies = tf.reduce_sum(tf.cast(tf.logical_and(same, earlier), tf.int32), axis=1)  # (B,)
 
     def fold(row):
-        fingerprint, index = row
+        fingerprint, copy = row
         key = tf.random.experimental.stateless_fold_in(base, fingerprint)
-        return tf.random.experimental.stateless_fold_in(key, index)
+        return tf.random.experimental.stateless_fold_in(key, copy)
 
     return tf.map_fn(
-        fold, (fingerprints, rows), fn_output_signature=tf.TensorSpec([2], tf.int32)
+        fold, (fingerprints, copies), fn_output_signature=tf.TensorSpec([2], tf.int32)
     )  # (B, 2)
 
 
