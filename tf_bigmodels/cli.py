@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -273,8 +274,8 @@ def _generate(args):
 
 def _graph_error(error):
     """The part of an in-graph check's error that says what was wrong (it names the input)."""
-    lines = [line for line in error.message.splitlines() if "`" in line]
-    return lines[0].strip(" []") if lines else _one_line(error.message)
+    named = re.search(r"`[^`]+`[^\]\n]*", error.message)
+    return named.group(0).strip() if named else _one_line(error.message)
 
 
 def _resolve_run_source(source):

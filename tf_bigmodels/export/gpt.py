@@ -178,9 +178,8 @@ class GPTServingModule(tf.Module):
 
 def _checked(value, rank, name):
     """`value` with its rank checked in-graph (an error naming `name`) and set statically."""
-    check = tf.debugging.assert_rank(
-        value, rank, message=f"`{name}` must have rank {rank} (shape [{', '.join('?' * rank)}])"
-    )
+    kind = ("a scalar", "a vector", "a matrix")[rank]
+    check = tf.debugging.assert_rank(value, rank, message=f"`{name}` must be {kind} (rank {rank})")
     with tf.control_dependencies([check]):
         value = tf.identity(value)
     # A reshape, not tf.ensure_shape: shape inference evaluates ensure_shape before the check

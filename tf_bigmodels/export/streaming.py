@@ -239,8 +239,8 @@ class _Texts:
         )
 
     def _emit(self, row, text):
-        if self._max_chars is not None:
-            text = text[: self._max_chars]
+        if self._max_chars is not None:  # cut, and never end on an invalid byte's U+FFFD
+            text = text[: self._max_chars].rstrip(_REPLACEMENT)
         emitted = self._emitted[row]
         if len(text) <= len(emitted) or not text.startswith(emitted):
             return ""
