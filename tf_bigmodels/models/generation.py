@@ -153,7 +153,7 @@ class GenerationSettings:
 
         Example:
 
-        >>> GenerationSettings(8, top_k=None).as_tensors()["top_k"].numpy()
+        >>> int(GenerationSettings(8, top_k=None).as_tensors()["top_k"])
         0
         """
         values = dataclasses.asdict(self)
