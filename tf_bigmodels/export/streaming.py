@@ -299,7 +299,7 @@ class _ModelDecoder:
 
     def __init__(self, model, tokenizer):
         self.max_length = model.max_length
-        self.end_id, self.pad_id = int(tokenizer.end_id), int(tokenizer.pad_id)
+        self.end_id, self.pad_id = tokenizer.end_id, tokenizer.pad_id  # end_id None: never ends
         self._tokenizer = tokenizer
         self._start = generation.start_function(model)
         self._steps = generation.steps_function(model)
