@@ -21,9 +21,20 @@ Variants, run alternately (one call each per round, `--repeats` rounds, median t
 
 Each variant is called once before timing (tracing and XLA compilation are not timed).
 
+Streaming (`--streaming`), a separate measurement: the time of `stream_text` (chunks of 16
+tokens, each a call of the decode loop that carries the key/value cache on) against one
+`GPTModel.generate` call plus one detokenization, for 512 new tokens after a 16-byte prompt, sampled
+with the CLI's settings (temperature 0.8, top-k 40) and seed 1, on the nanoGPT shape with
+max_length 1024 (so that 16 + 512 tokens fit one call). The tokenizer is the byte tokenizer without
+an end token: random weights would otherwise end a text at a random step, and both variants must
+produce all 512 tokens. Both variants must give the same text; the script checks it. The ratio
+streamed / non-streamed is reported (median of `--repeats` alternating rounds; goal <= 1.2).
+
 Usage:
     python benchmarks/generation.py --out results.json      # the full table (minutes)
     python benchmarks/generation.py --smoke                  # tiny shapes, seconds
+    python benchmarks/generation.py --streaming              # streamed vs one call (a minute)
+    python benchmarks/generation.py --streaming --smoke      # the same on a tiny model, seconds
 """
 
 import argparse
@@ -38,7 +49,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from _timing import alternate, machine  # noqa: E402
 
+from tf_bigmodels.export import stream_text  # noqa: E402
 from tf_bigmodels.models import GPTModel  # noqa: E402
+from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
 
 MODELS = {
     "nanogpt": dict(
@@ -112,6 +125,48 @@ def measure(variants, repeats):
     return {name: timing["median"] for name, timing in timings.items()}
 
 
+class _ByteTokenizerWithoutEnd(ByteTokenizer):
+    """The byte tokenizer with no end token, so that every variant generates all its tokens."""
+
+    end_id = None
+
+
+STREAMING_GOAL = 1.2  # streamed time / non-streamed time
+
+
+def streaming(new_tokens, repeats, smoke=False):
+    """Median seconds of `stream_text` and of one `generate` call, and their ratio (a dict)."""
+    config = MODELS["smoke"] if smoke else {**MODELS["nanogpt"], "max_length": 1024}
+    model, tokenizer = _ours(config), _ByteTokenizerWithoutEnd()
+    prompt = "First Citizen:\nB"  # 16 bytes
+    ids = tokenizer.tokenize([prompt]).to_list()
+    settings = dict(temperature=0.8, top_k=40, seed=1)
+
+    def non_streamed():
+        out = model.generate(ids, new_tokens, **settings)
+        return tokenizer.detokenize(out[:, len(ids[0]) :]).numpy()[0].decode()
+
+    def streamed():
+        pieces = stream_text(model, prompt, new_tokens, tokenizer=tokenizer, **settings)
+        return "".join(pieces)
+
+    same_text = streamed() == non_streamed().rstrip("\ufffd")  # streaming drops a cut character
+    timings = alternate({"non_streamed": non_streamed, "streamed": streamed}, repeats)
+    ratio = timings["streamed"]["median"] / timings["non_streamed"]["median"]
+    return {
+        "model": {**config, "rate": 0.0},
+        "prompt_tokens": len(ids[0]),
+        "new_tokens": new_tokens,
+        "chunk_tokens": 16,
+        "settings": settings,
+        "same_text": same_text,
+        "timings": timings,
+        "ratio": ratio,
+        "goal": STREAMING_GOAL,
+        "met": ratio <= STREAMING_GOAL,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="nanogpt,gpt2")
@@ -126,8 +181,31 @@ def main():
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny model and lengths, seconds")
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="measure stream_text against one generate call instead (512 new tokens)",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
+    if args.streaming:
+        keras.utils.set_random_seed(0)
+        result = {
+            **machine(),
+            **streaming(48 if args.smoke else 512, 1 if args.smoke else 5, args.smoke),
+        }
+        times = {name: t["median"] for name, t in result["timings"].items()}
+        print(
+            f"{result['new_tokens']} new tokens: one generate call {times['non_streamed']:.3f} s, "
+            f"streamed {times['streamed']:.3f} s, ratio {result['ratio']:.2f} (goal <= "
+            f"{STREAMING_GOAL}: {'met' if result['met'] else 'missed'}); same text: "
+            f"{result['same_text']}",
+            flush=True,
+        )
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=2)
+        return result
     if args.smoke:
         args.models, args.batches, args.prompt, args.new_tokens, args.repeats = (
             "smoke",

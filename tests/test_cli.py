@@ -292,3 +292,84 @@ def test_plot_bad_inputs(gpt_run, tmp_path, a_file):
     assert_user_error(results[3], "Not a directory")
     assert_user_error(results[4], "`text`")
     assert not (gpt_run / "plots").exists() and a_file.read_text() == "not a directory"
+
+
+# generate
+GENERATE_SETTINGS_ERRORS = [
+    (["--temperature", "nan"], "`temperature`"),
+    (["--temperature", "-1"], "`temperature`"),
+    (["--temperature", "inf"], "`temperature`"),
+    (["--top-p", "0"], "`top_p`"),
+    (["--top-k", "-3"], "`top_k`"),
+    (["--num-samples", "0", "--max-new-chars", "-2"], "`max_new_chars`"),
+]
+
+
+def test_generate_checks_settings_before_loading_anything(tmp_path):
+    # The source cannot be loaded: a bad setting must be reported before it is touched.
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"not a model")
+    commands = [["generate", garbage, *args] for args, _ in GENERATE_SETTINGS_ERRORS]
+    for result, (_, fragment) in zip(run_all(*commands), GENERATE_SETTINGS_ERRORS):
+        assert_user_error(result, fragment)
+        assert result.stdout == ""
+
+
+def test_generate_on_a_bert_run(tmp_path):
+    run_dir = tmp_path / "bert"
+    run_dir.mkdir()
+    config = {"version": tf_bigmodels.__version__, "model": "bert", "preset": "bert-test"}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert_user_error(run("generate", run_dir), "'bert' run", "GPT run")
+
+
+def test_generate_refuses_a_prompt_that_is_not_utf8(gpt_run):
+    prompt = os.fsdecode(b"ROMEO\xff\xfe:")  # the bytes the shell passes, undecodable
+    result = run("generate", gpt_run, "--prompt", prompt)
+    assert_user_error(result, "`--prompt`", "UTF-8")
+    assert result.stdout == "" and "ROMEO" not in result.stderr  # never echoed
+
+
+def _printed_samples(stdout, prompt):
+    """The texts of `--num-samples` output: '--- sample i ---', then prompt + text."""
+    blocks = stdout.split("--- sample ")[1:]
+    assert [block.split(" ---\n")[0] for block in blocks] == [
+        str(i + 1) for i in range(len(blocks))
+    ]
+    texts = [block.split(" ---\n", 1)[1] for block in blocks]
+    assert all(text.startswith(prompt) and text.endswith("\n") for text in texts)
+    return [text[len(prompt) : -1] for text in texts]
+
+
+def test_generate_samples_streams_and_counts_characters(gpt_run):
+    common = ["generate", gpt_run, "--prompt", "你好", "--seed", "3"]
+    # 40 tokens: longer than the model's 32-token context, so the context slides.
+    one, again, three, chars = run_all(
+        [*common, "--max-new-tokens", "40"],
+        [*common, "--max-new-tokens", "40"],
+        [*common, "--max-new-tokens", "40", "--num-samples", "3"],
+        [*common, "--max-new-chars", "7"],
+    )
+    for result in (one, again, three, chars):
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert one.stdout == again.stdout and one.stdout.startswith("你好")
+    streamed = one.stdout[len("你好") : -1]
+    samples = _printed_samples(three.stdout, "你好")
+    assert len(samples) == 3 and samples[0] == streamed and len(set(samples)) == 3
+    for text in (streamed, *samples, chars.stdout[:-1]):
+        assert not text.endswith("\ufffd")  # a character cut off at the end is dropped
+    assert len(chars.stdout[len("你好") : -1]) <= 7
+
+
+def test_generate_reports_an_in_graph_check_in_one_line():
+    import tensorflow as tf
+
+    from tf_bigmodels import cli
+    from tf_bigmodels.models import generation
+
+    model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32)
+    settings = generation.GenerationSettings(4).as_tensors()
+    settings["temperature"] = tf.constant(-1.0)
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        generation.generate_function(model)(tf.ragged.constant([[1, 2]]), settings)
+    assert cli._graph_error(caught.value).startswith("`temperature` must be >= 0")

@@ -87,16 +87,21 @@ def gpt_exports(tmp_path_factory):
     return model, xla, plain
 
 
-def _in_memory_completions(model, prompts, max_new_tokens):
-    """What the exported signature must return: greedy continuation text of each prompt."""
+def _in_memory_completions(model, prompts, max_new_tokens, **settings):
+    """What the exported signature must return: the continuation text of each prompt (greedy
+    unless `settings` say otherwise), a character cut off at the end removed."""
     tokenizer = ByteTokenizer()
     ids = [row or [tokenizer.end_id] for row in tokenizer.tokenize(prompts).to_list()]
     out = model.generate(
-        ids, max_new_tokens, temperature=0.0, end_id=tokenizer.end_id, pad_id=tokenizer.pad_id
+        ids,
+        max_new_tokens,
+        **{"temperature": 0.0, **settings},
+        end_id=tokenizer.end_id,
+        pad_id=tokenizer.pad_id,
     )
     kept = [min(len(row), model.max_length - max_new_tokens) for row in ids]
     new = tf.ragged.constant([row[k:] for row, k in zip(out.to_list(), kept)], tf.int32)
-    return [s.decode() for s in tokenizer.detokenize(new).numpy()]
+    return [s.decode().rstrip("\ufffd") for s in tokenizer.detokenize(new).numpy()]
 
 
 @pytest.mark.slow
@@ -152,10 +157,17 @@ def test_saved_model_cli_lists_the_gpt_signatures(gpt_exports):
     [
         ("max_new_tokens", 64, "max_new_tokens"),
         ("max_new_tokens", -1, "max_new_tokens"),
+        ("max_new_tokens", [1], "max_new_tokens"),
         ("temperature", -1.0, "temperature"),
+        ("temperature", float("nan"), "temperature"),
+        ("temperature", float("inf"), "temperature"),
+        ("temperature", [[1.0]], "temperature"),
         ("top_k", -1, "top_k"),
         ("top_p", 0.0, "top_p"),
         ("top_p", 1.5, "top_p"),
+        ("seed", [1, 2], "seed"),
+        ("prompts", "hi", "prompts"),
+        ("prompts", [["hi"]], "prompts"),
     ],
 )
 def test_generate_signature_checks_its_inputs_in_graph(gpt_exports, name, value, argument):
@@ -175,9 +187,74 @@ def test_generate_signature_checks_its_inputs_in_graph(gpt_exports, name, value,
 
 def test_logits_signature_checks_token_ids_in_graph(gpt_exports):
     logits = tf.saved_model.load(gpt_exports[2]).signatures["logits"]
-    for bad in ([[1, 258]], [[-1, 3]], [[1] * 65]):
+    for bad in ([[1, 258]], [[-1, 3]], [[1] * 65], [1, 2], 3, [[[1]]]):
         with pytest.raises(tf.errors.InvalidArgumentError, match="`token_ids`"):
             logits(token_ids=tf.constant(bad, tf.int32))
+
+
+def test_gpt_signatures_answer_an_empty_batch_with_an_empty_result(gpt_exports):
+    loaded = tf.saved_model.load(gpt_exports[2])
+    prompts = tf.constant([], tf.string)
+    assert loaded.signatures["serving_default"](prompts=prompts)["completions"].shape == (0,)
+    completions = loaded.signatures["generate"](
+        prompts=prompts,
+        max_new_tokens=tf.constant(4),
+        temperature=tf.constant(1.0),
+        top_k=tf.constant(0),
+        top_p=tf.constant(1.0),
+        seed=tf.constant(-1),
+    )["completions"]
+    assert completions.shape == (0,)
+    empty = tf.zeros([0, 5], tf.int32)
+    assert loaded.signatures["logits"](token_ids=empty)["logits"].shape == (0, 5, 258)
+
+
+def _generate_signature(loaded, prompts, max_new_tokens, temperature, seed):
+    return [
+        text.decode()
+        for text in loaded.signatures["generate"](
+            prompts=tf.constant(prompts),
+            max_new_tokens=tf.constant(max_new_tokens),
+            temperature=tf.constant(temperature),
+            top_k=tf.constant(0),
+            top_p=tf.constant(1.0),
+            seed=tf.constant(seed),
+        )["completions"].numpy()
+    ]
+
+
+def test_saved_model_samples_what_the_model_samples_for_one_seed(gpt_exports):
+    from tf_bigmodels.export import load_generator, stream_text
+
+    model, xla, _ = gpt_exports
+    loaded = tf.saved_model.load(xla)
+    prompts = ["hello world", "你好，世界"]
+    served = _generate_signature(loaded, prompts, 20, 1.0, 42)
+    assert served == _in_memory_completions(model, prompts, 20, temperature=1.0, seed=42)
+    assert served != _generate_signature(loaded, prompts, 20, 1.0, 43)
+    generator = load_generator(xla)
+    for prompt, text in zip(prompts, served):
+        assert "".join(stream_text(generator, prompt, 20, temperature=1.0, seed=42)) == text
+
+
+def test_saved_model_completions_end_with_complete_characters(gpt_exports):
+    model, xla, _ = gpt_exports
+    loaded, tokenizer = tf.saved_model.load(xla), ByteTokenizer()
+    cut = 0
+    for n in range(1, 13):
+        served = _generate_signature(loaded, ["你好"], n, 0.0, 0)[0]
+        out = model.generate(tokenizer.tokenize(["你好"]), n, temperature=0.0)
+        full = tokenizer.detokenize(out[:, 6:]).numpy()[0].decode()
+        assert served == full.rstrip("\ufffd") and not served.endswith("\ufffd")
+        cut += full.endswith("\ufffd")
+    assert cut > 0  # some lengths did cut a character
+
+
+def test_export_gpt_defaults_fit_a_small_model(tmp_path):
+    model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    path = export_gpt(model, ByteTokenizer(), tmp_path, jit_compile=False)
+    config = json.loads(tf.saved_model.load(path).generation_config.numpy())
+    assert config["max_new_tokens"] == 32  # half the context
 
 
 def test_export_is_atomic_and_never_overwrites(gpt_exports, tmp_path, monkeypatch):
@@ -441,3 +518,6 @@ def test_streamed_greedy_text_equals_one_generate_call(gpt_exports, source):
         pieces = list(stream_text(loaded, prompt, 12, temperature=0.0, chunk_tokens=4))
         assert "".join(pieces) == _in_memory_completions(model, [prompt], 12)[0], prompt
         assert len(pieces) > 1
+        sampled = "".join(stream_text(loaded, prompt, 12, temperature=1.0, seed=3, chunk_tokens=5))
+        expected = _in_memory_completions(model, [prompt], 12, temperature=1.0, seed=3)[0]
+        assert sampled == expected, prompt

@@ -1,5 +1,7 @@
 """Key/value-cached generation: equal to full forward passes, correct sampling, no retracing."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -138,7 +140,12 @@ def test_top_p_keeps_the_smallest_nucleus():
     seen = set()
     for step in range(200):
         token = generation.sample_next_token(
-            logits, tf.constant(1.0), tf.constant(0), tf.constant(0.75), tf.constant([5, step])
+            logits,
+            tf.constant(1.0),
+            tf.constant(0),
+            tf.constant(0.75),
+            tf.constant([[5, 6]]),
+            tf.constant(step),
         )
         seen.add(int(token[0]))
     assert seen == {1, 2}  # 0.5 < 0.75 <= 0.5 + 0.3
@@ -186,7 +193,8 @@ def test_settings_and_prompts_do_not_retrace_the_decode_loop():
     for call in range(10):
         prompts = [list(rng.integers(0, VOCAB, rng.integers(1, 30))) for _ in range(3)]
         model.generate(prompts, int(rng.integers(1, 12)), **settings[call % len(settings)])
-    assert generation.decode_function(model).experimental_get_tracing_count() == 1
+    for function in (generation.start_function, generation.steps_function):
+        assert function(model).experimental_get_tracing_count() == 1
     assert generation.generate_function(model).experimental_get_tracing_count() == 1
 
 
@@ -213,28 +221,172 @@ def test_bad_settings_name_the_argument(kwargs, argument):
 
 
 @pytest.mark.parametrize(
-    "index, value, argument",
+    "name, value, argument",
     [
-        (1, 48, "max_new_tokens"),
-        (1, -1, "max_new_tokens"),
-        (2, -1.0, "temperature"),
-        (3, -1, "top_k"),
-        (4, 0.0, "top_p"),
-        (4, 1.01, "top_p"),
+        ("max_new_tokens", 48, "max_new_tokens"),
+        ("max_new_tokens", -1, "max_new_tokens"),
+        ("temperature", -1.0, "temperature"),
+        ("temperature", float("nan"), "temperature"),
+        ("top_k", -1, "top_k"),
+        ("top_p", 0.0, "top_p"),
+        ("top_p", 1.01, "top_p"),
+        ("end_id", VOCAB, "end_id"),
     ],
 )
-def test_in_graph_checks_name_the_input(index, value, argument):
-    fn = generation.generate_function(_model())
-    args = [
-        tf.ragged.constant([[1, 2]]),
-        tf.constant(4),
-        tf.constant(1.0),
-        tf.constant(0),
-        tf.constant(1.0),
-        tf.constant(0),
-        tf.constant(-1),
-        tf.constant(0),
-    ]
-    args[index] = tf.constant(value, args[index].dtype)
+def test_in_graph_checks_name_the_input(name, value, argument):
+    model = _model()  # the function holds its model weakly
+    fn = generation.generate_function(model)
+    settings = generation.GenerationSettings(4).as_tensors()
+    settings[name] = tf.constant(value, settings[name].dtype)
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"`{argument}`"):
-        fn(*args)
+        fn(tf.ragged.constant([[1, 2]]), settings)
+
+
+def test_in_graph_generation_of_an_empty_batch_is_empty():
+    prompts = tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32), tf.zeros([0], tf.int64))
+    settings = generation.GenerationSettings(5, seed=1).as_tensors()
+    model = _model()
+    _, new_tokens, new_lengths = generation.generate_function(model)(prompts, settings)
+    assert new_tokens.shape == (0, 5) and new_lengths.shape == (0,)
+
+
+# ---------------------------------------------------------------- settings as one value
+def test_settings_are_checked_once_and_encoded_once():
+    settings = generation.GenerationSettings(np.int64(8), top_k=np.int32(3), seed=7)
+    assert (settings.max_new_tokens, settings.top_k) == (8, 3)
+    assert type(settings.max_new_tokens) is int and type(settings.temperature) is float
+    tensors = settings.as_tensors()
+    assert set(tensors) == set(generation.SETTINGS_SIGNATURE)
+    assert {name: t.numpy().item() for name, t in tensors.items()} == dict(
+        max_new_tokens=8, temperature=1.0, top_k=3, top_p=1.0, seed=7, end_id=-1, pad_id=0
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.seed = 1
+    with pytest.raises(ValueError, match="`temperature` must be a number >= 0, got inf"):
+        generation.GenerationSettings(8, temperature=float("inf"))
+    with pytest.raises(ValueError, match="`top_k`"):
+        generation.GenerationSettings(8, top_k=True)
+
+
+def test_model_checks_need_the_model():
+    model = _model()
+    settings = generation.GenerationSettings(TINY["max_length"] - 1, end_id=VOCAB - 1)
+    assert settings.check_model(model) is settings
+    with pytest.raises(ValueError, match=r"`max_new_tokens` must be an integer in \[0, 47\]"):
+        generation.GenerationSettings(TINY["max_length"]).check_model(model)
+    with pytest.raises(ValueError, match="`end_id`"):
+        generation.GenerationSettings(4, end_id=VOCAB).check_model(model)
+
+
+# ---------------------------------------------------------------- seeds
+def _continuations(model, prompts, **settings):
+    out = model.generate(prompts, 12, **settings).to_list()
+    return [row[len(prompt) :] for row, prompt in zip(out, prompts)]
+
+
+def test_one_seed_gives_different_prompts_independent_draws():
+    # At a very high temperature every prompt's distribution is almost uniform, so what is drawn
+    # is decided by the random numbers alone: if they did not depend on the prompt, every prompt
+    # would get the same continuation (Gumbel-max with equal noise and near-equal logits).
+    model = _model()
+    rng = np.random.default_rng(1)
+    prompts = [list(rng.integers(0, VOCAB, 6)) for _ in range(8)]
+    texts = [_continuations(model, [p], temperature=1e4, seed=11)[0] for p in prompts]
+    first, *others = texts
+    agreement = np.mean([a == b for other in others for a, b in zip(first, other)])
+    assert agreement < 0.2  # independent uniform draws agree with probability 1 / 37
+    assert len({tuple(t) for t in texts}) == len(texts)
+
+
+def test_rows_of_one_batch_draw_independently():
+    model = _model()
+    copies = _continuations(model, [[1, 2, 3]] * 6, temperature=1e4, seed=5)
+    assert len({tuple(c) for c in copies}) == 6
+
+
+def test_a_prompt_gives_the_same_text_alone_and_in_a_batch():
+    model = _model()
+    alone = [_continuations(model, [p], temperature=1.0, seed=4)[0] for p in PROMPTS[:3]]
+    assert _continuations(model, PROMPTS[:3], temperature=1.0, seed=4) == alone
+    reordered = _continuations(model, [PROMPTS[2], PROMPTS[0]], temperature=1.0, seed=4)
+    assert reordered == [alone[2], alone[0]]
+
+
+# ---------------------------------------------------------------- decode state and streaming
+@pytest.fixture(scope="module")
+def byte_model():
+    """One byte-level model for the streaming tests, so that XLA compiles each shape once."""
+    keras.utils.set_random_seed(1)
+    return _model(vocab_size=258, num_layers=1)
+
+
+def test_decoding_in_chunks_equals_one_call():
+    model = _model()
+    settings = generation.GenerationSettings(20, temperature=1.0, top_k=9, seed=3)
+    tensors = settings.as_tensors()
+    prompts, state = generation.start_function(model)(
+        tf.ragged.constant(PROMPTS), tensors, tf.constant(0)
+    )
+    for stop in (1, 2, 9, 16, 20):
+        state = generation.steps_function(model)(state, tf.constant(stop), tensors)
+        assert int(state["step"]) == stop
+    one_call = generation.generate(model, PROMPTS, settings).to_list()
+    chunked = tf.concat(
+        [prompts, tf.RaggedTensor.from_tensor(state["tokens"][:, :20])], axis=1
+    ).to_list()
+    assert chunked == one_call
+
+
+def test_streamed_text_equals_generated_text_for_one_seed(byte_model):
+    from tf_bigmodels.export import stream_text
+    from tf_bigmodels.tokenizers import ByteTokenizer
+
+    tokenizer, model = ByteTokenizer(), byte_model
+    for prompt, seed in (("To be", 1), ("你好", 2), ("", 3)):
+        ids = tokenizer.tokenize([prompt]).to_list()[0] or [tokenizer.end_id]
+        out = model.generate(
+            [ids], 30, temperature=1.0, seed=seed, end_id=tokenizer.end_id, pad_id=tokenizer.pad_id
+        ).to_list()[0][len(ids) :]
+        expected = tokenizer.detokenize(tf.constant(out, tf.int32)).numpy().decode()
+        pieces = list(stream_text(model, prompt, 30, temperature=1.0, seed=seed, chunk_tokens=7))
+        assert "".join(pieces) == expected.rstrip("\ufffd"), prompt
+        assert len(pieces) > 1 or len(out) <= 7  # one piece per chunk of 7 tokens
+
+
+def test_streaming_beyond_the_context_does_not_depend_on_the_chunks(byte_model):
+    from tf_bigmodels.export import generate_texts, stream_text
+
+    model, settings = byte_model, dict(temperature=1.0, seed=9)
+    texts = ["".join(stream_text(model, "abc", 60, chunk_tokens=c, **settings)) for c in (5, 64)]
+    assert texts[0] == texts[1]
+    assert generate_texts(model, "abc", 60, num_samples=2, **settings)[0] == texts[0]
+    assert len(texts[0].encode()) > 48  # windows of 45 and 15 tokens
+
+
+def test_streamed_text_ends_with_complete_characters(byte_model):
+    # A random byte-level model emits many bytes >= 0x80, so most lengths cut a character (or an
+    # invalid sequence) at the end; the streamed text drops exactly that tail.
+    from tf_bigmodels.export import generate_texts, stream_text
+    from tf_bigmodels.tokenizers import ByteTokenizer
+
+    tokenizer, model = ByteTokenizer(), byte_model
+    cut = 0
+    for n in range(1, 13):
+        out = model.generate([[104]], n, temperature=0.0).to_list()[0][1:]
+        full = tokenizer.detokenize(tf.constant(out, tf.int32)).numpy().decode()
+        streamed = "".join(stream_text(model, "h", n, temperature=0.0))
+        assert streamed == full.rstrip("\ufffd") and not streamed.endswith("\ufffd")
+        cut += full.endswith("\ufffd")
+    assert cut > 0
+    assert generate_texts(model, "h", 12, temperature=0.0)[0] == streamed
+
+
+def test_max_new_chars_counts_characters(byte_model):
+    from tf_bigmodels.export import generate_texts, stream_text
+
+    model = byte_model
+    text = "".join(stream_text(model, "你", None, max_new_chars=6, temperature=1.0, seed=2))
+    assert len(text) == 6
+    assert generate_texts(model, "你", None, max_new_chars=6, temperature=1.0, seed=2) == [text]
+    with pytest.raises(ValueError, match="`max_new_tokens`"):
+        next(stream_text(model, "a", None))

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -194,37 +195,87 @@ def _add_generate(subparsers):
         help="generate text from a trained GPT, streamed as it is produced",
         description="Generate text from a run directory (its SavedModel, else its model.keras, "
         "else its newest checkpoint), a .keras file, or a SavedModel / export "
-        "directory.",
+        "directory. Longer than the model's context, the context slides (its last half is "
+        "kept). Only complete characters are printed.",
     )
     parser.add_argument("source", help="run directory, .keras file or SavedModel directory")
     parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=40, help="0 = off")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling, in (0, 1]")
-    parser.add_argument("--seed", type=int, help="makes sampling reproducible")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=200,
+        help="how many tokens to generate; with the byte tokenizer a token is a byte, so a "
+        "Chinese character takes 3 (default: %(default)s)",
+    )
+    length.add_argument(
+        "--max-new-chars",
+        type=int,
+        help="how many characters to generate, whatever the tokenizer (instead of "
+        "--max-new-tokens)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)"
+    )
+    parser.add_argument("--top-k", type=int, default=40, help="0 = off (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling, in (0, 1] (default: off)")
+    parser.add_argument(
+        "--seed", type=int, help="makes sampling reproducible (default: a random seed)"
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="continuations of the prompt, decoded together; only one is streamed "
+        "(default: %(default)s)",
+    )
     parser.set_defaults(handler=_generate)
 
 
 def _generate(args):
-    from tf_bigmodels.export import load_generator, stream_text
+    import tensorflow as tf
 
+    from tf_bigmodels import _checks
+    from tf_bigmodels.export import generate_texts, load_generator, stream_text
+    from tf_bigmodels.models.generation import GenerationSettings
+
+    # Everything is checked before anything is loaded; the prompt is never echoed if invalid.
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("`--prompt` must be valid UTF-8 text; it is not.") from None
+    max_new_chars = _checks.integer("max_new_chars", args.max_new_chars, low=0, none_ok=True)
+    num_samples = _checks.integer("num_samples", args.num_samples, low=1)
+    max_new_tokens = args.max_new_tokens if max_new_chars is None else None
+    settings = dict(
+        temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, seed=args.seed
+    )
+    GenerationSettings(max_new_tokens or 0, **settings)  # raises on any bad setting
     source = _resolve_run_source(args.source)
     with _loading(args.source):
         generator = load_generator(source)
-    print(args.prompt, end="", flush=True)
-    for piece in stream_text(
-        generator,
-        args.prompt,
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k or None,
-        top_p=args.top_p,
-        seed=args.seed,
-    ):
-        print(piece, end="", flush=True)
-    print()
+    length = dict(max_new_tokens=max_new_tokens, max_new_chars=max_new_chars)
+    try:
+        if num_samples == 1:
+            print(args.prompt, end="", flush=True)
+            for piece in stream_text(generator, args.prompt, **length, **settings):
+                print(piece, end="", flush=True)
+            print()
+            return 0
+        texts = generate_texts(
+            generator, args.prompt, **length, num_samples=num_samples, **settings
+        )
+    except tf.errors.InvalidArgumentError as error:  # the SavedModel's in-graph checks
+        raise ValueError(_graph_error(error)) from None
+    for index, text in enumerate(texts):
+        print(f"--- sample {index + 1} ---\n{args.prompt}{text}")
     return 0
+
+
+def _graph_error(error):
+    """The part of an in-graph check's error that says what was wrong (it names the input)."""
+    named = re.search(r"`[^`]+`[^\]\n]*", error.message)
+    return named.group(0).strip() if named else _one_line(error.message)
 
 
 def _resolve_run_source(source):
@@ -234,6 +285,15 @@ def _resolve_run_source(source):
     if not run_dir.exists():
         raise FileNotFoundError(2, "No such file or directory", str(run_dir))
     if (run_dir / "config.json").is_file():
+        try:
+            kind = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("model")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind not in (None, "gpt"):
+            raise ValueError(
+                f"{run_dir} is a {kind!r} run; generate continues text with a GPT run "
+                "(tf-bigmodels train gpt)."
+            )
         if (run_dir / "export").is_dir() and any(
             p.name.isdigit() for p in (run_dir / "export").iterdir()
         ):

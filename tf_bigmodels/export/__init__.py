@@ -4,7 +4,8 @@
 - `export_bert(model, tokenizer, export_dir)`: a `BERTPretrainer` (`serving_default`,
   `encode_pair`, `fill_mask`) or a `BERTClassifier` (`serving_default`: probabilities and label).
 - `stream_text(source, prompt, max_new_tokens)`: text pieces as they are generated, from a
-  SavedModel directory, a `.keras` file or a `GPTModel`.
+  SavedModel directory, a `.keras` file or a `GPTModel`, carrying the key/value cache from piece
+  to piece; `generate_texts(...)`: several samples of one prompt at once.
 
 The SavedModels load with `tf.saved_model.load` in a process that imports only `tensorflow` and
 `tensorflow_text`.
@@ -18,13 +19,14 @@ Example:
 
 from tf_bigmodels.export.bert import BERTServingModule, export_bert
 from tf_bigmodels.export.gpt import GPTServingModule, export_gpt
-from tf_bigmodels.export.streaming import load_generator, stream_text
+from tf_bigmodels.export.streaming import generate_texts, load_generator, stream_text
 
 __all__ = [
     "BERTServingModule",
     "GPTServingModule",
     "export_bert",
     "export_gpt",
+    "generate_texts",
     "load_generator",
     "stream_text",
 ]

@@ -1,15 +1,21 @@
 """SavedModel export of a `GPTModel` with its tokenizer in the graph: strings in, strings out."""
 
+import dataclasses
 import json
-import numbers
 
 import tensorflow as tf
 
 import tf_bigmodels
+from tf_bigmodels import _checks
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import GPTModel, generation
+from tf_bigmodels.models.generation import GenerationSettings
 
-_STRINGS = tf.TensorSpec([None], tf.string, name="prompts")
+# Signature inputs accept any shape, so that a wrong rank is reported in-graph naming the input
+# (a fixed shape would fail later inside an op, with a message that names no input).
+_ANY_STRINGS = tf.TensorSpec(None, tf.string, name="prompts")
+_IDS = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)
+_INCOMPLETE_END = "\\x{FFFD}+$"  # what a character cut off at the end detokenizes to
 
 
 class GPTServingModule(tf.Module):
@@ -20,80 +26,106 @@ class GPTServingModule(tf.Module):
     - `serving_default(prompts: string [B]) -> {"completions": string [B]}` with the settings
       given at export (recorded in `generation_config`).
     - `generate(prompts: string [B], max_new_tokens: int32, temperature: float32, top_k: int32,
-      top_p: float32, seed: int32) -> {"completions": string [B]}`; `top_k` 0 = off, `top_p` 1 =
-      off, `temperature` 0 = greedy, `seed` < 0 = a fresh random seed per call.
+      top_p: float32, seed: int32) -> {"completions": string [B]}`, the settings as scalars:
+      `top_k` 0 = off, `top_p` 1 = off, `temperature` 0 = greedy, `seed` < 0 = a fresh random
+      seed per call.
     - `logits(token_ids: int32 [B, T]) -> {"logits": float32 [B, T, vocab]}`, T <= max_length.
 
     A completion is the generated continuation only (the prompt is not repeated); it ends before
-    the tokenizer's end-of-text token, whose generation stops the row. Rules for odd prompts:
-    an empty prompt is replaced by the end-of-text token (the start of a new document in
-    training); a prompt longer than `max_length - max_new_tokens` tokens keeps its last
-    `max_length - max_new_tokens` tokens (truncation from the left). Invalid settings raise
-    `InvalidArgumentError` naming the input. Tokenization and detokenization run outside XLA; the
-    decode loop (and the logits forward pass) are XLA-compiled when `jit_compile`.
+    the tokenizer's end-of-text token, whose generation stops the row, and a character cut off
+    by the token limit (incomplete UTF-8, which detokenizes to U+FFFD) is removed from its end.
+    Odd prompts: an empty prompt is replaced by the end-of-text token (the start of a new
+    document in training); a prompt longer than `max_length - max_new_tokens` tokens keeps its
+    last `max_length - max_new_tokens` tokens. Every input is checked in-graph: a wrong rank or
+    an invalid setting raises `InvalidArgumentError` naming the input, and an empty batch gives
+    an empty result. Tokenization and detokenization run outside XLA; the prompt pass, the
+    decode loop and the logits pass are XLA-compiled when `jit_compile`.
 
-    Functions that are not signatures, for Python callers of `tf.saved_model.load` (streaming):
-    `tokenize(prompts) -> ragged int32`, `detokenize(ids) -> string`,
-    `generate_tokens(ragged ids, max_new_tokens, temperature, top_k, top_p, seed)
-    -> (new_tokens [B, N], new_lengths [B])`.
+    Functions that are not signatures, for Python callers of `tf.saved_model.load` (`stream_text`
+    uses them to carry the key/value cache from chunk to chunk): `tokenize(prompts) -> ragged
+    int32`, `detokenize(ids) -> string`, `decode_start(ids, settings, window) -> (ids, state)` and
+    `decode_steps(state, stop, settings) -> state`, with `settings` a dict as in
+    `tf_bigmodels.models.generation.SETTINGS_SIGNATURE` (see `start_function` and
+    `steps_function` there).
 
     Args:
         model: a built `GPTModel`.
         tokenizer: a tokenizer with `tokenize`, `detokenize`, `end_id` and `pad_id`
             (`tf_bigmodels.tokenizers.ByteTokenizer`).
-        config: dict of the export settings (`max_new_tokens`, `temperature`, `top_k`, `top_p`,
-            `seed`, `jit_compile`).
+        settings: `GenerationSettings` of `serving_default` (its `end_id` and `pad_id` are the
+            tokenizer's).
+        jit_compile: bool. XLA-compile the prompt pass, the decode loop and the logits pass.
 
     Example:
 
-    >>> module = GPTServingModule(model, ByteTokenizer(), config)  # doctest: +SKIP
+    >>> from tf_bigmodels.models import GPTModel
+    >>> from tf_bigmodels.tokenizers import ByteTokenizer
+    >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    >>> settings = GenerationSettings(4, temperature=0.0, end_id=256, pad_id=257)
+    >>> module = GPTServingModule(model, ByteTokenizer(), settings, jit_compile=False)
+    >>> module.serving_default(tf.constant(["To be"]))["completions"].shape
+    TensorShape([1])
     """
 
-    def __init__(self, model, tokenizer, config):
+    def __init__(self, model, tokenizer, settings, *, jit_compile=True):
         super().__init__(name="gpt_serving")
         self.model = model
         self.tokenizer = tokenizer
+        self._settings = settings
+        config = {
+            **dataclasses.asdict(settings),
+            "jit_compile": bool(jit_compile),
+            "max_length": model.max_length,
+            "vocab_size": model.vocab_size,
+            "prompt_truncation": "left, to max_length - max_new_tokens tokens",
+            "completions": "continuation only; a character cut off at the end is removed",
+            "tf_bigmodels_version": tf_bigmodels.__version__,
+        }
         self.generation_config = tf.Variable(
             json.dumps(config, sort_keys=True), trainable=False, name="generation_config"
         )
-        self._config = config
-        self._generate_ids = generation.generate_function(model, jit_compile=config["jit_compile"])
-        self._forward = tf.function(lambda ids: model(ids), jit_compile=config["jit_compile"])
+        self._start = generation.start_function(model, jit_compile=jit_compile)
+        self._steps = generation.steps_function(model, jit_compile=jit_compile)
+        self._generate_ids = generation.generate_function(model, jit_compile=jit_compile)
+        self._forward = tf.function(lambda ids: model(ids), jit_compile=jit_compile)
 
         scalar = tf.TensorSpec
-        self.serving_default = tf.function(self._serving_default, input_signature=[_STRINGS])
+        self.serving_default = tf.function(self._serving_default, input_signature=[_ANY_STRINGS])
         self.generate = tf.function(
             self._generate,
             input_signature=[
-                _STRINGS,
-                scalar([], tf.int32, name="max_new_tokens"),
-                scalar([], tf.float32, name="temperature"),
-                scalar([], tf.int32, name="top_k"),
-                scalar([], tf.float32, name="top_p"),
-                scalar([], tf.int32, name="seed"),
+                _ANY_STRINGS,
+                scalar(None, tf.int32, name="max_new_tokens"),
+                scalar(None, tf.float32, name="temperature"),
+                scalar(None, tf.int32, name="top_k"),
+                scalar(None, tf.float32, name="top_p"),
+                scalar(None, tf.int32, name="seed"),
             ],
         )
         self.logits = tf.function(
-            self._logits, input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")]
+            self._logits, input_signature=[tf.TensorSpec(None, tf.int32, name="token_ids")]
         )
-        self.tokenize = tf.function(self._tokenize, input_signature=[_STRINGS])
-        self.detokenize = tf.function(
-            self.tokenizer.detokenize,
-            input_signature=[tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)],
-        )
-        self.generate_tokens = tf.function(
-            self._generate_tokens,
+        self.tokenize = tf.function(self._tokenize, input_signature=[_ANY_STRINGS])
+        self.detokenize = tf.function(self.tokenizer.detokenize, input_signature=[_IDS])
+        self.decode_start = tf.function(
+            self._start,
             input_signature=[
-                tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
-                scalar([], tf.int32),
-                scalar([], tf.float32),
-                scalar([], tf.int32),
-                scalar([], tf.float32),
-                scalar([], tf.int32),
+                _IDS,
+                generation.SETTINGS_SIGNATURE,
+                tf.TensorSpec([], tf.int32, name="window"),
+            ],
+        )
+        self.decode_steps = tf.function(
+            self._steps,
+            input_signature=[
+                generation.state_signature(model),
+                tf.TensorSpec([], tf.int32, name="stop"),
+                generation.SETTINGS_SIGNATURE,
             ],
         )
 
     def _tokenize(self, prompts):
+        prompts = _checked(prompts, 1, "prompts")
         ids = tf.cast(self.tokenizer.tokenize(prompts), tf.int32)
         empty = tf.equal(ids.row_lengths(), 0)
         start = tf.RaggedTensor.from_row_lengths(
@@ -102,41 +134,30 @@ class GPTServingModule(tf.Module):
         )
         return tf.concat([start, ids], axis=1)  # empty rows become [end_id]
 
-    def _generate_tokens(self, ids, max_new_tokens, temperature, top_k, top_p, seed):
-        seed = tf.where(seed < 0, tf.random.uniform([], 0, tf.int32.max, tf.int32), seed)
-        _, new_tokens, new_lengths = self._generate_ids(
-            ids,
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            tf.constant(self.tokenizer.end_id, tf.int32),
-            tf.constant(self.tokenizer.pad_id, tf.int32),
-        )
-        return new_tokens, new_lengths
-
-    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
-        new_tokens, new_lengths = self._generate_tokens(
-            self._tokenize(prompts), max_new_tokens, temperature, top_k, top_p, seed
-        )
-        completions = self.tokenizer.detokenize(
+    def _complete(self, prompts, settings):
+        _, new_tokens, new_lengths = self._generate_ids(self._tokenize(prompts), settings)
+        text = self.tokenizer.detokenize(
             tf.RaggedTensor.from_tensor(new_tokens, lengths=new_lengths)
         )
-        return {"completions": completions}
+        return {"completions": tf.strings.regex_replace(text, _INCOMPLETE_END, "")}
+
+    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
+        given = dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+        settings = self._settings.as_tensors()  # end_id and pad_id: the tokenizer's
+        settings.update({name: _checked(value, 0, name) for name, value in given.items()})
+        return self._complete(prompts, settings)
 
     def _serving_default(self, prompts):
-        c = self._config
-        return self._generate(
-            prompts,
-            tf.constant(c["max_new_tokens"], tf.int32),
-            tf.constant(c["temperature"], tf.float32),
-            tf.constant(c["top_k"], tf.int32),
-            tf.constant(c["top_p"], tf.float32),
-            tf.constant(c["seed"], tf.int32),
-        )
+        return self._complete(prompts, self._settings.as_tensors())
 
     def _logits(self, token_ids):
+        token_ids = _checked(token_ids, 2, "token_ids")
         vocab, max_length = self.model.vocab_size, self.model.max_length
         checks = [
             tf.debugging.assert_less_equal(
@@ -155,13 +176,25 @@ class GPTServingModule(tf.Module):
             return {"logits": self._forward(tf.identity(token_ids))}
 
 
+def _checked(value, rank, name):
+    """`value` with its rank checked in-graph (an error naming `name`) and set statically."""
+    kind = ("a scalar", "a vector", "a matrix")[rank]
+    check = tf.debugging.assert_rank(value, rank, message=f"`{name}` must be {kind} (rank {rank})")
+    with tf.control_dependencies([check]):
+        value = tf.identity(value)
+    # A reshape, not tf.ensure_shape: shape inference evaluates ensure_shape before the check
+    # runs, and its message would not name the input.
+    shape = {0: [], 1: [-1], 2: tf.stack([-1, tf.shape(value)[-1]])}[rank]
+    return tf.reshape(value, shape)
+
+
 def export_gpt(
     model,
     tokenizer,
     export_dir,
     *,
     version=None,
-    max_new_tokens=64,
+    max_new_tokens=None,
     temperature=1.0,
     top_k=None,
     top_p=None,
@@ -172,21 +205,22 @@ def export_gpt(
 
     The module (`GPTServingModule`) holds the model's variables and the tokenizer, so the
     SavedModel runs with `tensorflow` alone (`tensorflow_text` too for a tensorflow-text
-    tokenizer); signatures `serving_default`, `generate` and `logits` are described there. The
-    export settings are recorded as the JSON string variable `generation_config` of the loaded
-    object. The directory is written atomically: to a temporary directory inside `export_dir`,
-    renamed into place when complete (an interrupted export leaves no version directory).
+    tokenizer); signatures `serving_default`, `generate` and `logits` are described there.
+    Completions are trimmed: a character cut off by the token limit is removed from the end. The
+    settings of `serving_default` are `GenerationSettings` (documented there), recorded as the
+    JSON string variable `generation_config` of the loaded object. The directory is written
+    atomically: to a temporary directory inside `export_dir`, renamed into place when complete
+    (an interrupted export leaves no version directory).
 
     Args:
         model: a `GPTModel`.
         tokenizer: the model's tokenizer (`ByteTokenizer`); needs `end_id` and `pad_id`.
         export_dir: str or path-like. Parent of the version directories.
         version: positive int or None (next free number). Defaults to None.
-        max_new_tokens: int in [0, max_length - 1]. For `serving_default`. Defaults to 64.
-        temperature: float >= 0 (0 = greedy). For `serving_default`. Defaults to 1.0.
-        top_k: int >= 0 or None (off). For `serving_default`. Defaults to None.
-        top_p: float in (0, 1] or None (off). For `serving_default`. Defaults to None.
-        seed: int in [0, 2**31 - 1] or None (a fresh seed per request). Defaults to None.
+        max_new_tokens: int in [0, max_length - 1] or None. Tokens `serving_default` adds.
+            Defaults to None: half the context, `model.max_length // 2`.
+        temperature, top_k, top_p, seed: the `GenerationSettings` of `serving_default`
+            (`seed=None`: a fresh seed per request). Defaults to 1.0, None, None, None.
         jit_compile: bool. XLA-compile the decode loop and the logits pass; False gives a graph
             without XLA clusters (TF Serving builds that reject XLA). Defaults to True.
 
@@ -209,36 +243,19 @@ def export_gpt(
                 f"`tokenizer` must have `{attribute}` (a ByteTokenizer does), got "
                 f"{type(tokenizer).__name__}."
             )
-    limit = model.max_length - 1
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, numbers.Integral)
-        or not 0 <= max_new_tokens <= limit
-    ):
-        raise ValueError(
-            f"`max_new_tokens` must be an int in [0, {limit}], got {max_new_tokens!r}."
-        )
+    settings = GenerationSettings(
+        model.max_length // 2 if max_new_tokens is None else max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        end_id=tokenizer.end_id,
+        pad_id=tokenizer.pad_id,
+    ).check_model(model)
+    jit_compile = _checks.boolean("jit_compile", jit_compile)
     if not model.built:
         model(tf.zeros((1, 1), tf.int32))
-    # One Python-side check of every setting, with the messages of GPTModel.generate.
-    generation.check_settings(
-        model, tf.ragged.constant([[0]]), max_new_tokens, temperature, top_k, top_p, seed, None, 0
-    )
-    config = {
-        "max_new_tokens": int(max_new_tokens),
-        "temperature": float(temperature),
-        "top_k": int(top_k or 0),
-        "top_p": 1.0 if top_p is None else float(top_p),
-        "seed": -1 if seed is None else int(seed),
-        "jit_compile": bool(jit_compile),
-        "end_id": int(tokenizer.end_id),
-        "pad_id": int(tokenizer.pad_id),
-        "max_length": model.max_length,
-        "vocab_size": model.vocab_size,
-        "prompt_truncation": "left, to max_length - max_new_tokens tokens",
-        "tf_bigmodels_version": tf_bigmodels.__version__,
-    }
-    module = GPTServingModule(model, tokenizer, config)
+    module = GPTServingModule(model, tokenizer, settings, jit_compile=jit_compile)
     signatures = {
         "serving_default": module.serving_default,
         "generate": module.generate,

@@ -1,25 +1,37 @@
-"""Key/value-cached text generation for `GPTModel`: one `tf.while_loop` in one XLA-compiled function.
+"""Key/value-cached text generation for `GPTModel`, XLA-compiled, resumable chunk by chunk.
 
 How a call runs:
 
-1. `generate_function(model)` (a `tf.function` with a fixed input signature, traced once per model)
-   checks the settings in-graph, truncates each prompt from the left to its last
-   `max_length - max_new_tokens` tokens (so prompt + new tokens fit the position table), and
-   left-pads the prompts to a *shape bucket*: the smallest power of two >= the longest prompt
-   (at least 16). The number of new-token slots is bucketed the same way.
-2. `decode_function(model)` (`jit_compile=True` by default) processes the padded prompts once,
-   filling a static-shape key/value cache (`num_layers` tensors
-   `(batch, 2, num_heads, prompt_bucket + new_bucket, head_dim)`), then runs a `tf.while_loop`
-   that samples one token per row per step and feeds it back through the cache.
+1. `GenerationSettings` holds the decoding settings: checked once in Python, turned into scalar
+   tensors once (`as_tensors`), documented once (its docstring).
+2. `start_function(model)` (a `tf.function` with a fixed input signature) checks the settings and
+   prompts in-graph, truncates each prompt from the left to its last `max_length - max_new_tokens`
+   tokens (so prompt + new tokens fit the position table), left-pads the prompts to a *shape
+   bucket* (the smallest power of two >= the longest prompt, at least 16), derives one stateless
+   random key per row, and runs the prompts through the model once (XLA-compiled), filling a
+   static-shape key/value cache of `prompt_bucket + new_bucket` slots (the number of new-token
+   slots is bucketed the same way). It returns the *decode state*, a dict of tensors.
+3. `steps_function(model)` (XLA-compiled) runs a `tf.while_loop` that samples one token per row
+   per step, writes it to the state's token buffer and feeds it back through the cache, up to a
+   given step. Called once with `stop = max_new_tokens` it is `generate`; called once per chunk
+   with the same state it is streaming, and gives exactly the same tokens, since each step's
+   randomness depends on the step number, not on the chunk.
 
 Left padding: row b's real tokens occupy cache slots `prompt_bucket - length_b ..`; a padding mask
 over the cache slots hides the slots before them, and each token's position is counted from the
 row's first real token, so a left-padded row gives exactly the logits of the same prompt alone.
 
-Retracing: sampling settings, `max_new_tokens`, the end/pad ids and the prompts are all tensors,
-and the decode function is traced with unknown batch and length, so it is traced once per model
-and `jit_compile` setting. XLA compiles one executable per distinct shape
-`(batch, prompt_bucket, new_bucket)`; that is the point of the buckets.
+Randomness: the key of row b is the user's seed with, folded in by
+`tf.random.experimental.stateless_fold_in`, the *window* (0 for `generate`; a streamed text longer
+than the context restarts from a shorter context as window 1, 2, ...), a fingerprint of the row's
+prompt ids and its *copy* (how many earlier rows of the batch hold the same prompt); step t
+samples with `stateless_fold_in(key_b, t)`. So one seed gives independent draws for different
+prompts and for copies of one prompt (several samples differ), a prompt gives the same text alone
+or in any batch, and the same (prompt, seed) always repeats.
+
+Retracing: settings, prompts and state are all tensors traced with unknown batch and length, so
+each function is traced once per model and `jit_compile` setting. XLA compiles one executable per
+distinct shape `(batch, prompt_bucket, new_bucket)`; that is the point of the buckets.
 
 Sampling is `sample_next_token`, written here rather than taken from `keras_hub.samplers`: the
 keras-hub samplers run their own Python-level loop with settings fixed as Python numbers at
@@ -28,52 +40,143 @@ construction (a new temperature or k means a new sampler and a new trace), and t
 are one sort and a threshold, so one compiled loop serves every setting.
 """
 
+import dataclasses
 import math
-import numbers
-import random
 import weakref
 
 import tensorflow as tf
 
+from tf_bigmodels import _checks
+
 _MIN_BUCKET = 16
 _FUNCTIONS = weakref.WeakKeyDictionary()  # model -> {(kind, jit_compile): tf.function}
 
+# The in-graph form of `GenerationSettings`: one scalar per field. None is encoded once, here:
+# top_k 0 (no top-k filter), top_p 1.0 (no nucleus filter), seed -1 (a fresh random seed),
+# end_id -1 (never stop early).
+SETTINGS_SIGNATURE = {
+    "max_new_tokens": tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+    "temperature": tf.TensorSpec([], tf.float32, name="temperature"),
+    "top_k": tf.TensorSpec([], tf.int32, name="top_k"),
+    "top_p": tf.TensorSpec([], tf.float32, name="top_p"),
+    "seed": tf.TensorSpec([], tf.int32, name="seed"),
+    "end_id": tf.TensorSpec([], tf.int32, name="end_id"),
+    "pad_id": tf.TensorSpec([], tf.int32, name="pad_id"),
+}
+_PROMPTS = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)
 
-def generate(
-    model,
-    token_ids,
-    max_new_tokens,
-    *,
-    temperature=1.0,
-    top_k=None,
-    top_p=None,
-    seed=None,
-    end_id=None,
-    pad_id=0,
-    jit_compile=True,
-):
-    """Continues each prompt by up to `max_new_tokens` tokens; see the module docstring.
 
-    Settings are checked in Python first (a `ValueError` naming the argument); the rules are
-    those of `generate_function`: greedy when `temperature == 0`; top-k and top-p (nucleus)
-    filters applied after the temperature; a prompt longer than `max_length - max_new_tokens`
-    keeps its last `max_length - max_new_tokens` tokens (truncation from the left).
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    """How to continue a prompt: one value for `generate`, `export_gpt`, `stream_text` and the CLI.
+
+    Greedy when `temperature == 0`; otherwise the next token is drawn from
+    softmax(logits / temperature), restricted first to the `top_k` most likely tokens and then to
+    the smallest set of most likely tokens whose probability reaches `top_p`. A row stops after
+    producing `end_id`; its later slots hold `pad_id`. The fields are checked when the settings are
+    made (a `ValueError` naming the field); `check_model` adds the checks that need the model.
+
+    Args:
+        max_new_tokens: int >= 0. Tokens to add (bytes with the byte tokenizer). A single decode
+            call allows at most `max_length - 1` (a prompt keeps at least one token);
+            `stream_text` goes further by sliding the context.
+        temperature: float >= 0. 0 is greedy. Defaults to 1.0.
+        top_k: int >= 0 or None. Keep only the k most likely tokens; 0 or None keeps all.
+            Defaults to None.
+        top_p: float in (0, 1] or None. Nucleus sampling; None (or 1.0) keeps all. Defaults to
+            None.
+        seed: int in [0, 2**31 - 1] or None. The same seed with the same prompt gives the same
+            tokens (on the same device and `jit_compile` setting), alone or in any batch;
+            different prompts, and copies of one prompt in a batch, draw independently. None
+            draws a fresh seed per call. Defaults to None.
+        end_id: int >= 0 or None (never stop early). Must be below the model's `vocab_size`.
+            Defaults to None.
+        pad_id: int. Fill value after `end_id`. Defaults to 0.
+
+    Example:
+
+    >>> settings = GenerationSettings(32, temperature=0.8, top_k=40, seed=1)
+    >>> settings.top_p is None
+    True
+    >>> GenerationSettings(32, top_p=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: `top_p` must be None or a number in (0, 1], got 1.5.
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    end_id: int | None = None
+    pad_id: int = 0
+
+    def __post_init__(self):
+        checked = {
+            "max_new_tokens": _checks.integer("max_new_tokens", self.max_new_tokens, low=0),
+            "temperature": _checks.number("temperature", self.temperature, low=0),
+            "top_k": _checks.integer("top_k", self.top_k, low=0, none_ok=True),
+            "top_p": _checks.number(
+                "top_p", self.top_p, low=0, high=1, low_open=True, none_ok=True
+            ),
+            "seed": _checks.integer("seed", self.seed, low=0, high=2**31 - 1, none_ok=True),
+            "end_id": _checks.integer("end_id", self.end_id, low=0, none_ok=True),
+            "pad_id": _checks.integer("pad_id", self.pad_id),
+        }
+        for name, value in checked.items():  # plain Python numbers (NumPy scalars accepted)
+            object.__setattr__(self, name, value)
+
+    def check_model(self, model):
+        """Raises a ValueError unless one decode call of `model` can use these settings.
+
+        Args:
+            model: a `GPTModel` (its `max_length` and `vocab_size` matter).
+
+        Returns:
+            The settings, unchanged.
+
+        Example:
+
+        >>> from tf_bigmodels.models import GPTModel
+        >>> GenerationSettings(64).check_model(GPTModel(258, 32, 2, 64, 1, max_length=64))
+        Traceback (most recent call last):
+        ...
+        ValueError: `max_new_tokens` must be an integer in [0, 63], got 64.
+        """
+        _checks.integer("max_new_tokens", self.max_new_tokens, low=0, high=model.max_length - 1)
+        _checks.integer("end_id", self.end_id, low=0, high=model.vocab_size - 1, none_ok=True)
+        return self
+
+    def as_tensors(self):
+        """The settings as the scalar tensors of `SETTINGS_SIGNATURE` (None encoded there).
+
+        Example:
+
+        >>> int(GenerationSettings(8, top_k=None).as_tensors()["top_k"])
+        0
+        """
+        values = dataclasses.asdict(self)
+        values.update(
+            top_k=self.top_k or 0,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=-1 if self.seed is None else self.seed,
+            end_id=-1 if self.end_id is None else self.end_id,
+        )
+        return {
+            name: tf.constant(values[name], spec.dtype) for name, spec in SETTINGS_SIGNATURE.items()
+        }
+
+
+def generate(model, token_ids, settings, *, jit_compile=True):
+    """Continues each prompt as `settings` say: `GPTModel.generate` with the settings as one value.
 
     Args:
         model: a built `GPTModel`.
         token_ids: prompts: int `(batch, seq)` array or tensor, a `tf.RaggedTensor`, or a list of
             lists of ids. Rows may differ in length; each needs at least one id.
-        max_new_tokens: int in `[0, model.max_length - 1]`.
-        temperature: float >= 0. 0 means greedy. Defaults to 1.0.
-        top_k: int >= 0 or None. Keep only the k most likely tokens; 0/None = all.
-        top_p: float in (0, 1] or None. Keep the smallest set of most likely tokens whose
-            probability is >= top_p; None = 1.0 = all.
-        seed: int in [0, 2**31 - 1] or None. The same seed gives the same tokens (on the same
-            device and `jit_compile` setting). None draws a seed from Python's `random`.
-        end_id: int in `[0, vocab_size)` or None. A row stops after producing it; later slots get
-            `pad_id`. Defaults to None.
-        pad_id: int. Fill value after `end_id`. Defaults to 0.
-        jit_compile: bool. Compile the decode loop with XLA. Defaults to True.
+        settings: `GenerationSettings`.
+        jit_compile: bool. Compile the prompt pass and the decode loop with XLA. Defaults to True.
 
     Returns:
         Prompt (after truncation) followed by the new tokens: int32 `(batch, seq + max_new_tokens)`
@@ -84,24 +187,16 @@ def generate(
 
     >>> from tf_bigmodels.models import GPTModel
     >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
-    >>> out = generate(model, [[104, 105], [72]], 4, temperature=0.0)
+    >>> out = generate(model, [[104, 105], [72]], GenerationSettings(4, temperature=0.0))
     >>> out.row_lengths().numpy()
     array([6, 5])
     """
     dense = not isinstance(token_ids, (list, tuple, tf.RaggedTensor))
     prompts = _as_ragged(token_ids)
-    check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id)
-    if seed is None:
-        seed = random.randrange(2**31)
+    settings.check_model(model)
+    _check_prompts(model, prompts)
     prompts, new_tokens, new_lengths = generate_function(model, jit_compile=jit_compile)(
-        prompts,
-        tf.constant(max_new_tokens, tf.int32),
-        tf.constant(temperature, tf.float32),
-        tf.constant(top_k or 0, tf.int32),
-        tf.constant(1.0 if top_p is None else top_p, tf.float32),
-        tf.constant(seed, tf.int32),
-        tf.constant(-1 if end_id is None else end_id, tf.int32),
-        tf.constant(pad_id, tf.int32),
+        prompts, settings.as_tensors()
     )
     if dense:
         return tf.concat([prompts.to_tensor(), new_tokens], axis=1)
@@ -109,149 +204,179 @@ def generate(
 
 
 def generate_function(model, *, jit_compile=True):
-    """The model's in-graph generation function (a `tf.function`, built once per model).
+    """The model's in-graph generation, `(prompts, settings) -> (prompts, new_tokens, new_lengths)`.
 
-    Signature: `(prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id)` ->
-    `(prompts, new_tokens, new_lengths)`, with `prompts` an int32 `tf.RaggedTensor`
-    `(batch, None)`, the settings scalars (int32, except float32 `temperature` and `top_p`;
-    `end_id` -1 = none), and outputs: the prompts after left truncation (ragged),
-    `new_tokens` int32 `(batch, max_new_tokens)` (`pad_id` after a row's end token) and
-    `new_lengths` int32 `(batch,)` (new tokens per row, end token included).
-
-    Invalid settings raise `tf.errors.InvalidArgumentError` naming the input: `max_new_tokens`
-    outside `[0, max_length - 1]`, negative or non-finite `temperature`, negative `top_k`, `top_p`
-    outside (0, 1], an empty prompt or a token id outside `[0, vocab_size)` (`token_ids`).
-    Strings never enter it, so it is safe to call from an exported graph; only the inner
-    `decode_function` is XLA-compiled.
+    `prompts` is an int32 `tf.RaggedTensor` `(batch, None)`, `settings` a dict of scalars as in
+    `SETTINGS_SIGNATURE`. Outputs: the prompts after left truncation (ragged), `new_tokens` int32
+    `(batch, max_new_tokens)` (`pad_id` after a row's end token) and `new_lengths` int32
+    `(batch,)` (new tokens per row, end token included). It is `start_function` followed by one
+    call of `steps_function`. Invalid settings or prompts raise `tf.errors.InvalidArgumentError`
+    naming the input. Strings never enter it, so an exported graph can call it.
 
     Args:
         model: a built `GPTModel`.
-        jit_compile: bool. Whether the inner decode loop is XLA-compiled. Defaults to True.
+        jit_compile: bool. Whether the prompt pass and the decode loop are XLA-compiled.
+            Defaults to True.
 
     Example:
 
-    >>> fn = generate_function(model)  # doctest: +SKIP
-    >>> prompts, new, lengths = fn(tf.ragged.constant([[1, 2]]), 8, 0.0, 0, 1.0, 0, -1, 0)
-    ... # doctest: +SKIP
+    >>> from tf_bigmodels.models import GPTModel
+    >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    >>> fn = generate_function(model)
+    >>> prompts, new, lengths = fn(tf.ragged.constant([[1, 2]]),
+    ...                            GenerationSettings(8, temperature=0.0).as_tensors())
+    >>> new.shape
+    TensorShape([1, 8])
     """
     functions = _FUNCTIONS.setdefault(model, {})
     key = ("generate", bool(jit_compile))
     if key not in functions:
-        model_ref = weakref.ref(model)
-        decode = decode_function(model, jit_compile=jit_compile)
+        start = start_function(model, jit_compile=jit_compile)
+        steps = steps_function(model, jit_compile=jit_compile)
 
-        @tf.function(
-            input_signature=[
-                tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
-                tf.TensorSpec([], tf.int32, name="max_new_tokens"),
-                tf.TensorSpec([], tf.float32, name="temperature"),
-                tf.TensorSpec([], tf.int32, name="top_k"),
-                tf.TensorSpec([], tf.float32, name="top_p"),
-                tf.TensorSpec([], tf.int32, name="seed"),
-                tf.TensorSpec([], tf.int32, name="end_id"),
-                tf.TensorSpec([], tf.int32, name="pad_id"),
-            ]
-        )
-        def generate_in_graph(
-            prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id
-        ):
-            gpt = model_ref()
-            checks = _graph_checks(gpt, prompts, max_new_tokens, temperature, top_k, top_p)
-            with tf.control_dependencies(checks):
-                prompts = _truncate_left(prompts, gpt.max_length - max_new_tokens)
-                lengths = tf.cast(prompts.row_lengths(), tf.int32)
-                padded = _left_pad(prompts, lengths, _bucket(tf.reduce_max(lengths)), pad_id)
-                buffer = tf.fill([tf.shape(padded)[0], _bucket(max_new_tokens)], pad_id)
-                new_tokens, new_lengths = decode(
-                    padded,
-                    lengths,
-                    buffer,
-                    max_new_tokens,
-                    temperature,
-                    top_k,
-                    top_p,
-                    seed,
-                    end_id,
-                    pad_id,
-                )
-            return prompts, new_tokens[:, :max_new_tokens], new_lengths
+        @tf.function(input_signature=[_PROMPTS, SETTINGS_SIGNATURE])
+        def generate_in_graph(prompts, settings):
+            prompts, state = start(prompts, settings, tf.constant(0))
+            state = tf.cond(  # an empty batch skips the loop (XLA cannot compile it for 0 rows)
+                tf.size(state["done"]) > 0,
+                lambda: steps(state, settings["max_new_tokens"], settings),
+                lambda: state,
+            )
+            return prompts, state["tokens"][:, : settings["max_new_tokens"]], state["new_lengths"]
 
         functions[key] = generate_in_graph
     return functions[key]
 
 
-def decode_function(model, *, jit_compile=True):
-    """The model's cached decode loop, a `tf.function` (XLA-compiled when `jit_compile`).
+def start_function(model, *, jit_compile=True):
+    """The model's prompt pass: `(prompts, settings, window) -> (prompts, state)`, a `tf.function`.
 
-    Arguments: `prompt` int32 `(batch, P)` left-padded with `pad_id`, `prompt_lengths` `(batch,)`,
-    `buffer` int32 `(batch, N)` filled with `pad_id` (its width N fixes the number of new-token
-    slots and, with P, the static cache length P + N), then the scalar settings
-    `max_new_tokens <= N, temperature, top_k, top_p, seed, end_id, pad_id`. Returns the filled
-    buffer and the number of new tokens per row. The loop stops early once every row has produced
-    `end_id`. Shapes come only from the inputs' shapes, so XLA sees compile-time constants.
-    Its `experimental_get_tracing_count()` counts traces (the retracing guard in the tests).
+    Checks `settings` and `prompts` in-graph, truncates the prompts (left) to `max_length -
+    max_new_tokens` tokens, and returns them with the decode state: a dict of tensors holding the
+    key/value cache filled with the prompts, the next-token logits, `step` (0), `tokens` (a
+    `(batch, new_bucket)` buffer of `pad_id`), `new_lengths`, `done` and the per-row random keys.
+    `window` (an int32 scalar) is folded into the keys: 0 for a fresh prompt; a streamed text
+    that slides its context starts window 1, 2, ... so that a repeated context does not repeat
+    its draws. A `seed` < 0 draws a fresh seed here, kept in the state.
 
     Args:
         model: a built `GPTModel`.
-        jit_compile: bool. Defaults to True.
+        jit_compile: bool. XLA-compile the prompt pass. Defaults to True.
 
     Example:
 
-    >>> decode_function(model).experimental_get_tracing_count()  # doctest: +SKIP
-    1
+    >>> from tf_bigmodels.models import GPTModel
+    >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    >>> settings = GenerationSettings(20, temperature=0.0).as_tensors()
+    >>> _, state = start_function(model)(tf.ragged.constant([[1, 2]]), settings, tf.constant(0))
+    >>> state["tokens"].shape, int(state["step"])
+    (TensorShape([1, 32]), 0)
     """
     functions = _FUNCTIONS.setdefault(model, {})
-    key = ("decode", bool(jit_compile))
+    key = ("start", bool(jit_compile))
     if key not in functions:
         model_ref = weakref.ref(model)
+        prefill = tf.function(
+            lambda *args: _prefill(model_ref(), *args),
+            jit_compile=jit_compile,
+            reduce_retracing=True,
+        )
 
-        @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-        def decode(
-            prompt,
-            prompt_lengths,
-            buffer,
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            end_id,
-            pad_id,
-        ):
-            return _decode(
-                model_ref(),
-                prompt,
-                prompt_lengths,
-                buffer,
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                end_id,
-                pad_id,
-            )
+        @tf.function(
+            input_signature=[_PROMPTS, SETTINGS_SIGNATURE, tf.TensorSpec([], tf.int32, "window")]
+        )
+        def start(prompts, settings, window):
+            gpt = model_ref()
+            max_new_tokens, pad_id = settings["max_new_tokens"], settings["pad_id"]
+            with tf.control_dependencies(_graph_checks(gpt, prompts, settings)):
+                prompts = _truncate_left(prompts, gpt.max_length - max_new_tokens)
+            lengths = tf.cast(prompts.row_lengths(), tf.int32)
+            padded = _left_pad(prompts, lengths, _bucket(tf.reduce_max(lengths)), pad_id)
+            buffer = tf.fill([tf.shape(padded)[0], _bucket(max_new_tokens)], pad_id)
+            keys = _row_keys(prompts, settings["seed"], window)
+            return prompts, prefill(padded, lengths, buffer, keys)
 
-        functions[key] = decode
+        functions[key] = start
     return functions[key]
 
 
-def sample_next_token(logits, temperature, top_k, top_p, seed):
+def steps_function(model, *, jit_compile=True):
+    """The model's decode loop: `(state, stop, settings) -> state`, a `tf.function`.
+
+    Samples one token per row per step from `state["step"]` up to `stop` (at most the state's
+    `max_new_tokens`, which the caller keeps equal to the one `start_function` had), writing each
+    to `state["tokens"]`; stops early once every row has produced `end_id`. Shapes come only from
+    the state's shapes, so XLA sees compile-time constants. Its
+    `experimental_get_tracing_count()` counts traces (the retracing guard in the tests).
+
+    Args:
+        model: a built `GPTModel`.
+        jit_compile: bool. XLA-compile the loop. Defaults to True.
+
+    Example:
+
+    >>> from tf_bigmodels.models import GPTModel
+    >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    >>> settings = GenerationSettings(20, temperature=0.0).as_tensors()
+    >>> _, state = start_function(model)(tf.ragged.constant([[1, 2]]), settings, tf.constant(0))
+    >>> state = steps_function(model)(state, tf.constant(5), settings)
+    >>> int(state["step"]), state["new_lengths"].numpy()
+    (5, array([5], dtype=int32))
+    """
+    functions = _FUNCTIONS.setdefault(model, {})
+    key = ("steps", bool(jit_compile))
+    if key not in functions:
+        model_ref = weakref.ref(model)
+        functions[key] = tf.function(
+            lambda state, stop, settings: _steps(model_ref(), state, stop, settings),
+            jit_compile=jit_compile,
+            reduce_retracing=True,
+        )
+    return functions[key]
+
+
+def state_signature(model):
+    """The `tf.TensorSpec` structure of a decode state of `model` (any batch and lengths).
+
+    Example:
+
+    >>> from tf_bigmodels.models import GPTModel
+    >>> sorted(state_signature(GPTModel(258, 32, 2, 64, 1, max_length=64)))[:3]
+    ['cache', 'done', 'key_mask']
+    """
+    head_dim = model.d_model // model.num_heads
+    layer = tf.TensorSpec([None, 2, model.num_heads, None, head_dim], model.compute_dtype)
+    return {
+        "cache": tuple(layer for _ in range(model.num_layers)),
+        "logits": tf.TensorSpec([None, model.vocab_size], tf.float32),
+        "key_mask": tf.TensorSpec([None, None], tf.bool),
+        "prompt_lengths": tf.TensorSpec([None], tf.int32),
+        "keys": tf.TensorSpec([None, 2], tf.int32),
+        "tokens": tf.TensorSpec([None, None], tf.int32),
+        "new_lengths": tf.TensorSpec([None], tf.int32),
+        "done": tf.TensorSpec([None], tf.bool),
+        "step": tf.TensorSpec([], tf.int32),
+    }
+
+
+def sample_next_token(logits, temperature, top_k, top_p, keys, step):
     """Picks one token per row from float32 `logits` `(batch, vocab)`; every setting a tensor.
 
     `temperature == 0` is greedy (argmax). Otherwise the logits are divided by `temperature`,
     filtered (top-k: the `top_k` highest, 0 = all; top-p: the smallest prefix of the sorted
-    tokens whose probability reaches `top_p`, always at least one token), and one token is drawn
-    with `tf.random.stateless_categorical(seed)`. Filtering uses one sort and a per-row threshold
-    (no `tf.math.top_k`, whose k XLA needs as a constant); it is skipped by `tf.cond` when
-    `top_k == 0` and `top_p == 1`.
+    tokens whose probability reaches `top_p`, always at least one token), and row b draws one
+    token with `tf.random.stateless_categorical` seeded by `stateless_fold_in(keys[b], step)`.
+    Filtering uses one sort and a per-row threshold (no `tf.math.top_k`, whose k XLA needs as a
+    constant); it is skipped by `tf.cond` when `top_k == 0` and `top_p == 1`.
 
     Args:
         logits: float32 tensor `(batch, vocab)`.
         temperature: float32 scalar >= 0.
         top_k: int32 scalar >= 0.
         top_p: float32 scalar in (0, 1].
-        seed: int32 tensor `(2,)`, the stateless seed (XLA's kernel takes int32 seeds only).
+        keys: int32 tensor `(batch, 2)`, one stateless key per row (XLA's kernels take int32
+            seeds only).
+        step: int32 scalar, folded into each row's key.
 
     Returns:
         int32 tensor `(batch,)`.
@@ -259,7 +384,7 @@ def sample_next_token(logits, temperature, top_k, top_p, seed):
     Example:
 
     >>> sample_next_token(tf.constant([[0.0, 5.0, 1.0]]), tf.constant(0.0), tf.constant(0),
-    ...                   tf.constant(1.0), tf.constant([1, 2])).numpy()
+    ...                   tf.constant(1.0), tf.constant([[1, 2]]), tf.constant(0)).numpy()
     array([1], dtype=int32)
     """
 
@@ -273,7 +398,13 @@ def sample_next_token(logits, temperature, top_k, top_p, seed):
             lambda: _filter_top_k_top_p(scaled, top_k, top_p),
             lambda: scaled,
         )
-        return tf.random.stateless_categorical(filtered, 1, seed, dtype=tf.int32)[:, 0]
+
+        def one_row(row):
+            row_logits, key = row
+            seed = tf.random.experimental.stateless_fold_in(key, step)
+            return tf.random.stateless_categorical(row_logits[tf.newaxis], 1, seed, tf.int32)[0, 0]
+
+        return tf.map_fn(one_row, (filtered, keys), fn_output_signature=tf.int32)
 
     return tf.cond(temperature > 0.0, sample, greedy)
 
@@ -291,19 +422,8 @@ def _filter_top_k_top_p(logits, top_k, top_p):
     return tf.where(logits >= threshold[:, tf.newaxis], logits, -math.inf)
 
 
-def _decode(
-    model,
-    prompt,
-    prompt_lengths,
-    buffer,
-    max_new_tokens,
-    temperature,
-    top_k,
-    top_p,
-    seed,
-    end_id,
-    pad_id,
-):
+def _prefill(model, prompt, prompt_lengths, buffer, keys):
+    """Runs the left-padded prompts `(B, P)` through the model into a fresh cache; the state."""
     batch, width = tf.shape(prompt)[0], tf.shape(prompt)[1]
     cache_length = width + tf.shape(buffer)[1]
     first_real = width - prompt_lengths  # (B,) slot of each row's first real token
@@ -316,16 +436,36 @@ def _decode(
         cache=model.init_cache(batch, cache_length),
         cache_index=0,
     )
-    logits = model.logits_from_hidden_states(hidden[:, -1])  # (B, V)
+    return {
+        "cache": cache,
+        "logits": model.logits_from_hidden_states(hidden[:, -1]),  # (B, V)
+        "key_mask": key_mask,
+        "prompt_lengths": prompt_lengths,
+        "keys": keys,
+        "tokens": buffer,
+        "new_lengths": tf.zeros([batch], tf.int32),
+        "done": tf.zeros([batch], tf.bool),
+        "step": tf.constant(0),
+    }
 
-    def keep_going(step, logits, cache, buffer, done, new_lengths):
-        return tf.logical_and(step < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
 
-    def one_token(step, logits, cache, buffer, done, new_lengths):
-        token = sample_next_token(logits, temperature, top_k, top_p, tf.stack([seed, step]))
+def _steps(model, state, stop, settings):
+    key_mask, prompt_lengths, keys = state["key_mask"], state["prompt_lengths"], state["keys"]
+    batch, slots = tf.shape(key_mask)[0], tf.shape(state["tokens"])[1]
+    width = tf.shape(key_mask)[1] - slots  # cache slots of the (padded) prompt
+    stop = tf.minimum(stop, tf.minimum(settings["max_new_tokens"], slots))
+    pad_id, end_id = settings["pad_id"], settings["end_id"]
+
+    def keep_going(step, logits, cache, tokens, done, new_lengths):
+        return tf.logical_and(step < stop, tf.logical_not(tf.reduce_all(done)))
+
+    def one_token(step, logits, cache, tokens, done, new_lengths):
+        token = sample_next_token(
+            logits, settings["temperature"], settings["top_k"], settings["top_p"], keys, step
+        )
         token = tf.where(done, pad_id, token)
-        buffer = tf.tensor_scatter_nd_update(
-            buffer, tf.stack([tf.range(batch), tf.fill([batch], step)], axis=1), token
+        tokens = tf.tensor_scatter_nd_update(
+            tokens, tf.stack([tf.range(batch), tf.fill([batch], step)], axis=1), token
         )
         new_lengths += tf.cast(tf.logical_not(done), tf.int32)
         done = tf.logical_or(done, tf.equal(token, end_id))
@@ -337,21 +477,56 @@ def _decode(
             cache_index=width + step,
         )
         logits = model.logits_from_hidden_states(hidden[:, 0])
-        return step + 1, logits, cache, buffer, done, new_lengths
+        return step + 1, logits, cache, tokens, done, new_lengths
 
-    _, _, _, buffer, _, new_lengths = tf.while_loop(
+    step, logits, cache, tokens, done, new_lengths = tf.while_loop(
         keep_going,
         one_token,
         (
-            tf.constant(0),
-            logits,
-            cache,
-            buffer,
-            tf.zeros([batch], tf.bool),
-            tf.zeros([batch], tf.int32),
+            state["step"],
+            state["logits"],
+            state["cache"],
+            state["tokens"],
+            state["done"],
+            state["new_lengths"],
         ),
     )
-    return buffer, new_lengths
+    return {
+        **state,
+        "cache": cache,
+        "logits": logits,
+        "tokens": tokens,
+        "new_lengths": new_lengths,
+        "done": done,
+        "step": step,
+    }
+
+
+def _row_keys(prompts, seed, window):
+    """One stateless key per row: the seed with the window, the row's prompt and copy folded in.
+
+    A seed < 0 is replaced by a fresh random one. The prompt enters as a 31-bit fingerprint
+    (FarmHash) of its ids, so two prompts that differ anywhere draw different numbers. The copy
+    is how many earlier rows hold the same prompt: copies of one prompt draw independently,
+    while a prompt's draws do not depend on the other prompts of its batch.
+    """
+    seed = tf.where(seed < 0, tf.random.uniform([], 0, tf.int32.max, tf.int32), seed)
+    base = tf.random.experimental.stateless_fold_in(tf.stack([0, seed]), window)
+    text = tf.strings.reduce_join(tf.strings.as_string(prompts), axis=-1, separator=" ")
+    fingerprints = tf.cast(tf.strings.to_hash_bucket_fast(text, 2**31 - 1), tf.int32)  # (B,)
+    rows = tf.range(tf.shape(fingerprints)[0])
+    same = tf.equal(fingerprints[:, tf.newaxis], fingerprints[tf.newaxis])  # (B, B)
+    earlier = rows[tf.newaxis] < rows[:, tf.newaxis]  # [b, j]: j < b
+    copies = tf.reduce_sum(tf.cast(tf.logical_and(same, earlier), tf.int32), axis=1)  # (B,)
+
+    def fold(row):
+        fingerprint, copy = row
+        key = tf.random.experimental.stateless_fold_in(base, fingerprint)
+        return tf.random.experimental.stateless_fold_in(key, copy)
+
+    return tf.map_fn(
+        fold, (fingerprints, copies), fn_output_signature=tf.TensorSpec([2], tf.int32)
+    )  # (B, 2)
 
 
 def _bucket(n):
@@ -374,12 +549,15 @@ def _left_pad(prompts, lengths, width, pad_id):
     """Ragged `(B, None)` -> dense `(B, width)` with each row right-aligned, `pad_id` before it."""
     columns = tf.range(width)[tf.newaxis] - (width - lengths)[:, tf.newaxis]  # index in the row
     index = tf.cast(prompts.row_starts(), tf.int32)[:, tf.newaxis] + tf.maximum(columns, 0)
-    values = tf.gather(prompts.values, tf.minimum(index, tf.size(prompts.values) - 1))
+    values = tf.gather(prompts.values, tf.clip_by_value(index, 0, tf.size(prompts.values) - 1))
     return tf.where(columns >= 0, values, pad_id)
 
 
-def _graph_checks(model, prompts, max_new_tokens, temperature, top_k, top_p):
-    limit = model.max_length - 1
+def _graph_checks(model, prompts, settings):
+    """In-graph twins of `GenerationSettings` and `_check_prompts`, for exported graphs."""
+    limit, vocab = model.max_length - 1, model.vocab_size
+    max_new_tokens, temperature = settings["max_new_tokens"], settings["temperature"]
+    top_k, top_p = settings["top_k"], settings["top_p"]
     return [
         tf.debugging.assert_greater_equal(
             max_new_tokens, 0, message=f"`max_new_tokens` must be in [0, {limit}]"
@@ -390,23 +568,24 @@ def _graph_checks(model, prompts, max_new_tokens, temperature, top_k, top_p):
             message=f"`max_new_tokens` must be in [0, {limit}] (max_length - 1: a prompt keeps "
             "at least one token)",
         ),
+        tf.debugging.assert_all_finite(temperature, message="`temperature` must be finite"),
         tf.debugging.assert_greater_equal(
             temperature, 0.0, message="`temperature` must be >= 0 (0 = greedy)"
         ),
-        tf.debugging.assert_all_finite(temperature, message="`temperature` must be finite"),
         tf.debugging.assert_greater_equal(top_k, 0, message="`top_k` must be >= 0 (0 = off)"),
         tf.debugging.assert_greater(top_p, 0.0, message="`top_p` must be in (0, 1]"),
         tf.debugging.assert_less_equal(top_p, 1.0, message="`top_p` must be in (0, 1]"),
+        tf.debugging.assert_less(
+            settings["end_id"], vocab, message=f"`end_id` must be < vocab_size={vocab}"
+        ),
         tf.debugging.assert_positive(
             prompts.row_lengths(), message="`token_ids`: every prompt needs at least one token"
         ),
         tf.debugging.assert_non_negative(
-            prompts.values, message=f"`token_ids` must be in [0, {model.vocab_size})"
+            prompts.values, message=f"`token_ids` must be in [0, {vocab})"
         ),
         tf.debugging.assert_less(
-            prompts.values,
-            model.vocab_size,
-            message=f"`token_ids` must be in [0, {model.vocab_size})",
+            prompts.values, vocab, message=f"`token_ids` must be in [0, {vocab})"
         ),
     ]
 
@@ -426,52 +605,8 @@ def _as_ragged(token_ids):
     return tf.RaggedTensor.from_tensor(tf.cast(token_ids, tf.int32))
 
 
-def check_settings(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id):
-    """Raises a ValueError naming the first bad argument of `generate`; returns None otherwise.
-
-    Args:
-        model: the `GPTModel` (for `max_length` and `vocab_size`).
-        prompts: int32 `tf.RaggedTensor` of prompts.
-        max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id: as in `generate`.
-
-    Example:
-
-    >>> check_settings(model, tf.ragged.constant([[1]]), 8, 1.0, None, 1.5, None, None, 0)
-    ... # doctest: +SKIP
-    ValueError: `top_p` must be None or a number in (0, 1], got 1.5.
-    """
-
-    def is_int(value):
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-    limit = model.max_length - 1
-    if not is_int(max_new_tokens) or not 0 <= max_new_tokens <= limit:
-        raise ValueError(
-            f"`max_new_tokens` must be an int in [0, {limit}] (max_length - 1), got "
-            f"{max_new_tokens!r}."
-        )
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, numbers.Real)
-        or not 0 <= temperature < math.inf
-    ):
-        raise ValueError(
-            f"`temperature` must be a finite number >= 0 (0 = greedy), got {temperature!r}."
-        )
-    if top_k is not None and (not is_int(top_k) or top_k < 0):
-        raise ValueError(f"`top_k` must be None or an int >= 0 (0 = off), got {top_k!r}.")
-    if top_p is not None and (
-        isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1
-    ):
-        raise ValueError(f"`top_p` must be None or a number in (0, 1], got {top_p!r}.")
-    if seed is not None and (not is_int(seed) or not 0 <= seed < 2**31):
-        raise ValueError(f"`seed` must be None or an int in [0, 2**31 - 1], got {seed!r}.")
-    if end_id is not None and (not is_int(end_id) or not 0 <= end_id < model.vocab_size):
-        raise ValueError(
-            f"`end_id` must be None or an int in [0, {model.vocab_size}), got {end_id!r}."
-        )
-    if not is_int(pad_id):
-        raise ValueError(f"`pad_id` must be an int, got {pad_id!r}.")
+def _check_prompts(model, prompts):
+    """Raises a ValueError naming `token_ids` unless every prompt holds ids in [0, vocab_size)."""
     lengths = prompts.row_lengths().numpy()
     if lengths.size == 0 or lengths.min() == 0:
         raise ValueError(

@@ -300,26 +300,20 @@ class GPTModel(keras.Model):
         pad_id=0,
         jit_compile=True,
     ):
-        """Continues each prompt by `max_new_tokens` tokens with a key/value cache.
+        """Continues each prompt by up to `max_new_tokens` tokens with a key/value cache.
 
-        Greedy when `temperature == 0` (or `top_k == 1`), otherwise samples from
-        softmax(logits / temperature), restricted to the `top_k` most likely tokens and/or the
-        smallest set whose probability reaches `top_p`. Runs
-        `tf_bigmodels.models.generation.generate`; see there for the padding, truncation,
-        bucketing and retracing rules.
+        The settings are those of `tf_bigmodels.models.generation.GenerationSettings`, which
+        documents and checks them (greedy at `temperature=0`, top-k and top-p filters, seeds,
+        `end_id`/`pad_id`); `max_new_tokens` is at most `max_length - 1`, and a prompt longer
+        than `max_length - max_new_tokens` keeps its last `max_length - max_new_tokens` tokens.
+        The module `tf_bigmodels.models.generation` describes padding, bucketing and retracing.
 
         Args:
             token_ids: prompts: int array/tensor `(batch, seq)`, a `tf.RaggedTensor`, or a list
                 of lists of ids (rows may differ in length; each needs at least one id).
-            max_new_tokens: int in `[0, max_length - 1]`. Number of tokens to add.
-            temperature: float >= 0. Defaults to 1.0.
-            top_k: int >= 0 or None (0/None = no top-k filter). Defaults to None.
-            top_p: float in (0, 1] or None (no nucleus filter). Defaults to None.
-            seed: int or None. Same seed, same tokens; None draws a random seed.
-            end_id: int or None. A row stops after generating this id; its later positions
-                hold `pad_id`. Defaults to None (never stop early).
-            pad_id: int. Fill value after `end_id`. Defaults to 0.
-            jit_compile: bool. Compile the decode loop with XLA. Defaults to True.
+            max_new_tokens, temperature, top_k, top_p, seed, end_id, pad_id: the fields of
+                `GenerationSettings`, with its defaults.
+            jit_compile: bool. Compile the prompt pass and decode loop with XLA. Defaults to True.
 
         Returns:
             The prompts followed by the new tokens: an int32 `(batch, seq + max_new_tokens)`
@@ -332,9 +326,7 @@ class GPTModel(keras.Model):
         >>> model.generate([[104, 105], [72]], max_new_tokens=5, temperature=0.0).shape
         TensorShape([2, None])
         """
-        return generation.generate(
-            self,
-            token_ids,
+        settings = generation.GenerationSettings(
             max_new_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -342,8 +334,8 @@ class GPTModel(keras.Model):
             seed=seed,
             end_id=end_id,
             pad_id=pad_id,
-            jit_compile=jit_compile,
         )
+        return generation.generate(self, token_ids, settings, jit_compile=jit_compile)
 
     def get_config(self):
         config = super().get_config()
