@@ -10,6 +10,7 @@ from tf_bigmodels import _checks
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import GPTModel, generation
 from tf_bigmodels.models.generation import GenerationSettings
+from tf_bigmodels.tokenizers import check_tokenizer
 
 # Signature inputs accept any shape, so that a wrong rank is reported in-graph naming the input
 # (a fixed shape would fail later inside an op, with a message that names no input).
@@ -237,12 +238,7 @@ def export_gpt(
     """
     if not isinstance(model, GPTModel):
         raise TypeError(f"`model` must be a GPTModel, got {type(model).__name__}.")
-    for attribute in ("tokenize", "detokenize", "end_id", "pad_id"):
-        if not hasattr(tokenizer, attribute):
-            raise TypeError(
-                f"`tokenizer` must have `{attribute}` (a ByteTokenizer does), got "
-                f"{type(tokenizer).__name__}."
-            )
+    check_tokenizer(tokenizer)
     settings = GenerationSettings(
         model.max_length // 2 if max_new_tokens is None else max_new_tokens,
         temperature=temperature,
