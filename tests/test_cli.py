@@ -99,7 +99,6 @@ BAD_FLAGS = [
     (["train", "llama"], "invalid choice: 'llama'"),
     (["generate"], "the following arguments are required: source"),
     (["plot", "x", "--layer", "one"], "--layer: invalid int value: 'one'"),
-    ([], "the following arguments are required: command"),
 ]
 
 
@@ -127,12 +126,12 @@ def test_train_bad_corpus_files(tmp_path):
 BAD_TRAIN_SETTINGS = [
     (["--warmup-steps", "-5"], ["`warmup_steps`", "-5"]),
     (["--dropout", "1.5"], ["`rate`", "1.5"]),
-    (["--num-heads", "3"], ["`d_model`=32", "`num_heads`=3"]),
+    (["--num-heads", "3"], ["`d_model` must be divisible by `num_heads`=3", "got 32"]),
     (["--preset", "gpt-huge"], ["unknown `preset` 'gpt-huge'"]),
     (["--grad-accum", "0"], ["`gradient_accumulation_steps`", "0"]),
     (["--weight-decay", "-1"], ["`weight_decay`", "-1"]),
     (["--samples", "-2"], ["`samples`", "-2"]),
-    (["--steps", "15", "--eval-every", "10"], ["`steps`=15", "`eval_every`=10"]),
+    (["--steps", "15", "--eval-every", "10"], ["`steps` must be a multiple", "`eval_every`=10"]),
 ]
 
 

@@ -3,7 +3,7 @@
 import numbers
 import os
 import shutil
-import tempfile
+import uuid
 
 
 def write_version(export_dir, version, write):
@@ -42,7 +42,10 @@ def write_version(export_dir, version, write):
             f"`version`={version}: {final} already exists; an export never "
             f"overwrites a version, pass another `version` or None for the next."
         )
-    temporary = tempfile.mkdtemp(prefix=f".partial-{version}-", dir=export_dir)
+    # Not `mkdtemp`: its 0700 would make the export unreadable to a server running as another
+    # user; `mkdir` applies the umask as for any other directory.
+    temporary = os.path.join(export_dir, f".partial-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.mkdir(temporary)
     try:
         write(temporary)
         os.rename(temporary, final)
