@@ -315,7 +315,7 @@ def _train(args):
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
     corpus = fields.pop("corpus")
     config = RunConfig(**fields, corpus=corpus[0] if corpus == ["shakespeare"] else corpus)
-    config = config.resolved()  # every setting checked before TensorFlow loads
+    config.resolved()  # every setting checked before TensorFlow loads
 
     from tf_bigmodels import load_everything
 

@@ -71,7 +71,7 @@ class RunCheckpoint:
         for prefix in checkpoint_prefixes(self.directory):
             try:
                 self.checkpoint.restore(prefix).assert_existing_objects_matched()
-            except (tf.errors.OpError, ValueError, AssertionError) as error:
+            except Exception as error:  # noqa: BLE001 (a damaged file fails in many ways)
                 damaged.append((prefix, " ".join(str(error).split())[:200]))
                 continue
             if damaged:
@@ -263,10 +263,13 @@ class TrainingLog(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if not logs or "loss" not in logs:
             return
+        self._latest = (batch + 1, float(logs["loss"]))
+        if self._step() - self._mark[2] >= self.every:
+            self._log_interval()
+
+    def _log_interval(self):
         step = self._step()
-        if step - self._mark[2] < self.every and step != self.total_steps:
-            return
-        batches, mean = batch + 1, float(logs["loss"])
+        batches, mean = self._latest
         last_batches, last_mean, last_step, last_time = self._mark
         # Keras reports the mean since the epoch began; the interval's mean is the difference.
         loss = (mean * batches - last_mean * last_batches) / max(batches - last_batches, 1)
@@ -285,6 +288,8 @@ class TrainingLog(keras.callbacks.Callback):
         self._print(record, final=False)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._step() > self._mark[2]:  # the epoch's last, shorter interval
+            self._log_interval()
         values = {k: float(v) for k, v in (logs or {}).items()}
         if self.perplexity and "val_loss" in values:
             values["val_perplexity"] = _exp(values["val_loss"])

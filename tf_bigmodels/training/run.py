@@ -80,11 +80,12 @@ def train(config):
     atomically; one process at a time may write a run directory. Under several workers only the
     chief writes.
 
-    Re-running a run: the settings of `RERUN_MAY_CHANGE` may differ from the stored ones and are
-    honoured (more `steps` continue a finished run, with the learning-rate schedule stretched to
-    the new total); any other difference (corpus, tokenizer, model, data, optimizer) is refused
-    before anything is written, as are fewer `steps` than the run has reached. A finished run
-    re-run with its own settings writes nothing.
+    Re-running a run: a setting left at None takes the stored run's value (not its usual
+    default). The settings of `RERUN_MAY_CHANGE` may differ from the stored ones and are honoured
+    (more `steps` continue a finished run, with the learning-rate schedule stretched to the new
+    total); any other difference (corpus, tokenizer, model, data, optimizer) is refused before
+    anything is written, as are fewer `steps` than the run has reached. A finished run re-run
+    with its own settings writes nothing.
 
     Args:
         config: a `RunConfig`.
@@ -103,10 +104,11 @@ def train(config):
     >>> result = train(RunConfig(model="gpt", preset="gpt-test", steps=20))  # doctest: +SKIP
     >>> result.samples[0]  # doctest: +SKIP
     """
-    config = config.resolved()
+    resolved = config.resolved()
+    run_dir = pathlib.Path(resolved.out) / resolved.name
+    config = _with_stored_defaults(config, _read_config(run_dir)).resolved()
     task = task_for(config)
     texts = load_corpus(config.corpus, errors=config.corpus_errors)
-    run_dir = pathlib.Path(config.out) / config.name
     _check_run_dir(run_dir, config)
     with _dtype_policy(config.precision):
         strategy = get_strategy(config.strategy, devices=config.devices)
@@ -148,9 +150,10 @@ def _train(config, task, texts, run_dir, strategy, chief):
         if chief:
             _drop_metrics_after(run_dir / "metrics.jsonl", step)
         guard = cb.DivergenceGuard(task.diverged_above(tokenizer.vocab_size))
+        # The log comes before the checkpoint: a run killed between the two repeats (and
+        # re-logs) that interval, instead of missing its validation line.
         callbacks = [
             guard,
-            cb.SaveProgress(checkpoint, guard, run_dir / "best.keras" if chief else None, model),
             cb.TrainingLog(
                 run_dir if chief else None,
                 config.steps,
@@ -159,6 +162,7 @@ def _train(config, task, texts, run_dir, strategy, chief):
                 perplexity=task.log_perplexity,
                 verbose=config.verbose if chief else 0,
             ),
+            cb.SaveProgress(checkpoint, guard, run_dir / "best.keras" if chief else None, model),
         ]
         fit = fitted.fit(
             train_data.skip(step),
@@ -287,6 +291,19 @@ def _read_config(run_dir):
             "choose another --name or --out."
         )
     return saved
+
+
+def _with_stored_defaults(config, stored):
+    """`config` with each None setting taken from the stored run (a re-run continues that run,
+    whose defaults may have been resolved against other settings, such as its `steps`)."""
+    if stored is None:
+        return config
+    unset = {
+        field.name: stored[field.name]
+        for field in dataclasses.fields(RunConfig)
+        if getattr(config, field.name) is None and stored.get(field.name) is not None
+    }
+    return dataclasses.replace(config, **unset)
 
 
 def _check_run_dir(run_dir, config):

@@ -4,7 +4,7 @@ Every file is written next to its destination under a temporary name and renamed
 a killed process leaves the previous file or the new one, never a half-written one. Temporary
 files are created with the process's umask (as any other file), so the results are as readable
 as the user's other files. A run directory (or an export directory) takes one writer at a time:
-an OS-level lock (`fcntl.flock`) that the kernel releases when its holder dies.
+an OS-level lock (`fcntl.flock` on the directory) that the kernel releases when its holder dies.
 """
 
 import contextlib
@@ -16,7 +16,6 @@ import shutil
 
 logger = logging.getLogger("tf_bigmodels")
 
-LOCK_FILE = ".lock"
 # What a killed run can leave behind: partial exports, TensorFlow's checkpoint staging
 # directories, temporary model, tokenizer and text files of this module.
 _LEFTOVERS = (
@@ -96,35 +95,57 @@ def write_text(path, text):
 def lock(directory, command):
     """Holds the lock of `directory` (created if missing) for the duration of the block.
 
+    The lock is `flock` on the directory itself, so no file is added to it; the kernel drops it
+    when the holder exits or is killed. On Linux the refusal names the holder's PID (read from
+    `/proc/locks`).
+
     Args:
         directory: path. A run directory, or an export directory.
-        command: str. What takes the lock ("train", "export"), for the other process's message.
+        command: str. What takes the lock ("train", "export"), for the refusal's message.
 
     Raises:
-        DirectoryInUse: another process holds it; the message names its PID.
+        DirectoryInUse: another process holds it.
 
     Example:
 
-    >>> with lock(tempfile.mkdtemp(), "train"):  # doctest: +SKIP
+    >>> import tempfile
+    >>> with lock(tempfile.mkdtemp(), "train"):
     ...     pass
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    handle = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    handle = os.open(directory, os.O_RDONLY)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(handle, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            holder = _lock_holder(os.fstat(handle))
             raise DirectoryInUse(
-                f"{directory} is in use by another process ({holder}); wait until it ends, "
+                f"`{command}` cannot use {directory}: another process is writing it "
+                f"({f'PID {holder}' if holder else 'its PID is unknown'}); wait until it ends, "
                 "or choose another directory."
             ) from None
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, f"`{command}`, PID {os.getpid()}".encode(), 0)
         yield
     finally:
         os.close(handle)  # releases the lock
+
+
+def _lock_holder(stat):
+    """The PID holding an flock on the file `stat` describes, from Linux's /proc/locks."""
+    try:
+        with open("/proc/locks", encoding="ascii") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if (
+            len(fields) >= 6
+            and fields[1] == "FLOCK"
+            and fields[5].split(":")[-1] == str(stat.st_ino)
+        ):
+            return fields[4]
+    return None
 
 
 def remove_leftovers(run_dir):

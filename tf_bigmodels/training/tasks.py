@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tf_bigmodels.data import bert_pretraining_dataset, lm_dataset
 from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel
+from tf_bigmodels.training import storage
 from tf_bigmodels.training.config import TOKENIZERS
 from tf_bigmodels.training.optimizer import build_optimizer
 from tf_bigmodels.training.presets import get_preset
@@ -82,9 +83,14 @@ class Task:
             texts, self.config.vocab_size, **dict(entry.train_options)
         )
         if save:
-            temporary = directory.with_name(f".{TOKENIZER_DIR}.tmp-{os.getpid()}")
-            tokenizer.save(temporary)
-            os.rename(temporary, directory)
+            try:
+                with storage.atomic_path(directory) as temporary:
+                    tokenizer.save(temporary)
+            except OSError as error:
+                raise OSError(
+                    f"cannot write the tokenizer into {directory}: "
+                    f"{error.strerror or ' '.join(str(error).split())}"
+                ) from None
         return tokenizer
 
     def load_tokenizer(self, run_dir):
