@@ -517,9 +517,10 @@ def _export(args):
                 path = export_bert(
                     model, tokenizer, str(out), version=args.version, jit_compile=args.xla
                 )
-    except tf.errors.OpError as error:
+    except (OSError, tf.errors.OpError) as error:
+        message = error.message if isinstance(error, tf.errors.OpError) else error.strerror
         raise OSError(
-            f"cannot write the SavedModel under {out}: {_one_line(error.message)}"
+            f"cannot write the SavedModel under {out}: {_one_line(message or error)}"
         ) from None
     print(f"SavedModel: {path}")
     return 0

@@ -20,6 +20,7 @@ from tf_bigmodels.training import storage
 logger = logging.getLogger("tf_bigmodels")
 
 _CHECKPOINT_NUMBER = re.compile(r"^ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
+_TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
 
 
 class RunCheckpoint:
@@ -99,10 +100,15 @@ class RunCheckpoint:
         try:
             path = self.manager.save(checkpoint_number=step)
         except (OSError, tf.errors.OpError) as error:
-            message = error.message if isinstance(error, tf.errors.OpError) else error
+            for partial in glob.glob(
+                os.path.join(glob.escape(self.directory), f"ckpt-{step}_temp*")
+            ):
+                shutil.rmtree(partial, ignore_errors=True)
+            message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+            message = _TF_NOISE.sub("", message)  # the failing op's name and device
             raise OSError(
                 f"cannot write the checkpoint of step {step} in {self.directory}: "
-                f"{' '.join(str(message).split())}"
+                f"{' '.join(message.split())}"
             ) from None
         if not self.chief:
             shutil.rmtree(self.directory, ignore_errors=True)

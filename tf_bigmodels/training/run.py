@@ -397,9 +397,11 @@ def _exports(directory):
 def _export(task, model, tokenizer, directory):
     try:
         return task.export(model, tokenizer, directory)
-    except tf.errors.OpError as error:
+    except (OSError, tf.errors.OpError) as error:
+        message = error.message if isinstance(error, tf.errors.OpError) else error.strerror
         raise OSError(
-            f"cannot write the SavedModel under {directory}: {' '.join(error.message.split())}"
+            f"cannot write the SavedModel under {directory}: "
+            f"{' '.join(str(message or error).split())}"
         ) from None
 
 
