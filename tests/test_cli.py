@@ -99,7 +99,6 @@ BAD_FLAGS = [
     (["train", "llama"], "invalid choice: 'llama'"),
     (["generate"], "the following arguments are required: source"),
     (["plot", "x", "--layer", "one"], "--layer: invalid int value: 'one'"),
-    ([], "the following arguments are required: command"),
 ]
 
 
@@ -127,12 +126,12 @@ def test_train_bad_corpus_files(tmp_path):
 BAD_TRAIN_SETTINGS = [
     (["--warmup-steps", "-5"], ["`warmup_steps`", "-5"]),
     (["--dropout", "1.5"], ["`rate`", "1.5"]),
-    (["--num-heads", "3"], ["`d_model`=32", "`num_heads`=3"]),
+    (["--num-heads", "3"], ["`d_model` must be divisible by `num_heads`=3", "got 32"]),
     (["--preset", "gpt-huge"], ["unknown `preset` 'gpt-huge'"]),
     (["--grad-accum", "0"], ["`gradient_accumulation_steps`", "0"]),
     (["--weight-decay", "-1"], ["`weight_decay`", "-1"]),
     (["--samples", "-2"], ["`samples`", "-2"]),
-    (["--steps", "15", "--eval-every", "10"], ["`steps`=15", "`eval_every`=10"]),
+    (["--steps", "15", "--eval-every", "10"], ["`steps` must be a multiple", "`eval_every`=10"]),
 ]
 
 
@@ -184,6 +183,123 @@ def test_train_into_an_unwritable_place(a_file):
         "cannot write the run directory",
     )
     assert a_file.read_text() == "not a directory"
+
+
+# ---------------------------------------------------------------- a run that fails
+def run_patched(patch, *args):
+    """Runs the command in a process where `patch` (Python source) first breaks something."""
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    code = f"{patch}\nimport sys\nfrom tf_bigmodels.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
+
+
+_DISK_FULL_CHECKPOINT = """
+import tensorflow as tf
+def full(self, *args, **kwargs):
+    raise tf.errors.ResourceExhaustedError(None, None, "ckpt-10_temp/part: No space left on device")
+tf.train.CheckpointManager.save = full
+"""
+_DISK_FULL_EXPORT = """
+import tensorflow as tf
+def full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+tf.saved_model.save = full
+"""
+_DISK_FULL_TOKENIZER = """
+import os
+from tf_bigmodels.tokenizers import WordPieceTokenizer
+def full(self, directory):
+    os.makedirs(directory, exist_ok=True)
+    open(os.path.join(directory, "tokenizer.json"), "w").close()
+    raise OSError(28, "No space left on device")
+WordPieceTokenizer.save = full
+"""
+
+
+def assert_run_error(result, *fragments):
+    """Exit status 2, no traceback, and one error line, the last; the run's progress lines
+    (INFO on stderr) may come before it."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("tf-bigmodels")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_every_failure_of_a_run_is_one_line(tmp_path, gpt_run):
+    """A full disk at a checkpoint, at an export, at the tokenizer's save; a diverged run (a
+    finite but huge loss); a run directory another process writes: one line, status 2, and
+    nothing half-written left behind."""
+    tiny = ["--preset", "gpt-test", "--steps", "20", "--eval-every", "10", "--no-jit"]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index in range(8):
+        (corpus / f"{index}.txt").write_text(f"Document {index}. " + "Some words here. " * 40)
+    busy = tmp_path / "busy"
+    (busy / "gpt").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; h = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(300)",
+            str(busy / "gpt"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    bert = ["--preset", "bert-test", "--corpus", corpus / "*.txt", "--vocab-size", "200"]
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            checkpoint, export, tokenizer, diverged, locked = pool.map(
+                lambda job: run_patched(*job),
+                [
+                    (_DISK_FULL_CHECKPOINT, "train", "gpt", *tiny, "--out", tmp_path / "a"),
+                    (_DISK_FULL_EXPORT, "export", gpt_run, "--out", tmp_path / "e", "--no-xla"),
+                    (_DISK_FULL_TOKENIZER, "train", "bert", *bert, "--out", tmp_path / "b"),
+                    ("", "train", "gpt", *tiny, "--lr", "5", "--out", tmp_path / "d"),
+                    ("", "train", "gpt", *tiny, "--out", busy),
+                ],
+            )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_run_error(
+        checkpoint, "cannot write the checkpoint of step 10", "No space left on device"
+    )
+    assert not list((tmp_path / "a" / "gpt" / "checkpoints").glob("*"))
+    assert_run_error(export, "cannot write the SavedModel under", "No space left on device")
+    assert not list((tmp_path / "e").iterdir())
+    assert_run_error(tokenizer, "cannot write the tokenizer into", "No space left on device")
+    assert sorted(p.name for p in (tmp_path / "b" / "bert").iterdir()) == ["config.json"]
+    assert_run_error(diverged, "training diverged at step", "The last good checkpoint is")
+    assert not (tmp_path / "d" / "gpt" / "model.keras").exists()
+    assert_run_error(locked, "another process is writing it", f"PID {holder.pid}")
+    assert not list((busy / "gpt").iterdir())
+
+
+def test_refused_settings_change_nothing(gpt_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(gpt_run, runs / "gpt")
+    before = snapshot(runs)
+    bad_seed, bad_name, vocab = run_all(
+        ["train", "gpt", "--preset", "gpt-test", "--seed", "-1", "--out", runs],
+        ["train", "gpt", "--name", "../escape", "--out", runs],
+        ["train", "gpt", "--vocab-size", "300", "--out", runs],
+    )
+    assert_user_error(bad_seed, "`seed` must be an integer >= 0, got -1")
+    assert_user_error(bad_name, "`name` must be one directory name", "'../escape'")
+    assert_user_error(vocab, "`vocab_size` must be None with the byte tokenizer")
+    assert snapshot(runs) == before and not (tmp_path / "escape").exists()
 
 
 # ---------------------------------------------------------------- generate

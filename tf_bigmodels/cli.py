@@ -1,5 +1,8 @@
 """The `tf-bigmodels` command line (also `python -m tf_bigmodels`).
 
+Arguments are parsed and checked before TensorFlow is loaded, so `--help` and a mistyped flag
+answer at once; each subcommand imports what it needs when it runs.
+
 Example:
 
     tf-bigmodels train gpt                     # nanoGPT's CPU configuration on the bundled corpus
@@ -15,12 +18,34 @@ import logging
 import os
 import pathlib
 import re
+import shlex
 import sys
+
+from tf_bigmodels.training.config import (
+    DEFAULT_EVAL_EVERY,
+    PRECISIONS,
+    STRATEGIES,
+    TOKENIZERS,
+    RunConfig,
+    tokenizer_choices,
+)
+from tf_bigmodels.training.presets import DEFAULT_PRESET, PRESETS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Mistakes a user can make (bad flags, files, settings) become one line and exit status 2.
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError)
+# Mistakes a user can make (bad flags, files, settings, a full disk) become one line, exit 2.
+_USER_ERRORS = (ValueError, TypeError, OSError)
+# TensorFlow's errors that mean the same (raised while reading or writing files); named here so
+# that this module does not import TensorFlow before the arguments are checked.
+_TF_USER_ERRORS = (
+    "DataLossError",
+    "FailedPreconditionError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+)
+# The package's own errors that end a command: a diverged run, a directory another process holds.
+_RUN_ERRORS = ("TrainingDiverged", "DirectoryInUse")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +53,21 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help text as written, with the default of every flag that has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            "%(default)" not in text
+            and "default" not in text
+            and action.default not in (None, argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
 
 
 def _one_line(error):
@@ -89,37 +129,89 @@ def _positive_float(text):
     return value
 
 
-def _add_train(subparsers):
-    from tf_bigmodels.training.presets import BERT_PRESETS, GPT_PRESETS
-    from tf_bigmodels.training.run import PRECISIONS
-    from tf_bigmodels.training.strategy import STRATEGIES
+def _preset_default(field):
+    """'the preset's (gpt-nano: 2000, bert-tiny: 2000)': a default that comes from the preset."""
+    values = ", ".join(
+        f"{DEFAULT_PRESET[kind]}: {getattr(PRESETS[kind][DEFAULT_PRESET[kind]], field)}"
+        for kind in PRESETS
+    )
+    return f"default: the preset's; {values}"
 
+
+def _preset_model_default(field):
+    values = ", ".join(
+        f"{DEFAULT_PRESET[kind]}: {PRESETS[kind][DEFAULT_PRESET[kind]].model[field]}"
+        for kind in PRESETS
+    )
+    return f"default: the preset's; {values}"
+
+
+def _add_train(subparsers):
     parser = subparsers.add_parser(
         "train",
         help="train a GPT or pre-train a BERT with model.fit",
-        description="Train a GPT (byte-level) or pre-train a BERT (WordPiece, MLM + NSP) on the "
-        "bundled corpus or your own text files. Re-running the same command resumes "
-        "from the last checkpoint.",
+        formatter_class=_HelpFormatter,
+        description="Train a GPT or pre-train a BERT (WordPiece, MLM + NSP) on the bundled "
+        "corpus or your own text files. Re-running the same command continues the run from "
+        "its last checkpoint, and does nothing once it is finished. A re-run may change "
+        "--steps (more steps continue a finished run), --eval-every, --eval-steps, "
+        "--log-every, --samples, --export, --strategy, --jit, --steps-per-execution and "
+        "--grad-accum; any other setting that differs from the stored run is refused (train "
+        "a new run with --name).",
     )
-    parser.add_argument("model", choices=("gpt", "bert"))
+    parser.add_argument("model", choices=tuple(PRESETS), help="the model kind")
     parser.add_argument(
         "--corpus",
         nargs="+",
         default=["shakespeare"],
         metavar="PATH_OR_GLOB",
-        help="'shakespeare' (bundled) or UTF-8 text files / globs (one document per file)",
+        help="'shakespeare' (bundled) or UTF-8 text files / globs, one document per file "
+        "(default: shakespeare)",
     )
     parser.add_argument(
-        "--preset", help=f"model size: GPT {sorted(GPT_PRESETS)}, BERT {sorted(BERT_PRESETS)}"
+        "--corpus-errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="bytes of the corpus that are not UTF-8: an error (strict), or replaced by U+FFFD",
     )
-    parser.add_argument("--steps", type=_positive_int, help="training steps (batches)")
-    parser.add_argument("--batch-size", type=_positive_int, help="global batch size")
-    parser.add_argument("--seq-len", type=_positive_int, help="tokens per example")
+    tokenizers = {kind: tokenizer_choices(kind) for kind in PRESETS}
     parser.add_argument(
-        "--lr", type=_positive_float, dest="learning_rate", help="peak learning rate"
+        "--tokenizer",
+        choices=sorted(TOKENIZERS),
+        help="; ".join(f"{kind}: {', '.join(names)}" for kind, names in tokenizers.items())
+        + " (default: the first of the model's)",
     )
-    parser.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
-    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument(
+        "--preset",
+        help="model size and training settings: "
+        + "; ".join(f"{kind.upper()} {', '.join(PRESETS[kind])}" for kind in PRESETS)
+        + f" (default: {', '.join(DEFAULT_PRESET.values())})",
+    )
+    parser.add_argument(
+        "--steps", type=_positive_int, help=f"training steps (batches) ({_preset_default('steps')})"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help=f"global batch size ({_preset_default('batch_size')})",
+    )
+    parser.add_argument(
+        "--seq-len", type=_positive_int, help=f"tokens per example ({_preset_default('seq_len')})"
+    )
+    parser.add_argument(
+        "--lr",
+        type=_positive_float,
+        dest="learning_rate",
+        help=f"peak learning rate ({_preset_default('learning_rate')})",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        help="linear warm-up steps (default: the preset's, at most a tenth of --steps)",
+    )
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.1, help="AdamW weight decay of the kernels"
+    )
     parser.add_argument(
         "--clipnorm", type=_positive_float, default=1.0, help="global-norm gradient clipping"
     )
@@ -127,13 +219,38 @@ def _add_train(subparsers):
         "--grad-accum",
         type=int,
         dest="gradient_accumulation_steps",
-        help="run each batch as N micro-batches (less memory, same update)",
+        help="run each batch as N micro-batches: less memory, same update (default: off)",
     )
-    for name in ("d-model", "num-heads", "dff", "num-layers", "vocab-size"):
-        parser.add_argument(f"--{name}", type=_positive_int, help="override the preset")
-    parser.add_argument("--dropout", type=float, dest="rate", help="override the preset")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    for name in ("d-model", "num-heads", "dff", "num-layers"):
+        field = name.replace("-", "_")
+        parser.add_argument(
+            f"--{name}", type=_positive_int, help=f"model size ({_preset_model_default(field)})"
+        )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        dest="rate",
+        help=f"dropout rate ({_preset_model_default('rate')})",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=_positive_int,
+        help="size of a learned vocabulary (WordPiece, SentencePiece); not for the byte "
+        f"tokenizer ({_preset_default('vocab_size')})",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="tf.distribute strategy: auto picks a TPU, several workers (TF_CONFIG), several "
+        "GPUs, or one device",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="compute precision (mixed_float16 uses loss scaling)",
+    )
     parser.add_argument(
         "--jit",
         action=argparse.BooleanOptionalAction,
@@ -141,52 +258,104 @@ def _add_train(subparsers):
         dest="jit_compile",
         help="compile the train step with XLA",
     )
-    parser.add_argument("--steps-per-execution", type=_positive_int, default=1)
+    parser.add_argument(
+        "--steps-per-execution",
+        type=_positive_int,
+        default=1,
+        help="batches per call into the compiled train step",
+    )
     parser.add_argument(
         "--eval-every",
         type=_positive_int,
-        default=250,
-        help="validate and checkpoint every N steps",
+        help=f"validate and checkpoint every N steps (default: min({DEFAULT_EVAL_EVERY}, "
+        "--steps)); --steps must be a multiple of it",
     )
-    parser.add_argument("--eval-steps", type=_positive_int, default=20)
+    parser.add_argument("--eval-steps", type=_positive_int, default=20, help="validation batches")
+    parser.add_argument(
+        "--log-every",
+        type=_positive_int,
+        default=10,
+        help="log the mean loss of every N steps (console, metrics.jsonl, TensorBoard)",
+    )
     parser.add_argument("--out", default="runs", help="parent of the run directory")
-    parser.add_argument("--name", help="run directory name (default: the model kind)")
+    parser.add_argument(
+        "--name", help="run directory name, one directory under --out (default: the model kind)"
+    )
     parser.add_argument(
         "--resume",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="continue a run found in the run directory (default); with "
-        "--no-resume an existing run is an error",
+        help="continue a run found in the run directory; with --no-resume an existing run is "
+        "an error",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds data order, masks, dropout, initialisation"
+    )
     parser.add_argument("--samples", type=int, default=2, help="GPT samples printed at the end")
+    parser.add_argument(
+        "--sample-tokens", type=int, default=200, help="length of each sample, in tokens"
+    )
     parser.add_argument(
         "--export",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="write a SavedModel at the end",
     )
+    parser.add_argument(
+        "--quiet",
+        action="store_const",
+        const=0,
+        default=1,
+        dest="verbose",
+        help="print no progress lines",
+    )
     parser.set_defaults(handler=_train)
 
 
 def _train(args):
-    from tf_bigmodels.training import RunConfig, TrainingDiverged, train
-
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
     corpus = fields.pop("corpus")
     config = RunConfig(**fields, corpus=corpus[0] if corpus == ["shakespeare"] else corpus)
+    config.resolved()  # every setting checked before TensorFlow loads
+
+    from tf_bigmodels import load_everything
+
+    load_everything()
+    from tf_bigmodels.training import TASKS, train
+
     try:
         result = train(config)
-    except TrainingDiverged as error:
-        print(f"tf-bigmodels: {error}", file=sys.stderr)
-        return 1
-    print(f"\nRun directory: {result.run_dir} (step {result.step})")
+    except ValueError as error:
+        if "errors='replace'" in str(error):  # the Python API's advice, in the command's words
+            raise ValueError(
+                str(error).replace("pass errors='replace'", "pass --corpus-errors replace")
+            ) from None
+        raise
+    if not result.history and result.export_path is None:
+        print(
+            f"\nThe run in {result.run_dir} is complete at step {result.step}; nothing to do "
+            "(pass a larger --steps to train further)."
+        )
+    else:
+        print(f"\nRun directory: {result.run_dir} (step {result.step})")
     for index, sample in enumerate(result.samples):
         print(f"\n--- sample {index + 1} ---\n{sample}")
     if result.export_path:
         print(f"\nSavedModel: {result.export_path}")
-    print(f"TensorBoard: tensorboard --logdir {result.run_dir / 'logs'}")
+    print(f"TensorBoard: tensorboard --logdir {shlex.quote(str(result.run_dir / 'logs'))}")
+    if TASKS[config.model].generates_text:
+        print(
+            "Try it: tf-bigmodels generate "
+            f"{shlex.quote(str(result.run_dir))} --prompt {shlex.quote(_first_prompt(result))}"
+        )
     return 0
+
+
+def _first_prompt(result):
+    """The start of the first sample's prompt line, or a short default."""
+    if result.samples and result.samples[0].split("\n", 1)[0].strip():
+        return result.samples[0].split("\n", 1)[0]
+    return "ROMEO:"
 
 
 def _add_generate(subparsers):
@@ -312,24 +481,28 @@ def _add_export(subparsers):
     parser = subparsers.add_parser(
         "export",
         help="write a SavedModel that serves raw strings (TF Serving layout)",
+        formatter_class=_HelpFormatter,
         description="Export a trained GPT, BERT pre-trainer or BERT classifier as a SavedModel "
-        "under OUT/<version>/ (written atomically).",
+        "under OUT/<version>/ (written atomically; one export at a time per directory).",
     )
     parser.add_argument("source", help="run directory or .keras file")
     parser.add_argument("--out", help="export directory (default: RUN_DIR/export)")
     parser.add_argument(
         "--tokenizer",
-        help="WordPiece tokenizer directory for a BERT .keras file (default: RUN_DIR/tokenizer)",
+        help="tokenizer directory for a .keras file outside a run directory (default: the "
+        "tokenizer the run recorded)",
     )
-    parser.add_argument("--version", type=_positive_int, help="default: the next free number")
+    parser.add_argument(
+        "--version", type=_positive_int, help="version number (default: the next free number)"
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, help="GPT serving_default setting (default: half the context)"
     )
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="GPT serving_default setting (0 = greedy)"
     )
-    parser.add_argument("--top-k", type=int, help="GPT serving_default setting")
-    parser.add_argument("--top-p", type=float, help="GPT serving_default setting")
+    parser.add_argument("--top-k", type=int, help="GPT serving_default setting (default: off)")
+    parser.add_argument("--top-p", type=float, help="GPT serving_default setting (default: off)")
     parser.add_argument(
         "--xla",
         action=argparse.BooleanOptionalAction,
@@ -340,17 +513,30 @@ def _add_export(subparsers):
 
 
 def _export(args):
-    import keras
-
-    from tf_bigmodels.export import export_bert, export_gpt
-    from tf_bigmodels.models import BERTClassifier, BERTPretrainer, GPTModel
-    from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
-
     source = pathlib.Path(args.source)
     run_dir = source if source.is_dir() else source.parent
     model_path = source / "model.keras" if source.is_dir() else source
     if not model_path.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(model_path))
+    out = pathlib.Path(args.out) if args.out else run_dir / "export"
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(existing))
+
+    from tf_bigmodels import load_everything
+
+    load_everything()
+    import keras
+    import tensorflow as tf
+
+    from tf_bigmodels.export import export_bert, export_gpt
+    from tf_bigmodels.models import BERTClassifier, BERTPretrainer, GPTModel
+    from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
+    from tf_bigmodels.training import load_run_tokenizer
+    from tf_bigmodels.training.storage import lock
+
     with _loading(model_path):
         model = keras.saving.load_model(model_path)
     if not isinstance(model, (GPTModel, BERTPretrainer, BERTClassifier)):
@@ -358,25 +544,44 @@ def _export(args):
             f"{model_path} holds a {type(model).__name__}; export takes a GPTModel, "
             "BERTPretrainer or BERTClassifier."
         )
-    out = args.out or str(run_dir / "export")
-    if isinstance(model, GPTModel):
-        max_new_tokens = (
-            model.max_length // 2 if args.max_new_tokens is None else args.max_new_tokens
-        )
-        path = export_gpt(
-            model,
-            ByteTokenizer(),
-            out,
-            version=args.version,
-            max_new_tokens=max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            jit_compile=args.xla,
-        )
+    if args.tokenizer:
+        tokenizer = WordPieceTokenizer.load(args.tokenizer)
+    elif (run_dir / "config.json").is_file():
+        tokenizer = load_run_tokenizer(run_dir)
+    elif isinstance(model, GPTModel):
+        tokenizer = ByteTokenizer()
     else:
-        tokenizer = WordPieceTokenizer.load(args.tokenizer or run_dir / "tokenizer")
-        path = export_bert(model, tokenizer, out, version=args.version, jit_compile=args.xla)
+        tokenizer = WordPieceTokenizer.load(run_dir / "tokenizer")
+    # One writer per run directory (a training run exports into it too), else per --out.
+    inside_run = (run_dir / "config.json").is_file() and out.resolve().is_relative_to(
+        run_dir.resolve()
+    )
+    try:
+        with lock(run_dir if inside_run else out, "export"):
+            if isinstance(model, GPTModel):
+                max_new_tokens = (
+                    model.max_length // 2 if args.max_new_tokens is None else args.max_new_tokens
+                )
+                path = export_gpt(
+                    model,
+                    tokenizer,
+                    str(out),
+                    version=args.version,
+                    max_new_tokens=max_new_tokens,
+                    temperature=args.temperature,
+                    top_k=args.top_k,
+                    top_p=args.top_p,
+                    jit_compile=args.xla,
+                )
+            else:
+                path = export_bert(
+                    model, tokenizer, str(out), version=args.version, jit_compile=args.xla
+                )
+    except (OSError, tf.errors.OpError) as error:
+        message = error.message if isinstance(error, tf.errors.OpError) else error.strerror
+        raise OSError(
+            f"cannot write the SavedModel under {out}: {_one_line(message or error)}"
+        ) from None
     print(f"SavedModel: {path}")
     return 0
 
@@ -385,6 +590,7 @@ def _add_plot(subparsers):
     parser = subparsers.add_parser(
         "plot",
         help="draw a run's loss curves and a layer's attention maps as PNGs",
+        formatter_class=_HelpFormatter,
         description="Write RUN_DIR/plots/loss.png (training and validation loss) and "
         "attention_layer<N>.png (the attention of layer N for --text; the causal "
         "triangle of a GPT, both directions for BERT). Needs matplotlib: "
@@ -398,6 +604,9 @@ def _add_plot(subparsers):
 
 
 def _plot(args):
+    from tf_bigmodels import load_everything
+
+    load_everything()
     from tf_bigmodels import plot
 
     try:
@@ -429,28 +638,51 @@ def build_parser():
     return parser
 
 
+def _is_user_error(error):
+    if isinstance(error, _USER_ERRORS):
+        return True
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if names & set(_RUN_ERRORS):
+        return True
+    # TensorFlow's own errors are told apart by name: it is loaded only when a command needs it.
+    return "tensorflow" in sys.modules and bool(names & set(_TF_USER_ERRORS))
+
+
+def _message(error):
+    if isinstance(error, OSError) and error.strerror:
+        filename = getattr(error, "filename", None)
+        return error.strerror + (f": {filename}" if filename else "")
+    return getattr(error, "message", None) or str(error)
+
+
 def main(argv=None):
-    """Runs `tf-bigmodels`; returns the exit status (0 ok, 1 failed run, 2 usage, 130 Ctrl-C).
+    """Runs `tf-bigmodels`; returns the exit status (0 ok, 2 a failure, 130 Ctrl-C).
+
+    Every failure a user can cause or meet (a bad flag or file, a refused re-run, a diverged run,
+    a full disk, a directory another process is writing) is one line on stderr and status 2.
+    Without arguments it prints the help.
 
     Example:
 
-    >>> main(["train", "gpt", "--preset", "gpt-test", "--steps", "20", "--eval-every", "10"])
-    0
+    >>> main(["train", "gpt", "--steps", "0"])  # doctest: +SKIP
+    2
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    # TensorFlow's INFO lines ("Assets written to" a temporary path) say nothing to a user.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except _USER_ERRORS as error:
-        message = error.strerror if isinstance(error, OSError) and error.strerror else error
-        filename = getattr(error, "filename", None)
-        print(
-            f"tf-bigmodels {args.command}: error: {_one_line(message)}"
-            + (f": {filename}" if filename else ""),
-            file=sys.stderr,
-        )
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
+        print(f"tf-bigmodels {args.command}: error: {_one_line(_message(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

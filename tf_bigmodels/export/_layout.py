@@ -2,7 +2,7 @@
 
 import os
 import shutil
-import tempfile
+import uuid
 
 from tf_bigmodels import _checks
 
@@ -41,7 +41,10 @@ def write_version(export_dir, version, write):
             f"`version` must be a new version ({final} already exists and an export never "
             f"overwrites one; pass None for the next), got {version}."
         )
-    temporary = tempfile.mkdtemp(prefix=f".partial-{version}-", dir=export_dir)
+    # Not `mkdtemp`: its 0700 would make the export unreadable to a server running as another
+    # user; `mkdir` applies the umask as for any other directory.
+    temporary = os.path.join(export_dir, f".partial-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.mkdir(temporary)
     try:
         write(temporary)
         os.rename(temporary, final)

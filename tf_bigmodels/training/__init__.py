@@ -1,34 +1,56 @@
-"""Training with `model.fit` under `tf.distribute`: strategy, optimizer, schedule, driver.
+"""Training with `model.fit` under `tf.distribute`: tasks, strategy, optimizer, schedule, driver.
+
+The names below load on first use, so that `RunConfig` (and the command line's checks) can be
+used without importing TensorFlow.
 
 Example:
 
 >>> from tf_bigmodels.training import RunConfig, train
->>> result = train(RunConfig(model="gpt", preset="gpt-test", steps=20, eval_every=10))
+>>> RunConfig(model="gpt", preset="gpt-test").resolved().steps
+20
 """
 
-from tf_bigmodels.training.accumulation import accumulate_gradients
-from tf_bigmodels.training.callbacks import RunCheckpoint
-from tf_bigmodels.training.optimizer import AdamW, build_optimizer, no_decay_variables
-from tf_bigmodels.training.presets import BERT_PRESETS, GPT_PRESETS, get_preset
-from tf_bigmodels.training.run import RunConfig, RunResult, TrainingDiverged, load_run_model, train
-from tf_bigmodels.training.schedules import WarmupDecay
-from tf_bigmodels.training.strategy import get_strategy, is_chief
+import importlib
 
-__all__ = [
-    "AdamW",
-    "BERT_PRESETS",
-    "accumulate_gradients",
-    "GPT_PRESETS",
-    "RunCheckpoint",
-    "RunConfig",
-    "RunResult",
-    "TrainingDiverged",
-    "WarmupDecay",
-    "build_optimizer",
-    "get_preset",
-    "get_strategy",
-    "is_chief",
-    "load_run_model",
-    "no_decay_variables",
-    "train",
-]
+# Public name -> the module of this package that defines it.
+_EXPORTS = {
+    "AccumulatingTrainer": "accumulation",
+    "AdamW": "optimizer",
+    "BERTTask": "tasks",
+    "BERT_PRESETS": "presets",
+    "DirectoryInUse": "storage",
+    "GPTTask": "tasks",
+    "GPT_PRESETS": "presets",
+    "RunCheckpoint": "callbacks",
+    "RunConfig": "config",
+    "RunResult": "run",
+    "TASKS": "tasks",
+    "TOKENIZERS": "config",
+    "Task": "tasks",
+    "TrainingDiverged": "run",
+    "WarmupDecay": "schedules",
+    "build_optimizer": "optimizer",
+    "get_preset": "presets",
+    "get_strategy": "strategy",
+    "is_chief": "strategy",
+    "load_run_model": "run",
+    "load_run_tokenizer": "run",
+    "no_decay_variables": "optimizer",
+    "run_config": "run",
+    "task_for": "tasks",
+    "train": "run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -10,37 +10,57 @@ and adds their gradients, then applies the mean once: the same update as the who
 import keras
 import tensorflow as tf
 
+from tf_bigmodels import _checks
 
-def accumulate_gradients(model, micro_batches):
-    """Makes each `fit` step of `model` process its batch in `micro_batches` slices.
 
-    Call it after `compile`. The batch (per replica) must be divisible by `micro_batches`. Loss
-    scaling (`mixed_float16`), metrics and `tf.distribute` work as in Keras's own `train_step`.
-    The BERT pre-training loss averages its masked predictions per slice, so there the result
-    equals the mean of the slices' losses rather than one average over the whole batch.
+class AccumulatingTrainer(keras.Model):
+    """Trains a compiled model with each `fit` step's batch run as `micro_batches` slices.
+
+    The trainer holds the model; `fit` and `evaluate` are called on the trainer, while the model
+    keeps its own loss, metrics and optimizer (compile the model first, then the trainer with the
+    model's optimizer). Saving, checkpoints and export use the model itself, which stays a plain
+    `GPTModel` or `BERTPretrainer`. Loss scaling (`mixed_float16`), metrics and `tf.distribute`
+    work as in Keras's own `train_step`. The BERT pre-training loss averages its masked
+    predictions per slice, so there the result is the mean of the slices' losses rather than one
+    average over the whole batch.
 
     Args:
-        model: a compiled `keras.Model`.
-        micro_batches: int >= 1. Slices per batch; 1 leaves the model unchanged.
+        model: a compiled `keras.Model` whose optimizer is built.
+        micro_batches: int >= 2. Slices per batch; the batch of each replica must be divisible
+            by it.
 
     Example:
 
-    >>> model.compile(optimizer=..., loss=...)
-    >>> accumulate_gradients(model, 4)   # a batch of 64 runs as 4 slices of 16
-    >>> model.fit(dataset)
+    >>> import numpy as np
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> trainer = AccumulatingTrainer(model, micro_batches=2)
+    >>> trainer.compile(optimizer=model.optimizer)
+    >>> history = trainer.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=4, verbose=0)
+    >>> int(model.optimizer.iterations.numpy())  # one update per batch of 4, run as 2 x 2
+    2
     """
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
-        raise ValueError(f"`micro_batches` must be a positive integer, got {micro_batches!r}.")
-    if micro_batches == 1:
-        return
 
-    def train_step(data):
+    def __init__(self, model, micro_batches, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self.micro_batches = _checks.integer("micro_batches", micro_batches, low=2)
+
+    def call(self, inputs, training=False):
+        return self.model(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return self.model.metrics
+
+    def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        model, parts = self.model, self.micro_batches
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         variables = model.trainable_variables
         total = [None] * len(variables)
-        for part in range(micro_batches):
-            xi, yi, wi = (_slice(value, part, micro_batches) for value in (x, y, sample_weight))
+        for part in range(parts):
+            xi, yi, wi = (_slice(value, part, parts) for value in (x, y, sample_weight))
             with tf.GradientTape() as tape:
                 y_pred = model(xi, training=True)
                 loss = model.compute_loss(
@@ -58,14 +78,15 @@ def accumulate_gradients(model, micro_batches):
             model.compute_metrics(xi, yi, y_pred, wi)
         model.optimizer.apply_gradients(
             [
-                (gradient / micro_batches, variable)
+                (gradient / parts, variable)
                 for gradient, variable in zip(total, variables)
                 if gradient is not None
             ]
         )
         return model.get_metrics_result()
 
-    model.__dict__["train_step"] = train_step
+    def test_step(self, data):
+        return self.model.test_step(data)
 
 
 def _slice(value, part, parts):

@@ -1,18 +1,34 @@
-"""Callbacks of the fit driver: checkpoints that survive a kill, a NaN stop, throughput, a log."""
+"""Callbacks of the fit driver: exact checkpoints, the best model, divergence, the run's log."""
 
+import glob
 import json
+import logging
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from tf_bigmodels.training import storage
+
+logger = logging.getLogger("tf_bigmodels")
+
+_CHECKPOINT_NUMBER = re.compile(r"^ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
+_TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
 
 
 class RunCheckpoint:
-    """Model weights, optimizer state and step in a `tf.train.CheckpointManager`.
+    """Everything a run needs to continue exactly: weights, optimizer, random state, best loss.
+
+    The checkpoint holds the model's variables, the optimizer's (its step included), the state of
+    every random seed generator the model uses (dropout), and the best validation loss so far, so
+    a run killed and re-run ends with the same weights as one never interrupted, dropout or not.
 
     Only the chief keeps its files: under `MultiWorkerMirroredStrategy` every worker must take
     part in saving (the save runs collective ops), so the others write to a temporary directory
@@ -26,178 +42,348 @@ class RunCheckpoint:
 
     Example:
 
-    >>> checkpoint = RunCheckpoint("runs/gpt/checkpoints", model, chief=True)
-    >>> step = checkpoint.restore()   # 0 on a fresh run
+    >>> checkpoint = RunCheckpoint("runs/gpt/checkpoints", model, chief=True)  # doctest: +SKIP
+    >>> step = checkpoint.restore()   # 0 on a fresh run  # doctest: +SKIP
     """
 
     def __init__(self, directory, model, *, chief=True, max_to_keep=3):
         self.chief = chief
         self.directory = str(directory) if chief else tempfile.mkdtemp(prefix="tfb-worker-ckpt-")
         self.optimizer = model.optimizer
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        self.best_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+        seeds = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=model.optimizer, random=seeds, best_loss=self.best_loss
+        )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self.directory, max_to_keep=max_to_keep
         )
 
     def restore(self):
-        """Restores the newest checkpoint, if any; returns the optimizer step it holds (else 0)."""
-        path = tf.train.latest_checkpoint(self.directory)
-        if path is None:
-            return 0
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        return int(self.optimizer.iterations.numpy())
+        """Restores the newest readable checkpoint; returns its optimizer step (0 if none).
+
+        A damaged newest checkpoint (missing or truncated files) is reported in one line and the
+        next older one is used.
+
+        Raises:
+            ValueError: checkpoints exist but none can be read; names the newest one.
+        """
+        damaged = []
+        for prefix in checkpoint_prefixes(self.directory):
+            try:
+                self.checkpoint.restore(prefix).assert_existing_objects_matched()
+            except Exception as error:  # noqa: BLE001 (a damaged file fails in many ways)
+                damaged.append((prefix, " ".join(str(error).split())[:200]))
+                continue
+            if damaged:
+                logger.warning(
+                    "Checkpoint %s is damaged (%s); resuming from %s instead.",
+                    damaged[0][0],
+                    damaged[0][1],
+                    prefix,
+                )
+            return int(self.optimizer.iterations.numpy())
+        if damaged:
+            raise ValueError(
+                f"no checkpoint in {self.directory} can be read: {damaged[0][0]} is damaged "
+                f"({damaged[0][1]}); remove the run directory or choose another --name or --out."
+            )
+        return 0
 
     def save(self):
-        """Writes a checkpoint numbered by the optimizer step; returns its path (chief only)."""
-        path = self.manager.save(checkpoint_number=int(self.optimizer.iterations.numpy()))
+        """Writes a checkpoint numbered by the optimizer step; returns its path (chief only).
+
+        Raises:
+            OSError: it could not be written (a full disk); the previous checkpoints are intact.
+        """
+        step = int(self.optimizer.iterations.numpy())
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as error:
+            for partial in glob.glob(
+                os.path.join(glob.escape(self.directory), f"ckpt-{step}_temp*")
+            ):
+                shutil.rmtree(partial, ignore_errors=True)
+            message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+            message = _TF_NOISE.sub("", message)  # the failing op's name and device
+            raise OSError(
+                f"cannot write the checkpoint of step {step} in {self.directory}: "
+                f"{' '.join(message.split())}"
+            ) from None
         if not self.chief:
             shutil.rmtree(self.directory, ignore_errors=True)
         return path if self.chief else None
 
 
-class CheckpointEveryEpoch(keras.callbacks.Callback):
-    """Saves a `RunCheckpoint` at the end of every epoch whose loss is finite.
+def checkpoint_prefixes(directory):
+    """The checkpoints in `directory`, newest first, whether their files are complete or not.
 
     Example:
 
-    >>> model.fit(data, epochs=8, callbacks=[CheckpointEveryEpoch(checkpoint)])
+    >>> checkpoint_prefixes("runs/gpt/checkpoints")  # doctest: +SKIP
+    ['runs/gpt/checkpoints/ckpt-2000', 'runs/gpt/checkpoints/ckpt-1750']
     """
-
-    def __init__(self, checkpoint):
-        super().__init__()
-        self.checkpoint = checkpoint
-
-    def on_epoch_end(self, epoch, logs=None):
-        if math.isfinite(float((logs or {}).get("loss", 0.0))):
-            self.checkpoint.save()
+    numbers = set()
+    for path in glob.glob(os.path.join(glob.escape(os.fspath(directory)), "ckpt-*")):
+        match = _CHECKPOINT_NUMBER.match(os.path.basename(path))
+        if match:
+            numbers.add(int(match.group(1)))
+    return [os.path.join(os.fspath(directory), f"ckpt-{n}") for n in sorted(numbers, reverse=True)]
 
 
-class StopOnNaN(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and remembers the step, so nothing is saved.
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first loss that is NaN, infinite or above `limit`.
+
+    The step is kept in `diverged_at` and the loss in `loss`; `SaveProgress` saves nothing
+    after it.
+
+    Args:
+        limit: float. A finite loss above this counts as diverged. Defaults to infinity.
 
     Example:
 
-    >>> guard = StopOnNaN()
-    >>> model.fit(data, callbacks=[guard]); guard.diverged_at   # None if all went well
+    >>> guard = DivergenceGuard(limit=16.6)
+    >>> guard.diverged_at is None
+    True
     """
 
-    def __init__(self):
+    def __init__(self, limit=math.inf):
         super().__init__()
+        self.limit = limit
         self.diverged_at = None
+        self.loss = None
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if loss is None or self.diverged_at is not None:
+            return
+        loss = float(loss)
+        if not math.isfinite(loss) or loss > self.limit:
             self.diverged_at = int(self.model.optimizer.iterations.numpy())
+            self.loss = loss
             self.model.stop_training = True
 
 
-class Throughput(keras.callbacks.Callback):
-    """Adds "tokens/s" (training) and "perplexity" (exp of the loss, language models) to the logs.
+class SaveProgress(keras.callbacks.Callback):
+    """At the end of every epoch: `best.keras` when validation improved, then a checkpoint.
 
-    Place it before the progress bar and TensorBoard so they show the values.
+    Nothing is saved after the guard saw divergence, and `best.keras` is written only for a
+    finite validation loss lower than every earlier one, this run's and, through the
+    checkpoint, every earlier invocation's.
 
     Args:
-        tokens_per_step: int. Tokens in one global batch (batch x sequence length).
-        perplexity: bool. Also log exp(loss) and exp(val_loss).
+        checkpoint: the run's `RunCheckpoint`.
+        guard: the run's `DivergenceGuard`.
+        best_path: path of `best.keras`, or None (a worker that is not the chief).
+        model: the model to save (the trained model, not a trainer around it).
 
     Example:
 
-    >>> model.fit(data, callbacks=[Throughput(12 * 64, perplexity=True)])
+    >>> model.fit(data, callbacks=[guard, SaveProgress(checkpoint, guard, "best.keras", model)])
+    ... # doctest: +SKIP
     """
 
-    def __init__(self, tokens_per_step, *, perplexity=False):
+    def __init__(self, checkpoint, guard, best_path, model):
         super().__init__()
-        self.tokens_per_step = tokens_per_step
-        self.perplexity = perplexity
-        self._last = None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._last is None:
-            self._last = (batch, time.perf_counter())
-
-    def on_train_batch_end(self, batch, logs=None):
-        if logs is None:
-            return
-        now = time.perf_counter()
-        last_batch, last_time = self._last
-        steps = batch + 1 - last_batch
-        if steps > 0 and now > last_time:
-            logs["tokens/s"] = steps * self.tokens_per_step / (now - last_time)
-        self._last = (batch + 1, now)
-        if self.perplexity and "loss" in logs:
-            logs["perplexity"] = _exp(logs["loss"])
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._last = None
+        self.checkpoint = checkpoint
+        self.guard = guard
+        self.best_path = best_path
+        self.saved_model = model
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.perplexity and logs is not None:
-            for key in ("loss", "val_loss"):
-                if key in logs:
-                    logs[key.replace("loss", "perplexity")] = _exp(logs[key])
+        if self.guard.diverged_at is not None:
+            return
+        val_loss = float((logs or {}).get("val_loss", math.nan))
+        if math.isfinite(val_loss) and val_loss < float(self.checkpoint.best_loss.numpy()):
+            self.checkpoint.best_loss.assign(val_loss)
+            if self.best_path is not None:
+                save_model(self.saved_model, self.best_path)
+        self.checkpoint.save()
 
 
-def _exp(value):
-    value = float(value)
-    return math.exp(min(value, 700.0)) if math.isfinite(value) else value
+class TrainingLog(keras.callbacks.Callback):
+    """The run's log: `metrics.jsonl`, TensorBoard and the console, every `every` steps.
 
+    The training loss logged is the mean of the last `every` steps, not Keras's running mean of
+    the epoch so far, so the curve has no jump where an epoch (a validation interval) starts.
+    Throughput is a moving average of the last intervals' tokens per second, with the first
+    interval of each `fit` call (compilation) left out. On a terminal the console line is
+    rewritten in place; otherwise (a file, CI) one plain line is printed per interval.
 
-class MetricsLog(keras.callbacks.Callback):
-    """Appends one JSON line per logged step and per validation to `path` (the chief's run log).
-
-    Lines look like `{"step": 250, "loss": 1.9, "tokens/s": 11000.0}` and
-    `{"step": 250, "val_loss": 2.0, ...}`; `tf-bigmodels plot` and the tests read them.
+    Lines of `metrics.jsonl` look like `{"step": 250, "loss": 1.9, "tokens/s": 11000.0}`, and at
+    each validation `{"step": 250, "epoch": 1, "val_loss": 2.0, ...}`.
 
     Args:
-        path: file to append to.
-        every: int. Log a training line every this many optimizer steps. Defaults to 10.
+        run_dir: path or None. Where `metrics.jsonl` and `logs/` go; None writes no files (a
+            worker that is not the chief).
+        total_steps: int. The run's last step (shown as "step 120/2000").
+        tokens_per_step: int. Tokens in one global batch.
+        every: int. Steps per logged interval.
+        perplexity: bool. Also log exp(loss) (language models).
+        verbose: int. 1 prints to the console, 0 does not.
+        stream: file. The console. Defaults to `sys.stdout`.
 
     Example:
 
-    >>> model.fit(data, callbacks=[MetricsLog("runs/gpt/metrics.jsonl")])
+    >>> model.fit(data, callbacks=[TrainingLog("runs/gpt", 2000, 768, every=10)], verbose=0)
+    ... # doctest: +SKIP
     """
 
-    def __init__(self, path, every=10):
+    def __init__(
+        self,
+        run_dir,
+        total_steps,
+        tokens_per_step,
+        *,
+        every=10,
+        perplexity=False,
+        verbose=1,
+        stream=None,
+    ):
         super().__init__()
-        self.path = str(path)
+        self.run_dir = None if run_dir is None else os.fspath(run_dir)
+        self.total_steps = total_steps
+        self.tokens_per_step = tokens_per_step
         self.every = every
+        self.perplexity = perplexity
+        self.verbose = verbose
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.speed = None
+        self._writers = None
+        self._open_line = False
 
-    def _write(self, record):
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+    # ---- interval bookkeeping ----------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self._first_interval = True
+        if self.run_dir is not None and self._writers is None:
+            logs_dir = os.path.join(self.run_dir, "logs")
+            self._writers = {
+                kind: tf.summary.create_file_writer(os.path.join(logs_dir, kind))
+                for kind in ("train", "validation")
+            }
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._mark = (0, 0.0, self._step(), time.perf_counter())  # batches, their mean, step, t
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not logs or "loss" not in logs:
+            return
+        self._latest = (batch + 1, float(logs["loss"]))
+        if self._step() - self._mark[2] >= self.every:
+            self._log_interval()
+
+    def _log_interval(self):
+        step = self._step()
+        batches, mean = self._latest
+        last_batches, last_mean, last_step, last_time = self._mark
+        # Keras reports the mean since the epoch began; the interval's mean is the difference.
+        loss = (mean * batches - last_mean * last_batches) / max(batches - last_batches, 1)
+        now = time.perf_counter()
+        record = {"step": step, "loss": loss}
+        if self.perplexity:
+            record["perplexity"] = _exp(loss)
+        if not self._first_interval and now > last_time:
+            speed = (step - last_step) * self.tokens_per_step / (now - last_time)
+            self.speed = speed if self.speed is None else 0.7 * self.speed + 0.3 * speed
+        self._first_interval = False
+        if self.speed is not None:
+            record["tokens/s"] = self.speed
+        self._mark = (batches, mean, step, now)
+        self._write("train", record)
+        self._print(record, final=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._step() > self._mark[2]:  # the epoch's last, shorter interval
+            self._log_interval()
+        values = {k: float(v) for k, v in (logs or {}).items()}
+        if self.perplexity and "val_loss" in values:
+            values["val_perplexity"] = _exp(values["val_loss"])
+        record = {"step": self._step(), "epoch": epoch + 1, **values}
+        self._write("validation", record)
+        shown = {k: v for k, v in record.items() if k == "step" or k.startswith("val_")}
+        self._print(shown, final=True)
+
+    def on_train_end(self, logs=None):
+        if self._open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open_line = False
+        for writer in (self._writers or {}).values():
+            writer.flush()
+
+    # ---- output -----------------------------------------------------------------------------
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
 
-    def on_train_batch_end(self, batch, logs=None):
-        step = self._step()
-        if logs and step % self.every == 0:
-            self._write({"step": step, **{k: float(v) for k, v in logs.items()}})
+    def _write(self, kind, record):
+        if self.run_dir is None:
+            return
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+        with self._writers[kind].as_default(step=record["step"]):
+            for key, value in record.items():
+                if key not in ("step", "epoch") and math.isfinite(value):
+                    name = key.removeprefix("val_").replace("/", "_per_")
+                    tf.summary.scalar(name, value)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs:
-            self._write(
-                {"step": self._step(), "epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
-            )
+    def _print(self, record, *, final):
+        if not self.verbose:
+            return
+        parts = [f"step {record['step']}/{self.total_steps}"]
+        for key, value in record.items():
+            if key == "step":
+                continue
+            if key == "tokens/s":
+                parts.append(f"{value:,.0f} tokens/s")
+            else:
+                parts.append(f"{key} {value:.4f}")
+        line = "  ".join(parts)
+        if self.tty and not final:
+            self.stream.write("\r" + line + "\033[K")
+            self._open_line = True
+        else:
+            self.stream.write(("\r" if self.tty else "") + line + ("\033[K" if self.tty else ""))
+            self.stream.write("\n")
+            self._open_line = False
+        self.stream.flush()
 
 
-def atomic_save_model(model, path):
-    """Saves a `.keras` file next to its destination and renames it into place.
+def _exp(value):
+    """exp(value), or infinity where it would overflow a float32 (TensorBoard's scalars)."""
+    return math.exp(value) if value < 88.0 else math.inf
 
-    An interrupted save leaves the previous file intact.
+
+def all_finite(model):
+    """Whether every weight of `model` is finite.
 
     Example:
 
-    >>> atomic_save_model(model, "runs/gpt/model.keras")
+    >>> all_finite(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    True
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(suffix=".keras", dir=directory)
-    os.close(handle)
+    return all(np.all(np.isfinite(w)) for w in model.get_weights() if w.dtype.kind == "f")
+
+
+def save_model(model, path):
+    """Saves a `.keras` file atomically (beside it, then renamed); never a non-finite model.
+
+    An interrupted save leaves the previous file intact; the file gets the umask's permissions.
+
+    Raises:
+        ValueError: a weight is NaN or infinite (nothing is written).
+        OSError: the file cannot be written (a full disk); the previous one is intact.
+
+    Example:
+
+    >>> save_model(model, "runs/gpt/model.keras")  # doctest: +SKIP
+    """
+    if not all_finite(model):
+        raise ValueError(f"not saving {path}: the model has NaN or infinite weights.")
     try:
-        model.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        with storage.atomic_path(path) as temporary:
+            model.save(temporary)
+    except OSError as error:
+        raise OSError(
+            f"cannot write {path}: {error.strerror or ' '.join(str(error).split())}"
+        ) from None

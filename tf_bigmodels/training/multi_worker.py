@@ -14,6 +14,11 @@ Both changes are made on the one model instance (no Keras global is touched), on
 `MultiWorkerMirroredStrategy` and only for the Keras versions known to be affected. Setting the
 environment variable `TF_BIGMODELS_KERAS_20585_FIX=0` turns it off (the tests use that to check
 that the fix is still needed).
+
+How it goes away: `tests/test_training.py::test_multi_worker_fit_still_needs_the_keras_fix` runs
+`fit` on two workers with the work-around off. When a Keras release makes that test fail (the
+bug is fixed), set `AFFECTED_KERAS` to end at the last affected version; once the package
+requires a fixed Keras, delete this module, its one call in `run.py` and those tests.
 """
 
 import os

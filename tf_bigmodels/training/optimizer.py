@@ -47,8 +47,12 @@ def no_decay_variables(model):
 
     Example:
 
-    >>> [v.path for v in no_decay_variables(model)][:2]
-    ['gpt_model/token_embedding/embeddings', 'gpt_model/position_embedding/embeddings']
+    >>> import numpy as np
+    >>> from tf_bigmodels.models import GPTModel
+    >>> model = GPTModel(vocab_size=50, d_model=16, num_heads=2, dff=32, num_layers=1)
+    >>> _ = model(np.zeros((1, 8), "int32"))
+    >>> [v.path.split("/", 1)[1] for v in no_decay_variables(model)][:2]
+    ['token_embedding/embeddings', 'position_embedding/embeddings']
     """
     return [
         v
@@ -82,15 +86,20 @@ def build_optimizer(
         decay: "cosine" (GPT) or "linear" (BERT). Defaults to "cosine".
         min_ratio: float. Final rate as a fraction of the peak. Defaults to 0.1.
         weight_decay: float. Decoupled weight decay of the kernels. Defaults to 0.1.
-        beta_2: float. Adam's second-moment decay. Defaults to 0.95 (GPT-2); the driver uses 0.99 for
-            the small character-level GPT (as nanoGPT does) and 0.999 for BERT.
+        beta_2: float. Adam's second-moment decay. Defaults to 0.95 (GPT-2); each preset of
+            `tf_bigmodels.training.presets` names its own (0.99 for the small character-level
+            GPTs, as nanoGPT; 0.999 for BERT).
         epsilon: float. Adam's epsilon. Defaults to 1e-8 (GPT-2); BERT used 1e-6.
         clipnorm: float or None. Global-norm gradient clipping. Defaults to 1.0.
 
     Example:
 
+    >>> import numpy as np
+    >>> from tf_bigmodels.models import GPTModel
+    >>> model = GPTModel(vocab_size=50, d_model=16, num_heads=2, dff=32, num_layers=1)
+    >>> _ = model(np.zeros((1, 8), "int32"))
     >>> optimizer = build_optimizer(model, learning_rate=1e-3, total_steps=2000, warmup_steps=100)
-    >>> model.compile(optimizer=optimizer, loss=...)
+    >>> model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(True))
     """
     if not model.built:
         raise ValueError("`model` must be built (called once) before `build_optimizer`.")

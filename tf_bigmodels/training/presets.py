@@ -1,18 +1,25 @@
-"""Named model shapes and their training defaults, from test sizes to the published ones."""
+"""Named model shapes with their training and optimizer settings, from test sizes to published ones.
+
+This module holds settings only (no TensorFlow), so the command line can check them before it
+loads TensorFlow.
+"""
 
 import dataclasses
 
-from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel
+from tf_bigmodels import _checks
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A model shape with the training settings it is usually run with.
+    """A model shape with the training and optimizer settings it is usually run with.
 
     Attributes:
         model: dict of model constructor arguments (without `vocab_size`).
         seq_len, batch_size, steps, learning_rate, warmup_steps: training defaults.
-        vocab_size: WordPiece vocabulary size (BERT only; GPT uses the byte tokenizer's).
+        vocab_size: size of a vocabulary learned from the corpus (WordPiece, SentencePiece);
+            None for a tokenizer whose vocabulary is fixed (the byte tokenizer).
+        decay: learning-rate decay after the warm-up, "cosine" or "linear".
+        beta_2, epsilon: Adam's second-moment decay and epsilon.
 
     Example:
 
@@ -26,8 +33,17 @@ class Preset:
     steps: int
     learning_rate: float
     warmup_steps: int
-    vocab_size: int = 0
+    vocab_size: int = None
+    decay: str = "cosine"
+    beta_2: float = 0.95
+    epsilon: float = 1e-8
 
+
+# GPT-2 and nanoGPT: cosine decay, epsilon 1e-8. beta_2 is 0.95 for GPT-2 and 0.99 for the small
+# character-level models (nanoGPT's Shakespeare), which see few tokens per step.
+_SMALL_GPT = dict(decay="cosine", beta_2=0.99, epsilon=1e-8)
+# BERT: linear decay, beta_2 0.999, epsilon 1e-6 (Devlin et al. 2019).
+_BERT = dict(decay="linear", beta_2=0.999, epsilon=1e-6)
 
 GPT_PRESETS = {
     # A test size: seconds on a CPU.
@@ -38,6 +54,7 @@ GPT_PRESETS = {
         steps=20,
         learning_rate=1e-3,
         warmup_steps=5,
+        **_SMALL_GPT,
     ),
     # nanoGPT's CPU configuration for character-level Shakespeare.
     "gpt-nano": Preset(
@@ -47,6 +64,7 @@ GPT_PRESETS = {
         steps=2000,
         learning_rate=1e-3,
         warmup_steps=100,
+        **_SMALL_GPT,
     ),
     # GPT-2 small (124M parameters with its 50257-token vocabulary).
     "gpt2-124m": Preset(
@@ -56,6 +74,10 @@ GPT_PRESETS = {
         steps=100_000,
         learning_rate=6e-4,
         warmup_steps=2000,
+        vocab_size=50257,
+        decay="cosine",
+        beta_2=0.95,
+        epsilon=1e-8,
     ),
 }
 
@@ -68,6 +90,7 @@ BERT_PRESETS = {
         learning_rate=1e-3,
         warmup_steps=5,
         vocab_size=1000,
+        **_BERT,
     ),
     # The compact BERTs of Turc et al. 2019 (Tiny/Mini/Small) and BERT-Base.
     "bert-tiny": Preset(
@@ -78,6 +101,7 @@ BERT_PRESETS = {
         learning_rate=1e-3,
         warmup_steps=200,
         vocab_size=8000,
+        **_BERT,
     ),
     "bert-mini": Preset(
         dict(d_model=256, num_heads=4, dff=1024, num_layers=4, rate=0.1),
@@ -87,6 +111,7 @@ BERT_PRESETS = {
         learning_rate=5e-4,
         warmup_steps=1000,
         vocab_size=8000,
+        **_BERT,
     ),
     "bert-small": Preset(
         dict(d_model=512, num_heads=8, dff=2048, num_layers=4, rate=0.1),
@@ -96,6 +121,7 @@ BERT_PRESETS = {
         learning_rate=3e-4,
         warmup_steps=1000,
         vocab_size=16000,
+        **_BERT,
     ),
     "bert-base": Preset(
         dict(d_model=768, num_heads=12, dff=3072, num_layers=12, rate=0.1),
@@ -105,36 +131,28 @@ BERT_PRESETS = {
         learning_rate=1e-4,
         warmup_steps=10_000,
         vocab_size=30522,
+        **_BERT,
     ),
 }
 
+# Per model kind: its presets and the one used when none is named.
+PRESETS = {"gpt": GPT_PRESETS, "bert": BERT_PRESETS}
 DEFAULT_PRESET = {"gpt": "gpt-nano", "bert": "bert-tiny"}
 
 
 def get_preset(kind, name=None):
-    """Returns the `Preset` called `name` for "gpt" or "bert" (the default one if None).
+    """Returns the `Preset` called `name` for "gpt" or "bert" (the kind's default if None).
 
     Example:
 
     >>> get_preset("gpt").model["num_layers"]
     4
+    >>> get_preset("bert", "bert-mini").beta_2
+    0.999
     """
-    presets = {"gpt": GPT_PRESETS, "bert": BERT_PRESETS}.get(kind)
-    if presets is None:
-        raise ValueError(f"`model` must be 'gpt' or 'bert', got {kind!r}.")
-    name = name or DEFAULT_PRESET[kind]
-    if name not in presets:
+    _checks.one_of("model", kind, tuple(PRESETS))
+    name = DEFAULT_PRESET[kind] if name is None else name
+    presets = PRESETS[kind]
+    if not isinstance(name, str) or name not in presets:
         raise ValueError(f"unknown `preset` {name!r} for {kind}; choose one of {sorted(presets)}.")
     return presets[name]
-
-
-def build_model(kind, model_kwargs, vocab_size, max_length):
-    """Builds the trainable model: a `GPTModel`, or a `BERTPretrainer` around a `BERTEncoder`.
-
-    Example:
-
-    >>> model = build_model("gpt", get_preset("gpt").model, vocab_size=259, max_length=64)
-    """
-    if kind == "gpt":
-        return GPTModel(vocab_size=vocab_size, max_length=max_length, **model_kwargs)
-    return BERTPretrainer(BERTEncoder(vocab_size=vocab_size, max_length=max_length, **model_kwargs))

@@ -36,17 +36,9 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self, peak_learning_rate, warmup_steps, total_steps, decay="cosine", min_ratio=0.1
     ):
         self.peak_learning_rate = _checks.positive_float("peak_learning_rate", peak_learning_rate)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"`warmup_steps` must be an integer >= 0, got {warmup_steps!r}.")
-        self.warmup_steps = warmup_steps
-        self.total_steps = _checks.positive_int("total_steps", total_steps)
-        if self.total_steps <= warmup_steps:
-            raise ValueError(
-                f"`total_steps`={total_steps} must be greater than `warmup_steps`={warmup_steps}."
-            )
-        if decay not in DECAYS:
-            raise ValueError(f"`decay` must be one of {list(DECAYS)}, got {decay!r}.")
-        self.decay = decay
+        self.warmup_steps = _checks.integer("warmup_steps", warmup_steps, low=0)
+        self.total_steps = _checks.integer("total_steps", total_steps, low=self.warmup_steps + 1)
+        self.decay = _checks.one_of("decay", decay, DECAYS)
         self.min_ratio = _checks.unit_interval("min_ratio", min_ratio, closed_right=True)
 
     def __call__(self, step):

@@ -6,9 +6,10 @@ import os
 
 import tensorflow as tf
 
-logger = logging.getLogger("tf_bigmodels")
+from tf_bigmodels import _checks
+from tf_bigmodels.training.config import STRATEGIES
 
-STRATEGIES = ("auto", "default", "cpu", "mirrored", "multi_worker", "tpu")
+logger = logging.getLogger("tf_bigmodels")
 
 
 def _tf_config_workers():
@@ -60,12 +61,12 @@ def get_strategy(name="auto", *, devices=None, tpu=None):
 
     Example:
 
+    >>> from tf_bigmodels.models import GPTModel
     >>> strategy = get_strategy("auto")
     >>> with strategy.scope():
     ...     model = GPTModel(vocab_size=259, d_model=128, num_heads=4, dff=512, num_layers=4)
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {list(STRATEGIES)}, got {name!r}.")
+    _checks.one_of("strategy", name, STRATEGIES)
     workers = _tf_config_workers()
     if name == "auto":
         if tpu or _tpu_present():

@@ -1,0 +1,427 @@
+"""What the training driver needs to know about each kind of model, in one object per kind.
+
+A task holds everything that differs between a GPT and a BERT run: its tokenizer (made, saved
+in the run directory and loaded back), its input pipelines, the model and its loss, its optimizer
+(settings from the preset), the inputs that build it, its samples and its export. The driver
+(`tf_bigmodels.training.run`) calls these methods and never asks which kind it runs, as
+keras-hub's task models own their preprocessing, loss and generation.
+
+A new kind of run (a classifier, say) is a `Task` subclass registered in `TASKS`; starting from
+trained weights or adding adapters to a model belongs in `build_model`, which every run uses.
+"""
+
+import importlib
+import logging
+import math
+import os
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_bigmodels.data import bert_pretraining_dataset, lm_dataset
+from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel
+from tf_bigmodels.training import storage
+from tf_bigmodels.training.config import TOKENIZERS
+from tf_bigmodels.training.optimizer import build_optimizer
+from tf_bigmodels.training.presets import get_preset
+
+logger = logging.getLogger("tf_bigmodels")
+
+TOKENIZER_DIR = "tokenizer"
+
+
+class Task:
+    """One kind of training run: the base class of `GPTTask` and `BERTTask`.
+
+    Args:
+        config: a resolved `RunConfig` (see `RunConfig.resolved`).
+
+    Example:
+
+    >>> from tf_bigmodels.training import RunConfig
+    >>> task = task_for(RunConfig(model="gpt", preset="gpt-test").resolved())
+    >>> task.build_model(vocab_size=258).max_length
+    32
+    """
+
+    # Whether the logs show exp(loss) as "perplexity" (for a language model's per-token loss).
+    log_perplexity = False
+    # Whether `tf-bigmodels generate` can continue text with the trained model.
+    generates_text = False
+
+    def __init__(self, config):
+        self.config = config
+        self.preset = get_preset(config.model, config.preset)
+
+    # ---- tokenizer --------------------------------------------------------------------------
+    def tokenizer(self, texts, run_dir, *, save=True):
+        """The run's tokenizer: loaded from `run_dir` if it holds one, else made (and saved).
+
+        A learned vocabulary is written into `run_dir/tokenizer/` all at once (a temporary
+        directory renamed into place), so an interrupted save leaves nothing half-written.
+
+        Args:
+            texts: list of str. The corpus (to learn a vocabulary from).
+            run_dir: path. The run directory.
+            save: bool. Write a newly learned tokenizer into `run_dir` (the chief does).
+        """
+        entry = TOKENIZERS[self.config.tokenizer]
+        if not entry.learned:
+            return _tokenizer_class(entry)()
+        directory = pathlib.Path(run_dir) / TOKENIZER_DIR
+        if directory.exists():
+            return self.load_tokenizer(run_dir)
+        logger.info(
+            "Learning a %s vocabulary of about %d tokens from %d documents...",
+            self.config.tokenizer,
+            self.config.vocab_size,
+            len(texts),
+        )
+        tokenizer = _tokenizer_class(entry).train(
+            texts, self.config.vocab_size, **dict(entry.train_options)
+        )
+        if save:
+            try:
+                with storage.atomic_path(directory) as temporary:
+                    tokenizer.save(temporary)
+            except OSError as error:
+                raise OSError(
+                    f"cannot write the tokenizer into {directory}: "
+                    f"{error.strerror or ' '.join(str(error).split())}"
+                ) from None
+        return tokenizer
+
+    def load_tokenizer(self, run_dir):
+        """The tokenizer a run recorded (its `config.tokenizer`), read from `run_dir`.
+
+        Example:
+
+        >>> task.load_tokenizer("runs/bert")  # doctest: +SKIP
+        """
+        entry = TOKENIZERS[self.config.tokenizer]
+        if not entry.learned:
+            return _tokenizer_class(entry)()
+        directory = pathlib.Path(run_dir) / TOKENIZER_DIR
+        try:
+            return _tokenizer_class(entry).load(directory)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"cannot read the run's {self.config.tokenizer} tokenizer in {directory}: "
+                f"{' '.join(str(error).split())}"
+            ) from None
+
+    # ---- data ------------------------------------------------------------------------------
+    def datasets(self, texts, tokenizer):
+        """`(train, validation)` datasets: train repeats forever, validation is fixed.
+
+        Example:
+
+        >>> train_data, val_data = task.datasets(texts, tokenizer)  # doctest: +SKIP
+        """
+        raise NotImplementedError
+
+    # ---- model -----------------------------------------------------------------------------
+    def build_model(self, vocab_size):
+        """The model to train, built (its variables exist). Call it inside the strategy's scope.
+
+        Example:
+
+        >>> model = task.build_model(vocab_size=258)  # doctest: +SKIP
+        """
+        raise NotImplementedError
+
+    def dummy_inputs(self):
+        """A batch of one example of the model's input structure (to build the model).
+
+        Example:
+
+        >>> task.dummy_inputs().shape  # doctest: +SKIP
+        (1, 64)
+        """
+        raise NotImplementedError
+
+    def loss(self):
+        """The loss `compile` takes; None when the model computes its own.
+
+        Example:
+
+        >>> task.loss()  # doctest: +SKIP
+        """
+        return None
+
+    def optimizer(self, model):
+        """AdamW with warm-up and decay; its decay, `beta_2` and `epsilon` come from the preset.
+
+        Example:
+
+        >>> optimizer = task.optimizer(model)  # doctest: +SKIP
+        """
+        config = self.config
+        return build_optimizer(
+            model,
+            learning_rate=config.learning_rate,
+            total_steps=config.steps,
+            warmup_steps=config.warmup_steps,
+            decay=self.preset.decay,
+            weight_decay=config.weight_decay,
+            clipnorm=config.clipnorm,
+            beta_2=self.preset.beta_2,
+            epsilon=self.preset.epsilon,
+        )
+
+    def compiled_model(self, vocab_size):
+        """`build_model`, compiled with its loss and `optimizer`, the optimizer built.
+
+        The optimizer's variables exist at once, so a checkpoint restores into them. Call it
+        inside the strategy's scope.
+
+        Example:
+
+        >>> model = task.compiled_model(vocab_size=258)  # doctest: +SKIP
+        """
+        model = self.build_model(vocab_size)
+        model.compile(
+            optimizer=self.optimizer(model),
+            loss=self.loss(),
+            jit_compile=self.config.jit_compile,
+            steps_per_execution=self.config.steps_per_execution,
+        )
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    def diverged_above(self, vocab_size):
+        """A training loss above this has diverged: three times the loss of a uniform guess.
+
+        A model at initialisation scores about `log(vocab_size)`; a finite loss far above it
+        means the weights blew up (a learning rate too large), as surely as a NaN does.
+
+        Example:
+
+        >>> round(task.diverged_above(258), 2)  # doctest: +SKIP
+        16.65
+        """
+        return 3.0 * math.log(vocab_size)
+
+    # ---- outputs ---------------------------------------------------------------------------
+    def samples(self, model, tokenizer, texts):
+        """Texts generated at the end of a run, printed for the user; none by default.
+
+        Example:
+
+        >>> task.samples(model, tokenizer, texts)  # doctest: +SKIP
+        []
+        """
+        return []
+
+    def export(self, model, tokenizer, directory):
+        """Writes the run's SavedModel under `directory/<version>/`; returns its path.
+
+        Example:
+
+        >>> task.export(model, tokenizer, "runs/gpt/export")  # doctest: +SKIP
+        'runs/gpt/export/1'
+        """
+        raise NotImplementedError
+
+
+class GPTTask(Task):
+    """A GPT trained on next-token prediction: `GPTModel`, `lm_dataset`, cross-entropy.
+
+    Example:
+
+    >>> from tf_bigmodels.training import RunConfig
+    >>> task = GPTTask(RunConfig(model="gpt", preset="gpt-test").resolved())
+    >>> task.dummy_inputs().shape
+    (1, 32)
+    """
+
+    log_perplexity = True
+    generates_text = True
+
+    def datasets(self, texts, tokenizer):
+        config = self.config
+        train = lm_dataset(
+            texts,
+            tokenizer,
+            config.seq_len,
+            config.batch_size,
+            split="train",
+            seed=config.seed,
+            repeat=True,
+        )
+        val = lm_dataset(texts, tokenizer, config.seq_len, config.batch_size, split="val")
+        return train, fixed_batches(val, config.eval_steps)
+
+    def build_model(self, vocab_size):
+        model = GPTModel(
+            vocab_size=vocab_size, max_length=self.config.seq_len, **_model_kwargs(self.config)
+        )
+        model(self.dummy_inputs())
+        return model
+
+    def dummy_inputs(self):
+        return np.zeros((1, self.config.seq_len), "int32")
+
+    def loss(self):
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def samples(self, model, tokenizer, texts):
+        """Continuations of prompts taken from the validation text, longer than the context
+        through a sliding window."""
+        from tf_bigmodels.export import stream_text
+
+        return [
+            prompt
+            + "".join(
+                stream_text(
+                    model,
+                    prompt,
+                    self.config.sample_tokens,
+                    temperature=0.8,
+                    top_k=40,
+                    seed=self.config.seed + index,
+                    tokenizer=tokenizer,
+                )
+            )
+            for index, prompt in enumerate(sample_prompts(texts, self.config.samples))
+        ]
+
+    def export(self, model, tokenizer, directory):
+        from tf_bigmodels.export import export_gpt
+
+        # serving_default continues a prompt by half a context, sampled as the printed samples.
+        return export_gpt(
+            model,
+            tokenizer,
+            os.fspath(directory),
+            max_new_tokens=model.max_length // 2,
+            temperature=0.8,
+            top_k=40,
+        )
+
+
+class BERTTask(Task):
+    """BERT pre-training: `BERTPretrainer`, `bert_pretraining_dataset`, masked LM + NSP losses.
+
+    Example:
+
+    >>> from tf_bigmodels.training import RunConfig
+    >>> task = BERTTask(RunConfig(model="bert", preset="bert-test").resolved())
+    >>> sorted(task.dummy_inputs())
+    ['mask_positions', 'padding_mask', 'segment_ids', 'token_ids']
+    """
+
+    def datasets(self, texts, tokenizer):
+        config = self.config
+        if len(texts) < 4:
+            raise ValueError(
+                f"`corpus` must hold at least 4 documents for BERT pre-training (2 for "
+                f"validation), got {len(texts)}."
+            )
+        cut = max(2, len(texts) // 10)
+        train = bert_pretraining_dataset(
+            texts[:-cut],
+            tokenizer,
+            config.seq_len,
+            config.batch_size,
+            seed=config.seed,
+            repeat=True,
+        )
+        val = bert_pretraining_dataset(
+            texts[-cut:], tokenizer, config.seq_len, config.batch_size, seed=config.seed + 1
+        )
+        return train, fixed_batches(val, config.eval_steps)
+
+    def build_model(self, vocab_size):
+        encoder = BERTEncoder(
+            vocab_size=vocab_size, max_length=self.config.seq_len, **_model_kwargs(self.config)
+        )
+        model = BERTPretrainer(encoder)
+        model(self.dummy_inputs())
+        return model
+
+    def dummy_inputs(self):
+        ids = np.zeros((1, self.config.seq_len), "int32")
+        return {
+            "token_ids": ids,
+            "segment_ids": ids,
+            "padding_mask": np.ones_like(ids),
+            "mask_positions": np.zeros((1, 1), "int32"),
+        }
+
+    def diverged_above(self, vocab_size):
+        return 3.0 * (math.log(vocab_size) + math.log(2.0))  # masked LM + next sentence
+
+    def export(self, model, tokenizer, directory):
+        from tf_bigmodels.export import export_bert
+
+        return export_bert(model, tokenizer, os.fspath(directory))
+
+
+# The task of each model kind (`RunConfig.model`).
+TASKS = {"gpt": GPTTask, "bert": BERTTask}
+
+
+def task_for(config):
+    """The `Task` that runs `config` (a resolved `RunConfig`).
+
+    Example:
+
+    >>> from tf_bigmodels.training import RunConfig
+    >>> type(task_for(RunConfig(model="bert").resolved())).__name__
+    'BERTTask'
+    """
+    return TASKS[config.model](config)
+
+
+def fixed_batches(dataset, steps):
+    """The first `steps` batches (or all, if fewer), held in memory: every validation sees the
+    same examples and masks, however often and on however many replicas it runs.
+
+    Example:
+
+    >>> batches = fixed_batches(tf.data.Dataset.range(10).batch(2), 3)
+    >>> [int(b[0]) for b in batches]
+    [0, 2, 4]
+    """
+    batches = list(dataset.take(steps))
+    stacked = tf.nest.map_structure(lambda *parts: tf.stack(parts), *batches)
+    return tf.data.Dataset.from_tensor_slices(stacked)
+
+
+def sample_prompts(texts, count):
+    """`count` prompts from the validation part of `texts` (its last tenth): the first lines of
+    paragraphs spread over it, each with its newline, so samples start as the corpus's own
+    documents do (a speaker's name, a poem's title).
+
+    Example:
+
+    >>> sample_prompts(["A\\n\\nB:\\nx\\n\\nC:\\ny\\n\\nD:\\nz"] * 10, 2)
+    ['B:\\n', 'C:\\n']
+    """
+    if not count:
+        return []
+    text = "\n\n".join(texts)
+    validation = text[len(text) - len(text) // 10 :]
+    lines = [
+        paragraph.strip("\n").split("\n", 1)[0]
+        for paragraph in validation.split("\n\n")[1:]
+        if paragraph.strip()
+    ]
+    lines = [line for line in lines if line.strip()] or [""]
+    picks = [lines[(index * len(lines)) // count] for index in range(count)]
+    return [line + "\n" if line else "" for line in picks]
+
+
+def _model_kwargs(config):
+    return {
+        field: getattr(config, field)
+        for field in ("d_model", "num_heads", "dff", "num_layers", "rate")
+        if getattr(config, field) is not None
+    }
+
+
+def _tokenizer_class(entry):
+    return getattr(importlib.import_module("tf_bigmodels.tokenizers"), entry.class_name)
