@@ -441,3 +441,16 @@ def test_streamed_greedy_text_equals_one_generate_call(gpt_exports, source):
         pieces = list(stream_text(loaded, prompt, 12, temperature=0.0, chunk_tokens=4))
         assert "".join(pieces) == _in_memory_completions(model, [prompt], 12)[0], prompt
         assert len(pieces) > 1
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_version_directories_respect_the_umask(tmp_path, umask, mode):
+    """A TF Serving process of another user must be able to read an export made under 022."""
+    from tf_bigmodels.export._layout import write_version
+
+    old = os.umask(umask)
+    try:
+        path = write_version(tmp_path, None, lambda p: open(os.path.join(p, "x"), "w").close())
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == mode

@@ -11,7 +11,8 @@ def write_version(export_dir, version, write):
     """Calls `write(path)` on a fresh temporary directory, then renames it to `export_dir/<version>`.
 
     The temporary directory sits inside `export_dir` (same file system, so the rename is atomic)
-    and its name starts with a dot, which TF Serving ignores. If `write` raises, the temporary
+    and its name starts with a dot, which TF Serving ignores. The version directory gets the
+    usual mode under the process's umask (0755 under umask 022), so other users can serve it. If `write` raises, the temporary
     directory is removed and no version directory appears; existing versions are never touched.
 
     Args:
@@ -44,6 +45,11 @@ def write_version(export_dir, version, write):
     temporary = tempfile.mkdtemp(prefix=f".partial-{version}-", dir=export_dir)
     try:
         write(temporary)
+        # mkdtemp makes the directory 0700; a server running as another user must read it, so it
+        # gets the mode any new directory gets under the process's umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)
         os.rename(temporary, final)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
