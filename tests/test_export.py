@@ -197,7 +197,7 @@ def test_export_is_atomic_and_never_overwrites(gpt_exports, tmp_path, monkeypatc
     monkeypatch.undo()
     assert tf.saved_model.load(first).signatures["serving_default"] is not None
 
-    with pytest.raises(ValueError, match="`version`=1"):
+    with pytest.raises(ValueError, match="^`version` must be a new version .*already exists"):
         export_gpt(model, ByteTokenizer(), tmp_path, version=1, max_new_tokens=4, jit_compile=False)
     assert export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False) == str(
         tmp_path / "2"
