@@ -430,19 +430,6 @@ def test_export_bert_checks_its_arguments(bert_exports, tmp_path):
     assert not list(tmp_path.iterdir())  # every check came before any file
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("source", ["model", "export_dir"])
-def test_streamed_greedy_text_equals_one_generate_call(gpt_exports, source):
-    from tf_bigmodels.export import load_generator, stream_text
-
-    model, xla, _ = gpt_exports
-    loaded = load_generator(model if source == "model" else os.path.dirname(xla))
-    for prompt in ("你好", ""):
-        pieces = list(stream_text(loaded, prompt, 12, temperature=0.0, chunk_tokens=4))
-        assert "".join(pieces) == _in_memory_completions(model, [prompt], 12)[0], prompt
-        assert len(pieces) > 1
-
-
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
 def test_version_directories_respect_the_umask(tmp_path, umask, mode):
     """A TF Serving process of another user must be able to read an export made under 022."""
@@ -454,3 +441,16 @@ def test_version_directories_respect_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == mode
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["model", "export_dir"])
+def test_streamed_greedy_text_equals_one_generate_call(gpt_exports, source):
+    from tf_bigmodels.export import load_generator, stream_text
+
+    model, xla, _ = gpt_exports
+    loaded = load_generator(model if source == "model" else os.path.dirname(xla))
+    for prompt in ("你好", ""):
+        pieces = list(stream_text(loaded, prompt, 12, temperature=0.0, chunk_tokens=4))
+        assert "".join(pieces) == _in_memory_completions(model, [prompt], 12)[0], prompt
+        assert len(pieces) > 1

@@ -2,7 +2,7 @@
 
 import os
 import shutil
-import tempfile
+import uuid
 
 from tf_bigmodels import _checks
 
@@ -11,8 +11,7 @@ def write_version(export_dir, version, write):
     """Calls `write(path)` on a fresh temporary directory, then renames it to `export_dir/<version>`.
 
     The temporary directory sits inside `export_dir` (same file system, so the rename is atomic)
-    and its name starts with a dot, which TF Serving ignores. The version directory gets the
-    usual mode under the process's umask (0755 under umask 022), so other users can serve it. If `write` raises, the temporary
+    and its name starts with a dot, which TF Serving ignores. If `write` raises, the temporary
     directory is removed and no version directory appears; existing versions are never touched.
 
     Args:
@@ -42,14 +41,12 @@ def write_version(export_dir, version, write):
             f"`version` must be a new version ({final} already exists and an export never "
             f"overwrites one; pass None for the next), got {version}."
         )
-    temporary = tempfile.mkdtemp(prefix=f".partial-{version}-", dir=export_dir)
+    # Not `mkdtemp`: its 0700 would make the export unreadable to a server running as another
+    # user; `mkdir` applies the umask as for any other directory.
+    temporary = os.path.join(export_dir, f".partial-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.mkdir(temporary)
     try:
         write(temporary)
-        # mkdtemp makes the directory 0700; a server running as another user must read it, so it
-        # gets the mode any new directory gets under the process's umask.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o777 & ~umask)
         os.rename(temporary, final)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
