@@ -274,7 +274,7 @@ def test_export_is_atomic_and_never_overwrites(gpt_exports, tmp_path, monkeypatc
     monkeypatch.undo()
     assert tf.saved_model.load(first).signatures["serving_default"] is not None
 
-    with pytest.raises(ValueError, match="`version`=1"):
+    with pytest.raises(ValueError, match="^`version` must be a new version .*already exists"):
         export_gpt(model, ByteTokenizer(), tmp_path, version=1, max_new_tokens=4, jit_compile=False)
     assert export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False) == str(
         tmp_path / "2"
@@ -505,6 +505,19 @@ def test_export_bert_checks_its_arguments(bert_exports, tmp_path):
     with pytest.raises(TypeError, match="`model`"):
         export_bert(pretrainer.encoder, tokenizer, tmp_path)
     assert not list(tmp_path.iterdir())  # every check came before any file
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_version_directories_respect_the_umask(tmp_path, umask, mode):
+    """A TF Serving process of another user must be able to read an export made under 022."""
+    from tf_bigmodels.export._layout import write_version
+
+    old = os.umask(umask)
+    try:
+        path = write_version(tmp_path, None, lambda p: open(os.path.join(p, "x"), "w").close())
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == mode
 
 
 @pytest.mark.slow

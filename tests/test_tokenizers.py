@@ -1,6 +1,7 @@
 """ByteTokenizer and WordPieceTokenizer: round trips, special ids, errors, SavedModel."""
 
 import importlib.resources
+import os
 
 import pytest
 import tensorflow as tf
@@ -182,3 +183,35 @@ def test_detokenize_refuses_ids_outside_the_vocabulary(make, bad_id):
         for call in (tokenizer.detokenize, detokenize):
             with pytest.raises(tf.errors.InvalidArgumentError, match="`ids` must be token ids"):
                 call(ids)
+
+
+def test_word_piece_save_is_atomic_and_load_names_a_damaged_file(tmp_path, monkeypatch):
+    from tf_bigmodels.tokenizers import word_piece_tokenizer
+
+    first = WordPieceTokenizer(SPECIALS + ["a"])
+    first.save(tmp_path)
+
+    def disk_full(handle, *args, **kwargs):
+        os.close(handle)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(word_piece_tokenizer.os, "fdopen", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        WordPieceTokenizer(SPECIALS + ["b", "c"], lowercase=False).save(tmp_path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "vocab.txt"]
+    again = WordPieceTokenizer.load(tmp_path)  # the first save, intact
+    assert again.vocabulary == first.vocabulary and again.lowercase
+    for damage in ("", "[1, 2]", '{"case": 1}'):
+        (tmp_path / "tokenizer.json").write_text(damage)
+        with pytest.raises(ValueError, match=r"tokenizer\.json must hold the JSON .* damaged"):
+            WordPieceTokenizer.load(tmp_path)
+
+
+def test_word_piece_save_respects_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        WordPieceTokenizer(SPECIALS + ["a"]).save(tmp_path)
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}

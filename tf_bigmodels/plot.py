@@ -269,6 +269,7 @@ def plot_attention(maps, tokens, path, *, title=None):
         squeeze=False,
         layout="constrained",
     )
+    figure.get_layout_engine().set(hspace=0.06, wspace=0.04)  # rows apart from the key labels
     # The CJK font first, matplotlib's own DejaVu Sans for what it lacks (Latin, symbols).
     font = {"family": [_cjk_font(), "DejaVu Sans"]} if _cjk_font() else {}
     for head, axis in enumerate(axes.flat):

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -145,6 +146,10 @@ class WordPieceTokenizer(Tokenizer):
     def save(self, directory):
         """Writes `vocab.txt` (one token per line) and `tokenizer.json` into `directory`.
 
+        Each file is written to a temporary file beside it and renamed into place, `tokenizer.json`
+        last, so an interrupted save (a full disk, a kill) never leaves a truncated file where
+        `load` would read it.
+
         Args:
             directory: str or path-like. Created if missing.
 
@@ -156,10 +161,10 @@ class WordPieceTokenizer(Tokenizer):
         True
         """
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, _VOCAB_FILE), "w", encoding="utf-8") as f:
-            f.write("\n".join(self.vocabulary) + "\n")
-        with open(os.path.join(directory, _CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump({"lowercase": self.lowercase}, f)
+        _write_atomically(os.path.join(directory, _VOCAB_FILE), "\n".join(self.vocabulary) + "\n")
+        _write_atomically(
+            os.path.join(directory, _CONFIG_FILE), json.dumps({"lowercase": self.lowercase})
+        )
 
     @classmethod
     def load(cls, directory):
@@ -181,9 +186,16 @@ class WordPieceTokenizer(Tokenizer):
                 f"`directory` must be a directory written by WordPieceTokenizer.save (holding "
                 f"{_CONFIG_FILE}), got {str(directory)!r}."
             )
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-        return cls(os.path.join(directory, _VOCAB_FILE), lowercase=config["lowercase"])
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+            lowercase = config["lowercase"]
+        except (ValueError, TypeError, KeyError):  # not JSON, not a dict, no "lowercase"
+            raise ValueError(
+                f"{config_path} must hold the JSON that WordPieceTokenizer.save writes, like "
+                f'{{"lowercase": true}}; it is damaged: save the tokenizer again.'
+            ) from None
+        return cls(os.path.join(directory, _VOCAB_FILE), lowercase=lowercase)
 
     @classmethod
     def train(cls, texts, vocab_size, *, lowercase=True, verbose=True, **learn_params):
@@ -269,6 +281,27 @@ def _with_progress(batches, progress):
     for step, batch in enumerate(batches, start=1):
         progress.update(step)
         yield batch
+
+
+def _write_atomically(path, text):
+    """Writes `text` to a temporary file in `path`'s directory, then renames it to `path`."""
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path)
+    )
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual mode
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _read_vocabulary(path):
