@@ -395,8 +395,8 @@ def _add_generate(subparsers):
         "--num-samples",
         type=int,
         default=1,
-        help="continuations of the prompt, decoded together; only one is streamed "
-        "(default: %(default)s)",
+        help="continuations of the prompt, decoded together and printed when done; with 1 "
+        "the text is streamed as it is produced (default: %(default)s)",
     )
     parser.set_defaults(handler=_generate)
 
