@@ -268,6 +268,7 @@ def test_train_raises_training_diverged_with_the_checkpoint_named(tmp_path):
             )
         )
     assert not (tmp_path / "gpt" / "model.keras").exists()
+    assert not (tmp_path / "gpt" / "best.keras").exists()  # never a non-finite model
 
 
 # ---- several devices and processes --------------------------------------------------------
