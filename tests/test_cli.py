@@ -282,6 +282,9 @@ def test_every_failure_of_a_run_is_one_line(tmp_path, gpt_run):
     assert not list((tmp_path / "e").iterdir())
     assert_run_error(tokenizer, "cannot write the tokenizer into", "No space left on device")
     assert sorted(p.name for p in (tmp_path / "b" / "bert").iterdir()) == ["config.json"]
+    # One labelled line while the vocabulary is learned, no unlabelled progress bar before it.
+    assert "Learning a wordpiece vocabulary of about 200 tokens" in tokenizer.stderr
+    assert "━" not in tokenizer.stdout + tokenizer.stderr
     assert_run_error(diverged, "training diverged at step", "The last good checkpoint is")
     assert not (tmp_path / "d" / "gpt" / "model.keras").exists()
     assert_run_error(locked, "another process is writing it", f"PID {holder.pid}")
