@@ -8,6 +8,7 @@ location is simulated by a path below a regular file (`--out somefile/sub`).
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -281,10 +282,40 @@ def test_every_failure_of_a_run_is_one_line(tmp_path, gpt_run):
     assert not list((tmp_path / "e").iterdir())
     assert_run_error(tokenizer, "cannot write the tokenizer into", "No space left on device")
     assert sorted(p.name for p in (tmp_path / "b" / "bert").iterdir()) == ["config.json"]
+    # One labelled line while the vocabulary is learned, no unlabelled progress bar before it.
+    assert "Learning a wordpiece vocabulary of about 200 tokens" in tokenizer.stderr
+    assert "━" not in tokenizer.stdout + tokenizer.stderr
     assert_run_error(diverged, "training diverged at step", "The last good checkpoint is")
     assert not (tmp_path / "d" / "gpt" / "model.keras").exists()
     assert_run_error(locked, "another process is writing it", f"PID {holder.pid}")
     assert not list((busy / "gpt").iterdir())
+
+
+@pytest.fixture()
+def read_only_dir(tmp_path):
+    """A read-only file system (a tmpfs mounted read-only), where mounting is allowed."""
+    path = tmp_path / "read_only"
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    yield path
+    subprocess.run(["umount", str(path)], check=False)
+
+
+def test_out_on_a_read_only_file_system(gpt_run, read_only_dir):
+    exported, plotted, trained = run_all(
+        ["export", gpt_run, "--out", read_only_dir / "export", "--no-xla"],
+        ["plot", gpt_run, "--out", read_only_dir / "plots"],
+        ["train", "gpt", "--preset", "gpt-test", "--out", read_only_dir],
+    )
+    assert_user_error(exported, "Read-only file system")
+    if "matplotlib" in sys.modules or importlib.util.find_spec("matplotlib"):
+        assert_user_error(plotted, "Read-only file system")
+    assert_user_error(trained, "cannot write the run directory")
+    assert not list(read_only_dir.iterdir())
 
 
 def test_refused_settings_change_nothing(gpt_run, tmp_path):

@@ -8,6 +8,8 @@ import sys
 import pytest
 import tensorflow as tf
 
+from tf_bigmodels.data import load_corpus
+
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
@@ -44,8 +46,14 @@ def test_train_gpt_generate_and_export_from_the_command_line(tmp_path):
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("-20")
     assert list((run_dir / "logs").rglob("events.out.tfevents*"))
     assert (run_dir / "export" / "1" / "saved_model.pb").is_file()
-    assert "--- sample 1 ---\nROMEO:" in trained.stdout
+    # The sample's prompt is a line of the corpus's validation text (a speaker's name here).
+    prompt = trained.stdout.split("--- sample 1 ---\n", 1)[1].split("\n", 1)[0]
+    shakespeare = "\n\n".join(load_corpus("shakespeare"))
+    assert prompt and f"\n{prompt}\n" in shakespeare[-len(shakespeare) // 10 :]
     assert "tokens/s" in trained.stdout and "val_loss" in trained.stdout
+    assert "\r" not in trained.stdout  # plain lines when not a terminal
+    assert "Assets written" not in trained.stderr  # TensorFlow's INFO names a temporary path
+    assert f"Try it: tf-bigmodels generate {run_dir.relative_to(tmp_path)}" in trained.stdout
 
     generated = _cli(
         "generate",

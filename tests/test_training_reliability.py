@@ -212,6 +212,28 @@ def test_tensorboard_and_perplexity_survive_a_huge_loss():
     assert cb._exp(1000.0) == math.inf and cb._exp(2.0) == pytest.approx(math.exp(2.0))
 
 
+def test_import_tf_bigmodels_loads_a_runs_model_in_a_fresh_process(tmp_path):
+    from tf_bigmodels.training.tasks import task_for
+
+    model = task_for(RunConfig(**TINY_GPT).resolved()).compiled_model(vocab_size=258)
+    model.save(tmp_path / "model.keras")  # with its AdamW and WarmupDecay
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, keras, tf_bigmodels; "
+            "model = keras.saving.load_model(sys.argv[1]); "
+            "print(type(model.optimizer).__name__, type(model.optimizer._learning_rate).__name__)",
+            str(tmp_path / "model.keras"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.split() == ["AdamW", "WarmupDecay"]
+
+
 # ---- damaged files ------------------------------------------------------------------------
 
 
@@ -264,8 +286,16 @@ def test_leftovers_of_a_killed_run_are_removed(tmp_path):
 
 def test_a_finished_run_re_run_writes_nothing(tmp_path):
     config = _config(tmp_path, steps=10, export=True)
-    first = train(config)
+    previous = os.umask(0o022)
+    try:
+        first = train(config)
+    finally:
+        os.umask(previous)
     assert first.export_path.endswith("1")
+    # Readable by others (a server running as another user), as the umask asks.
+    assert os.stat(first.export_path).st_mode & 0o777 == 0o755
+    for name in ("model.keras", "best.keras", "config.json"):
+        assert (tmp_path / "gpt" / name).stat().st_mode & 0o777 == 0o644, name
     before = _files(tmp_path / "gpt")
     again = train(config)
     assert again.history == {} and again.export_path is None and again.step == 10

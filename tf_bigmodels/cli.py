@@ -132,10 +132,14 @@ def _positive_float(text):
 def _preset_default(field):
     """'the preset's (gpt-nano: 2000, bert-tiny: 2000)': a default that comes from the preset."""
     values = ", ".join(
-        f"{DEFAULT_PRESET[kind]}: {getattr(PRESETS[kind][DEFAULT_PRESET[kind]], field)}"
+        f"{DEFAULT_PRESET[kind]}: {_or_none(getattr(PRESETS[kind][DEFAULT_PRESET[kind]], field))}"
         for kind in PRESETS
     )
     return f"default: the preset's; {values}"
+
+
+def _or_none(value):
+    return "none" if value is None else value
 
 
 def _preset_model_default(field):
@@ -307,7 +311,7 @@ def _add_train(subparsers):
         const=0,
         default=1,
         dest="verbose",
-        help="print no progress lines",
+        help="print no progress lines (default: one line per --log-every steps)",
     )
     parser.set_defaults(handler=_train)
 

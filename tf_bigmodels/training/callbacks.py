@@ -220,7 +220,8 @@ class TrainingLog(keras.callbacks.Callback):
         tokens_per_step: int. Tokens in one global batch.
         every: int. Steps per logged interval.
         perplexity: bool. Also log exp(loss) (language models).
-        verbose: int. 1 prints to the console, 0 does not.
+        verbose: int. 1 prints to the console (in place on a terminal), 2 prints one line per
+            interval even on a terminal, 0 prints nothing.
         stream: file. The console. Defaults to `sys.stdout`.
 
     Example:
@@ -248,7 +249,7 @@ class TrainingLog(keras.callbacks.Callback):
         self.perplexity = perplexity
         self.verbose = verbose
         self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty()
+        self.tty = verbose == 1 and self.stream.isatty()
         self.speed = None
         self._writers = None
         self._open_line = False

@@ -121,7 +121,7 @@ class RunConfig:
         samples, sample_tokens: GPT samples printed at the end and their length in tokens.
         export: write a SavedModel under `out/name/export/<version>/` at the end.
         verbose: progress on the console: 1 (a line rewritten in place on a terminal, one line
-            per log interval otherwise), 0 silent.
+            per log interval otherwise), 2 (one line per log interval), 0 silent.
         log_every: write the loss of the last `log_every` steps to `metrics.jsonl`, TensorBoard
             and the console.
 
@@ -252,7 +252,7 @@ class RunConfig:
             _checks.boolean(field, getattr(self, field))
         for field in ("seed", "samples", "sample_tokens"):
             _checks.integer(field, getattr(self, field), low=0)
-        _checks.one_of("verbose", self.verbose, (0, 1))
+        _checks.one_of("verbose", self.verbose, (0, 1, 2))
         _checks.integer("eval_every", self.eval_every, low=1, high=self.steps)
         if self.steps % self.eval_every:
             raise ValueError(
