@@ -10,9 +10,11 @@ Systems:
 - `keras_hub`: `keras_hub.models.GPT2CausalLM(GPT2Backbone(...), preprocessor=None)` (XLA) on the
   same data with nanoGPT's published recipe for this configuration;
 - `nanogpt`: nanoGPT itself (PyTorch, CPU, `--compile=False`) from a checkout the user gives with
-  `--nanogpt DIR`, run by a Python that has torch (`--nanogpt-python`, or a venv this script
-  creates with `pip install torch numpy`). Its `train.bin`/`val.bin`/`meta.pkl` are written from
-  our packed token streams, so all three systems train on the same tokens.
+  `--nanogpt DIR`, run by a Python that has torch: `--nanogpt-python` (e.g. this one after
+  `pip install .[bench]`), or else a venv this script creates once at `--nanogpt-venv` with
+  `pip install torch==2.13.0 numpy`. Its `train.bin`/`val.bin`/`meta.pkl` are written, in a
+  scratch directory (nothing is written into the checkout), from our packed token streams, so all
+  three systems train on the same tokens.
 
 nanoGPT's recipe (config/train_shakespeare_char.py with its README's CPU settings): AdamW, peak
 learning rate 1e-3, beta_1 0.9, beta_2 0.99, weight decay 0.1 on matrices only, gradient clipping
@@ -34,6 +36,9 @@ Differences that remain between the systems (stated, not hidden):
 - nanoGPT's seed is fixed in its `train.py` (1337); seed i runs it with `torch.manual_seed`
   offset by i (seed 0 is nanoGPT's own run); its checkpoint saves after improving evaluations
   count as training time (a few milliseconds each);
+- nanoGPT's warm-up starts at lr/101 at step 0, Keras's `CosineDecay` warm-up at 0 (one step
+  apart); the input pipeline's start (filling `lm_dataset`'s shuffle buffer) counts as training
+  time for ours and keras-hub;
 - nanoGPT's published vocabulary is the text's 65 characters; here it gets the 258 byte ids (on
   ASCII Shakespeare the same tokens plus the end-of-text id), so its model has the same size as ours.
 
