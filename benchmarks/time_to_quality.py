@@ -264,9 +264,13 @@ def run_keras(system, recipe, seed, config, documents, steps_per_execution):
         steps_per_execution=steps_per_execution,
         **compile_kwargs,
     )
+
+    def inputs(x, y):
+        return _features(system, x), y
+
     data = lm_dataset(
         documents, ByteTokenizer(), shape["seq_len"], recipe["batch_size"], seed=seed, repeat=True
-    ).map(lambda x, y: (_features(system, x), y))
+    ).map(inputs)
     val_x, val_y = validation_batches(
         documents, shape["seq_len"], config["eval_batches"], NANOGPT_RECIPE["batch_size"]
     )
