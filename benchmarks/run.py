@@ -65,7 +65,7 @@ from tf_bigmodels.training.optimizer import build_optimizer  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 SECTIONS = ("matmul", "gpt_nano", "gpt_124m", "bert", "generation", "time_to_quality")
-# time_to_quality trains to a target loss (3 systems x 3 seeds x 2000 steps): run when named.
+# time_to_quality trains 3 systems x 3 seeds x 2000 steps (about 25 minutes): run when named.
 DEFAULT_SECTIONS = SECTIONS[:-1]
 
 # Shapes: model arguments in our names, plus sequence length and batch size.
@@ -590,7 +590,7 @@ def main():
         "--sections",
         default=",".join(DEFAULT_SECTIONS),
         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but "
-        "time_to_quality, which takes about an hour)",
+        "time_to_quality, about 25 minutes with nanoGPT)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument(
