@@ -457,6 +457,8 @@ def goal_check(rows, targets):
     if ours is None:
         return ["goals not judged: ours was not run"]
     peers = [r for r in rows if r["system"] != "ours" and r.get("runs")]
+    if not peers:
+        return ["goals not judged: no peer was run"]
     names = ", ".join(r["system"] for r in peers)
     lines = []
     reached = [r for r in peers if r[f"seconds_to_{first}"] is not None]

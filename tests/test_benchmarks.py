@@ -176,6 +176,10 @@ def test_time_to_quality_goals_are_judged_from_the_numbers(monkeypatch):
     goals = ttq.goal_check([row("ours", None, None), row("keras_hub", 80.0, None)], (1.886, 1.75))
     assert ": missed (ours not reached)" in goals[0] and ": missed (" in goals[1]
 
+    assert ttq.goal_check([row("ours", 40.0, 90.0)], (1.886, 1.75)) == [
+        "goals not judged: no peer was run"
+    ]
+
 
 def test_time_to_quality_median_counts_unreached_seeds_as_late(monkeypatch):
     ttq = _time_to_quality_module(monkeypatch)
