@@ -15,7 +15,10 @@ Sections (each alternates ours and the peer round by round and reports medians):
   20 masked positions, random tokens, XLA): our `BERTPretrainer` (MLM + NSP) vs keras-hub
   `BertMaskedLM` (MLM only);
 - `generation`: greedy generation tokens/s at batch 1 and 16 (prompt 16, 256 new tokens), ours vs
-  keras-hub `generate`, from `benchmarks/generation.py`.
+  keras-hub `generate`, from `benchmarks/generation.py`;
+- `time_to_quality` (only when named): training seconds until the validation loss reaches 1.886
+  and 1.75 on nanoGPT's CPU configuration, ours vs keras-hub vs nanoGPT (`--nanogpt DIR`), from
+  `benchmarks/time_to_quality.py` (its options are accepted here too).
 
 MFU = tokens/s x FLOPs per token / matmul ceiling of the same dtype, with nanoGPT's FLOPs per token
 6 N + 12 L H Q T (`_timing.gpt_flops_per_token`). Training times are per optimizer step, read
@@ -26,6 +29,7 @@ Usage:
     python benchmarks/run.py --out results.json           # everything (about 20 minutes here)
     python benchmarks/run.py --sections gpt_nano,bert      # a subset
     python benchmarks/run.py --smoke --out smoke.json      # tiny shapes, checks the table (CI)
+    python benchmarks/run.py --sections time_to_quality --nanogpt ~/src/nanoGPT --out ttq.json
 """
 
 import argparse
@@ -44,6 +48,7 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import time_to_quality  # noqa: E402
 from _timing import (
     alternate,
     gpt_flops_per_token,
@@ -59,7 +64,9 @@ from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
 from tf_bigmodels.training.optimizer import build_optimizer  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-SECTIONS = ("matmul", "gpt_nano", "gpt_124m", "bert", "generation")
+SECTIONS = ("matmul", "gpt_nano", "gpt_124m", "bert", "generation", "time_to_quality")
+# time_to_quality trains 3 systems x 3 seeds x 2000 steps (about 25 minutes): run when named.
+DEFAULT_SECTIONS = SECTIONS[:-1]
 
 # Shapes: model arguments in our names, plus sequence length and batch size.
 FULL = {
@@ -89,6 +96,7 @@ FULL = {
     ),
     "generation": dict(model="nanogpt", batches=(1, 16), prompt=16, new_tokens=256),
     "matmul": dict(size=2048),
+    "time_to_quality": {},  # its own settings: time_to_quality.FULL
 }
 SMOKE = {
     "gpt_nano": dict(
@@ -117,6 +125,7 @@ SMOKE = {
     ),
     "generation": dict(model="smoke", batches=(1, 2), prompt=4, new_tokens=8),
     "matmul": dict(size=256),
+    "time_to_quality": {},  # time_to_quality.SMOKE
 }
 
 
@@ -464,6 +473,13 @@ def section_generation(shape, args, ceilings):
     return rows
 
 
+def section_time_to_quality(shape, args, ceilings):
+    """Seconds to a validation loss: ours, keras-hub, nanoGPT (`benchmarks/time_to_quality.py`)."""
+    result = time_to_quality.run(args, args.smoke)
+    args.time_to_quality = result
+    return [dict(row, section="time_to_quality") for row in result["rows"]]
+
+
 def _ratios(rows, peer):
     peer_rate = next(r["tokens_per_second"] for r in rows if r["variant"] == peer)
     for row in rows:
@@ -538,6 +554,8 @@ def table(rows):
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        if row["section"] == "time_to_quality":  # a table of its own (time_to_quality.table)
+            continue
         if row["section"] == "matmul":
             lines.append(
                 f"| matmul {row['size']}x{row['size']} | {row['variant']} | "
@@ -570,8 +588,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--sections",
-        default=",".join(SECTIONS),
-        help=f"comma-separated subset of {','.join(SECTIONS)}",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but "
+        "time_to_quality, about 25 minutes with nanoGPT)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument(
@@ -610,6 +629,7 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and 1 round (CI)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    time_to_quality.add_arguments(parser.add_argument_group("time_to_quality"))
     args = parser.parse_args()
     if args.memory_worker:
         return memory_worker(json.loads(args.memory_worker))
@@ -632,6 +652,7 @@ def main():
         "gpt_124m": section_gpt_124m,
         "bert": section_bert,
         "generation": section_generation,
+        "time_to_quality": section_time_to_quality,
     }
     for name in sections:
         if name in runners:
@@ -639,6 +660,8 @@ def main():
             section_rows = runners[name](shapes[name], args, ceilings)
             rows += section_rows
             print(f"{name}: {time.perf_counter() - start:.0f} s\n{table(section_rows)}", flush=True)
+            if name == "time_to_quality":
+                print(args.time_to_quality["table"], *args.time_to_quality["goals"], sep="\n")
     # The ceilings again at the end: the best of both is what the machine can do when free.
     late_ceilings, late_rows = section_matmul(shapes["matmul"], args.repeats)
     for row, late in zip(rows, late_rows):
@@ -660,11 +683,16 @@ def main():
         "flops_per_token": "6 N + 12 L H Q T (nanoGPT)",
         "rows": rows,
     }
+    if "time_to_quality" in sections:
+        ttq = args.time_to_quality
+        result["time_to_quality"] = dict(config=ttq["config"], goals=ttq["goals"])
     print(
         f"\n{result['date']}  TensorFlow {result['tensorflow']}, Keras {result['keras']}, "
         f"keras-hub {result['keras_hub']}\n"
     )
     print(table(rows))
+    if "time_to_quality" in sections:
+        print("", args.time_to_quality["table"], *args.time_to_quality["goals"], sep="\n")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

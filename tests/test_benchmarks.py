@@ -59,3 +59,129 @@ def test_run_smoke_writes_table_and_json(tmp_path):
     table = completed.stdout[completed.stdout.rindex("| section |") :]
     assert len(table.strip().splitlines()) == 2 + len(rows)
     assert "| gpt_nano | ours |" in table and "| generation | keras_hub |" in table
+
+
+def _time_to_quality_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import time_to_quality
+
+    return time_to_quality
+
+
+def _first_at_or_below(curve, target):
+    return next((p["seconds"] for p in curve if p["val_loss"] <= target), None)
+
+
+@pytest.mark.slow
+def test_time_to_quality_smoke_times_come_from_the_eval_curve(tmp_path):
+    out = tmp_path / "results.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--smoke",
+            "--sections",
+            "time_to_quality",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    config = result["time_to_quality"]["config"]
+    first, second = config["targets"]
+    rows = [row for row in result["rows"] if row["section"] == "time_to_quality"]
+    assert [row["system"] for row in rows] == ["ours", "keras_hub", "nanogpt"]
+    assert rows[2]["runs"] == []  # no --nanogpt given
+    for row in rows[:2]:
+        (run,) = row["runs"]  # smoke: one seed, so the median is that seed's value
+        curve = run["curve"]
+        steps = list(range(0, config["steps"] + 1, config["eval_every"]))
+        assert [p["step"] for p in curve] == steps
+        seconds = [p["seconds"] for p in curve]
+        assert seconds[0] == 0 and seconds == sorted(seconds) and seconds[-1] > 0
+        for target in (first, second):
+            assert row[f"seconds_to_{target}"] == _first_at_or_below(curve, target)
+        assert row["final_val_loss"] == curve[-1]["val_loss"]
+        assert row["steps_per_second"] == pytest.approx(config["steps"] / seconds[-1])
+        # The training loss falls from log(258) at initialisation.
+        assert curve[-1]["val_loss"] < curve[0]["val_loss"]
+
+    stdout = completed.stdout
+    table = stdout[stdout.rindex("| system | recipe |") :].strip().splitlines()
+    assert table[0].startswith(f"| system | recipe | s to {first} | s to {second} |")
+    lines = {line.split(" | ")[0]: line for line in table[2:5]}
+    assert set(lines) == {"| ours", "| keras_hub", "| nanogpt"}
+    assert "not run (pass --nanogpt DIR)" in lines["| nanogpt"]
+    for row in rows[:2]:
+        for target in (first, second):
+            if row[f"seconds_to_{target}"] is None:
+                assert f"not reached in {config['steps']} steps" in lines[f"| {row['system']}"]
+    goals = result["time_to_quality"]["goals"]
+    assert len(goals) == 2 and all(g in stdout for g in goals)
+    assert all(" met (" in g or " missed (" in g for g in goals)
+
+
+def test_nanogpt_curve_counts_training_time_only(monkeypatch):
+    ttq = _time_to_quality_module(monkeypatch)
+    lines = [
+        (0.0, "tokens per iteration will be: 768"),
+        (5.0, "step 0: train loss 5.5000, val loss 5.5100"),  # start-up before this
+        (6.0, "iter 0: loss 5.5000, time 1000.00ms, mfu -100.00%"),
+        (7.0, "iter 1: loss 4.0000, time 1000.00ms, mfu -100.00%"),
+        (10.0, "step 2: train loss 3.9000, val loss 3.9500"),  # 3 s of evaluation
+        (10.1, "saving checkpoint to out"),
+        (11.0, "iter 2: loss 3.5000, time 4000.00ms, mfu -100.00%"),
+        (12.0, "iter 3: loss 3.0000, time 1000.00ms, mfu -100.00%"),
+        (20.0, "step 4: train loss 2.9000, val loss 2.9500"),
+    ]
+    curve = ttq.nanogpt_curve(lines)
+    assert [(p["step"], p["seconds"], p["val_loss"]) for p in curve] == [
+        (0, 0.0, 5.51),
+        (2, 2.0, 3.95),
+        (4, 4.0, 2.95),
+    ]
+    assert [p["eval_seconds"] for p in curve] == [0.0, 3.0, 8.0]
+    assert ttq.time_to(curve, 3.95) == 2.0 and ttq.time_to(curve, 2.0) is None
+
+
+def test_time_to_quality_goals_are_judged_from_the_numbers(monkeypatch):
+    ttq = _time_to_quality_module(monkeypatch)
+
+    def row(system, to_first, to_second):
+        return {
+            "system": system,
+            "runs": [{}],
+            "seconds_to_1.886": to_first,
+            "seconds_to_1.75": to_second,
+        }
+
+    goals = ttq.goal_check(
+        [row("ours", 40.0, 90.0), row("keras_hub", 100.0, None), row("nanogpt", 80.0, None)],
+        (1.886, 1.75),
+    )
+    assert goals[0].startswith("ours <= half the fastest peer's time to 1.886: met")
+    assert "40.0 s / nanogpt 80.0 s = 0.50" in goals[0]
+    assert goals[1].startswith("ours reaches 1.75 where the peers do not: met")
+
+    goals = ttq.goal_check([row("ours", 41.0, 90.0), row("keras_hub", 80.0, 150.0)], (1.886, 1.75))
+    assert ": missed (" in goals[0] and "= 0.51" in goals[0]
+    assert ": missed (" in goals[1] and "peers reaching it: keras_hub" in goals[1]
+
+    goals = ttq.goal_check([row("ours", None, None), row("keras_hub", 80.0, None)], (1.886, 1.75))
+    assert ": missed (ours not reached)" in goals[0] and ": missed (" in goals[1]
+
+    assert ttq.goal_check([row("ours", 40.0, 90.0)], (1.886, 1.75)) == [
+        "goals not judged: no peer was run"
+    ]
+
+
+def test_time_to_quality_median_counts_unreached_seeds_as_late(monkeypatch):
+    ttq = _time_to_quality_module(monkeypatch)
+    assert ttq._median([3.0, None, 1.0]) == 3.0
+    assert ttq._median([3.0, None, None]) is None
