@@ -173,7 +173,7 @@ class Bfloat16Embedding(keras.layers.ReversibleEmbedding):
     Example:
 
     >>> layer = Bfloat16Embedding(10, 4)
-    >>> layer(ops.array([[1, 2]])).dtype, layer.embeddings.dtype
+    >>> keras.backend.standardize_dtype(layer(ops.array([[1, 2]])).dtype), layer.embeddings.dtype
     ('float32', 'bfloat16')
     """
 
