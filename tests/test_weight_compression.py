@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -106,6 +107,17 @@ def test_bad_weights_are_refused(trained, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def _cli_all(*commands):
+    """Runs `python -m tf_bigmodels` commands side by side; their `CompletedProcess`es."""
+
+    def cli(args):
+        command = [sys.executable, "-m", "tf_bigmodels", *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return list(pool.map(cli, commands))
+
+
 def _weight_bytes(version_dir):
     """Bytes of the numeric variables of a SavedModel, from its checkpoint."""
     reader = tf.train.load_checkpoint(os.path.join(version_dir, "variables", "variables"))
@@ -141,14 +153,22 @@ def test_compressed_exports_serve_in_a_fresh_process_like_the_compressed_model(t
         )
         for weights in ("float32", "bfloat16")
     }
-    # int8 through the command line.
+    # int8 through the command line, with `generate --weights` and a refused format beside it.
     trained.save(tmp_path / "model.keras")
-    command = [sys.executable, "-m", "tf_bigmodels", "export", str(tmp_path / "model.keras")]
-    command += ["--out", str(tmp_path / "int8"), "--weights", "int8", "--temperature", "0"]
-    command += ["--max-new-tokens", str(NEW_TOKENS)]
-    exported = subprocess.run(command, capture_output=True, text=True, check=False)
+    keras_file = str(tmp_path / "model.keras")
+    exported, generated, refused = _cli_all(
+        ["export", keras_file, "--out", tmp_path / "int8", "--weights", "int8"]
+        + ["--temperature", "0", "--max-new-tokens", NEW_TOKENS],
+        ["generate", keras_file, "--weights", "int8", "--prompt", PROMPT]
+        + ["--temperature", "0", "--max-new-tokens", NEW_TOKENS],
+        ["export", keras_file, "--out", tmp_path / "int4", "--weights", "int4"],
+    )
     assert exported.returncode == 0, exported.stderr
     paths["int8"] = str(tmp_path / "int8" / "1")
+    int8_text = bytes(_greedy(compress_weights(trained, "int8"))).decode()
+    assert generated.returncode == 0 and generated.stdout == int8_text + "\n", generated.stderr
+    assert refused.returncode == 2 and "--weights" in refused.stderr and "int4" in refused.stderr
+    assert not (tmp_path / "int4").exists()
 
     script = _SERVE % (PROMPT, list(PROMPT.encode()))
     served = subprocess.run(
