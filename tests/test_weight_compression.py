@@ -215,3 +215,21 @@ def test_decode_benchmark_smoke_reports_fewer_bytes_per_token(tmp_path):
     assert all(goal["met"] is None for goal in result["goals"].values())  # smoke judges nothing
     changes = {row["weights"]: row["relative_change"] for row in result["quality"]["rows"]}
     assert abs(changes["bfloat16"]) < 0.01 and abs(changes["int8"]) < 0.02
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_a_mixed_precision_model_compresses_to_a_float32_policy_copy(weights):
+    keras.utils.set_random_seed(2)
+    model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32, dtype="mixed_bfloat16")
+    model(np.zeros((1, 1), "int32"))
+    compressed = compress_weights(model, weights)
+    assert compressed.dtype_policy.name == "float32"
+    float32 = GPTModel.from_config({**model.get_config(), "dtype": "float32"})
+    float32(np.zeros((1, 1), "int32"))
+    float32.set_weights(model.get_weights())
+    ids = _prompt_ids()
+    logits = compressed(ids).numpy()
+    reference = float32(ids).numpy()
+    assert logits.dtype == np.float32
+    assert np.abs(logits - reference).max() / reference.std() < LOGIT_TOLERANCE[weights]
+    assert compressed.generate(ids, 4, temperature=0.0).shape == (1, ids.shape[1] + 4)

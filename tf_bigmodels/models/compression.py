@@ -189,7 +189,9 @@ def compress_weights(model, weights):
     """A decoding copy of `model` with its large matrices in bfloat16 or int8 (see the module).
 
     The copy is a `GPTModel` (same sizes and outputs: float32 logits) for inference only: use it
-    with `generate`, `export_gpt` and `stream_text`, not for training. `model` is not changed.
+    with `generate`, `export_gpt` and `stream_text`, not for training. Its dtype policy is
+    float32 whatever `model`'s (a model trained under `mixed_bfloat16` too). `model` is not
+    changed.
 
     Args:
         model: a `GPTModel` (built, or it is built here).
@@ -218,7 +220,9 @@ def compress_weights(model, weights):
         model(ops.zeros((1, 1), "int32"))
     if weights == "float32":
         return model
-    copy = GPTModel.from_config(model.get_config())
+    # The copy computes in float32 whatever `model`'s policy (a mixed_bfloat16 model too): its
+    # matmuls run in bfloat16 where the weights are, everything else in float32.
+    copy = GPTModel.from_config({**model.get_config(), "dtype": "float32"})
     copy(ops.zeros((1, 1), "int32"))
     copy.set_weights(model.get_weights())
     for block in copy.blocks:
