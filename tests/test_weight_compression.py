@@ -233,3 +233,15 @@ def test_a_mixed_precision_model_compresses_to_a_float32_policy_copy(weights):
     assert logits.dtype == np.float32
     assert np.abs(logits - reference).max() / reference.std() < LOGIT_TOLERANCE[weights]
     assert compressed.generate(ids, 4, temperature=0.0).shape == (1, ids.shape[1] + 4)
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_untied_output_matrix_is_compressed_too(weights):
+    keras.utils.set_random_seed(3)
+    model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32, tie_embeddings=False)
+    model(np.zeros((1, 1), "int32"))
+    compressed = compress_weights(model, weights)
+    assert compressed.token_embedding.reverse_embeddings.dtype == weights
+    reference = model(_prompt_ids()).numpy()
+    difference = np.abs(compressed(_prompt_ids()).numpy() - reference).max()
+    assert difference / reference.std() < LOGIT_TOLERANCE[weights]
