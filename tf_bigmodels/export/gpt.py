@@ -9,7 +9,7 @@ import tf_bigmodels
 from tf_bigmodels import _checks
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import GPTModel, generation
-from tf_bigmodels.models.compression import WEIGHTS, compress_weights
+from tf_bigmodels.models.compression import WEIGHTS, compress_weights, weights_format
 from tf_bigmodels.models.generation import GenerationSettings
 from tf_bigmodels.tokenizers import check_tokenizer
 
@@ -51,15 +51,13 @@ class GPTServingModule(tf.Module):
     `steps_function` there).
 
     Args:
-        model: a built `GPTModel`.
+        model: a built `GPTModel`, or a copy from `tf_bigmodels.models.compress_weights` (its
+            weight format is recorded in `generation_config` as "weights").
         tokenizer: a tokenizer with `tokenize`, `detokenize`, `end_id` and `pad_id`
             (`tf_bigmodels.tokenizers.ByteTokenizer`).
         settings: `GenerationSettings` of `serving_default` (its `end_id` and `pad_id` are the
             tokenizer's).
         jit_compile: bool. XLA-compile the prompt pass, the decode loop and the logits pass.
-        weights: how `model`'s weights are stored ("float32", or "bfloat16" / "int8" for a
-            copy made by `tf_bigmodels.models.compress_weights`), recorded in
-            `generation_config`. Defaults to "float32".
 
     Example:
 
@@ -72,7 +70,7 @@ class GPTServingModule(tf.Module):
     TensorShape([1])
     """
 
-    def __init__(self, model, tokenizer, settings, *, jit_compile=True, weights="float32"):
+    def __init__(self, model, tokenizer, settings, *, jit_compile=True):
         super().__init__(name="gpt_serving")
         self.model = model
         self.tokenizer = tokenizer
@@ -80,7 +78,7 @@ class GPTServingModule(tf.Module):
         config = {
             **dataclasses.asdict(settings),
             "jit_compile": bool(jit_compile),
-            "weights": weights,
+            "weights": weights_format(model),
             "max_length": model.max_length,
             "vocab_size": model.vocab_size,
             "prompt_truncation": "left, to max_length - max_new_tokens tokens",
@@ -261,7 +259,7 @@ def export_gpt(
     jit_compile = _checks.boolean("jit_compile", jit_compile)
     weights = _checks.one_of("weights", weights, WEIGHTS)
     model = compress_weights(model, weights)
-    module = GPTServingModule(model, tokenizer, settings, jit_compile=jit_compile, weights=weights)
+    module = GPTServingModule(model, tokenizer, settings, jit_compile=jit_compile)
     signatures = {
         "serving_default": module.serving_default,
         "generate": module.generate,

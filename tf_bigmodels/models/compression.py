@@ -237,6 +237,23 @@ def compress_weights(model, weights):
     return copy
 
 
+def weights_format(model):
+    """How a `GPTModel`'s weights are stored: "bfloat16" or "int8" for a `compress_weights`
+    copy, else "float32".
+
+    Example:
+
+    >>> from tf_bigmodels.models import GPTModel
+    >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    >>> weights_format(model), weights_format(compress_weights(model, "int8"))
+    ('float32', 'int8')
+    """
+    if not model.built:
+        return "float32"
+    dtype = model.token_embedding.embeddings.dtype
+    return dtype if dtype in WEIGHTS[1:] else "float32"
+
+
 def _compressed_embedding(embedding, weights):
     if weights == "int8":
         # Weight-only int8: without an activation quantizer, the output projection multiplies
