@@ -177,6 +177,11 @@ def test_compressed_exports_serve_in_a_fresh_process_like_the_compressed_model(t
     assert served.returncode == 0, served.stderr
     served = json.loads(served.stdout.strip().splitlines()[-1])
 
+    int8_dtypes = tf.train.load_checkpoint(
+        os.path.join(paths["int8"], "variables", "variables")
+    ).get_variable_to_dtype_map()
+    matrices = 4 * trained.num_layers + 1  # four Dense kernels per block and the embedding
+    assert sum(dtype == tf.int8 for dtype in int8_dtypes.values()) == matrices
     sizes = {weights: _weight_bytes(path) for weights, path in paths.items()}
     assert sizes["bfloat16"] / sizes["float32"] < 0.55
     assert sizes["int8"] / sizes["float32"] < 0.30
