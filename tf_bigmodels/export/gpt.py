@@ -9,6 +9,7 @@ import tf_bigmodels
 from tf_bigmodels import _checks
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import GPTModel, generation
+from tf_bigmodels.models.compression import WEIGHTS, compress_weights, weights_format
 from tf_bigmodels.models.generation import GenerationSettings
 from tf_bigmodels.tokenizers import check_tokenizer
 
@@ -50,7 +51,8 @@ class GPTServingModule(tf.Module):
     `steps_function` there).
 
     Args:
-        model: a built `GPTModel`.
+        model: a built `GPTModel`, or a copy from `tf_bigmodels.models.compress_weights` (its
+            weight format is recorded in `generation_config` as "weights").
         tokenizer: a tokenizer with `tokenize`, `detokenize`, `end_id` and `pad_id`
             (`tf_bigmodels.tokenizers.ByteTokenizer`).
         settings: `GenerationSettings` of `serving_default` (its `end_id` and `pad_id` are the
@@ -76,6 +78,7 @@ class GPTServingModule(tf.Module):
         config = {
             **dataclasses.asdict(settings),
             "jit_compile": bool(jit_compile),
+            "weights": weights_format(model),
             "max_length": model.max_length,
             "vocab_size": model.vocab_size,
             "prompt_truncation": "left, to max_length - max_new_tokens tokens",
@@ -201,6 +204,7 @@ def export_gpt(
     top_p=None,
     seed=None,
     jit_compile=True,
+    weights="float32",
 ):
     """Writes a SavedModel that generates text from raw strings to `export_dir/<version>/`.
 
@@ -224,6 +228,10 @@ def export_gpt(
             (`seed=None`: a fresh seed per request). Defaults to 1.0, None, None, None.
         jit_compile: bool. XLA-compile the decode loop and the logits pass; False gives a graph
             without XLA clusters (TF Serving builds that reject XLA). Defaults to True.
+        weights: "float32", "bfloat16" or "int8". Storage of the exported weights: bfloat16
+            halves the bytes each generated token reads, int8 quarters them (logits and sampling
+            stay float32; see `tf_bigmodels.models.compress_weights`). Recorded in
+            `generation_config`. Defaults to "float32".
 
     Returns:
         The path of the written version directory (str).
@@ -249,8 +257,8 @@ def export_gpt(
         pad_id=tokenizer.pad_id,
     ).check_model(model)
     jit_compile = _checks.boolean("jit_compile", jit_compile)
-    if not model.built:
-        model(tf.zeros((1, 1), tf.int32))
+    weights = _checks.one_of("weights", weights, WEIGHTS)
+    model = compress_weights(model, weights)
     module = GPTServingModule(model, tokenizer, settings, jit_compile=jit_compile)
     signatures = {
         "serving_default": module.serving_default,

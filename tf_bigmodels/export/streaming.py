@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tf_bigmodels import _checks
 from tf_bigmodels.models import GPTModel, generation
+from tf_bigmodels.models.compression import WEIGHTS, compress_weights
 from tf_bigmodels.models.generation import GenerationSettings
 from tf_bigmodels.tokenizers import ByteTokenizer
 
@@ -35,7 +36,7 @@ _REPLACEMENT = "\ufffd"  # what a character not yet complete (or cut off) detoke
 _MAX_TOKENS_PER_CHAR = 4
 
 
-def load_generator(source, tokenizer=None):
+def load_generator(source, tokenizer=None, *, weights=None):
     """Loads what `stream_text` generates from and returns it (a `GPTModel` or a loaded SavedModel).
 
     Args:
@@ -44,6 +45,10 @@ def load_generator(source, tokenizer=None):
             highest version is loaded).
         tokenizer: unused for SavedModels (they carry their own); for a model, its tokenizer.
             Defaults to None (a `ByteTokenizer`).
+        weights: None (as stored), "float32", "bfloat16" or "int8". For a model, a value other
+            than "float32" decodes with a copy from `tf_bigmodels.models.compress_weights`; a
+            SavedModel keeps the weights it was exported with, and any other value is refused.
+            Defaults to None.
 
     Returns:
         `(generator, tokenizer)`; the tokenizer is None for a SavedModel.
@@ -52,14 +57,16 @@ def load_generator(source, tokenizer=None):
 
     >>> generator, tokenizer = load_generator("exports/gpt")  # doctest: +SKIP
     """
+    if weights is not None:
+        _checks.one_of("weights", weights, WEIGHTS)
     if isinstance(source, GPTModel):
-        return source, tokenizer or ByteTokenizer()
+        return compress_weights(source, weights or "float32"), tokenizer or ByteTokenizer()
     path = os.fspath(source)
     if path.endswith(".keras"):
         model = keras.saving.load_model(path)
         if not isinstance(model, GPTModel):
             raise ValueError(f"`source`={path!r} holds a {type(model).__name__}, not a GPTModel.")
-        return model, tokenizer or ByteTokenizer()
+        return compress_weights(model, weights or "float32"), tokenizer or ByteTokenizer()
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
         versions = [int(n) for n in os.listdir(path) if n.isdigit()]
         if versions:
@@ -75,6 +82,12 @@ def load_generator(source, tokenizer=None):
             f"`source`={path!r} is not a GPT SavedModel of this version of tf_bigmodels (it "
             "has no `decode_steps`); export the GPT again with `export_gpt` or `tf-bigmodels "
             "export`."
+        )
+    stored = json.loads(loaded.generation_config.numpy()).get("weights", "float32")
+    if weights is not None and weights != stored:
+        raise ValueError(
+            f"`weights` must be None or {stored!r} for the SavedModel {path!r} (exported with "
+            f"{stored} weights; export it again to change them), got {weights!r}."
         )
     return loaded, None
 

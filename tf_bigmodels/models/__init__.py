@@ -7,6 +7,7 @@ Example:
 """
 
 from tf_bigmodels.models.bert import BERTClassifier, BERTEncoder, BERTPretrainer
+from tf_bigmodels.models.compression import compress_weights
 from tf_bigmodels.models.gpt import GPTModel
 
-__all__ = ["BERTClassifier", "BERTEncoder", "BERTPretrainer", "GPTModel"]
+__all__ = ["BERTClassifier", "BERTEncoder", "BERTPretrainer", "GPTModel", "compress_weights"]
