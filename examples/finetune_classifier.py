@@ -9,7 +9,7 @@ The data are the bundled Chinese product reviews, `load_labelled_corpus("chinese
    epoch to keep.
 2. Baselines, trained on the same training split and scored on the same test split:
    - the majority class of the training split, always;
-   - logistic regression on a bag of character 1- and 2-grams (tf-idf weighted), written as a
+   - logistic regression on a bag of character 1- and 2-grams (counts), written as a
      `keras.layers.TextVectorization` and one softmax `Dense` layer trained with Adam.
 3. BERT. A WordPiece vocabulary is learned from the training reviews (BERT's basic tokenizer
    puts every Chinese character on its own, so the vocabulary is the characters plus pieces of
@@ -88,6 +88,7 @@ PRETRAIN_LR = 1e-3
 EPOCHS = args.epochs or (1 if args.smoke else 6)
 LR = args.lr or (1e-3 if args.lora_rank else 1e-4)  # adapters start at zero: a larger step
 BASELINE_EPOCHS = 2 if args.smoke else 10
+BASELINE_LR = 1e-3
 keras.utils.set_random_seed(SEED)
 
 # ---------------------------------------------------------------- 1. split
@@ -143,14 +144,27 @@ majority = collections.Counter(labels["train"].tolist()).most_common(1)[0][0]
 report("majority-class baseline", np.full(len(labels["test"]), majority), 0.0, 0)
 
 # Logistic regression on character 1- and 2-grams: p(label | review) = softmax(W x + b), x the
-# tf-idf vector of the review's characters and character pairs (split="character" with ngrams=2
-# gives both). standardize=None keeps the punctuation, which carries sentiment ("！").
+# counts of the review's characters and character pairs (split="character" with ngrams=2 gives
+# both) among the 50,000 most frequent in the training split. standardize=None keeps the
+# punctuation, which carries sentiment ("！"). On the validation split, counts did a little better
+# than tf-idf (0.861 against 0.850) and as well as presence/absence; early stopping on it picks
+# the epoch.
 start = time.perf_counter()
 vectorizer = keras.layers.TextVectorization(
-    max_tokens=50_000, standardize=None, split="character", ngrams=2, output_mode="tf_idf"
+    max_tokens=50_000, standardize=None, split="character", ngrams=2, output_mode="count"
 )
 vectorizer.adapt(tf.constant(texts["train"]), batch_size=1024)
-features = {name: vectorizer(tf.constant(t)) for name, t in texts.items()}
+
+
+def ngram_batches(split):
+    """Batches of (n-gram counts, labels), vectorised as they go: all at once would take
+    gigabytes (reviews x n-grams floats)."""
+    data = tf.data.Dataset.from_tensor_slices((texts[split], labels[split]))
+    if split == "train":
+        data = data.shuffle(len(texts[split]), seed=SEED)  # a new order every epoch
+    return data.batch(BATCH_SIZE).map(lambda t, y: (vectorizer(t), y)).prefetch(tf.data.AUTOTUNE)
+
+
 logistic = keras.Sequential(
     [
         keras.Input((vectorizer.vocabulary_size(),)),
@@ -158,16 +172,15 @@ logistic = keras.Sequential(
     ]
 )
 logistic.compile(
-    optimizer=keras.optimizers.Adam(1e-3),
+    optimizer=keras.optimizers.Adam(BASELINE_LR),
     loss="sparse_categorical_crossentropy",
     metrics=["accuracy"],
 )
 logistic.fit(
-    features["train"],
-    labels["train"],
-    batch_size=BATCH_SIZE,
+    ngram_batches("train"),
     epochs=BASELINE_EPOCHS,
-    validation_data=(features["validation"], labels["validation"]),
+    validation_data=ngram_batches("validation"),
+    shuffle=False,  # ngram_batches shuffles
     callbacks=[
         keras.callbacks.EarlyStopping(
             "val_accuracy", mode="max", patience=2, restore_best_weights=True
@@ -175,7 +188,7 @@ logistic.fit(
     ],
     verbose=0,
 )
-predicted = np.argmax(logistic.predict(features["test"], batch_size=256, verbose=0), axis=-1)
+predicted = np.argmax(logistic.predict(ngram_batches("test"), verbose=0), axis=-1)
 report(
     "char 1-2-gram logistic regression",
     predicted,
