@@ -1,7 +1,8 @@
 """Fine-tune a Tang-poetry GPT on one poet: full fine-tuning against LoRA, in one table.
 
 1. The base model: `--base` names a run directory (its `model.keras` and `tokenizer/`) or a
-   `.keras` file (with a `tokenizer/` beside it; none means the byte tokenizer). Without
+   `.keras` file (with a `tokenizer/` beside it; without `tokenizer/sentencepiece.model` the
+   byte tokenizer is used). Without
    `--base`, a small GPT is trained here on 全唐诗 *without* the chosen poet, so that the poet's
    poems are new to it (a `--base` trained on all of 全唐诗 has already seen most of them).
 2. The poet's poems (`load_corpus("tangshi")`, author line `POET`, by default 李白: 1,000 or so)
@@ -107,7 +108,9 @@ if args.base:
     base_file = base_file if base_file.suffix == ".keras" else base_file / "model.keras"
     tokenizer_dir = base_file.parent / "tokenizer"
     tokenizer = (
-        SentencePieceTokenizer.load(tokenizer_dir) if tokenizer_dir.is_dir() else ByteTokenizer()
+        SentencePieceTokenizer.load(tokenizer_dir)
+        if (tokenizer_dir / "sentencepiece.model").is_file()
+        else ByteTokenizer()
     )
     print(f"Base model: {base_file}")
 else:
