@@ -54,6 +54,18 @@ from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer  # n
 from tf_bigmodels.tokenizers import WordPieceTokenizer  # noqa: E402
 from tf_bigmodels.training import build_optimizer  # noqa: E402
 
+
+def at_least(low):
+    """An argparse type: an int >= `low` (anything else is a one-line usage error)."""
+
+    def parse(text):
+        if not text.lstrip("-").isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
 # ---------------------------------------------------------------- settings
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
@@ -63,12 +75,12 @@ parser.add_argument(
 parser.add_argument(
     "--pretrained", help="run directory with model.keras and tokenizer/ (default: pre-train here)"
 )
-parser.add_argument("--pretrain-steps", type=int, help="pre-training steps (default 5000)")
-parser.add_argument("--epochs", type=int, help="most fine-tuning epochs (default 5)")
+parser.add_argument("--pretrain-steps", type=at_least(1), help="pre-training steps (default 5000)")
+parser.add_argument("--epochs", type=at_least(1), help="most fine-tuning epochs (default 5)")
 parser.add_argument(
     "--lr", type=float, help="peak fine-tuning learning rate (default 2e-4; 1e-3 with LoRA)"
 )
-parser.add_argument("--lora-rank", type=int, help="fine-tune rank-R LoRA adapters only")
+parser.add_argument("--lora-rank", type=at_least(1), help="fine-tune rank-R LoRA adapters only")
 args = parser.parse_args()
 out = pathlib.Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
