@@ -64,6 +64,7 @@ def test_every_example_has_a_test():
         "generate",
         "export_and_serve",
         "custom_model",
+        "finetune_gpt",
     }
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 

@@ -9,6 +9,7 @@ from tf_bigmodels.layers import MaskedLMHead, PositionEmbedding, TransformerLaye
 from tf_bigmodels.layers.activations import get_activation, serialize_activation
 from tf_bigmodels.layers.initializers import clone_initializer
 from tf_bigmodels.models._ids import check_ids
+from tf_bigmodels.models.lora import LoRAMixin
 
 _ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
@@ -32,7 +33,7 @@ def _check_keys(inputs, allowed, required, owner):
 
 
 @keras.saving.register_keras_serializable(package="tf_bigmodels")
-class BERTEncoder(keras.Model):
+class BERTEncoder(LoRAMixin, keras.Model):
     """The BERT encoder: token + segment + position embeddings and a post-norm bidirectional stack.
 
     Embeddings are summed, layer-normalised and dropped out; `num_layers` non-causal post-norm
@@ -247,7 +248,7 @@ class BERTEncoder(keras.Model):
         return config
 
 
-class _EncoderWrapper(keras.Model):
+class _EncoderWrapper(LoRAMixin, keras.Model):
     """Shared config handling of models built around a `BERTEncoder`."""
 
     def get_config(self):

@@ -11,10 +11,11 @@ from tf_bigmodels.layers.activations import get_activation, serialize_activation
 from tf_bigmodels.layers.initializers import clone_initializer
 from tf_bigmodels.models import generation
 from tf_bigmodels.models._ids import check_ids
+from tf_bigmodels.models.lora import LoRAMixin
 
 
 @keras.saving.register_keras_serializable(package="tf_bigmodels")
-class GPTModel(keras.Model):
+class GPTModel(LoRAMixin, keras.Model):
     """A GPT-2 style language model returning next-token logits.
 
     token + learned position embedding -> dropout -> `num_layers` causal `TransformerLayer`s ->
