@@ -43,6 +43,8 @@ TOKENIZERS = {
     "wordpiece": TokenizerEntry(
         "WordPieceTokenizer", learned=True, train_options=(("verbose", False),)
     ),
+    # Lossless on any UTF-8 text, newlines and full-width punctuation included (Chinese).
+    "sentencepiece": TokenizerEntry("SentencePieceTokenizer", learned=True),
 }
 
 # Per model kind, the tokenizers it can be trained with (the first is its default). A name
@@ -89,11 +91,21 @@ class RunConfig:
         model: "gpt" or "bert".
         preset: a name from `GPT_PRESETS` / `BERT_PRESETS`; None is the kind's default
             ("gpt-nano", "bert-tiny").
-        corpus: "shakespeare" (bundled), a path, a glob, or a list of paths.
-        corpus_errors: "strict" (bytes that are not UTF-8 are an error) or "replace" (they
-            become U+FFFD).
+        corpus: a bundled corpus ("shakespeare", "tangshi", "chinese_reviews"), a path, a
+            glob, or a list of paths (or, from Python, a list of document strings). The
+            bundled corpora of independent short documents ("tangshi", "chinese_reviews") are
+            shuffled with a fixed seed (0) before the split, so validation is a random tenth
+            of the poems or reviews (the file order of 全唐诗 ends with 词 and songs); the
+            split is the same whatever `seed` is, so runs compare on the same validation text.
+        corpus_encoding: the text encoding of the corpus files, e.g. "gbk" (see `load_corpus`).
+        corpus_errors: "strict" (bytes that are not valid in `corpus_encoding` are an error) or
+            "replace" (they become U+FFFD).
         tokenizer: a name from `TOKENIZERS` that the model kind takes (`tokenizer_choices`);
-            None is the kind's default ("byte" for GPT, "wordpiece" for BERT).
+            None is the preset's ("sentencepiece" for "gpt-poet"), else the kind's default
+            ("byte" for GPT, "wordpiece" for BERT). A learned vocabulary (WordPiece,
+            SentencePiece) is learned from the documents of the training split only (for GPT,
+            the lines `lm_dataset` trains on; for BERT, all but its last tenth of documents),
+            so validation text is never seen by the tokenizer either.
         steps: training steps (batches); None is the preset's.
         batch_size: global batch size (split over the replicas); None is the preset's.
         seq_len: tokens per example; None is the preset's.
@@ -136,6 +148,7 @@ class RunConfig:
     model: str = "gpt"
     preset: str = None
     corpus: object = "shakespeare"
+    corpus_encoding: str = "utf-8"
     corpus_errors: str = "strict"
     tokenizer: str = None
     steps: int = None
@@ -185,7 +198,12 @@ class RunConfig:
         values = dataclasses.asdict(self)
         values["preset"] = DEFAULT_PRESET[kind] if self.preset is None else self.preset
         choices = tokenizer_choices(kind)
-        values["tokenizer"] = choices[0] if self.tokenizer is None else self.tokenizer
+        if self.tokenizer is not None:
+            values["tokenizer"] = self.tokenizer
+        elif preset.tokenizer in choices:
+            values["tokenizer"] = preset.tokenizer
+        else:
+            values["tokenizer"] = choices[0]
         _checks.one_of("tokenizer", values["tokenizer"], choices)
         steps = values["steps"] = _checks.positive_int(
             "steps", preset.steps if self.steps is None else self.steps
@@ -247,6 +265,7 @@ class RunConfig:
         _checks.unit_interval("rate", self.rate)
         _checks.one_of("precision", self.precision, PRECISIONS)
         _checks.one_of("strategy", self.strategy, STRATEGIES)
+        _checks.non_empty_str("corpus_encoding", self.corpus_encoding)
         _checks.one_of("corpus_errors", self.corpus_errors, ("strict", "replace"))
         for field in ("jit_compile", "resume", "export"):
             _checks.boolean(field, getattr(self, field))

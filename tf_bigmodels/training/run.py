@@ -11,7 +11,6 @@ import keras
 import tensorflow as tf
 
 from tf_bigmodels import __version__
-from tf_bigmodels.data import load_corpus
 from tf_bigmodels.training import callbacks as cb
 from tf_bigmodels.training import storage
 from tf_bigmodels.training.accumulation import AccumulatingTrainer
@@ -108,7 +107,7 @@ def train(config):
     run_dir = pathlib.Path(resolved.out) / resolved.name
     config = _with_stored_defaults(config, _read_config(run_dir)).resolved()
     task = task_for(config)
-    texts = load_corpus(config.corpus, errors=config.corpus_errors)
+    texts = task.texts()
     _check_run_dir(run_dir, config)
     with _dtype_policy(config.precision):
         strategy = get_strategy(config.strategy, devices=config.devices)
@@ -130,6 +129,7 @@ def _train(config, task, texts, run_dir, strategy, chief):
     keras.utils.set_random_seed(config.seed)
     tokenizer = task.tokenizer(texts, run_dir, save=chief)
     train_data, val_data = task.datasets(texts, tokenizer)
+    val_counts = task.validation_counts(texts, tokenizer) if chief else None
     with strategy.scope():
         model = task.compiled_model(tokenizer.vocab_size)
         fitted = model
@@ -160,6 +160,7 @@ def _train(config, task, texts, run_dir, strategy, chief):
                 config.batch_size * config.seq_len,
                 every=config.log_every,
                 perplexity=task.log_perplexity,
+                bits_per_char_counts=val_counts,
                 verbose=config.verbose if chief else 0,
             ),
             cb.SaveProgress(checkpoint, guard, run_dir / "best.keras" if chief else None, model),
@@ -336,10 +337,13 @@ def _check_run_dir(run_dir, config):
             f"{__version__}; start a new run with another --name or --out."
         )
     record = _run_record(config)
+    # A setting added after the run was written is read as its default.
+    defaults = {field.name: field.default for field in dataclasses.fields(RunConfig)}
     changed = [
-        f"{key}: {saved.get(key)!r} -> {record[key]!r}"
+        f"{key}: {saved.get(key, defaults.get(key))!r} -> {record[key]!r}"
         for key in record
-        if key not in (*RERUN_MAY_CHANGE, "out", "name") and saved.get(key) != record[key]
+        if key not in (*RERUN_MAY_CHANGE, "out", "name")
+        and saved.get(key, defaults.get(key)) != record[key]
     ]
     if changed:
         raise ValueError(

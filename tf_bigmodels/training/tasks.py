@@ -15,12 +15,20 @@ import logging
 import math
 import os
 import pathlib
+import random
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_bigmodels.data import bert_pretraining_dataset, lm_dataset
+from tf_bigmodels.data import (
+    bert_pretraining_dataset,
+    lm_dataset,
+    lm_split_counts,
+    load_corpus,
+)
+from tf_bigmodels.data.corpus import CHINESE_REVIEWS, TANGSHI
+from tf_bigmodels.data.lm_dataset import TRAIN_FRACTION
 from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel
 from tf_bigmodels.training import storage
 from tf_bigmodels.training.config import TOKENIZERS
@@ -30,6 +38,12 @@ from tf_bigmodels.training.presets import get_preset
 logger = logging.getLogger("tf_bigmodels")
 
 TOKENIZER_DIR = "tokenizer"
+# Bundled corpora of short independent documents stored in an order that is not random (全唐诗
+# ends with 词 and songs; the reviews come grouped by label). They are shuffled before the split,
+# with this seed whatever the run's `seed`, so that every run validates on the same random tenth
+# (the same poems `benchmarks/poetry.py` holds out).
+SHUFFLED_CORPORA = (TANGSHI, CHINESE_REVIEWS)
+CORPUS_SHUFFLE_SEED = 0
 
 
 class Task:
@@ -55,15 +69,49 @@ class Task:
         self.config = config
         self.preset = get_preset(config.model, config.preset)
 
+    # ---- corpus ----------------------------------------------------------------------------
+    def texts(self):
+        """The run's documents: `load_corpus(config.corpus)`, in the order the split sees them.
+
+        The bundled corpora of `SHUFFLED_CORPORA` ("tangshi", "chinese_reviews") are shuffled
+        with `CORPUS_SHUFFLE_SEED`, so the validation split (the end of the list) is a random
+        slice of poems or reviews and not the end of the file; other corpora keep their order.
+
+        Example:
+
+        >>> from tf_bigmodels.training import RunConfig
+        >>> poems = task_for(RunConfig(corpus="tangshi").resolved()).texts()
+        >>> len(poems), poems[-1] == load_corpus("tangshi")[-1]
+        (56053, False)
+        """
+        config = self.config
+        texts = load_corpus(
+            config.corpus, encoding=config.corpus_encoding, errors=config.corpus_errors
+        )
+        if isinstance(config.corpus, str) and config.corpus in SHUFFLED_CORPORA:
+            texts = list(texts)
+            random.Random(CORPUS_SHUFFLE_SEED).shuffle(texts)
+        return texts
+
+    def training_texts(self, texts):
+        """The part of `texts` the model trains on (a learned vocabulary is learned from it).
+
+        Example:
+
+        >>> task.training_texts(["a", "b"])  # doctest: +SKIP
+        """
+        raise NotImplementedError
+
     # ---- tokenizer --------------------------------------------------------------------------
     def tokenizer(self, texts, run_dir, *, save=True):
         """The run's tokenizer: loaded from `run_dir` if it holds one, else made (and saved).
 
-        A learned vocabulary is written into `run_dir/tokenizer/` all at once (a temporary
+        A learned vocabulary is learned from `training_texts(texts)` only, so no validation
+        text shapes it, and written into `run_dir/tokenizer/` all at once (a temporary
         directory renamed into place), so an interrupted save leaves nothing half-written.
 
         Args:
-            texts: list of str. The corpus (to learn a vocabulary from).
+            texts: list of str. The run's documents (`texts()`).
             run_dir: path. The run directory.
             save: bool. Write a newly learned tokenizer into `run_dir` (the chief does).
         """
@@ -73,14 +121,15 @@ class Task:
         directory = pathlib.Path(run_dir) / TOKENIZER_DIR
         if directory.exists():
             return self.load_tokenizer(run_dir)
+        training = self.training_texts(texts)
         logger.info(
-            "Learning a %s vocabulary of about %d tokens from %d documents...",
+            "Learning a %s vocabulary of about %d tokens from the %d training documents...",
             self.config.tokenizer,
             self.config.vocab_size,
-            len(texts),
+            len(training),
         )
         tokenizer = _tokenizer_class(entry).train(
-            texts, self.config.vocab_size, **dict(entry.train_options)
+            training, self.config.vocab_size, **dict(entry.train_options)
         )
         if save:
             try:
@@ -121,6 +170,17 @@ class Task:
         >>> train_data, val_data = task.datasets(texts, tokenizer)  # doctest: +SKIP
         """
         raise NotImplementedError
+
+    def validation_counts(self, texts, tokenizer):
+        """`(tokens, characters)` of the validation text, to log bits per character; None when
+        the task's loss is not a language model's per-token loss.
+
+        Example:
+
+        >>> task.validation_counts(texts, tokenizer)  # doctest: +SKIP
+        (41892, 111540)
+        """
+        return None
 
     # ---- model -----------------------------------------------------------------------------
     def build_model(self, vocab_size):
@@ -240,6 +300,13 @@ class GPTTask(Task):
     log_perplexity = True
     generates_text = True
 
+    def training_texts(self, texts):
+        """The lines `lm_dataset` trains on: those that start in the first 90% of the bytes."""
+        return lm_training_texts(texts)
+
+    def validation_counts(self, texts, tokenizer):
+        return lm_split_counts(texts, tokenizer, "val")
+
     def datasets(self, texts, tokenizer):
         config = self.config
         train = lm_dataset(
@@ -313,6 +380,10 @@ class BERTTask(Task):
     ['mask_positions', 'padding_mask', 'segment_ids', 'token_ids']
     """
 
+    def training_texts(self, texts):
+        """All documents but the last tenth (at least 2), which validate."""
+        return texts[: -_bert_validation_documents(texts)]
+
     def datasets(self, texts, tokenizer):
         config = self.config
         if len(texts) < 4:
@@ -320,7 +391,7 @@ class BERTTask(Task):
                 f"`corpus` must hold at least 4 documents for BERT pre-training (2 for "
                 f"validation), got {len(texts)}."
             )
-        cut = max(2, len(texts) // 10)
+        cut = _bert_validation_documents(texts)
         train = bert_pretraining_dataset(
             texts[:-cut],
             tokenizer,
@@ -413,6 +484,38 @@ def sample_prompts(texts, count):
     lines = [line for line in lines if line.strip()] or [""]
     picks = [lines[(index * len(lines)) // count] for index in range(count)]
     return [line + "\n" if line else "" for line in picks]
+
+
+def lm_training_texts(texts):
+    """The training split of `lm_dataset(texts, ...)`, as documents: each document's lines that
+    start in the first 90% of the text's UTF-8 bytes (the rest validate), each line with its
+    "\\n"; documents wholly in the validation split are left out.
+
+    Example:
+
+    >>> kept = lm_training_texts(["ab"] * 9 + ["cd\\nef"])  # "ef" starts after 90%
+    >>> len(kept), kept[-1]
+    (10, 'cd\\n')
+    """
+    # The same byte offsets as lm_dataset: every line gets its "\n" back.
+    documents = [d if d.endswith("\n") else d + "\n" for d in texts]
+    split_at = int(TRAIN_FRACTION * sum(len(d.encode("utf-8")) for d in documents))
+    kept, offset = [], 0
+    for document in documents:
+        lines = []
+        for line in document[:-1].split("\n"):
+            if offset < split_at:
+                lines.append(line + "\n")
+            offset += len(line.encode("utf-8")) + 1
+        if lines:
+            kept.append("".join(lines))
+        if offset >= split_at:
+            break
+    return kept
+
+
+def _bert_validation_documents(texts):
+    return max(2, len(texts) // 10)
 
 
 def _model_kwargs(config):
