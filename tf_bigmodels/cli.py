@@ -264,6 +264,20 @@ def _add_train(subparsers):
         f"tokenizer ({_preset_default('vocab_size')})",
     )
     parser.add_argument(
+        "--init-from",
+        metavar="SOURCE",
+        help="start a new run (step 0, new optimizer) from trained weights: a run directory "
+        "or a .keras file. The run keeps the source's tokenizer, and its shape (sizes, "
+        "--seq-len, vocabulary) must be the source's; settings not given are the source "
+        "run's (default: random weights)",
+    )
+    parser.add_argument(
+        "--lora-rank",
+        type=_positive_int,
+        help="train LoRA adapters of this rank on the model instead of all its weights "
+        "(default: off)",
+    )
+    parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
         default="auto",

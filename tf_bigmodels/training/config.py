@@ -118,6 +118,14 @@ class RunConfig:
         d_model, num_heads, dff, num_layers, rate: override the preset's model.
         vocab_size: size of a learned vocabulary; None is the preset's. Refused with a tokenizer
             whose vocabulary is fixed (the byte tokenizer).
+        init_from: a run directory or a `.keras` file: a new run (step 0, a new optimizer)
+            whose model starts from its weights and that keeps its tokenizer (copied into the
+            run directory). The model's shape must be the source's; settings left at None
+            (preset, tokenizer, vocabulary and model sizes, seq_len) are the source run's.
+            Re-running the new run resumes it (`init_from` may not change); None starts from
+            random weights.
+        lora_rank: int >= 1. Adds LoRA adapters of this rank (`model.enable_lora`), which
+            then are what trains; None is off.
         strategy, devices: see `get_strategy`.
         precision: "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16".
         jit_compile: compile the train step with XLA.
@@ -165,6 +173,8 @@ class RunConfig:
     num_layers: int = None
     rate: float = None
     vocab_size: int = None
+    init_from: str = None
+    lora_rank: int = None
     strategy: str = "auto"
     devices: list = None
     precision: str = "float32"
@@ -233,6 +243,8 @@ class RunConfig:
             )
         if values["name"] is None:
             values["name"] = kind
+        if isinstance(values["init_from"], os.PathLike):
+            values["init_from"] = os.fspath(values["init_from"])  # as config.json stores it
         config = RunConfig(**values)
         config._check()
         return config
@@ -272,6 +284,8 @@ class RunConfig:
         for field in ("seed", "samples", "sample_tokens"):
             _checks.integer(field, getattr(self, field), low=0)
         _checks.one_of("verbose", self.verbose, (0, 1, 2))
+        _checks.non_empty_str("init_from", self.init_from, none_ok=True)
+        _checks.integer("lora_rank", self.lora_rank, low=1, none_ok=True)
         _checks.integer("eval_every", self.eval_every, low=1, high=self.steps)
         if self.steps % self.eval_every:
             raise ValueError(

@@ -105,7 +105,8 @@ def train(config):
     """
     resolved = config.resolved()
     run_dir = pathlib.Path(resolved.out) / resolved.name
-    config = _with_stored_defaults(config, _read_config(run_dir)).resolved()
+    config = _with_stored_defaults(config, _read_config(run_dir))
+    config = _with_source_defaults(config).resolved()
     task = task_for(config)
     texts = task.texts()
     _check_run_dir(run_dir, config)
@@ -304,6 +305,40 @@ def _with_stored_defaults(config, stored):
         for field in dataclasses.fields(RunConfig)
         if getattr(config, field.name) is None and stored.get(field.name) is not None
     }
+    return dataclasses.replace(config, **unset)
+
+
+# Settings that an `init_from` source run decides when left at None: its shape and tokenizer
+# (which must be the source's) and its preset (the training defaults it was made with).
+_SOURCE_SETTINGS = (
+    "preset",
+    "tokenizer",
+    "vocab_size",
+    "seq_len",
+    "d_model",
+    "num_heads",
+    "dff",
+    "num_layers",
+    "rate",
+)
+
+
+def _with_source_defaults(config):
+    """`config` with the `_SOURCE_SETTINGS` left at None taken from the `init_from` run (or the
+    run directory that holds an `init_from` `.keras` file)."""
+    if config.init_from is None:
+        return config
+    source = pathlib.Path(config.init_from)
+    stored = _read_config(source if source.is_dir() else source.parent)
+    if stored is None or stored.get("model") != config.model:
+        return config
+    unset = {
+        field: stored[field]
+        for field in _SOURCE_SETTINGS
+        if getattr(config, field) is None and stored.get(field) is not None
+    }
+    if config.tokenizer not in (None, stored.get("tokenizer")):
+        unset.pop("vocab_size", None)  # another tokenizer: refused by the task, in its words
     return dataclasses.replace(config, **unset)
 
 

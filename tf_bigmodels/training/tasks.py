@@ -116,11 +116,16 @@ class Task:
             save: bool. Write a newly learned tokenizer into `run_dir` (the chief does).
         """
         entry = TOKENIZERS[self.config.tokenizer]
+        directory = pathlib.Path(run_dir) / TOKENIZER_DIR
+        if entry.learned and directory.exists():
+            return self.load_tokenizer(run_dir)
+        if self.config.init_from is not None:
+            tokenizer = self.source_tokenizer()  # copied into the new run
+            if entry.learned and save:
+                self._save_tokenizer(tokenizer, directory)
+            return tokenizer
         if not entry.learned:
             return _tokenizer_class(entry)()
-        directory = pathlib.Path(run_dir) / TOKENIZER_DIR
-        if directory.exists():
-            return self.load_tokenizer(run_dir)
         training = self.training_texts(texts)
         logger.info(
             "Learning a %s vocabulary of about %d tokens from the %d training documents...",
@@ -132,15 +137,18 @@ class Task:
             training, self.config.vocab_size, **dict(entry.train_options)
         )
         if save:
-            try:
-                with storage.atomic_path(directory) as temporary:
-                    tokenizer.save(temporary)
-            except OSError as error:
-                raise OSError(
-                    f"cannot write the tokenizer into {directory}: "
-                    f"{error.strerror or ' '.join(str(error).split())}"
-                ) from None
+            self._save_tokenizer(tokenizer, directory)
         return tokenizer
+
+    def _save_tokenizer(self, tokenizer, directory):
+        try:
+            with storage.atomic_path(directory) as temporary:
+                tokenizer.save(temporary)
+        except OSError as error:
+            raise OSError(
+                f"cannot write the tokenizer into {directory}: "
+                f"{error.strerror or ' '.join(str(error).split())}"
+            ) from None
 
     def load_tokenizer(self, run_dir):
         """The tokenizer a run recorded (its `config.tokenizer`), read from `run_dir`.
@@ -186,11 +194,92 @@ class Task:
     def build_model(self, vocab_size):
         """The model to train, built (its variables exist). Call it inside the strategy's scope.
 
+        Every run's model comes from here: `new_model`, then the weights of `config.init_from`
+        (a new run that starts from trained weights: every weight is copied, so the source must
+        have the same shape: width, heads, feed-forward size, layers, context and vocabulary),
+        then LoRA adapters if `config.lora_rank` is set (`model.enable_lora`).
+
+        Raises:
+            ValueError: `init_from` is not a model this run can start from, or its shape
+                differs, naming the first weight that does not fit.
+
         Example:
 
         >>> model = task.build_model(vocab_size=258)  # doctest: +SKIP
         """
+        model = self.new_model(vocab_size)
+        if self.config.init_from is not None:
+            _copy_weights(self.source_model(), model, self.config.init_from)
+        if self.config.lora_rank is not None:
+            model.enable_lora(self.config.lora_rank)
+        return model
+
+    def new_model(self, vocab_size):
+        """The model of the run's settings, built, with new (random) weights.
+
+        Example:
+
+        >>> model = task.new_model(vocab_size=258)  # doctest: +SKIP
+        """
         raise NotImplementedError
+
+    def source_model(self):
+        """The trained model `config.init_from` names: a run directory (its `model.keras`, else
+        its newest checkpoint) or a `.keras` file.
+
+        Example:
+
+        >>> source = task.source_model()  # doctest: +SKIP
+        """
+        source = pathlib.Path(self.config.init_from)
+        if _is_run_dir(source):
+            if (source / "model.keras").is_file():
+                return _load_keras(source / "model.keras", self.config.init_from)
+            from tf_bigmodels.training.run import load_run_model
+
+            return load_run_model(source)[0]
+        if source.is_file() and source.suffix == ".keras":
+            return _load_keras(source, self.config.init_from)
+        raise ValueError(
+            f"`init_from` must be a run directory (with model.keras or checkpoints) or a .keras "
+            f"file, got {self.config.init_from!r}."
+        )
+
+    def source_tokenizer(self):
+        """The tokenizer of `config.init_from`: the one its run recorded (a `.keras` file's run
+        is the directory that holds it); a `.keras` file outside a run directory has the byte
+        tokenizer, if the run uses it.
+
+        Raises:
+            ValueError: the source's tokenizer is not the run's `tokenizer`.
+
+        Example:
+
+        >>> tokenizer = task.source_tokenizer()  # doctest: +SKIP
+        """
+        from tf_bigmodels.training.run import run_config
+
+        source = pathlib.Path(self.config.init_from)
+        run_dir = source if _is_run_dir(source) else source.parent
+        if (run_dir / "config.json").is_file():
+            stored = run_config(run_dir)
+            if stored.model != self.config.model:
+                raise ValueError(
+                    f"`init_from`={self.config.init_from!r} is a {stored.model!r} run; this run "
+                    f"trains a {self.config.model!r} model."
+                )
+            name = stored.tokenizer
+            if name == self.config.tokenizer:
+                return task_for(run_config(run_dir)).load_tokenizer(run_dir)
+        else:
+            name = None if TOKENIZERS[self.config.tokenizer].learned else self.config.tokenizer
+            if name is not None:
+                return _tokenizer_class(TOKENIZERS[name])()
+        raise ValueError(
+            f"`tokenizer` must be the tokenizer of `init_from`={self.config.init_from!r} "
+            f"({name or 'unknown: a .keras file outside a run directory has none saved'}), "
+            f"got {self.config.tokenizer!r}."
+        )
 
     def dummy_inputs(self):
         """A batch of one example of the model's input structure (to build the model).
@@ -321,7 +410,7 @@ class GPTTask(Task):
         val = lm_dataset(texts, tokenizer, config.seq_len, config.batch_size, split="val")
         return train, fixed_batches(val, config.eval_steps)
 
-    def build_model(self, vocab_size):
+    def new_model(self, vocab_size):
         model = GPTModel(
             vocab_size=vocab_size, max_length=self.config.seq_len, **_model_kwargs(self.config)
         )
@@ -405,7 +494,7 @@ class BERTTask(Task):
         )
         return train, fixed_batches(val, config.eval_steps)
 
-    def build_model(self, vocab_size):
+    def new_model(self, vocab_size):
         encoder = BERTEncoder(
             vocab_size=vocab_size, max_length=self.config.seq_len, **_model_kwargs(self.config)
         )
@@ -512,6 +601,45 @@ def lm_training_texts(texts):
         if offset >= split_at:
             break
     return kept
+
+
+def _is_run_dir(path):
+    return (path / "config.json").is_file() and (
+        (path / "model.keras").is_file() or (path / "checkpoints").is_dir()
+    )
+
+
+def _load_keras(path, source):
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # noqa: BLE001 (Keras raises many types for a bad file)
+        raise ValueError(
+            f"`init_from`={source!r}: cannot load {path}: {' '.join(str(error).split())}"
+        ) from None
+
+
+def _copy_weights(source, target, name):
+    """Sets every weight of `target` from `source`; one line naming the first that differs."""
+    if type(source) is not type(target):
+        raise ValueError(
+            f"`init_from`={name!r} holds a {type(source).__name__}; this run trains a "
+            f"{type(target).__name__}."
+        )
+    theirs, ours = source.weights, target.weights
+    if len(theirs) != len(ours):
+        raise ValueError(
+            f"`init_from`={name!r} cannot fill this model: it has {len(theirs)} weights, this "
+            f"model {len(ours)} (the number of layers must be the source's)."
+        )
+    for other, variable in zip(theirs, ours):
+        if tuple(other.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"`init_from`={name!r} cannot fill this model: its weight {variable.path} "
+                f"has shape {tuple(other.shape)} in the source, {tuple(variable.shape)} here "
+                "(the width, heads, feed-forward size, layers, seq_len and vocabulary must be "
+                "the source's)."
+            )
+    target.set_weights(source.get_weights())
 
 
 def _bert_validation_documents(texts):
