@@ -175,3 +175,94 @@ def test_init_from_and_lora_rank_are_checked():
         ["train", "gpt", "--init-from", "runs/poet", "--lora-rank", "4"]
     )
     assert (args.init_from, args.lora_rank) == ("runs/poet", 4)
+
+
+def _keras_hub_bert_preset(directory, words):
+    """A tiny keras-hub BERT preset written offline: backbone and WordPiece tokenizer."""
+    import keras_hub
+
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary).save_to_preset(directory)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=128,
+        max_sequence_length=32,
+    )
+    backbone.save_to_preset(directory)
+    return backbone, vocabulary
+
+
+def test_bert_starts_from_a_keras_hub_preset_directory(tmp_path):
+    words = [
+        "the",
+        "a",
+        "cat",
+        "dog",
+        "sat",
+        "on",
+        "mat",
+        "ran",
+        "far",
+        "and",
+        "then",
+        "slept",
+        ".",
+        ",",
+        "it",
+        "was",
+        "big",
+        "small",
+    ]
+    backbone, vocabulary = _keras_hub_bert_preset(tmp_path / "preset", words)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(12):
+        lines = [" ".join(rng.choice(words, 12)) for _ in range(20)]
+        (corpus / f"{index:02d}.txt").write_text("\n".join(lines))
+    config = RunConfig(
+        **{**SMALL, "preset": "bert-test"},
+        model="bert",
+        corpus=str(corpus / "*.txt"),
+        init_from=str(tmp_path / "preset"),
+        steps=2,
+        learning_rate=1e-12,
+        out=str(tmp_path),
+    )
+    result = train(config)
+    # The preset's vocabulary, kept by the run (not one learned from the corpus).
+    assert load_run_tokenizer(result.run_dir).vocabulary == tuple(vocabulary)
+    # The encoder computes what the keras-hub backbone does (a learning rate of 1e-12 leaves
+    # its weights as they were).
+    ids = np.array([[2, 5, 6, 7, 3] + [0] * 27], "int32")
+    mask = (ids > 0).astype("int32")
+    inputs = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": mask}
+    expected = backbone(inputs)["sequence_output"].numpy()[:, :5]
+    got = result.model.encoder(inputs)["sequence_output"].numpy()[:, :5]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_keras_hub_gpt_preset_is_refused_for_its_tokenizer(tmp_path):
+    import keras_hub
+
+    keras_hub.models.GPT2Backbone(
+        vocabulary_size=258,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=128,
+        max_sequence_length=32,
+    ).save_to_preset(tmp_path / "preset")
+    (tmp_path / "text.txt").write_text("Some text to train on, line after line.\n" * 200)
+    config = RunConfig(
+        **SMALL,
+        corpus=str(tmp_path / "text.txt"),
+        init_from=str(tmp_path / "preset"),
+        steps=2,
+        out=str(tmp_path),
+    )
+    with pytest.raises(ValueError, match="tokenizer is not one tf_bigmodels has"):
+        train(config)

@@ -266,10 +266,10 @@ def _add_train(subparsers):
     parser.add_argument(
         "--init-from",
         metavar="SOURCE",
-        help="start a new run (step 0, new optimizer) from trained weights: a run directory "
-        "or a .keras file. The run keeps the source's tokenizer, and its shape (sizes, "
-        "--seq-len, vocabulary) must be the source's; settings not given are the source "
-        "run's (default: random weights)",
+        help="start a new run (step 0, new optimizer) from trained weights: a run directory, "
+        "a .keras file, or a keras-hub BERT preset directory. The run keeps the source's "
+        "tokenizer, and its shape (sizes, --seq-len, vocabulary) must be the source's; "
+        "settings not given are the source run's (default: random weights)",
     )
     parser.add_argument(
         "--lora-rank",

@@ -118,9 +118,10 @@ class RunConfig:
         d_model, num_heads, dff, num_layers, rate: override the preset's model.
         vocab_size: size of a learned vocabulary; None is the preset's. Refused with a tokenizer
             whose vocabulary is fixed (the byte tokenizer).
-        init_from: a run directory or a `.keras` file: a new run (step 0, a new optimizer)
-            whose model starts from its weights and that keeps its tokenizer (copied into the
-            run directory). The model's shape must be the source's; settings left at None
+        init_from: a run directory, a `.keras` file or a keras-hub BERT preset directory: a
+            new run (step 0, a new optimizer) whose model starts from its weights and that
+            keeps its tokenizer (copied into the run directory; a keras-hub GPT-2 preset is
+            refused, its BPE tokenizer is not one this package has). The model's shape must be the source's; settings left at None
             (preset, tokenizer, vocabulary and model sizes, seq_len) are the source run's.
             Re-running the new run resumes it (`init_from` may not change); None starts from
             random weights.

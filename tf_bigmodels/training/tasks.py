@@ -11,6 +11,7 @@ trained weights or adding adapters to a model belongs in `build_model`, which ev
 """
 
 import importlib
+import json
 import logging
 import math
 import os
@@ -209,7 +210,13 @@ class Task:
         """
         model = self.new_model(vocab_size)
         if self.config.init_from is not None:
-            _copy_weights(self.source_model(), model, self.config.init_from)
+            source = self.source_model()
+            _copy_weights(source, model, self.config.init_from)
+            if isinstance(source, BERTEncoder):
+                # A keras-hub encoder, as converted (its GELU is keras-hub's tanh form), with
+                # new pre-training heads.
+                model = BERTPretrainer(source)
+                model(self.dummy_inputs())
         if self.config.lora_rank is not None:
             model.enable_lora(self.config.lora_rank)
         return model
@@ -225,7 +232,9 @@ class Task:
 
     def source_model(self):
         """The trained model `config.init_from` names: a run directory (its `model.keras`, else
-        its newest checkpoint) or a `.keras` file.
+        its newest checkpoint), a `.keras` file, or a keras-hub preset directory (converted by
+        `tf_bigmodels.convert`; a BERT preset gives the encoder only, and the pre-training
+        heads start new).
 
         Example:
 
@@ -240,9 +249,35 @@ class Task:
             return load_run_model(source)[0]
         if source.is_file() and source.suffix == ".keras":
             return _load_keras(source, self.config.init_from)
+        if source.is_dir() and (source / "config.json").is_file():
+            return self.keras_hub_model(source)
         raise ValueError(
-            f"`init_from` must be a run directory (with model.keras or checkpoints) or a .keras "
-            f"file, got {self.config.init_from!r}."
+            f"`init_from` must be a run directory (with model.keras or checkpoints), a .keras "
+            f"file or a keras-hub preset directory, got {self.config.init_from!r}."
+        )
+
+    def keras_hub_model(self, preset_dir):
+        """The model of a keras-hub preset directory, converted (see `source_model`).
+
+        Example:
+
+        >>> model = task.keras_hub_model("presets/bert_tiny_en_uncased")  # doctest: +SKIP
+        """
+        raise ValueError(
+            f"`init_from`={self.config.init_from!r} is not a model this run can start from."
+        )
+
+    def keras_hub_tokenizer(self, preset_dir):
+        """The tokenizer of a keras-hub preset directory, as one of this package's.
+
+        Example:
+
+        >>> tokenizer = task.keras_hub_tokenizer("presets/bert_tiny_en_uncased")  # doctest: +SKIP
+        """
+        raise ValueError(
+            f"`init_from`={self.config.init_from!r}: a keras-hub {self.config.model} preset's "
+            "tokenizer is not one tf_bigmodels has (GPT-2's byte-level BPE), so a run cannot "
+            "keep it; start from a run directory or a .keras file instead."
         )
 
     def source_tokenizer(self):
@@ -261,6 +296,8 @@ class Task:
 
         source = pathlib.Path(self.config.init_from)
         run_dir = source if _is_run_dir(source) else source.parent
+        if source.is_dir() and not _is_run_dir(source):
+            return self.keras_hub_tokenizer(source)
         if (run_dir / "config.json").is_file():
             stored = run_config(run_dir)
             if stored.model != self.config.model:
@@ -494,6 +531,33 @@ class BERTTask(Task):
         )
         return train, fixed_batches(val, config.eval_steps)
 
+    def keras_hub_model(self, preset_dir):
+        from tf_bigmodels.convert import bert_from_keras_hub_preset
+
+        return bert_from_keras_hub_preset(preset_dir)
+
+    def keras_hub_tokenizer(self, preset_dir):
+        """The preset's WordPiece vocabulary (`assets/tokenizer/vocabulary.txt`), lower-cased
+        as its `tokenizer.json` says."""
+        from tf_bigmodels.tokenizers import WordPieceTokenizer
+
+        if self.config.tokenizer != "wordpiece":
+            raise ValueError(
+                f"`tokenizer` must be 'wordpiece', the tokenizer of `init_from`="
+                f"{self.config.init_from!r}, got {self.config.tokenizer!r}."
+            )
+        settings = pathlib.Path(preset_dir) / "tokenizer.json"
+        try:
+            config = json.loads(settings.read_text(encoding="utf-8")).get("config", {})
+            vocabulary = pathlib.Path(preset_dir) / "assets" / "tokenizer" / "vocabulary.txt"
+            return WordPieceTokenizer(vocabulary, lowercase=config.get("lowercase", True))
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"`init_from`={self.config.init_from!r} has no readable BERT tokenizer "
+                f"(tokenizer.json and assets/tokenizer/vocabulary.txt): "
+                f"{' '.join(str(error).split())}"
+            ) from None
+
     def new_model(self, vocab_size):
         encoder = BERTEncoder(
             vocab_size=vocab_size, max_length=self.config.seq_len, **_model_kwargs(self.config)
@@ -620,6 +684,8 @@ def _load_keras(path, source):
 
 def _copy_weights(source, target, name):
     """Sets every weight of `target` from `source`; one line naming the first that differs."""
+    if isinstance(source, BERTEncoder) and isinstance(target, BERTPretrainer):
+        target = target.encoder  # a keras-hub BERT: the encoder; the heads start new
     if type(source) is not type(target):
         raise ValueError(
             f"`init_from`={name!r} holds a {type(source).__name__}; this run trains a "
