@@ -295,3 +295,26 @@ def test_train_reads_a_gbk_corpus_with_corpus_encoding(tmp_path, capsys):
     assert "encoding='gbk'" not in error and "errors='replace'" not in error
     assert cli.main([*argv, "--corpus-encoding", "gbk"]) == 0
     assert _validation_records(tmp_path / "gpt")[0]["val_bits_per_char"] > 0
+
+
+def test_gpt_poet_preset_has_the_poetry_benchmark_s_settings(monkeypatch):
+    import importlib.util
+    import pathlib
+
+    from tf_bigmodels.training import get_preset
+
+    benchmarks = pathlib.Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # for its `_timing`
+    spec = importlib.util.spec_from_file_location("poetry_benchmark", benchmarks / "poetry.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    settings = module.SETTINGS
+    preset = get_preset("gpt", "gpt-poet")
+    assert preset.model == settings["model"]
+    assert (preset.seq_len, preset.batch_size, preset.learning_rate, preset.warmup_steps) == (
+        settings["seq_len"],
+        settings["batch_size"],
+        settings["learning_rate"],
+        settings["warmup_steps"],
+    )
+    assert (preset.vocab_size, preset.decay) == (settings["sentencepiece_vocab_size"], "cosine")
