@@ -86,7 +86,7 @@ def test_documented_defaults(overrides, expected):
         (dict(warmup_steps=20), "`warmup_steps` must be an integer in [0, 19], got 20"),
         (dict(seed=-1), "`seed` must be an integer >= 0, got -1"),
         (dict(vocab_size=300), "`vocab_size` must be None with the byte tokenizer"),
-        (dict(tokenizer="wordpiece"), "`tokenizer` must be one of ['byte']"),
+        (dict(tokenizer="wordpiece"), "`tokenizer` must be one of ['byte', 'sentencepiece']"),
         (dict(name="../x"), "`name` must be one directory name"),
         (dict(name="/tmp/x"), "`name` must be one directory name"),
         (dict(name=""), "`name` must be one directory name"),

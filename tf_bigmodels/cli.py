@@ -8,6 +8,8 @@ Example:
     tf-bigmodels train gpt                     # nanoGPT's CPU configuration on the bundled corpus
     tf-bigmodels train bert --preset bert-mini --steps 4000
     tf-bigmodels generate runs/gpt --prompt "ROMEO:" --max-new-tokens 300
+    tf-bigmodels train gpt --corpus tangshi --preset gpt-poet --name poet
+    tf-bigmodels generate runs/poet --prompt "静夜思\n李白\n"
     tf-bigmodels export runs/gpt --no-xla
 """
 
@@ -43,6 +45,17 @@ _TF_USER_ERRORS = (
     "NotFoundError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
+)
+# The bundled corpora (`tf_bigmodels.data.corpus.BUNDLED_CORPORA`), named here so that the
+# arguments are checked without importing TensorFlow (a test checks the two lists agree).
+_BUNDLED_CORPORA = ("shakespeare", "tangshi", "chinese_reviews")
+# Backslash escapes `--prompt` interprets, as a shell's `echo -e` or Python's string literals do.
+_PROMPT_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+# load_corpus's advice on text that is not in the expected encoding, in the command's words.
+_CORPUS_ADVICE = (
+    ("encoding='gbk'", "--corpus-encoding gbk"),
+    ("the file's encoding", "the file's encoding with --corpus-encoding"),
+    ("errors='replace'", "--corpus-errors replace"),
 )
 # The package's own errors that end a command: a diverged run, a directory another process holds.
 _RUN_ERRORS = ("TrainingDiverged", "DirectoryInUse")
@@ -169,21 +182,29 @@ def _add_train(subparsers):
         nargs="+",
         default=["shakespeare"],
         metavar="PATH_OR_GLOB",
-        help="'shakespeare' (bundled) or UTF-8 text files / globs, one document per file "
-        "(default: shakespeare)",
+        help="a bundled corpus: 'shakespeare' (tiny Shakespeare), 'tangshi' (全唐诗, 56,053 "
+        "poems, one a document) or 'chinese_reviews' (17,363 product reviews); or UTF-8 text "
+        "files / globs, one document per file (default: shakespeare)",
+    )
+    parser.add_argument(
+        "--corpus-encoding",
+        default="utf-8",
+        help="the text encoding of the corpus files, e.g. gbk for files saved by Chinese "
+        "Windows software",
     )
     parser.add_argument(
         "--corpus-errors",
         choices=("strict", "replace"),
         default="strict",
-        help="bytes of the corpus that are not UTF-8: an error (strict), or replaced by U+FFFD",
+        help="bytes of the corpus that are not valid in its encoding: an error (strict), or "
+        "replaced by U+FFFD",
     )
     tokenizers = {kind: tokenizer_choices(kind) for kind in PRESETS}
     parser.add_argument(
         "--tokenizer",
         choices=sorted(TOKENIZERS),
         help="; ".join(f"{kind}: {', '.join(names)}" for kind, names in tokenizers.items())
-        + " (default: the first of the model's)",
+        + " (default: the preset's, else the first of the model's; gpt-poet: sentencepiece)",
     )
     parser.add_argument(
         "--preset",
@@ -241,6 +262,20 @@ def _add_train(subparsers):
         type=_positive_int,
         help="size of a learned vocabulary (WordPiece, SentencePiece); not for the byte "
         f"tokenizer ({_preset_default('vocab_size')})",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="SOURCE",
+        help="start a new run (step 0, new optimizer) from trained weights: a run directory, "
+        "a .keras file, or a keras-hub BERT preset directory. The run keeps the source's "
+        "tokenizer, and its shape (sizes, --seq-len, vocabulary) must be the source's; "
+        "settings not given are the source run's (default: random weights)",
+    )
+    parser.add_argument(
+        "--lora-rank",
+        type=_positive_int,
+        help="train LoRA adapters of this rank on the model instead of all its weights "
+        "(default: off)",
     )
     parser.add_argument(
         "--strategy",
@@ -319,7 +354,8 @@ def _add_train(subparsers):
 def _train(args):
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
     corpus = fields.pop("corpus")
-    config = RunConfig(**fields, corpus=corpus[0] if corpus == ["shakespeare"] else corpus)
+    bundled = len(corpus) == 1 and corpus[0] in _BUNDLED_CORPORA
+    config = RunConfig(**fields, corpus=corpus[0] if bundled else corpus)
     config.resolved()  # every setting checked before TensorFlow loads
 
     from tf_bigmodels import load_everything
@@ -330,10 +366,11 @@ def _train(args):
     try:
         result = train(config)
     except ValueError as error:
-        if "errors='replace'" in str(error):  # the Python API's advice, in the command's words
-            raise ValueError(
-                str(error).replace("pass errors='replace'", "pass --corpus-errors replace")
-            ) from None
+        message = str(error)
+        if "errors='replace'" in message:  # the Python API's advice, in the command's words
+            for python, flag in _CORPUS_ADVICE:
+                message = message.replace(python, flag)
+            raise ValueError(message) from None
         raise
     if not result.history and result.export_path is None:
         print(
@@ -342,6 +379,8 @@ def _train(args):
         )
     else:
         print(f"\nRun directory: {result.run_dir} (step {result.step})")
+    if result.history.get("val_loss"):
+        print(_validation_summary(result.history))
     for index, sample in enumerate(result.samples):
         print(f"\n--- sample {index + 1} ---\n{sample}")
     if result.export_path:
@@ -355,10 +394,22 @@ def _train(args):
     return 0
 
 
+def _validation_summary(history):
+    """'Validation (last): loss 1.9321 per token (perplexity 6.90), 2.7874 bits per character'."""
+    loss = history["val_loss"][-1]
+    parts = [f"loss {loss:.4f}"]
+    if history.get("val_perplexity"):
+        parts[0] += f" per token (perplexity {history['val_perplexity'][-1]:.2f})"
+    if history.get("val_bits_per_char"):
+        parts.append(f"{history['val_bits_per_char'][-1]:.4f} bits per character")
+    return "Validation (last): " + ", ".join(parts)
+
+
 def _first_prompt(result):
-    """The start of the first sample's prompt line, or a short default."""
+    """The first sample's prompt line with its newline written `\\n` (generate reads it as
+    one), or a short default."""
     if result.samples and result.samples[0].split("\n", 1)[0].strip():
-        return result.samples[0].split("\n", 1)[0]
+        return result.samples[0].split("\n", 1)[0].replace("\\", "\\\\") + "\\n"
     return "ROMEO:"
 
 
@@ -372,7 +423,13 @@ def _add_generate(subparsers):
         "kept). Only complete characters are printed.",
     )
     parser.add_argument("source", help="run directory, .keras file or SavedModel directory")
-    parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
+    parser.add_argument(
+        "--prompt",
+        default="",
+        help="text to continue; \\n in it is a newline and \\t a tab (\\\\ for a backslash), "
+        'so --prompt "静夜思\\n李白\\n" gives a title and an author line (default: a new '
+        "document)",
+    )
     length = parser.add_mutually_exclusive_group()
     length.add_argument(
         "--max-new-tokens",
@@ -423,6 +480,7 @@ def _generate(args):
         args.prompt.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("`--prompt` must be valid UTF-8 text; it is not.") from None
+    prompt = unescape_prompt(args.prompt)
     max_new_chars = _checks.integer("max_new_chars", args.max_new_chars, low=0, none_ok=True)
     num_samples = _checks.integer("num_samples", args.num_samples, low=1)
     max_new_tokens = args.max_new_tokens if max_new_chars is None else None
@@ -430,25 +488,44 @@ def _generate(args):
         temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, seed=args.seed
     )
     GenerationSettings(max_new_tokens or 0, **settings)  # raises on any bad setting
-    source = _resolve_run_source(args.source)
+    source, tokenizer = _resolve_run_source(args.source)
     with _loading(args.source):
-        generator = load_generator(source, weights=args.weights)
+        generator = load_generator(source, tokenizer, weights=args.weights)
     length = dict(max_new_tokens=max_new_tokens, max_new_chars=max_new_chars)
     try:
         if num_samples == 1:
-            print(args.prompt, end="", flush=True)
-            for piece in stream_text(generator, args.prompt, **length, **settings):
+            print(prompt, end="", flush=True)
+            for piece in stream_text(generator, prompt, **length, **settings):
                 print(piece, end="", flush=True)
             print()
             return 0
-        texts = generate_texts(
-            generator, args.prompt, **length, num_samples=num_samples, **settings
-        )
+        texts = generate_texts(generator, prompt, **length, num_samples=num_samples, **settings)
     except tf.errors.InvalidArgumentError as error:  # the SavedModel's in-graph checks
         raise ValueError(_graph_error(error)) from None
     for index, text in enumerate(texts):
-        print(f"--- sample {index + 1} ---\n{args.prompt}{text}")
+        print(f"--- sample {index + 1} ---\n{prompt}{text}")
     return 0
+
+
+def unescape_prompt(text):
+    r"""`text` with the escapes `\n` (newline), `\t` (tab) and `\\` (backslash) read as the
+    characters they stand for; any other backslash stays as it is.
+
+    A shell passes `"静夜思\n李白\n"` to the command as a backslash and an `n`, so
+    `tf-bigmodels generate --prompt` reads the escapes: the README's commands then give a
+    prompt of several lines on any shell.
+
+    Args:
+        text: str. The prompt as typed.
+
+    Example:
+
+    >>> unescape_prompt(r"静夜思\n李白\n")
+    '静夜思\n李白\n'
+    >>> unescape_prompt(r"C:\\new \d")
+    'C:\\new \\d'
+    """
+    return re.sub(r"\\([nt\\])", lambda match: _PROMPT_ESCAPES[match.group(1)], text)
 
 
 def _graph_error(error):
@@ -458,33 +535,45 @@ def _graph_error(error):
 
 
 def _resolve_run_source(source):
-    """A run directory stands for its newest SavedModel, else its `model.keras`, else the model
-    rebuilt from its newest checkpoint (an interrupted or still running training)."""
-    run_dir = pathlib.Path(source)
-    if not run_dir.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(run_dir))
-    if (run_dir / "config.json").is_file():
-        try:
-            kind = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("model")
-        except (OSError, ValueError, AttributeError):
-            kind = None
-        if kind not in (None, "gpt"):
-            raise ValueError(
-                f"{run_dir} is a {kind!r} run; generate continues text with a GPT run "
-                "(tf-bigmodels train gpt)."
-            )
-        if (run_dir / "export").is_dir() and any(
-            p.name.isdigit() for p in (run_dir / "export").iterdir()
-        ):
-            return str(run_dir / "export")
-        if (run_dir / "model.keras").is_file():
-            return str(run_dir / "model.keras")
-        from tf_bigmodels.training import load_run_model
+    """`(source, tokenizer)` for `load_generator`. A run directory stands for its newest
+    SavedModel (which carries its tokenizer), else its `model.keras`, else the model rebuilt from
+    its newest checkpoint (an interrupted or still running training), with the tokenizer the run
+    recorded; so does a `.keras` file inside a run directory (`model.keras`, `best.keras`)."""
+    path = pathlib.Path(source)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    if path.is_file() and path.suffix == ".keras" and (path.parent / "config.json").is_file():
+        from tf_bigmodels.training import load_run_tokenizer
 
-        model, _, step = load_run_model(run_dir)
-        logging.getLogger("tf_bigmodels").info("Using the checkpoint of step %d.", step)
-        return model
-    return str(run_dir)
+        _check_gpt_run(path.parent)
+        return str(path), load_run_tokenizer(path.parent)
+    if not (path / "config.json").is_file():
+        return str(path), None
+    run_dir = path
+    _check_gpt_run(run_dir)
+    if (run_dir / "export").is_dir() and any(
+        p.name.isdigit() for p in (run_dir / "export").iterdir()
+    ):
+        return str(run_dir / "export"), None
+    from tf_bigmodels.training import load_run_model, load_run_tokenizer
+
+    if (run_dir / "model.keras").is_file():
+        return str(run_dir / "model.keras"), load_run_tokenizer(run_dir)
+    model, tokenizer, step = load_run_model(run_dir)
+    logging.getLogger("tf_bigmodels").info("Using the checkpoint of step %d.", step)
+    return model, tokenizer
+
+
+def _check_gpt_run(run_dir):
+    try:
+        kind = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind not in (None, "gpt"):
+        raise ValueError(
+            f"{run_dir} is a {kind!r} run; generate continues text with a GPT run "
+            "(tf-bigmodels train gpt)."
+        )
 
 
 def _add_export(subparsers):
@@ -499,8 +588,8 @@ def _add_export(subparsers):
     parser.add_argument("--out", help="export directory (default: RUN_DIR/export)")
     parser.add_argument(
         "--tokenizer",
-        help="tokenizer directory for a .keras file outside a run directory (default: the "
-        "tokenizer the run recorded)",
+        help="tokenizer directory (a saved WordPiece or SentencePiece tokenizer) for a .keras "
+        "file outside a run directory (default: the tokenizer the run recorded)",
     )
     parser.add_argument(
         "--version", type=_positive_int, help="version number (default: the next free number)"
@@ -550,7 +639,7 @@ def _export(args):
 
     from tf_bigmodels.export import export_bert, export_gpt
     from tf_bigmodels.models import BERTClassifier, BERTPretrainer, GPTModel
-    from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
+    from tf_bigmodels.tokenizers import ByteTokenizer, SentencePieceTokenizer, WordPieceTokenizer
     from tf_bigmodels.training import load_run_tokenizer
     from tf_bigmodels.training.storage import lock
 
@@ -562,7 +651,14 @@ def _export(args):
             "BERTPretrainer or BERTClassifier."
         )
     if args.tokenizer:
-        tokenizer = WordPieceTokenizer.load(args.tokenizer)
+        saved = pathlib.Path(args.tokenizer)
+        # SentencePieceTokenizer.save writes one sentencepiece.model; WordPiece its vocabulary.
+        learned = (
+            SentencePieceTokenizer
+            if (saved / "sentencepiece.model").is_file()
+            else WordPieceTokenizer
+        )
+        tokenizer = learned.load(saved)
     elif (run_dir / "config.json").is_file():
         tokenizer = load_run_tokenizer(run_dir)
     elif isinstance(model, GPTModel):

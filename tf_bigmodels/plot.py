@@ -422,7 +422,8 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
     """Writes `loss.png` and `attention_layer<N>.png` for a training run directory.
 
     The loss curves come from `metrics.jsonl`. The attention map is drawn for `text` through the
-    run's `model.keras` (a `GPTModel`, tokenized by bytes and labelled by character; or a
+    run's `model.keras` (a `GPTModel`, tokenized with the run's tokenizer and labelled by
+    character for the byte tokenizer, by piece for a learned one; or a
     `BERTPretrainer`, tokenized as `[CLS] text [SEP]` with the run's `tokenizer/` and labelled by
     wordpiece), truncated to the model's `max_length` and to 64 tokens so the picture stays
     readable. Chinese labels need a CJK font (see `plot_attention`).
@@ -473,8 +474,17 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
     if isinstance(model, GPTModel):
         from tf_bigmodels.tokenizers import ByteTokenizer
 
-        ids = ByteTokenizer().tokenize(text).numpy()[: min(64, model.max_length)]
-        tokens = byte_token_labels(ids)
+        tokenizer = ByteTokenizer()
+        if (run_dir / "config.json").is_file():
+            from tf_bigmodels.training import load_run_tokenizer
+
+            tokenizer = load_run_tokenizer(run_dir)
+        ids = tokenizer.tokenize(text).numpy()[: min(64, model.max_length)]
+        if isinstance(tokenizer, ByteTokenizer):
+            tokens = byte_token_labels(ids)
+        else:  # one label per piece: its text
+            pieces = tokenizer.detokenize(ids[:, None]).numpy()
+            tokens = [piece.decode("utf-8").replace("\n", "\\n") for piece in pieces]
         maps = attention_maps(model, ids, layer)
         kind = "GPT (causal)"
     elif isinstance(model, (BERTPretrainer, BERTClassifier)):

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_bigmodels.data import bits_per_character
 from tf_bigmodels.training import storage
 
 logger = logging.getLogger("tf_bigmodels")
@@ -211,7 +212,11 @@ class TrainingLog(keras.callbacks.Callback):
     rewritten in place; otherwise (a file, CI) one plain line is printed per interval.
 
     Lines of `metrics.jsonl` look like `{"step": 250, "loss": 1.9, "tokens/s": 11000.0}`, and at
-    each validation `{"step": 250, "epoch": 1, "val_loss": 2.0, ...}`.
+    each validation `{"step": 250, "epoch": 1, "val_loss": 2.0, ...}`, with `val_perplexity`
+    for a language model. Given the validation text's token and character counts, each
+    validation also logs `val_bits_per_char` (`bits_per_character(val_loss, tokens,
+    characters)`: the loss in a unit that does not depend on the tokenizer). Both are added to
+    the epoch's logs, so `fit`'s history holds them.
 
     Args:
         run_dir: path or None. Where `metrics.jsonl` and `logs/` go; None writes no files (a
@@ -220,6 +225,8 @@ class TrainingLog(keras.callbacks.Callback):
         tokens_per_step: int. Tokens in one global batch.
         every: int. Steps per logged interval.
         perplexity: bool. Also log exp(loss) (language models).
+        bits_per_char_counts: `(tokens, characters)` of the validation text (see
+            `lm_split_counts`), or None (no bits per character). Defaults to None.
         verbose: int. 1 prints to the console (in place on a terminal), 2 prints one line per
             interval even on a terminal, 0 prints nothing.
         stream: file. The console. Defaults to `sys.stdout`.
@@ -238,6 +245,7 @@ class TrainingLog(keras.callbacks.Callback):
         *,
         every=10,
         perplexity=False,
+        bits_per_char_counts=None,
         verbose=1,
         stream=None,
     ):
@@ -247,6 +255,7 @@ class TrainingLog(keras.callbacks.Callback):
         self.tokens_per_step = tokens_per_step
         self.every = every
         self.perplexity = perplexity
+        self.bits_per_char_counts = bits_per_char_counts
         self.verbose = verbose
         self.stream = stream or sys.stdout
         self.tty = verbose == 1 and self.stream.isatty()
@@ -300,6 +309,12 @@ class TrainingLog(keras.callbacks.Callback):
         values = {k: float(v) for k, v in (logs or {}).items()}
         if self.perplexity and "val_loss" in values:
             values["val_perplexity"] = _exp(values["val_loss"])
+        if self.bits_per_char_counts and "val_loss" in values:
+            values["val_bits_per_char"] = _bits_per_character(
+                values["val_loss"], *self.bits_per_char_counts
+            )
+        if logs is not None:  # for the History callback, which comes after this one
+            logs.update({k: v for k, v in values.items() if k not in logs})
         record = {"step": self._step(), "epoch": epoch + 1, **values}
         self._write("validation", record)
         shown = {k: v for k, v in record.items() if k == "step" or k.startswith("val_")}
@@ -348,6 +363,11 @@ class TrainingLog(keras.callbacks.Callback):
             self.stream.write("\n")
             self._open_line = False
         self.stream.flush()
+
+
+def _bits_per_character(loss, tokens, characters):
+    """`bits_per_character`, or infinity for a loss that is not finite."""
+    return bits_per_character(loss, tokens, characters) if math.isfinite(loss) else math.inf
 
 
 def _exp(value):

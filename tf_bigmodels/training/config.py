@@ -43,6 +43,8 @@ TOKENIZERS = {
     "wordpiece": TokenizerEntry(
         "WordPieceTokenizer", learned=True, train_options=(("verbose", False),)
     ),
+    # Lossless on any UTF-8 text, newlines and full-width punctuation included (Chinese).
+    "sentencepiece": TokenizerEntry("SentencePieceTokenizer", learned=True),
 }
 
 # Per model kind, the tokenizers it can be trained with (the first is its default). A name
@@ -89,11 +91,21 @@ class RunConfig:
         model: "gpt" or "bert".
         preset: a name from `GPT_PRESETS` / `BERT_PRESETS`; None is the kind's default
             ("gpt-nano", "bert-tiny").
-        corpus: "shakespeare" (bundled), a path, a glob, or a list of paths.
-        corpus_errors: "strict" (bytes that are not UTF-8 are an error) or "replace" (they
-            become U+FFFD).
+        corpus: a bundled corpus ("shakespeare", "tangshi", "chinese_reviews"), a path, a
+            glob, or a list of paths (or, from Python, a list of document strings). The
+            bundled corpora of independent short documents ("tangshi", "chinese_reviews") are
+            shuffled with a fixed seed (0) before the split, so validation is a random tenth
+            of the poems or reviews (the file order of 全唐诗 ends with 词 and songs); the
+            split is the same whatever `seed` is, so runs compare on the same validation text.
+        corpus_encoding: the text encoding of the corpus files, e.g. "gbk" (see `load_corpus`).
+        corpus_errors: "strict" (bytes that are not valid in `corpus_encoding` are an error) or
+            "replace" (they become U+FFFD).
         tokenizer: a name from `TOKENIZERS` that the model kind takes (`tokenizer_choices`);
-            None is the kind's default ("byte" for GPT, "wordpiece" for BERT).
+            None is the preset's ("sentencepiece" for "gpt-poet"), else the kind's default
+            ("byte" for GPT, "wordpiece" for BERT). A learned vocabulary (WordPiece,
+            SentencePiece) is learned from the documents of the training split only (for GPT,
+            the lines `lm_dataset` trains on; for BERT, all but its last tenth of documents),
+            so validation text is never seen by the tokenizer either.
         steps: training steps (batches); None is the preset's.
         batch_size: global batch size (split over the replicas); None is the preset's.
         seq_len: tokens per example; None is the preset's.
@@ -106,6 +118,15 @@ class RunConfig:
         d_model, num_heads, dff, num_layers, rate: override the preset's model.
         vocab_size: size of a learned vocabulary; None is the preset's. Refused with a tokenizer
             whose vocabulary is fixed (the byte tokenizer).
+        init_from: a run directory, a `.keras` file or a keras-hub BERT preset directory: a
+            new run (step 0, a new optimizer) whose model starts from its weights and that
+            keeps its tokenizer (copied into the run directory; a keras-hub GPT-2 preset is
+            refused, its BPE tokenizer is not one this package has). The model's shape must be the source's; settings left at None
+            (preset, tokenizer, vocabulary and model sizes, seq_len) are the source run's.
+            Re-running the new run resumes it (`init_from` may not change); None starts from
+            random weights.
+        lora_rank: int >= 1. Adds LoRA adapters of this rank (`model.enable_lora`), which
+            then are what trains; None is off.
         strategy, devices: see `get_strategy`.
         precision: "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16".
         jit_compile: compile the train step with XLA.
@@ -136,6 +157,7 @@ class RunConfig:
     model: str = "gpt"
     preset: str = None
     corpus: object = "shakespeare"
+    corpus_encoding: str = "utf-8"
     corpus_errors: str = "strict"
     tokenizer: str = None
     steps: int = None
@@ -152,6 +174,8 @@ class RunConfig:
     num_layers: int = None
     rate: float = None
     vocab_size: int = None
+    init_from: str = None
+    lora_rank: int = None
     strategy: str = "auto"
     devices: list = None
     precision: str = "float32"
@@ -185,7 +209,12 @@ class RunConfig:
         values = dataclasses.asdict(self)
         values["preset"] = DEFAULT_PRESET[kind] if self.preset is None else self.preset
         choices = tokenizer_choices(kind)
-        values["tokenizer"] = choices[0] if self.tokenizer is None else self.tokenizer
+        if self.tokenizer is not None:
+            values["tokenizer"] = self.tokenizer
+        elif preset.tokenizer in choices:
+            values["tokenizer"] = preset.tokenizer
+        else:
+            values["tokenizer"] = choices[0]
         _checks.one_of("tokenizer", values["tokenizer"], choices)
         steps = values["steps"] = _checks.positive_int(
             "steps", preset.steps if self.steps is None else self.steps
@@ -215,6 +244,8 @@ class RunConfig:
             )
         if values["name"] is None:
             values["name"] = kind
+        if isinstance(values["init_from"], os.PathLike):
+            values["init_from"] = os.fspath(values["init_from"])  # as config.json stores it
         config = RunConfig(**values)
         config._check()
         return config
@@ -247,12 +278,15 @@ class RunConfig:
         _checks.unit_interval("rate", self.rate)
         _checks.one_of("precision", self.precision, PRECISIONS)
         _checks.one_of("strategy", self.strategy, STRATEGIES)
+        _checks.non_empty_str("corpus_encoding", self.corpus_encoding)
         _checks.one_of("corpus_errors", self.corpus_errors, ("strict", "replace"))
         for field in ("jit_compile", "resume", "export"):
             _checks.boolean(field, getattr(self, field))
         for field in ("seed", "samples", "sample_tokens"):
             _checks.integer(field, getattr(self, field), low=0)
         _checks.one_of("verbose", self.verbose, (0, 1, 2))
+        _checks.non_empty_str("init_from", self.init_from, none_ok=True)
+        _checks.integer("lora_rank", self.lora_rank, low=1, none_ok=True)
         _checks.integer("eval_every", self.eval_every, low=1, high=self.steps)
         if self.steps % self.eval_every:
             raise ValueError(

@@ -11,7 +11,6 @@ import keras
 import tensorflow as tf
 
 from tf_bigmodels import __version__
-from tf_bigmodels.data import load_corpus
 from tf_bigmodels.training import callbacks as cb
 from tf_bigmodels.training import storage
 from tf_bigmodels.training.accumulation import AccumulatingTrainer
@@ -106,9 +105,10 @@ def train(config):
     """
     resolved = config.resolved()
     run_dir = pathlib.Path(resolved.out) / resolved.name
-    config = _with_stored_defaults(config, _read_config(run_dir)).resolved()
+    config = _with_stored_defaults(config, _read_config(run_dir))
+    config = _with_source_defaults(config).resolved()
     task = task_for(config)
-    texts = load_corpus(config.corpus, errors=config.corpus_errors)
+    texts = task.texts()
     _check_run_dir(run_dir, config)
     with _dtype_policy(config.precision):
         strategy = get_strategy(config.strategy, devices=config.devices)
@@ -130,6 +130,7 @@ def _train(config, task, texts, run_dir, strategy, chief):
     keras.utils.set_random_seed(config.seed)
     tokenizer = task.tokenizer(texts, run_dir, save=chief)
     train_data, val_data = task.datasets(texts, tokenizer)
+    val_counts = task.validation_counts(texts, tokenizer) if chief else None
     with strategy.scope():
         model = task.compiled_model(tokenizer.vocab_size)
         fitted = model
@@ -160,6 +161,7 @@ def _train(config, task, texts, run_dir, strategy, chief):
                 config.batch_size * config.seq_len,
                 every=config.log_every,
                 perplexity=task.log_perplexity,
+                bits_per_char_counts=val_counts,
                 verbose=config.verbose if chief else 0,
             ),
             cb.SaveProgress(checkpoint, guard, run_dir / "best.keras" if chief else None, model),
@@ -306,6 +308,40 @@ def _with_stored_defaults(config, stored):
     return dataclasses.replace(config, **unset)
 
 
+# Settings that an `init_from` source run decides when left at None: its shape and tokenizer
+# (which must be the source's) and its preset (the training defaults it was made with).
+_SOURCE_SETTINGS = (
+    "preset",
+    "tokenizer",
+    "vocab_size",
+    "seq_len",
+    "d_model",
+    "num_heads",
+    "dff",
+    "num_layers",
+    "rate",
+)
+
+
+def _with_source_defaults(config):
+    """`config` with the `_SOURCE_SETTINGS` left at None taken from the `init_from` run (or the
+    run directory that holds an `init_from` `.keras` file)."""
+    if config.init_from is None:
+        return config
+    source = pathlib.Path(config.init_from)
+    stored = _read_config(source if source.is_dir() else source.parent)
+    if stored is None or stored.get("model") != config.model:
+        return config
+    unset = {
+        field: stored[field]
+        for field in _SOURCE_SETTINGS
+        if getattr(config, field) is None and stored.get(field) is not None
+    }
+    if config.tokenizer not in (None, stored.get("tokenizer")):
+        unset.pop("vocab_size", None)  # another tokenizer: refused by the task, in its words
+    return dataclasses.replace(config, **unset)
+
+
 def _check_run_dir(run_dir, config):
     """Refuses, before anything is written, a run directory that cannot be written, holds an
     unreadable run or a run of another version, or whose run differs from `config` in a setting
@@ -336,10 +372,13 @@ def _check_run_dir(run_dir, config):
             f"{__version__}; start a new run with another --name or --out."
         )
     record = _run_record(config)
+    # A setting added after the run was written is read as its default.
+    defaults = {field.name: field.default for field in dataclasses.fields(RunConfig)}
     changed = [
-        f"{key}: {saved.get(key)!r} -> {record[key]!r}"
+        f"{key}: {saved.get(key, defaults.get(key))!r} -> {record[key]!r}"
         for key in record
-        if key not in (*RERUN_MAY_CHANGE, "out", "name") and saved.get(key) != record[key]
+        if key not in (*RERUN_MAY_CHANGE, "out", "name")
+        and saved.get(key, defaults.get(key)) != record[key]
     ]
     if changed:
         raise ValueError(

@@ -11,16 +11,25 @@ trained weights or adding adapters to a model belongs in `build_model`, which ev
 """
 
 import importlib
+import json
 import logging
 import math
 import os
 import pathlib
+import random
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_bigmodels.data import bert_pretraining_dataset, lm_dataset
+from tf_bigmodels.data import (
+    bert_pretraining_dataset,
+    lm_dataset,
+    lm_split_counts,
+    load_corpus,
+)
+from tf_bigmodels.data.corpus import CHINESE_REVIEWS, TANGSHI
+from tf_bigmodels.data.lm_dataset import TRAIN_FRACTION
 from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel
 from tf_bigmodels.training import storage
 from tf_bigmodels.training.config import TOKENIZERS
@@ -30,6 +39,12 @@ from tf_bigmodels.training.presets import get_preset
 logger = logging.getLogger("tf_bigmodels")
 
 TOKENIZER_DIR = "tokenizer"
+# Bundled corpora of short independent documents stored in an order that is not random (全唐诗
+# ends with 词 and songs; the reviews come grouped by label). They are shuffled before the split,
+# with this seed whatever the run's `seed`, so that every run validates on the same random tenth
+# (the same poems `benchmarks/poetry.py` holds out).
+SHUFFLED_CORPORA = (TANGSHI, CHINESE_REVIEWS)
+CORPUS_SHUFFLE_SEED = 0
 
 
 class Task:
@@ -55,43 +70,86 @@ class Task:
         self.config = config
         self.preset = get_preset(config.model, config.preset)
 
+    # ---- corpus ----------------------------------------------------------------------------
+    def texts(self):
+        """The run's documents: `load_corpus(config.corpus)`, in the order the split sees them.
+
+        The bundled corpora of `SHUFFLED_CORPORA` ("tangshi", "chinese_reviews") are shuffled
+        with `CORPUS_SHUFFLE_SEED`, so the validation split (the end of the list) is a random
+        slice of poems or reviews and not the end of the file; other corpora keep their order.
+
+        Example:
+
+        >>> from tf_bigmodels.training import RunConfig
+        >>> poems = task_for(RunConfig(corpus="tangshi").resolved()).texts()
+        >>> len(poems), poems[-1] == load_corpus("tangshi")[-1]
+        (56053, False)
+        """
+        config = self.config
+        texts = load_corpus(
+            config.corpus, encoding=config.corpus_encoding, errors=config.corpus_errors
+        )
+        if isinstance(config.corpus, str) and config.corpus in SHUFFLED_CORPORA:
+            texts = list(texts)
+            random.Random(CORPUS_SHUFFLE_SEED).shuffle(texts)
+        return texts
+
+    def training_texts(self, texts):
+        """The part of `texts` the model trains on (a learned vocabulary is learned from it).
+
+        Example:
+
+        >>> task.training_texts(["a", "b"])  # doctest: +SKIP
+        """
+        raise NotImplementedError
+
     # ---- tokenizer --------------------------------------------------------------------------
     def tokenizer(self, texts, run_dir, *, save=True):
         """The run's tokenizer: loaded from `run_dir` if it holds one, else made (and saved).
 
-        A learned vocabulary is written into `run_dir/tokenizer/` all at once (a temporary
+        A learned vocabulary is learned from `training_texts(texts)` only, so no validation
+        text shapes it, and written into `run_dir/tokenizer/` all at once (a temporary
         directory renamed into place), so an interrupted save leaves nothing half-written.
 
         Args:
-            texts: list of str. The corpus (to learn a vocabulary from).
+            texts: list of str. The run's documents (`texts()`).
             run_dir: path. The run directory.
             save: bool. Write a newly learned tokenizer into `run_dir` (the chief does).
         """
         entry = TOKENIZERS[self.config.tokenizer]
+        directory = pathlib.Path(run_dir) / TOKENIZER_DIR
+        if entry.learned and directory.exists():
+            return self.load_tokenizer(run_dir)
+        if self.config.init_from is not None:
+            tokenizer = self.source_tokenizer()  # copied into the new run
+            if entry.learned and save:
+                self._save_tokenizer(tokenizer, directory)
+            return tokenizer
         if not entry.learned:
             return _tokenizer_class(entry)()
-        directory = pathlib.Path(run_dir) / TOKENIZER_DIR
-        if directory.exists():
-            return self.load_tokenizer(run_dir)
+        training = self.training_texts(texts)
         logger.info(
-            "Learning a %s vocabulary of about %d tokens from %d documents...",
+            "Learning a %s vocabulary of about %d tokens from the %d training documents...",
             self.config.tokenizer,
             self.config.vocab_size,
-            len(texts),
+            len(training),
         )
         tokenizer = _tokenizer_class(entry).train(
-            texts, self.config.vocab_size, **dict(entry.train_options)
+            training, self.config.vocab_size, **dict(entry.train_options)
         )
         if save:
-            try:
-                with storage.atomic_path(directory) as temporary:
-                    tokenizer.save(temporary)
-            except OSError as error:
-                raise OSError(
-                    f"cannot write the tokenizer into {directory}: "
-                    f"{error.strerror or ' '.join(str(error).split())}"
-                ) from None
+            self._save_tokenizer(tokenizer, directory)
         return tokenizer
+
+    def _save_tokenizer(self, tokenizer, directory):
+        try:
+            with storage.atomic_path(directory) as temporary:
+                tokenizer.save(temporary)
+        except OSError as error:
+            raise OSError(
+                f"cannot write the tokenizer into {directory}: "
+                f"{error.strerror or ' '.join(str(error).split())}"
+            ) from None
 
     def load_tokenizer(self, run_dir):
         """The tokenizer a run recorded (its `config.tokenizer`), read from `run_dir`.
@@ -122,15 +180,143 @@ class Task:
         """
         raise NotImplementedError
 
+    def validation_counts(self, texts, tokenizer):
+        """`(tokens, characters)` of the validation text, to log bits per character; None when
+        the task's loss is not a language model's per-token loss.
+
+        Example:
+
+        >>> task.validation_counts(texts, tokenizer)  # doctest: +SKIP
+        (41892, 111540)
+        """
+        return None
+
     # ---- model -----------------------------------------------------------------------------
     def build_model(self, vocab_size):
         """The model to train, built (its variables exist). Call it inside the strategy's scope.
+
+        Every run's model comes from here: `new_model`, then the weights of `config.init_from`
+        (a new run that starts from trained weights: every weight is copied, so the source must
+        have the same shape: width, heads, feed-forward size, layers, context and vocabulary),
+        then LoRA adapters if `config.lora_rank` is set (`model.enable_lora`).
+
+        Raises:
+            ValueError: `init_from` is not a model this run can start from, or its shape
+                differs, naming the first weight that does not fit.
 
         Example:
 
         >>> model = task.build_model(vocab_size=258)  # doctest: +SKIP
         """
+        model = self.new_model(vocab_size)
+        if self.config.init_from is not None:
+            source = self.source_model()
+            _copy_weights(source, model, self.config.init_from)
+            if isinstance(source, BERTEncoder):
+                # A keras-hub encoder, as converted (its GELU is keras-hub's tanh form), with
+                # new pre-training heads.
+                model = BERTPretrainer(source)
+                model(self.dummy_inputs())
+        if self.config.lora_rank is not None:
+            model.enable_lora(self.config.lora_rank)
+        return model
+
+    def new_model(self, vocab_size):
+        """The model of the run's settings, built, with new (random) weights.
+
+        Example:
+
+        >>> model = task.new_model(vocab_size=258)  # doctest: +SKIP
+        """
         raise NotImplementedError
+
+    def source_model(self):
+        """The trained model `config.init_from` names: a run directory (its `model.keras`, else
+        its newest checkpoint), a `.keras` file, or a keras-hub preset directory (converted by
+        `tf_bigmodels.convert`; a BERT preset gives the encoder only, and the pre-training
+        heads start new).
+
+        Example:
+
+        >>> source = task.source_model()  # doctest: +SKIP
+        """
+        source = pathlib.Path(self.config.init_from)
+        if _is_run_dir(source):
+            if (source / "model.keras").is_file():
+                return _load_keras(source / "model.keras", self.config.init_from)
+            from tf_bigmodels.training.run import load_run_model
+
+            return load_run_model(source)[0]
+        if source.is_file() and source.suffix == ".keras":
+            return _load_keras(source, self.config.init_from)
+        if source.is_dir() and (source / "config.json").is_file():
+            return self.keras_hub_model(source)
+        raise ValueError(
+            f"`init_from` must be a run directory (with model.keras or checkpoints), a .keras "
+            f"file or a keras-hub preset directory, got {self.config.init_from!r}."
+        )
+
+    def keras_hub_model(self, preset_dir):
+        """The model of a keras-hub preset directory, converted (see `source_model`).
+
+        Example:
+
+        >>> model = task.keras_hub_model("presets/bert_tiny_en_uncased")  # doctest: +SKIP
+        """
+        raise ValueError(
+            f"`init_from`={self.config.init_from!r} is not a model this run can start from."
+        )
+
+    def keras_hub_tokenizer(self, preset_dir):
+        """The tokenizer of a keras-hub preset directory, as one of this package's.
+
+        Example:
+
+        >>> tokenizer = task.keras_hub_tokenizer("presets/bert_tiny_en_uncased")  # doctest: +SKIP
+        """
+        raise ValueError(
+            f"`init_from`={self.config.init_from!r}: a keras-hub {self.config.model} preset's "
+            "tokenizer is not one tf_bigmodels has (GPT-2's byte-level BPE), so a run cannot "
+            "keep it; start from a run directory or a .keras file instead."
+        )
+
+    def source_tokenizer(self):
+        """The tokenizer of `config.init_from`: the one its run recorded (a `.keras` file's run
+        is the directory that holds it); a `.keras` file outside a run directory has the byte
+        tokenizer, if the run uses it.
+
+        Raises:
+            ValueError: the source's tokenizer is not the run's `tokenizer`.
+
+        Example:
+
+        >>> tokenizer = task.source_tokenizer()  # doctest: +SKIP
+        """
+        from tf_bigmodels.training.run import run_config
+
+        source = pathlib.Path(self.config.init_from)
+        run_dir = source if _is_run_dir(source) else source.parent
+        if source.is_dir() and not _is_run_dir(source):
+            return self.keras_hub_tokenizer(source)
+        if (run_dir / "config.json").is_file():
+            stored = run_config(run_dir)
+            if stored.model != self.config.model:
+                raise ValueError(
+                    f"`init_from`={self.config.init_from!r} is a {stored.model!r} run; this run "
+                    f"trains a {self.config.model!r} model."
+                )
+            name = stored.tokenizer
+            if name == self.config.tokenizer:
+                return task_for(run_config(run_dir)).load_tokenizer(run_dir)
+        else:
+            name = None if TOKENIZERS[self.config.tokenizer].learned else self.config.tokenizer
+            if name is not None:
+                return _tokenizer_class(TOKENIZERS[name])()
+        raise ValueError(
+            f"`tokenizer` must be the tokenizer of `init_from`={self.config.init_from!r} "
+            f"({name or 'unknown: a .keras file outside a run directory has none saved'}), "
+            f"got {self.config.tokenizer!r}."
+        )
 
     def dummy_inputs(self):
         """A batch of one example of the model's input structure (to build the model).
@@ -240,6 +426,13 @@ class GPTTask(Task):
     log_perplexity = True
     generates_text = True
 
+    def training_texts(self, texts):
+        """The lines `lm_dataset` trains on: those that start in the first 90% of the bytes."""
+        return lm_training_texts(texts)
+
+    def validation_counts(self, texts, tokenizer):
+        return lm_split_counts(texts, tokenizer, "val")
+
     def datasets(self, texts, tokenizer):
         config = self.config
         train = lm_dataset(
@@ -254,7 +447,7 @@ class GPTTask(Task):
         val = lm_dataset(texts, tokenizer, config.seq_len, config.batch_size, split="val")
         return train, fixed_batches(val, config.eval_steps)
 
-    def build_model(self, vocab_size):
+    def new_model(self, vocab_size):
         model = GPTModel(
             vocab_size=vocab_size, max_length=self.config.seq_len, **_model_kwargs(self.config)
         )
@@ -313,6 +506,10 @@ class BERTTask(Task):
     ['mask_positions', 'padding_mask', 'segment_ids', 'token_ids']
     """
 
+    def training_texts(self, texts):
+        """All documents but the last tenth (at least 2), which validate."""
+        return texts[: -_bert_validation_documents(texts)]
+
     def datasets(self, texts, tokenizer):
         config = self.config
         if len(texts) < 4:
@@ -320,7 +517,7 @@ class BERTTask(Task):
                 f"`corpus` must hold at least 4 documents for BERT pre-training (2 for "
                 f"validation), got {len(texts)}."
             )
-        cut = max(2, len(texts) // 10)
+        cut = _bert_validation_documents(texts)
         train = bert_pretraining_dataset(
             texts[:-cut],
             tokenizer,
@@ -334,7 +531,34 @@ class BERTTask(Task):
         )
         return train, fixed_batches(val, config.eval_steps)
 
-    def build_model(self, vocab_size):
+    def keras_hub_model(self, preset_dir):
+        from tf_bigmodels.convert import bert_from_keras_hub_preset
+
+        return bert_from_keras_hub_preset(preset_dir)
+
+    def keras_hub_tokenizer(self, preset_dir):
+        """The preset's WordPiece vocabulary (`assets/tokenizer/vocabulary.txt`), lower-cased
+        as its `tokenizer.json` says."""
+        from tf_bigmodels.tokenizers import WordPieceTokenizer
+
+        if self.config.tokenizer != "wordpiece":
+            raise ValueError(
+                f"`tokenizer` must be 'wordpiece', the tokenizer of `init_from`="
+                f"{self.config.init_from!r}, got {self.config.tokenizer!r}."
+            )
+        settings = pathlib.Path(preset_dir) / "tokenizer.json"
+        try:
+            config = json.loads(settings.read_text(encoding="utf-8")).get("config", {})
+            vocabulary = pathlib.Path(preset_dir) / "assets" / "tokenizer" / "vocabulary.txt"
+            return WordPieceTokenizer(vocabulary, lowercase=config.get("lowercase", True))
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"`init_from`={self.config.init_from!r} has no readable BERT tokenizer "
+                f"(tokenizer.json and assets/tokenizer/vocabulary.txt): "
+                f"{' '.join(str(error).split())}"
+            ) from None
+
+    def new_model(self, vocab_size):
         encoder = BERTEncoder(
             vocab_size=vocab_size, max_length=self.config.seq_len, **_model_kwargs(self.config)
         )
@@ -413,6 +637,79 @@ def sample_prompts(texts, count):
     lines = [line for line in lines if line.strip()] or [""]
     picks = [lines[(index * len(lines)) // count] for index in range(count)]
     return [line + "\n" if line else "" for line in picks]
+
+
+def lm_training_texts(texts):
+    """The training split of `lm_dataset(texts, ...)`, as documents: each document's lines that
+    start in the first 90% of the text's UTF-8 bytes (the rest validate), each line with its
+    "\\n"; documents wholly in the validation split are left out.
+
+    Example:
+
+    >>> kept = lm_training_texts(["ab"] * 9 + ["cd\\nef"])  # "ef" starts after 90%
+    >>> len(kept), kept[-1]
+    (10, 'cd\\n')
+    """
+    # The same byte offsets as lm_dataset: every line gets its "\n" back.
+    documents = [d if d.endswith("\n") else d + "\n" for d in texts]
+    split_at = int(TRAIN_FRACTION * sum(len(d.encode("utf-8")) for d in documents))
+    kept, offset = [], 0
+    for document in documents:
+        lines = []
+        for line in document[:-1].split("\n"):
+            if offset < split_at:
+                lines.append(line + "\n")
+            offset += len(line.encode("utf-8")) + 1
+        if lines:
+            kept.append("".join(lines))
+        if offset >= split_at:
+            break
+    return kept
+
+
+def _is_run_dir(path):
+    return (path / "config.json").is_file() and (
+        (path / "model.keras").is_file() or (path / "checkpoints").is_dir()
+    )
+
+
+def _load_keras(path, source):
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # noqa: BLE001 (Keras raises many types for a bad file)
+        raise ValueError(
+            f"`init_from`={source!r}: cannot load {path}: {' '.join(str(error).split())}"
+        ) from None
+
+
+def _copy_weights(source, target, name):
+    """Sets every weight of `target` from `source`; one line naming the first that differs."""
+    if isinstance(source, BERTEncoder) and isinstance(target, BERTPretrainer):
+        target = target.encoder  # a keras-hub BERT: the encoder; the heads start new
+    if type(source) is not type(target):
+        raise ValueError(
+            f"`init_from`={name!r} holds a {type(source).__name__}; this run trains a "
+            f"{type(target).__name__}."
+        )
+    theirs, ours = source.weights, target.weights
+    if len(theirs) != len(ours):
+        raise ValueError(
+            f"`init_from`={name!r} cannot fill this model: it has {len(theirs)} weights, this "
+            f"model {len(ours)} (the number of layers must be the source's)."
+        )
+    for other, variable in zip(theirs, ours):
+        if tuple(other.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"`init_from`={name!r} cannot fill this model: its weight {variable.path} "
+                f"has shape {tuple(other.shape)} in the source, {tuple(variable.shape)} here "
+                "(the width, heads, feed-forward size, layers, seq_len and vocabulary must be "
+                "the source's)."
+            )
+    target.set_weights(source.get_weights())
+
+
+def _bert_validation_documents(texts):
+    return max(2, len(texts) // 10)
 
 
 def _model_kwargs(config):
