@@ -266,3 +266,30 @@ def test_a_keras_hub_gpt_preset_is_refused_for_its_tokenizer(tmp_path):
     )
     with pytest.raises(ValueError, match="tokenizer is not one tf_bigmodels has"):
         train(config)
+
+
+def test_lora_rank_trains_only_the_adapters_on_top_of_the_source(source, tmp_path):
+    source_dir, corpus = source
+    config = RunConfig(
+        **SMALL,
+        corpus=corpus,
+        init_from=str(source_dir),
+        lora_rank=2,
+        steps=2,
+        out=str(tmp_path),
+        name="lora",
+    )
+    result = train(config)
+    model = result.model
+    # Only the rank-2 adapters of the attention projections train: A (d, r) and B (r, out) for
+    # the fused query/key/value projection (out = 3 d) and the output projection (out = d).
+    trainable = model.trainable_weights
+    assert trainable and all("lora" in w.path for w in trainable)
+    d, layers = model.d_model, model.num_layers
+    assert sum(int(np.prod(w.shape)) for w in trainable) == layers * (2 * d * 2 + 2 * (3 * d + d))
+    # Everything frozen still holds the source's weights.
+    source_model = keras.saving.load_model(source_dir / "model.keras")
+    frozen = {w.path: w for w in model.non_trainable_weights}
+    embedding = next(w for path, w in frozen.items() if "token_embedding" in path)
+    expected = next(w for w in source_model.weights if "token_embedding" in w.path)
+    np.testing.assert_array_equal(embedding.numpy(), expected.numpy())
