@@ -130,7 +130,8 @@ def _train(config, task, texts, run_dir, strategy, chief):
     keras.utils.set_random_seed(config.seed)
     tokenizer = task.tokenizer(texts, run_dir, save=chief)
     train_data, val_data = task.datasets(texts, tokenizer)
-    val_counts = task.validation_counts(texts, tokenizer) if chief else None
+    # Every worker computes it, so that every worker's history holds the same metrics.
+    val_counts = task.validation_counts(texts, tokenizer)
     with strategy.scope():
         model = task.compiled_model(tokenizer.vocab_size)
         fitted = model
