@@ -3,6 +3,24 @@
 import numpy as np
 import tensorflow as tf
 
+# U+FFFD, the Unicode replacement character, stands in for bytes that are not valid UTF-8.
+REPLACEMENT_CHAR = 0xFFFD
+
+
+def valid_utf8(strings):
+    """`strings` as a string tensor of valid UTF-8: each bad byte sequence becomes U+FFFD.
+
+    Every tokenizer passes its input and its output through this, so invalid text never raises
+    and detokenized text is always valid UTF-8.
+    """
+    return tf.strings.unicode_transcode(
+        tf.convert_to_tensor(strings, tf.string),
+        "UTF-8",
+        "UTF-8",
+        errors="replace",
+        replacement_char=REPLACEMENT_CHAR,
+    )
+
 
 def as_id_tensor(ids):
     """Returns `ids` as an int32 `tf.Tensor` or `tf.RaggedTensor` (nested lists may be ragged)."""

@@ -2,11 +2,8 @@
 
 import tensorflow as tf
 
-from tf_bigmodels.tokenizers._ids import checked_ids
+from tf_bigmodels.tokenizers._ids import checked_ids, valid_utf8
 from tf_bigmodels.tokenizers.base import Tokenizer
-
-# U+FFFD, the Unicode replacement character, stands in for bytes that are not valid UTF-8.
-_REPLACEMENT_CHAR = 0xFFFD
 
 
 class ByteTokenizer(Tokenizer):
@@ -60,13 +57,7 @@ class ByteTokenizer(Tokenizer):
             For a batch of strings, an int32 `tf.RaggedTensor` `[batch, None]`; for a single string,
             an int32 `tf.Tensor` `[length]`.
         """
-        strings = tf.strings.unicode_transcode(
-            tf.convert_to_tensor(strings, tf.string),
-            "UTF-8",
-            "UTF-8",
-            errors="replace",
-            replacement_char=_REPLACEMENT_CHAR,
-        )
+        strings = valid_utf8(strings)
         pieces = tf.strings.bytes_split(strings)  # one 1-byte string per byte
         return tf.ragged.map_flat_values(_bytes_to_ids, pieces)
 
@@ -83,9 +74,7 @@ class ByteTokenizer(Tokenizer):
         ids = checked_ids(ids, self.vocab_size)
         pieces = tf.gather(self._id_to_bytes, ids)
         text = tf.strings.reduce_join(pieces, axis=-1)
-        return tf.strings.unicode_transcode(
-            text, "UTF-8", "UTF-8", errors="replace", replacement_char=_REPLACEMENT_CHAR
-        )
+        return valid_utf8(text)
 
 
 def _bytes_to_ids(one_byte_strings):

@@ -12,11 +12,10 @@ import tensorflow_text as tf_text
 from tensorflow_text.python.ops import sentencepiece_tokenizer as tf_text_sentencepiece
 
 from tf_bigmodels import _checks
-from tf_bigmodels.tokenizers._ids import as_id_tensor
+from tf_bigmodels.tokenizers._ids import REPLACEMENT_CHAR, as_id_tensor, valid_utf8
 from tf_bigmodels.tokenizers.base import Tokenizer
 
 _MODEL_FILE = "sentencepiece.model"
-_REPLACEMENT_CHAR = 0xFFFD
 # Ids fixed by `train`: unknown, end of text, padding, then "\n" and the 256 byte pieces.
 _UNK_ID, _END_ID, _PAD_ID = 0, 1, 2
 _NEWLINE = "\n"
@@ -101,13 +100,7 @@ class SentencePieceTokenizer(Tokenizer):
             For a batch of strings, an int32 `tf.RaggedTensor` `[batch, None]`; for a single string,
             an int32 `tf.Tensor` `[length]`.
         """
-        strings = tf.strings.unicode_transcode(
-            tf.convert_to_tensor(strings, tf.string),
-            "UTF-8",
-            "UTF-8",
-            errors="replace",
-            replacement_char=_REPLACEMENT_CHAR,
-        )
+        strings = valid_utf8(strings)
         return self._tokenizer.tokenize(strings)
 
     def detokenize(self, ids):
@@ -121,9 +114,7 @@ class SentencePieceTokenizer(Tokenizer):
             A string `tf.Tensor`: `[batch]` for rank-2 ids, a scalar for rank-1 ids.
         """
         text = self._tokenizer.detokenize(as_id_tensor(ids))
-        return tf.strings.unicode_transcode(
-            text, "UTF-8", "UTF-8", errors="replace", replacement_char=_REPLACEMENT_CHAR
-        )
+        return valid_utf8(text)
 
     def save(self, directory):
         """Writes the model to `directory/sentencepiece.model` (a standard SentencePiece file).
@@ -252,7 +243,7 @@ class SentencePieceTokenizer(Tokenizer):
             eos_id=_END_ID,
             pad_id=_PAD_ID,
             bos_id=-1,
-            unk_surface=chr(_REPLACEMENT_CHAR),
+            unk_surface=chr(REPLACEMENT_CHAR),
             minloglevel=2,
         )
         options.update(trainer_options)

@@ -12,7 +12,7 @@ from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as vocab_learner
 
 from tf_bigmodels import _checks
-from tf_bigmodels.tokenizers._ids import checked_ids
+from tf_bigmodels.tokenizers._ids import checked_ids, valid_utf8
 from tf_bigmodels.tokenizers.base import Tokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -108,9 +108,7 @@ class WordPieceTokenizer(Tokenizer):
             For a batch of strings, an int32 `tf.RaggedTensor` `[batch, None]`; for a single string,
             an int32 `tf.Tensor` `[length]`.
         """
-        strings = tf.strings.unicode_transcode(
-            tf.convert_to_tensor(strings, tf.string), "UTF-8", "UTF-8", errors="replace"
-        )
+        strings = valid_utf8(strings)
         if strings.shape.rank == 0:  # FastBertTokenizer takes batches only
             return self._tokenizer.tokenize(strings[tf.newaxis])[0]
         return self._tokenizer.tokenize(strings)
