@@ -16,6 +16,10 @@ Sections (each alternates ours and the peer round by round and reports medians):
   `BertMaskedLM` (MLM only);
 - `generation`: greedy generation tokens/s at batch 1 and 16 (prompt 16, 256 new tokens), ours vs
   keras-hub `generate`, from `benchmarks/generation.py`;
+- `bf16_execution` (only when named): which execution trains `mixed_bfloat16` faster on this CPU,
+  XLA or TensorFlow's oneDNN kernels, over model widths 128-768 (4 layers, heads of 64, context
+  256, batch 4, vocabulary 8000, random tokens), with float32 (XLA) beside them; each row says
+  whether `tf_bigmodels.training.execution.jit_compile_for`'s automatic choice picked the faster;
 - `time_to_quality` (only when named): training seconds until the validation loss reaches 1.886
   and 1.75 on nanoGPT's CPU configuration, ours vs keras-hub vs nanoGPT (`--nanogpt DIR`), from
   `benchmarks/time_to_quality.py` (its options are accepted here too).
@@ -61,12 +65,22 @@ from _timing import (
 from tf_bigmodels.data import lm_dataset, load_corpus  # noqa: E402
 from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel  # noqa: E402
 from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
+from tf_bigmodels.training.execution import jit_compile_for  # noqa: E402
 from tf_bigmodels.training.optimizer import build_optimizer  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-SECTIONS = ("matmul", "gpt_nano", "gpt_124m", "bert", "generation", "time_to_quality")
-# time_to_quality trains 3 systems x 3 seeds x 2000 steps (about 25 minutes): run when named.
-DEFAULT_SECTIONS = SECTIONS[:-1]
+SECTIONS = (
+    "matmul",
+    "gpt_nano",
+    "gpt_124m",
+    "bert",
+    "generation",
+    "bf16_execution",
+    "time_to_quality",
+)
+# time_to_quality trains 3 systems x 3 seeds x 2000 steps (about 25 minutes) and bf16_execution
+# compiles 12 models: run them when named.
+DEFAULT_SECTIONS = SECTIONS[:-2]
 
 # Shapes: model arguments in our names, plus sequence length and batch size.
 FULL = {
@@ -96,6 +110,9 @@ FULL = {
     ),
     "generation": dict(model="nanogpt", batches=(1, 16), prompt=16, new_tokens=256),
     "matmul": dict(size=2048),
+    "bf16_execution": dict(
+        widths=(128, 256, 512, 768), num_layers=4, seq_len=256, batch_size=4, vocab_size=8000
+    ),
     "time_to_quality": {},  # its own settings: time_to_quality.FULL
 }
 SMOKE = {
@@ -125,6 +142,7 @@ SMOKE = {
     ),
     "generation": dict(model="smoke", batches=(1, 2), prompt=4, new_tokens=8),
     "matmul": dict(size=256),
+    "bf16_execution": dict(widths=(64,), num_layers=1, seq_len=16, batch_size=2, vocab_size=300),
     "time_to_quality": {},  # time_to_quality.SMOKE
 }
 
@@ -392,9 +410,9 @@ def section_gpt_nano(shape, args, ceilings):
     return _ratios(rows, "keras_hub")
 
 
-def _bf16_jit(library, args):
-    # Both libraries get the same setting: XLA on CPU does not speed up bfloat16, oneDNN does.
-    return args.bf16_jit
+def _bf16_jit(shape, args):
+    # Both libraries get the same setting: `--bf16-jit`, or else what our training would choose.
+    return jit_compile_for("mixed_bfloat16", args.bf16_jit, d_model=shape["d_model"])
 
 
 def section_gpt_124m(shape, args, ceilings):
@@ -407,7 +425,7 @@ def section_gpt_124m(shape, args, ceilings):
     for precision in PRECISIONS:
         builders = {}
         for library in ("ours", "keras_hub"):
-            jit = True if precision == "float32" else _bf16_jit(library, args)
+            jit = True if precision == "float32" else _bf16_jit(shape, args)
             with _policy(precision):
                 model = build_gpt(library, shape, vocab_size, jit, 1)
             builders[library] = (
@@ -423,6 +441,53 @@ def section_gpt_124m(shape, args, ceilings):
             row["parameters"] = parameters
             row["peak_rss_mb"] = peaks[row["variant"], precision]
         rows += _ratios(section_rows, "keras_hub")
+        del builders
+        keras.backend.clear_session()
+    return rows
+
+
+def section_bf16_execution(shape, args, ceilings):
+    """mixed_bfloat16 with and without XLA, and float32 with XLA, over model widths."""
+    rows = []
+    for width in shape["widths"]:
+        model_shape = dict(
+            shape,
+            d_model=width,
+            num_heads=max(1, width // 64),
+            dff=4 * width,
+            rate=0.0,
+        )
+        vocab_size = shape["vocab_size"]
+        _, flops = _gpt_flops(model_shape, vocab_size)
+        builders = {}
+        for name, precision, jit in (
+            ("float32_xla", "float32", True),
+            ("bf16_xla", "mixed_bfloat16", True),
+            ("bf16_no_xla", "mixed_bfloat16", False),
+        ):
+            with _policy(precision):
+                model = build_gpt("ours", model_shape, vocab_size, jit, 1)
+            builders[name] = (
+                model,
+                gpt_data("ours", model_shape, "random", vocab_size),
+                dict(precision=precision, jit_compile=jit, steps_per_execution=1, width=width),
+            )
+        steps = max(1, args.train_steps // 8)
+        width_rows = _train_rows(
+            "bf16_execution", builders, model_shape, steps, args.repeats, flops, ceilings
+        )
+        by_name = {row["variant"]: row for row in width_rows}
+        faster_jit = (
+            by_name["bf16_xla"]["tokens_per_second"] >= by_name["bf16_no_xla"]["tokens_per_second"]
+        )
+        auto = jit_compile_for("mixed_bfloat16", d_model=width)
+        for row in width_rows:
+            row["vs_float32"] = (
+                row["tokens_per_second"] / by_name["float32_xla"]["tokens_per_second"]
+            )
+            row["auto_jit_compile"] = auto
+            row["auto_picked_faster"] = auto == faster_jit
+        rows += width_rows
         del builders
         keras.backend.clear_session()
     return rows
@@ -496,7 +561,7 @@ def _start_memory_workers(args):
     workers = {}
     for precision in PRECISIONS:
         for library in ("ours", "keras_hub"):
-            jit = True if precision == "float32" else _bf16_jit(library, args)
+            jit = True if precision == "float32" else _bf16_jit(FULL["gpt_124m"], args)
             spec = dict(library=library, precision=precision, jit_compile=jit, smoke=args.smoke)
             workers[library, precision] = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--memory-worker", json.dumps(spec)],
@@ -554,7 +619,7 @@ def table(rows):
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        if row["section"] == "time_to_quality":  # a table of its own (time_to_quality.table)
+        if row["section"] in ("time_to_quality", "bf16_execution"):  # tables of their own
             continue
         if row["section"] == "matmul":
             lines.append(
@@ -584,13 +649,39 @@ def table(rows):
     return "\n".join(lines)
 
 
+def bf16_table(rows):
+    """The `bf16_execution` rows as a Markdown table, one line per model width."""
+    lines = [
+        "| width | float32 XLA tokens/s | bf16 XLA | bf16 no XLA | faster bf16 | auto choice "
+        "| auto picked the faster |",
+        "|---:|---:|---:|---:|---|---|---|",
+    ]
+    widths = sorted({row["width"] for row in rows if row["section"] == "bf16_execution"})
+    for width in widths:
+        by_name = {
+            row["variant"]: row
+            for row in rows
+            if row["section"] == "bf16_execution" and row["width"] == width
+        }
+        xla, eager = by_name["bf16_xla"], by_name["bf16_no_xla"]
+        faster = "XLA" if xla["tokens_per_second"] >= eager["tokens_per_second"] else "no XLA"
+        lines.append(
+            f"| {width} | {by_name['float32_xla']['tokens_per_second']:,.0f} "
+            f"| {xla['tokens_per_second']:,.0f} ({xla['vs_float32']:.2f}x) "
+            f"| {eager['tokens_per_second']:,.0f} ({eager['vs_float32']:.2f}x) | {faster} "
+            f"| {'XLA' if xla['auto_jit_compile'] else 'no XLA'} "
+            f"| {'yes' if xla['auto_picked_faster'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--sections",
         default=",".join(DEFAULT_SECTIONS),
         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but "
-        "time_to_quality, about 25 minutes with nanoGPT)",
+        "bf16_execution and time_to_quality, the latter about 25 minutes with nanoGPT)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument(
@@ -609,10 +700,9 @@ def main():
     parser.add_argument(
         "--bf16-jit",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="compile the mixed_bfloat16 124M train steps (both libraries) with "
-        "XLA; off by default: XLA on CPU runs bfloat16 no faster than "
-        "float32, oneDNN does",
+        default=None,
+        help="compile the mixed_bfloat16 124M train steps (both libraries) with XLA or not; "
+        "default: what tf_bigmodels' training chooses on this machine (jit_compile_for)",
     )
     parser.add_argument(
         "--intra-op-threads",
@@ -651,6 +741,7 @@ def main():
         "gpt_nano": section_gpt_nano,
         "gpt_124m": section_gpt_124m,
         "bert": section_bert,
+        "bf16_execution": section_bf16_execution,
         "generation": section_generation,
         "time_to_quality": section_time_to_quality,
     }
@@ -659,7 +750,11 @@ def main():
             start = time.perf_counter()
             section_rows = runners[name](shapes[name], args, ceilings)
             rows += section_rows
-            print(f"{name}: {time.perf_counter() - start:.0f} s\n{table(section_rows)}", flush=True)
+            section_table = bf16_table if name == "bf16_execution" else table
+            print(
+                f"{name}: {time.perf_counter() - start:.0f} s\n{section_table(section_rows)}",
+                flush=True,
+            )
             if name == "time_to_quality":
                 print(args.time_to_quality["table"], *args.time_to_quality["goals"], sep="\n")
     # The ceilings again at the end: the best of both is what the machine can do when free.
@@ -691,6 +786,8 @@ def main():
         f"keras-hub {result['keras_hub']}\n"
     )
     print(table(rows))
+    if "bf16_execution" in sections:
+        print("", bf16_table(rows), sep="\n")
     if "time_to_quality" in sections:
         print("", args.time_to_quality["table"], *args.time_to_quality["goals"], sep="\n")
     if args.out:

@@ -120,8 +120,8 @@ def one_of(name, value, choices):
     return value
 
 
-def boolean(name, value):
-    """Returns `value` if it is a `bool`; raises ValueError otherwise.
+def boolean(name, value, *, none_ok=False):
+    """Returns `value` if it is a `bool` (or None, with `none_ok`); raises ValueError otherwise.
 
     Example:
 
@@ -130,8 +130,8 @@ def boolean(name, value):
     ...
     ValueError: `lowercase` must be True or False, got 1.
     """
-    if not isinstance(value, bool):
-        _fail(name, "True or False", value, False)
+    if not (isinstance(value, bool) or (none_ok and value is None)):
+        _fail(name, "True or False", value, none_ok)
     return value
 
 

@@ -293,9 +293,11 @@ def _add_train(subparsers):
     parser.add_argument(
         "--jit",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         dest="jit_compile",
-        help="compile the train step with XLA",
+        help="compile the train step with XLA (default: chosen: on, except with "
+        "--precision mixed_bfloat16 on a CPU with bf16 instructions and a model at least 512 "
+        "wide, where TensorFlow's oneDNN kernels are faster)",
     )
     parser.add_argument(
         "--steps-per-execution",

@@ -129,7 +129,9 @@ class RunConfig:
             then are what trains; None is off.
         strategy, devices: see `get_strategy`.
         precision: "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16".
-        jit_compile: compile the train step with XLA.
+        jit_compile: compile the train step with XLA; None (the default) chooses by
+            `jit_compile_for`: XLA, except `mixed_bfloat16` on a CPU with bfloat16 arithmetic
+            and a model at least 512 wide, where TensorFlow's oneDNN kernels are faster.
         steps_per_execution: batches run per call into the compiled function.
         eval_every: validate and checkpoint every this many steps; None is min(250, steps).
             `steps` must be a multiple of it.
@@ -179,7 +181,7 @@ class RunConfig:
     strategy: str = "auto"
     devices: list = None
     precision: str = "float32"
-    jit_compile: bool = True
+    jit_compile: bool = None
     steps_per_execution: int = 1
     eval_every: int = None
     eval_steps: int = 20
@@ -280,7 +282,8 @@ class RunConfig:
         _checks.one_of("strategy", self.strategy, STRATEGIES)
         _checks.non_empty_str("corpus_encoding", self.corpus_encoding)
         _checks.one_of("corpus_errors", self.corpus_errors, ("strict", "replace"))
-        for field in ("jit_compile", "resume", "export"):
+        _checks.boolean("jit_compile", self.jit_compile, none_ok=True)
+        for field in ("resume", "export"):
             _checks.boolean(field, getattr(self, field))
         for field in ("seed", "samples", "sample_tokens"):
             _checks.integer(field, getattr(self, field), low=0)

@@ -139,7 +139,7 @@ def _train(config, task, texts, run_dir, strategy, chief):
             fitted = AccumulatingTrainer(model, config.gradient_accumulation_steps)
             fitted.compile(
                 optimizer=model.optimizer,
-                jit_compile=config.jit_compile,
+                jit_compile=task.jit_compile(),
                 steps_per_execution=config.steps_per_execution,
             )
         prepare_for_multi_worker(fitted, strategy)

@@ -33,6 +33,7 @@ from tf_bigmodels.data.lm_dataset import TRAIN_FRACTION
 from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel
 from tf_bigmodels.training import storage
 from tf_bigmodels.training.config import TOKENIZERS
+from tf_bigmodels.training.execution import jit_compile_for
 from tf_bigmodels.training.optimizer import build_optimizer
 from tf_bigmodels.training.presets import get_preset
 
@@ -371,11 +372,23 @@ class Task:
         model.compile(
             optimizer=self.optimizer(model),
             loss=self.loss(),
-            jit_compile=self.config.jit_compile,
+            jit_compile=self.jit_compile(),
             steps_per_execution=self.config.steps_per_execution,
         )
         model.optimizer.build(model.trainable_variables)
         return model
+
+    def jit_compile(self):
+        """Whether the train step runs through XLA: the setting, or `jit_compile_for`'s choice.
+
+        Example:
+
+        >>> task.jit_compile()  # doctest: +SKIP
+        True
+        """
+        return jit_compile_for(
+            self.config.precision, self.config.jit_compile, d_model=self.config.d_model
+        )
 
     def diverged_above(self, vocab_size):
         """A training loss above this has diverged: three times the loss of a uniform guess.
