@@ -73,7 +73,7 @@ def test_train_help_names_the_preset_defaults():
     help_text = "".join(_subcommands()["train"].format_help().split())  # line breaks may split
     for fragment in (
         "gpt-nano: 2000",  # steps
-        "gpt-nano: 0.001",  # learning rate
+        "gpt-nano: 0.004",  # learning rate
         "(default: gpt-nano, bert-tiny)",  # preset
         "(default: 0.1)",  # weight decay
         "(default: min(250, --steps))",  # eval every

@@ -73,6 +73,22 @@ def test_warmup_cosine_schedule_values():
     assert float(schedule(5000)) == pytest.approx(1e-4)
 
 
+def test_the_task_schedule_ends_its_decay_where_the_preset_says():
+    from tf_bigmodels.training import task_for
+
+    model = GPTModel(258, 32, 2, 64, 1, max_length=16)
+    model(np.zeros((1, 4), "int32"))
+    nano = task_for(RunConfig(preset="gpt-nano").resolved()).optimizer(model)._learning_rate
+    # gpt-nano: peak 4e-3, floor 4e-4 from 60% of the run (step 1200 of 2000) on.
+    assert (nano.peak_learning_rate, nano.total_steps) == (4e-3, 1200)
+    assert float(nano(1200)) == pytest.approx(4e-4) and float(nano(1999)) == pytest.approx(4e-4)
+    assert float(nano(1100)) > 4e-4
+    longer = task_for(RunConfig(preset="gpt-nano", steps=5000).resolved())
+    assert longer.optimizer(model)._learning_rate.total_steps == 3000
+    whole = task_for(RunConfig(preset="gpt-test").resolved()).optimizer(model)._learning_rate
+    assert whole.total_steps == 20  # decay_end 1.0: the whole run
+
+
 def test_warmup_linear_schedule_values_and_serialization():
     schedule = WarmupDecay(2e-3, warmup_steps=10, total_steps=110, decay="linear", min_ratio=0.0)
     assert float(schedule(10)) == pytest.approx(2e-3)

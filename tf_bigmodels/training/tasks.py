@@ -339,17 +339,19 @@ class Task:
         return None
 
     def optimizer(self, model):
-        """AdamW with warm-up and decay; its decay, `beta_2` and `epsilon` come from the preset.
+        """AdamW with warm-up and decay; its decay (and where it ends), `beta_2` and `epsilon` come
+        from the preset.
 
         Example:
 
         >>> optimizer = task.optimizer(model)  # doctest: +SKIP
         """
         config = self.config
+        decay_steps = round(self.preset.decay_end * config.steps)
         return build_optimizer(
             model,
             learning_rate=config.learning_rate,
-            total_steps=config.steps,
+            total_steps=max(decay_steps, config.warmup_steps + 1),
             warmup_steps=config.warmup_steps,
             decay=self.preset.decay,
             weight_decay=config.weight_decay,
