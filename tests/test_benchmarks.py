@@ -185,3 +185,67 @@ def test_time_to_quality_median_counts_unreached_seeds_as_late(monkeypatch):
     ttq = _time_to_quality_module(monkeypatch)
     assert ttq._median([3.0, None, 1.0]) == 3.0
     assert ttq._median([3.0, None, None]) is None
+
+
+@pytest.mark.slow
+def test_bf16_execution_smoke_reports_each_width_and_the_auto_choice(tmp_path):
+    out = tmp_path / "results.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--smoke",
+            "--sections",
+            "bf16_execution",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["section"] == "bf16_execution"]
+    assert [(r["variant"], r["precision"], r["jit_compile"]) for r in rows] == [
+        ("float32_xla", "float32", True),
+        ("bf16_xla", "mixed_bfloat16", True),
+        ("bf16_no_xla", "mixed_bfloat16", False),
+    ]
+    assert rows[0]["vs_float32"] == 1.0
+    faster_is_xla = rows[1]["tokens_per_second"] >= rows[2]["tokens_per_second"]
+    for row in rows:
+        assert row["auto_jit_compile"] is True  # 64 wide: below the width where XLA is left off
+        assert row["auto_picked_faster"] == faster_is_xla
+    table = completed.stdout[completed.stdout.rindex("| width |") :].strip().splitlines()
+    assert table[2].startswith("| 64 |") and table[2].endswith(
+        f"| {'yes' if faster_is_xla else 'no'} |"
+    )
+
+
+def test_speaker_rule_predicts_next_when_a_speaker_name_is_shared(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bert_nsp
+    import tensorflow as tf
+
+    class Vocabulary:  # ids: 0 [PAD], 1 [CLS], 2 [SEP], 3 [MASK], 4 ":", 5 romeo, 6 juliet, 7 love
+        vocabulary = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", ":", "romeo", "juliet", "love")
+        pad_id, cls_id, sep_id, mask_id = 0, 1, 2, 3
+
+    rows = [
+        # A names romeo; B mentions romeo: "next" (0) predicted; label 0: right.
+        ([1, 5, 4, 7, 2, 7, 5, 2, 0], [0, 0, 0, 0, 0, 1, 1, 1, 0], 0),
+        # A names romeo; B names juliet only: "random" (1) predicted; label 1: right.
+        ([1, 5, 4, 7, 2, 6, 4, 7, 2], [0, 0, 0, 0, 0, 1, 1, 1, 1], 1),
+        # No colon anywhere: "random" predicted; label 0: wrong.
+        ([1, 7, 7, 2, 7, 2, 0, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0, 0], 0),
+    ]
+    features = [
+        {
+            "token_ids": tf.constant([r[0] for r in rows]),
+            "segment_ids": tf.constant([r[1] for r in rows]),
+        }
+    ]
+    labels = [{"next_sentence_labels": tf.constant([r[2] for r in rows])}]
+    assert bert_nsp.speaker_rule(features, labels, Vocabulary()) == pytest.approx(2 / 3)

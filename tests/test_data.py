@@ -256,7 +256,12 @@ def test_bert_masking_statistics(shakespeare_word_piece):
 
 def test_bert_pairs_next_sentence_labels_and_layout():
     ds = bert_pretraining_dataset(
-        _synthetic_documents(), SYNTHETIC, seq_len=16, batch_size=64, max_predictions_per_seq=3
+        _synthetic_documents(),
+        SYNTHETIC,
+        seq_len=16,
+        batch_size=64,
+        max_predictions_per_seq=3,
+        dupe_factor=1,
     )
     labels_seen, count = [], 0
     for features, labels in ds:
@@ -280,6 +285,33 @@ def test_bert_pairs_next_sentence_labels_and_layout():
             count += 1
     assert count > 5000
     assert abs(np.mean(labels_seen) - 0.5) < 0.02
+
+
+def test_bert_dupe_factor_cuts_the_corpus_again_with_new_partners():
+    docs = _synthetic_documents()[:12]
+
+    def examples(dupe_factor):
+        ds = bert_pretraining_dataset(
+            docs,
+            SYNTHETIC,
+            seq_len=16,
+            batch_size=1,
+            max_predictions_per_seq=3,
+            dupe_factor=dupe_factor,
+        )
+        partners = set()
+        for features, labels in ds:
+            ids = _unmasked(features, labels)[0]
+            segments = features["segment_ids"].numpy()[0]
+            if labels["next_sentence_labels"].numpy()[0] == 1:  # "not next": another document
+                partners.add((ids[1], ids[segments == 1][0]))  # (A's word, B's word)
+        return int(ds.cardinality()), partners
+
+    (one, partners_one), (three, partners_three) = examples(1), examples(3)
+    assert 2.5 * one < three < 3.5 * one  # three cuts of the corpus
+    assert partners_one < partners_three  # the later cuts draw new random partners
+    with pytest.raises(ValueError, match="`dupe_factor` must be an integer >= 1, got 0"):
+        bert_pretraining_dataset(docs, SYNTHETIC, seq_len=32, batch_size=1, dupe_factor=0)
 
 
 def test_bert_masks_are_dynamic_and_seeded():
@@ -322,7 +354,10 @@ def test_bert_input_context_gives_disjoint_shards(shakespeare_word_piece):
     shards = []
     for pipeline_id in range(2):
         context = tf.distribute.InputContext(2, pipeline_id, num_replicas_in_sync=2)
-        ds = bert_pretraining_dataset(docs, shakespeare_word_piece, 64, 16, input_context=context)
+        # One cut of the corpus: with more, the same pair of texts can be cut twice.
+        ds = bert_pretraining_dataset(
+            docs, shakespeare_word_piece, 64, 16, dupe_factor=1, input_context=context
+        )
         assert ds.element_spec[0]["token_ids"].shape == (8, 64)
         shards.append({tuple(r) for features, labels in ds for r in _unmasked(features, labels)})
     assert shards[0] and shards[1] and not shards[0] & shards[1]

@@ -541,8 +541,14 @@ class BERTTask(Task):
             seed=config.seed,
             repeat=True,
         )
+        # One pairing of the held-out documents: each validation pair is a different text.
         val = bert_pretraining_dataset(
-            texts[-cut:], tokenizer, config.seq_len, config.batch_size, seed=config.seed + 1
+            texts[-cut:],
+            tokenizer,
+            config.seq_len,
+            config.batch_size,
+            dupe_factor=1,
+            seed=config.seed + 1,
         )
         return train, fixed_batches(val, config.eval_steps)
 
