@@ -198,6 +198,7 @@ def run(name, tokenizer, poems, prompts, settings, seconds):
         "lines_per_poem": sum(len(split_poem(p).lines) for p in written) / len(written),
         "train_seconds": budget.seconds_used,
         "samples": written[:3],
+        "poems": written,  # every written poem, to see which lines failed the format
     }
 
 
