@@ -20,6 +20,9 @@ Sections (each alternates ours and the peer round by round and reports medians):
   XLA or TensorFlow's oneDNN kernels, over model widths 128-768 (4 layers, heads of 64, context
   256, batch 4, vocabulary 8000, random tokens), with float32 (XLA) beside them; each row says
   whether `tf_bigmodels.training.execution.jit_compile_for`'s automatic choice picked the faster;
+- `decode` (only when named): batch-1 decode tokens/s of the GPT-2 124M shape with float32,
+  bfloat16 and int8 weights against the machine's bandwidth bound, from `benchmarks/decode.py`
+  (`--nano-model PATH.keras` adds the validation-loss rows);
 - `time_to_quality` (only when named): training seconds until the validation loss reaches 1.886
   and 1.75 on nanoGPT's CPU configuration, ours vs keras-hub vs nanoGPT (`--nanogpt DIR`), from
   `benchmarks/time_to_quality.py` (its options are accepted here too).
@@ -34,6 +37,8 @@ Usage:
     python benchmarks/run.py --sections gpt_nano,bert      # a subset
     python benchmarks/run.py --smoke --out smoke.json      # tiny shapes, checks the table (CI)
     python benchmarks/run.py --sections time_to_quality --nanogpt ~/src/nanoGPT --out ttq.json
+    python benchmarks/run.py --sections bf16_execution,gpt_124m,decode,time_to_quality \
+        --nanogpt ~/src/nanoGPT --nano-model runs/gpt/model.keras --out perf.json  # ~50 minutes
 """
 
 import argparse
@@ -47,6 +52,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import decode  # noqa: E402
 import generation  # noqa: E402
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
@@ -76,11 +82,12 @@ SECTIONS = (
     "bert",
     "generation",
     "bf16_execution",
+    "decode",
     "time_to_quality",
 )
-# time_to_quality trains 3 systems x 3 seeds x 2000 steps (about 25 minutes) and bf16_execution
-# compiles 12 models: run them when named.
-DEFAULT_SECTIONS = SECTIONS[:-2]
+# time_to_quality trains 3 systems x 3 seeds x 2000 steps (about 25 minutes), bf16_execution
+# compiles 12 models and decode takes about 10 minutes: run them when named.
+DEFAULT_SECTIONS = SECTIONS[:-3]
 
 # Shapes: model arguments in our names, plus sequence length and batch size.
 FULL = {
@@ -113,6 +120,7 @@ FULL = {
     "bf16_execution": dict(
         widths=(128, 256, 512, 768), num_layers=4, seq_len=256, batch_size=4, vocab_size=8000
     ),
+    "decode": {},  # its own settings: decode.SHAPES
     "time_to_quality": {},  # its own settings: time_to_quality.FULL
 }
 SMOKE = {
@@ -143,6 +151,7 @@ SMOKE = {
     "generation": dict(model="smoke", batches=(1, 2), prompt=4, new_tokens=8),
     "matmul": dict(size=256),
     "bf16_execution": dict(widths=(64,), num_layers=1, seq_len=16, batch_size=2, vocab_size=300),
+    "decode": {},  # decode.run(smoke=True)
     "time_to_quality": {},  # time_to_quality.SMOKE
 }
 
@@ -538,6 +547,13 @@ def section_generation(shape, args, ceilings):
     return rows
 
 
+def section_decode(shape, args, ceilings):
+    """Decode tokens/s per weight format against the bandwidth bound (`benchmarks/decode.py`)."""
+    result = decode.run(smoke=args.smoke, nano_model=args.nano_model)
+    args.decode = result
+    return [dict(row, section="decode") for row in result["rows"]]
+
+
 def section_time_to_quality(shape, args, ceilings):
     """Seconds to a validation loss: ours, keras-hub, nanoGPT (`benchmarks/time_to_quality.py`)."""
     result = time_to_quality.run(args, args.smoke)
@@ -619,7 +635,7 @@ def table(rows):
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        if row["section"] in ("time_to_quality", "bf16_execution"):  # tables of their own
+        if row["section"] in ("time_to_quality", "bf16_execution", "decode"):  # reported apart
             continue
         if row["section"] == "matmul":
             lines.append(
@@ -681,7 +697,7 @@ def main():
         "--sections",
         default=",".join(DEFAULT_SECTIONS),
         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but "
-        "bf16_execution and time_to_quality, the latter about 25 minutes with nanoGPT)",
+        "bf16_execution, decode and time_to_quality, the latter about 25 minutes with nanoGPT)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument(
@@ -716,6 +732,11 @@ def main():
         default=0,
         help="TensorFlow inter-op threads (0 = TensorFlow's choice)",
     )
+    parser.add_argument(
+        "--nano-model",
+        help="decode: a trained byte-level GPT .keras file (e.g. runs/gpt/model.keras) for the "
+        "validation-loss rows",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and 1 round (CI)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
@@ -742,6 +763,7 @@ def main():
         "gpt_124m": section_gpt_124m,
         "bert": section_bert,
         "bf16_execution": section_bf16_execution,
+        "decode": section_decode,
         "generation": section_generation,
         "time_to_quality": section_time_to_quality,
     }
@@ -750,11 +772,11 @@ def main():
             start = time.perf_counter()
             section_rows = runners[name](shapes[name], args, ceilings)
             rows += section_rows
-            section_table = bf16_table if name == "bf16_execution" else table
-            print(
-                f"{name}: {time.perf_counter() - start:.0f} s\n{section_table(section_rows)}",
-                flush=True,
-            )
+            print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+            if name == "decode":
+                decode.print_result(args.decode)
+            else:
+                print((bf16_table if name == "bf16_execution" else table)(section_rows), flush=True)
             if name == "time_to_quality":
                 print(args.time_to_quality["table"], *args.time_to_quality["goals"], sep="\n")
     # The ceilings again at the end: the best of both is what the machine can do when free.
@@ -778,6 +800,8 @@ def main():
         "flops_per_token": "6 N + 12 L H Q T (nanoGPT)",
         "rows": rows,
     }
+    if "decode" in sections:
+        result["decode"] = {k: v for k, v in args.decode.items() if k != "rows"}
     if "time_to_quality" in sections:
         ttq = args.time_to_quality
         result["time_to_quality"] = dict(config=ttq["config"], goals=ttq["goals"])

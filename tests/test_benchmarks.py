@@ -188,7 +188,7 @@ def test_time_to_quality_median_counts_unreached_seeds_as_late(monkeypatch):
 
 
 @pytest.mark.slow
-def test_bf16_execution_smoke_reports_each_width_and_the_auto_choice(tmp_path):
+def test_bf16_execution_and_decode_smoke_from_the_one_command(tmp_path):
     out = tmp_path / "results.json"
     completed = subprocess.run(
         [
@@ -196,7 +196,7 @@ def test_bf16_execution_smoke_reports_each_width_and_the_auto_choice(tmp_path):
             str(ROOT / "benchmarks" / "run.py"),
             "--smoke",
             "--sections",
-            "bf16_execution",
+            "bf16_execution,decode",
             "--out",
             str(out),
         ],
@@ -207,7 +207,13 @@ def test_bf16_execution_smoke_reports_each_width_and_the_auto_choice(tmp_path):
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = [r for r in json.loads(out.read_text())["rows"] if r["section"] == "bf16_execution"]
+    result = json.loads(out.read_text())
+    decode_rows = [r for r in result["rows"] if r["section"] == "decode"]
+    assert [r["weights"] for r in decode_rows] == ["float32", "bfloat16", "int8"]
+    assert all(r["tokens_per_second"] > 0 for r in decode_rows)
+    assert result["decode"]["gemv_bandwidth_gb_per_s"] > 0
+    assert "GEMV bandwidth" in completed.stdout
+    rows = [r for r in result["rows"] if r["section"] == "bf16_execution"]
     assert [(r["variant"], r["precision"], r["jit_compile"]) for r in rows] == [
         ("float32_xla", "float32", True),
         ("bf16_xla", "mixed_bfloat16", True),
