@@ -27,7 +27,8 @@ Fixed settings (all in `SETTINGS` below):
   scored.
 
 Usage:
-    python benchmarks/poetry.py [--minutes 15] [--vocab-size 8000] [--out results.json]
+    python benchmarks/poetry.py [--minutes 15] [--vocab-size 8000] [--tokenizers byte,sentencepiece]
+                                [--out results.json]
     python benchmarks/poetry.py --smoke     # seconds: tiny model, 600 poems, 10 prompts
 """
 
@@ -207,8 +208,14 @@ def main():
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
     parser.add_argument("--smoke", action="store_true", help="tiny settings, seconds per model")
     parser.add_argument("--vocab-size", type=int, help="SentencePiece pieces (default 8000)")
+    parser.add_argument(
+        "--tokenizers", default="byte,sentencepiece", help="comma-separated subset to train"
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
+    names = args.tokenizers.split(",")
+    if set(names) - {"byte", "sentencepiece"} or not names:
+        parser.error(f"--tokenizers {args.tokenizers!r}: choose from byte, sentencepiece")
     settings = SMOKE if args.smoke else SETTINGS
     if args.vocab_size:
         settings = dict(settings, sentencepiece_vocab_size=args.vocab_size)
@@ -227,6 +234,7 @@ def main():
     rows = [
         run(name, tokenizer, poems, prompts, settings, seconds)
         for name, tokenizer in (("byte", ByteTokenizer()), ("sentencepiece", sentence_piece))
+        if name in names
     ]
     real = {
         "prompted": poem_format_score(held_out[: settings["prompts"]]),
@@ -264,7 +272,8 @@ def main():
         result = {
             "command": "python benchmarks/poetry.py"
             + (" --smoke" if args.smoke else f" --minutes {args.minutes:g}")
-            + (f" --vocab-size {args.vocab_size}" if args.vocab_size else ""),
+            + (f" --vocab-size {args.vocab_size}" if args.vocab_size else "")
+            + (f" --tokenizers {args.tokenizers}" if names != ["byte", "sentencepiece"] else ""),
             "machine": machine(),
             "settings": settings,
             "budget_seconds": seconds,
