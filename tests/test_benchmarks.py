@@ -11,11 +11,18 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_run_smoke_writes_table_and_json(tmp_path):
+def _run_smoke(tmp_path, *arguments):
+    """`benchmarks/run.py --smoke ARGUMENTS --out results.json`: (completed process, result dict)."""
     out = tmp_path / "results.json"
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--smoke",
+            *arguments,
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -23,8 +30,13 @@ def test_run_smoke_writes_table_and_json(tmp_path):
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed, json.loads(out.read_text())
 
-    result = json.loads(out.read_text())
+
+@pytest.mark.slow
+def test_run_smoke_writes_table_and_json(tmp_path):
+    completed, result = _run_smoke(tmp_path)
+
     rows = [
         (row["section"], row["variant"], row.get("precision"), row.get("batch"))
         for row in result["rows"]
@@ -74,25 +86,7 @@ def _first_at_or_below(curve, target):
 
 @pytest.mark.slow
 def test_time_to_quality_smoke_times_come_from_the_eval_curve(tmp_path):
-    out = tmp_path / "results.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--smoke",
-            "--sections",
-            "time_to_quality",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(out.read_text())
+    completed, result = _run_smoke(tmp_path, "--sections", "time_to_quality")
     config = result["time_to_quality"]["config"]
     first, second = config["targets"]
     rows = [row for row in result["rows"] if row["section"] == "time_to_quality"]
@@ -189,25 +183,7 @@ def test_time_to_quality_median_counts_unreached_seeds_as_late(monkeypatch):
 
 @pytest.mark.slow
 def test_bf16_execution_and_decode_smoke_from_the_one_command(tmp_path):
-    out = tmp_path / "results.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--smoke",
-            "--sections",
-            "bf16_execution,decode",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(out.read_text())
+    completed, result = _run_smoke(tmp_path, "--sections", "bf16_execution,decode")
     decode_rows = [r for r in result["rows"] if r["section"] == "decode"]
     assert [r["weights"] for r in decode_rows] == ["float32", "bfloat16", "int8"]
     assert all(r["tokens_per_second"] > 0 for r in decode_rows)
