@@ -1,0 +1,163 @@
+"""The layout of a run directory and of an export directory, known here and nowhere else.
+
+A run directory (`runs/gpt/`) holds what `tf-bigmodels train` writes::
+
+    runs/gpt/
+        config.json       the settings the run was started with
+        metrics.jsonl     one JSON object per logged step and per evaluation
+        model.keras       the model at the last step
+        best.keras        the model at its best validation loss
+        tokenizer/        the learned vocabulary (SentencePiece and WordPiece runs only)
+        checkpoints/      exact training state (weights, optimizer, data position)
+        export/<n>/       SavedModel versions, in TF Serving's layout
+
+An export directory (`export/` above, or any directory given to `export --out`) holds numbered
+version directories; the newest is the largest number. Training, export, the command line and
+the server all ask this module for paths and versions, so the layout can change in one place.
+
+This module imports neither TensorFlow nor the rest of the package: the server, which must run
+where only an export exists, and the command line's argument checks both use it cheaply.
+"""
+
+import os
+import pathlib
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+MODEL = "model.keras"
+BEST_MODEL = "best.keras"
+TOKENIZER = "tokenizer"
+CHECKPOINTS = "checkpoints"
+EXPORT = "export"
+
+
+def export_versions(export_dir):
+    """The numeric version directories of `export_dir`, oldest first (empty if there is none).
+
+    TF Serving's rule: a version is a directory whose name is a positive decimal number. Other
+    entries (a `.partial-*` directory an export is still writing, files) are not versions.
+
+    Args:
+        export_dir: str or path-like.
+
+    Returns:
+        list of int.
+
+    Example:
+
+    >>> os.makedirs("models/gpt/1"); os.makedirs("models/gpt/10"); os.makedirs("models/gpt/.partial-2")
+    >>> export_versions("models/gpt"), export_versions("models/none")
+    ([1, 10], [])
+    """
+    try:
+        entries = list(os.scandir(export_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(
+        int(entry.name)
+        for entry in entries
+        if entry.name.isdecimal() and entry.name.isascii() and int(entry.name) > 0 and entry.is_dir()
+    )
+
+
+def newest_version(export_dir):
+    """The path of the newest version directory of `export_dir`, or None if there is none.
+
+    Example:
+
+    >>> os.makedirs("models/gpt/1"); os.makedirs("models/gpt/2")
+    >>> newest_version("models/gpt"), newest_version("models/none")
+    ('models/gpt/2', None)
+    """
+    versions = export_versions(export_dir)
+    return os.path.join(os.fspath(export_dir), str(versions[-1])) if versions else None
+
+
+class RunDirectory:
+    """The paths of one run directory, and what it holds.
+
+    Args:
+        path: str or path-like. The run directory (it need not exist yet).
+
+    Example:
+
+    >>> run = RunDirectory("runs/gpt")
+    >>> str(run.config), str(run.export_dir), run.exists()
+    ('runs/gpt/config.json', 'runs/gpt/export', False)
+    """
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+
+    def __repr__(self):
+        return f"RunDirectory({os.fspath(self.path)!r})"
+
+    def __fspath__(self):
+        return os.fspath(self.path)
+
+    @property
+    def config(self):
+        """`config.json`: the run's settings."""
+        return self.path / CONFIG
+
+    @property
+    def metrics(self):
+        """`metrics.jsonl`: the run's log."""
+        return self.path / METRICS
+
+    @property
+    def model(self):
+        """`model.keras`: the model at the last step."""
+        return self.path / MODEL
+
+    @property
+    def best_model(self):
+        """`best.keras`: the model at its best validation loss."""
+        return self.path / BEST_MODEL
+
+    @property
+    def tokenizer(self):
+        """`tokenizer/`: the learned vocabulary, for runs with a learned tokenizer."""
+        return self.path / TOKENIZER
+
+    @property
+    def checkpoints(self):
+        """`checkpoints/`: the exact training state."""
+        return self.path / CHECKPOINTS
+
+    @property
+    def export_dir(self):
+        """`export/`: SavedModel versions."""
+        return self.path / EXPORT
+
+    def exists(self):
+        """Whether a run was started here (its `config.json` exists)."""
+        return self.config.is_file()
+
+    def newest_export(self):
+        """The path of the newest exported version (str), or None.
+
+        Example:
+
+        >>> os.makedirs("runs/gpt/export/1")
+        >>> RunDirectory("runs/gpt").newest_export()
+        'runs/gpt/export/1'
+        """
+        return newest_version(self.export_dir)
+
+    @classmethod
+    def containing(cls, path):
+        """The run directory that `path` is, or lies directly in (a `.keras` file, `export/`,
+        `export/<n>`), or None.
+
+        Example:
+
+        >>> os.makedirs("runs/gpt/export/3"); open("runs/gpt/config.json", "w").close()
+        >>> RunDirectory.containing("runs/gpt/export/3"), RunDirectory.containing("elsewhere")
+        (RunDirectory('runs/gpt'), None)
+        """
+        path = pathlib.Path(path)
+        for candidate in (path, path.parent, path.parent.parent):
+            if (candidate / CONFIG).is_file():
+                return cls(candidate)
+        return None
