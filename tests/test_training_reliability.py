@@ -84,7 +84,11 @@ def test_documented_defaults(overrides, expected):
     "overrides, fragment",
     [
         (dict(warmup_steps=20), "`warmup_steps` must be an integer in [0, 19], got 20"),
-        (dict(seed=-1), "`seed` must be an integer >= 0, got -1"),
+        (dict(seed=-1), "`seed` must be an integer in [0, 4294967295], got -1"),
+        # NumPy's and TensorFlow's seeds are 32-bit: a larger one is refused up front.
+        (dict(seed=2**40), "`seed` must be an integer in [0, 4294967295]"),
+        # A name the file system cannot take as text (bytes undecodable as UTF-8).
+        (dict(name="caf\udce9"), "`name` must be one directory name"),
         (dict(vocab_size=300), "`vocab_size` must be None with the byte tokenizer"),
         (dict(tokenizer="wordpiece"), "`tokenizer` must be one of ['byte', 'sentencepiece']"),
         (dict(name="../x"), "`name` must be one directory name"),

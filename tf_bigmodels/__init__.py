@@ -1,8 +1,11 @@
 """tf_bigmodels: the Transformer layer, GPT and BERT as correct, tested Keras 3 code.
 
-Importing the package registers every layer, model, optimizer and schedule with Keras, so any
-`.keras` file the package writes (`model.keras` and `best.keras` of a run included) loads with
-``keras.saving.load_model`` and no ``custom_objects``.
+`import tf_bigmodels` is cheap: it loads no TensorFlow. Its parts load on first use
+(`tfb.layers`, `tfb.models`, `tfb.training`, ...), and the first use of any part that holds
+Keras objects registers all of them with Keras: every layer and model, and the optimizer and
+learning-rate schedule that a run's `model.keras` and `best.keras` store. From then on
+``keras.saving.load_model`` reads any `.keras` file the package writes with no
+``custom_objects``. To load a file before using any part, call `register_keras_objects()`.
 
 Example:
 
@@ -10,45 +13,51 @@ Example:
 >>> layer = tfb.layers.TransformerLayer(d_model=64, num_heads=4, dff=256, causal=True)
 """
 
-__version__ = "0.1.0"
-
+import importlib
 import os
-import sys
 
-# TensorFlow's C++ info and warning logs after start-up are noise for this package's users (the
-# few notices printed before TensorFlow initialises its logging cannot be silenced this way);
-# a value the user has set is kept.
+from tf_bigmodels._version import __version__
+
+# TensorFlow's C++ info and warning lines are noise for this package's users; a value the user
+# has set is kept. (The lines TensorFlow prints while it loads, before its logging starts, pass
+# anyway: the command line hides them itself, see `tf_bigmodels.cli`.)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The subpackages and modules reached as attributes (`tfb.models`), loaded on first use.
+_PARTS = ("convert", "data", "export", "layers", "models", "plot", "tokenizers", "training")
+# The parts that hold Keras objects; using one registers them all.
+_KERAS_PARTS = ("convert", "export", "layers", "models", "plot", "training")
 
-def _starting_the_command():
-    """Whether this import is the start of `tf-bigmodels` / `python -m tf_bigmodels`.
-
-    The command parses and checks its arguments before it loads TensorFlow (so `--help` and a
-    mistyped flag answer at once), then calls `load_everything` itself. While `python -m`
-    locates the package, `sys.argv` is `["-m", ...]`.
-    """
-    if sys.argv[:1] == ["-m"]:
-        started = getattr(sys, "orig_argv", [])
-        return "-m" in started and started[started.index("-m") + 1 :][:1] == [__name__]
-    return os.path.basename(sys.argv[0] if sys.argv else "") == "tf-bigmodels"
+__all__ = ["__version__", "register_keras_objects", *_PARTS]
 
 
-def load_everything():
-    """Imports the layers, models and training modules (registering them with Keras).
+def register_keras_objects():
+    """Registers every Keras object of the package, so `.keras` files load without custom_objects.
 
-    `import tf_bigmodels` calls it, except at the start of the command line, which calls it
-    once its arguments are checked.
+    That is: the layers and models, and the optimizer and learning-rate schedule a run's
+    `model.keras` stores. Using `tfb.layers`, `tfb.models`, `tfb.training` (or another part that
+    holds Keras objects) calls it.
 
     Example:
 
-    >>> load_everything()
+    >>> import keras
+    >>> register_keras_objects()
+    >>> keras.saving.get_registered_object("tf_bigmodels>GPTModel").__name__
+    'GPTModel'
     """
-    from tf_bigmodels import layers, models, training  # noqa: F401
-
-    # The optimizer and the schedule that `model.keras` refers to.
-    training.AdamW, training.WarmupDecay  # noqa: B018
+    for module in ("layers", "models", "training.optimizer", "training.schedules"):
+        importlib.import_module(f"{__name__}.{module}")
 
 
-if not _starting_the_command():
-    load_everything()
+def __getattr__(name):
+    if name not in _PARTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _KERAS_PARTS:
+        register_keras_objects()
+    module = importlib.import_module(f"{__name__}.{name}")
+    globals()[name] = module
+    return module
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

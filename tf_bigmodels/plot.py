@@ -23,7 +23,10 @@ import numpy as np
 from keras import ops
 
 from tf_bigmodels import _checks
-from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer, GPTModel
+from tf_bigmodels.run_directory import RunDirectory
+from tf_bigmodels.tokenizers import ByteTokenizer
+from tf_bigmodels.training.loading import load_run_tokenizer
+from tf_bigmodels.training.tasks import task_class_for
 
 DEFAULT_TEXT = "First Citizen: Before we proceed any further, hear me speak."
 _MAX_LABELLED_TOKENS = 64  # beyond this, tick labels would overlap
@@ -74,7 +77,7 @@ def read_metrics(path):
     """
     path = pathlib.Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = RunDirectory(path).metrics
     if not path.is_file():
         raise FileNotFoundError(
             2,
@@ -175,21 +178,20 @@ def attention_maps(model, inputs, layer=0):
     >>> maps.shape, float(np.triu(maps, 1).max())
     ((2, 5, 5), 0.0)
     """
-    if isinstance(model, (BERTPretrainer, BERTClassifier)):
-        model = model.encoder
-    if not isinstance(model, (GPTModel, BERTEncoder)):
+    model = getattr(model, "encoder", model)  # the encoder of a BERT task model
+    if not hasattr(model, "attention_weights"):
         raise TypeError(
             f"`model` must be a GPTModel, BERTEncoder, BERTPretrainer or "
             f"BERTClassifier, got {type(model).__name__}."
         )
     layer = _checks.integer("layer", layer, low=0, high=model.num_layers - 1)
-    if isinstance(model, GPTModel):
+    if not isinstance(inputs, dict):  # token ids, for a GPT
         weights = model.attention_weights(_one_sequence(inputs, "inputs"))
     else:
-        if not isinstance(inputs, dict) or "token_ids" not in inputs:
+        if "token_ids" not in inputs:
             raise ValueError(
                 '`inputs` of a BERT model must be a dict with "token_ids" (and optionally '
-                f'"segment_ids", "padding_mask"), got {type(inputs).__name__}.'
+                f'"segment_ids", "padding_mask"), got keys {sorted(inputs)}.'
             )
         token_ids = _one_sequence(inputs["token_ids"], "inputs['token_ids']")
         weights = model.attention_weights(
@@ -200,6 +202,17 @@ def attention_maps(model, inputs, layer=0):
             }
         )
     return np.asarray(ops.convert_to_numpy(weights[layer]), "float32")[0]  # (heads, T, T)
+
+
+def _token_labels(tokenizer, ids):
+    """One tick label per token: a byte tokenizer's by character (`byte_token_labels`), a
+    vocabulary's pieces, else each token's text."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return byte_token_labels(ids)
+    if hasattr(tokenizer, "vocabulary"):
+        return [tokenizer.vocabulary[i] for i in ids]
+    pieces = tokenizer.detokenize(np.asarray(ids)[:, None]).numpy()
+    return [piece.decode("utf-8").replace("\n", "\\n") for piece in pieces]
 
 
 def _one_sequence(token_ids, argument):
@@ -463,45 +476,20 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
         )
     out_dir = run_dir / "plots" if out_dir is None else pathlib.Path(out_dir)
     series = read_metrics(run_dir)
-    model_path = run_dir / "model.keras"
-    if not model_path.is_file():
+    run = RunDirectory(run_dir)
+    if not run.model.is_file():
         raise FileNotFoundError(
             2,
             "No model in the run directory (training writes model.keras when it finishes)",
-            str(model_path),
+            str(run.model),
         )
-    model = keras.saving.load_model(model_path)
-    if isinstance(model, GPTModel):
-        from tf_bigmodels.tokenizers import ByteTokenizer
-
-        tokenizer = ByteTokenizer()
-        if (run_dir / "config.json").is_file():
-            from tf_bigmodels.training import load_run_tokenizer
-
-            tokenizer = load_run_tokenizer(run_dir)
-        ids = tokenizer.tokenize(text).numpy()[: min(64, model.max_length)]
-        if isinstance(tokenizer, ByteTokenizer):
-            tokens = byte_token_labels(ids)
-        else:  # one label per piece: its text
-            pieces = tokenizer.detokenize(ids[:, None]).numpy()
-            tokens = [piece.decode("utf-8").replace("\n", "\\n") for piece in pieces]
-        maps = attention_maps(model, ids, layer)
-        kind = "GPT (causal)"
-    elif isinstance(model, (BERTPretrainer, BERTClassifier)):
-        from tf_bigmodels.tokenizers import WordPieceTokenizer
-
-        tokenizer = WordPieceTokenizer.load(run_dir / "tokenizer")
-        length = min(64, model.encoder.max_length)
-        pieces = tokenizer.tokenize(text).numpy().tolist()[: length - 2]
-        ids = np.array([tokenizer.cls_id] + pieces + [tokenizer.sep_id], "int32")
-        tokens = [tokenizer.vocabulary[i] for i in ids]
-        maps = attention_maps(model, {"token_ids": ids[None, :]}, layer)
-        kind = "BERT (bidirectional)"
-    else:
-        raise ValueError(
-            f"{model_path} holds a {type(model).__name__}; plot draws a GPTModel, "
-            "BERTPretrainer or BERTClassifier."
-        )
+    model = keras.saving.load_model(run.model)
+    task = task_class_for(model)
+    tokenizer = load_run_tokenizer(run_dir) if run.exists() else ByteTokenizer()
+    inputs, ids = task.attention_inputs(model, tokenizer, text)
+    maps = attention_maps(model, inputs, layer)
+    tokens = _token_labels(tokenizer, ids)
+    kind = task.attention_title
     name = run_dir.resolve().name
     return {
         "loss": plot_loss_curves(series, out_dir / "loss.png", title=f"{name}: loss"),

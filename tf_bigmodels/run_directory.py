@@ -9,6 +9,7 @@ A run directory (`runs/gpt/`) holds what `tf-bigmodels train` writes::
         best.keras        the model at its best validation loss
         tokenizer/        the learned vocabulary (SentencePiece and WordPiece runs only)
         checkpoints/      exact training state (weights, optimizer, data position)
+        logs/             TensorBoard's event files
         export/<n>/       SavedModel versions, in TF Serving's layout
 
 An export directory (`export/` above, or any directory given to `export --out`) holds numbered
@@ -21,6 +22,7 @@ where only an export exists, and the command line's argument checks both use it 
 
 import os
 import pathlib
+import re
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -28,7 +30,11 @@ MODEL = "model.keras"
 BEST_MODEL = "best.keras"
 TOKENIZER = "tokenizer"
 CHECKPOINTS = "checkpoints"
+LOGS = "logs"
 EXPORT = "export"
+# The files of one checkpoint, `ckpt-<step>.index` and its data shards, as `tf.train.Checkpoint`
+# writes them.
+_CHECKPOINT_FILE = re.compile(r"^ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
 
 
 def export_versions(export_dir):
@@ -56,7 +62,10 @@ def export_versions(export_dir):
     return sorted(
         int(entry.name)
         for entry in entries
-        if entry.name.isdecimal() and entry.name.isascii() and int(entry.name) > 0 and entry.is_dir()
+        if entry.name.isdecimal()
+        and entry.name.isascii()
+        and int(entry.name) > 0
+        and entry.is_dir()
     )
 
 
@@ -126,6 +135,11 @@ class RunDirectory:
         return self.path / CHECKPOINTS
 
     @property
+    def logs(self):
+        """`logs/`: TensorBoard's event files."""
+        return self.path / LOGS
+
+    @property
     def export_dir(self):
         """`export/`: SavedModel versions."""
         return self.path / EXPORT
@@ -133,6 +147,37 @@ class RunDirectory:
     def exists(self):
         """Whether a run was started here (its `config.json` exists)."""
         return self.config.is_file()
+
+    def checkpoint_steps(self):
+        """The steps of the checkpoints in `checkpoints/`, newest first (complete or not).
+
+        Example:
+
+        >>> os.makedirs("runs/gpt/checkpoints")
+        >>> for name in ("ckpt-250.index", "ckpt-500.index", "ckpt-500.data-00000-of-00001"):
+        ...     open(f"runs/gpt/checkpoints/{name}", "w").close()
+        >>> RunDirectory("runs/gpt").checkpoint_steps()
+        [500, 250]
+        """
+        try:
+            names = os.listdir(self.checkpoints)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        matches = (_CHECKPOINT_FILE.match(name) for name in names)
+        return sorted({int(match.group(1)) for match in matches if match}, reverse=True)
+
+    def has_trained(self):
+        """Whether anything trained is here: a checkpoint or the final model.
+
+        A run directory with settings but neither (a run that failed before its first
+        checkpoint) holds nothing a new run would lose.
+
+        Example:
+
+        >>> RunDirectory("runs/none").has_trained()
+        False
+        """
+        return bool(self.checkpoint_steps()) or self.model.is_file()
 
     def newest_export(self):
         """The path of the newest exported version (str), or None.

@@ -4,7 +4,10 @@ import os
 import shutil
 import uuid
 
+import tensorflow as tf
+
 from tf_bigmodels import _checks
+from tf_bigmodels.run_directory import export_versions
 
 
 def write_version(export_dir, version, write):
@@ -23,6 +26,10 @@ def write_version(export_dir, version, write):
     Returns:
         The path of the new version directory (str).
 
+    Raises:
+        OSError: the SavedModel could not be written (a full disk, no permission), naming
+            `export_dir`; nothing is left behind.
+
     Example:
 
     >>> write = lambda path: open(os.path.join(path, "saved_model.pb"), "wb").close()
@@ -34,7 +41,7 @@ def write_version(export_dir, version, write):
     # TF Serving's version directories are positive numbers.
     version = _checks.integer("version", version, low=1, none_ok=True)
     if version is None:
-        version = 1 + max((int(n) for n in os.listdir(export_dir) if n.isdigit()), default=0)
+        version = 1 + max(export_versions(export_dir), default=0)
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):
         raise ValueError(
@@ -44,10 +51,17 @@ def write_version(export_dir, version, write):
     # Not `mkdtemp`: its 0700 would make the export unreadable to a server running as another
     # user; `mkdir` applies the umask as for any other directory.
     temporary = os.path.join(export_dir, f".partial-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.mkdir(temporary)
     try:
+        os.mkdir(temporary)
         write(temporary)
         os.rename(temporary, final)
+    except (OSError, tf.errors.OpError) as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        message = error.message if isinstance(error, tf.errors.OpError) else error.strerror
+        raise OSError(
+            f"cannot write the SavedModel under {export_dir}: "
+            f"{' '.join(str(message or error).split())}"
+        ) from None
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

@@ -5,8 +5,8 @@ import json
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-import tf_bigmodels
 from tf_bigmodels import _checks
+from tf_bigmodels._version import __version__
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import BERTClassifier, BERTPretrainer
 from tf_bigmodels.tokenizers import WordPieceTokenizer, check_tokenizer
@@ -261,7 +261,7 @@ def export_bert(
         "seq_length": encoder.max_length if seq_length is None else seq_length,
         "top_k": top_k,
         "jit_compile": _checks.boolean("jit_compile", jit_compile),
-        "tf_bigmodels_version": tf_bigmodels.__version__,
+        "tf_bigmodels_version": __version__,
     }
     if isinstance(model, BERTClassifier):
         if class_names is None:

@@ -5,8 +5,8 @@ import json
 
 import tensorflow as tf
 
-import tf_bigmodels
 from tf_bigmodels import _checks
+from tf_bigmodels._version import __version__
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import GPTModel, generation
 from tf_bigmodels.models.compression import WEIGHTS, compress_weights, weights_format
@@ -83,7 +83,7 @@ class GPTServingModule(tf.Module):
             "vocab_size": model.vocab_size,
             "prompt_truncation": "left, to max_length - max_new_tokens tokens",
             "completions": "continuation only; a character cut off at the end is removed",
-            "tf_bigmodels_version": tf_bigmodels.__version__,
+            "tf_bigmodels_version": __version__,
         }
         self.generation_config = tf.Variable(
             json.dumps(config, sort_keys=True), trainable=False, name="generation_config"

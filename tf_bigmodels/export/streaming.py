@@ -29,7 +29,8 @@ from tf_bigmodels import _checks
 from tf_bigmodels.models import GPTModel, generation
 from tf_bigmodels.models.compression import WEIGHTS, compress_weights
 from tf_bigmodels.models.generation import GenerationSettings
-from tf_bigmodels.tokenizers import ByteTokenizer
+from tf_bigmodels.run_directory import RunDirectory, newest_version
+from tf_bigmodels.tokenizers import ByteTokenizer, SentencePieceTokenizer, WordPieceTokenizer
 
 _REPLACEMENT = "\ufffd"  # what a character not yet complete (or cut off) detokenizes to
 # A character is at most 4 UTF-8 bytes, and no token of our tokenizers spells less than a byte.
@@ -41,10 +42,11 @@ def load_generator(source, tokenizer=None, *, weights=None):
 
     Args:
         source: a `GPTModel`; the path of a `.keras` file holding one; a SavedModel directory
-            written by `export_gpt`; or an `export_dir` with numeric version directories (the
-            highest version is loaded).
+            written by `export_gpt`; an `export_dir` with numeric version directories (the
+            highest version is loaded); or a run directory written by `tf-bigmodels train` (its
+            newest SavedModel, else its final model with the tokenizer it saved).
         tokenizer: unused for SavedModels (they carry their own); for a model, its tokenizer.
-            Defaults to None (a `ByteTokenizer`).
+            Defaults to None (the run's saved tokenizer, else a `ByteTokenizer`).
         weights: None (as stored), "float32", "bfloat16" or "int8". For a model, a value other
             than "float32" decodes with a copy from `tf_bigmodels.models.compress_weights`; a
             SavedModel keeps the weights it was exported with, and any other value is refused.
@@ -55,26 +57,39 @@ def load_generator(source, tokenizer=None, *, weights=None):
 
     Example:
 
-    >>> generator, tokenizer = load_generator("exports/gpt")  # doctest: +SKIP
+    >>> from tf_bigmodels.models import GPTModel
+    >>> GPTModel(258, 16, 2, 32, 1, max_length=8).save("tiny.keras")
+    >>> generator, tokenizer = load_generator("tiny.keras", weights="int8")
+    >>> type(generator).__name__, type(tokenizer).__name__
+    ('GPTModel', 'ByteTokenizer')
     """
     if weights is not None:
         _checks.one_of("weights", weights, WEIGHTS)
     if isinstance(source, GPTModel):
         return compress_weights(source, weights or "float32"), tokenizer or ByteTokenizer()
     path = os.fspath(source)
+    run = RunDirectory(path)
+    if run.exists():
+        path = run.newest_export() or os.fspath(run.model)
+        if not os.path.exists(path):
+            raise ValueError(
+                f"`source`={os.fspath(source)!r} is a run directory with no SavedModel or final "
+                "model yet (`tf-bigmodels generate` also reads its newest checkpoint)."
+            )
+        if tokenizer is None and run.tokenizer.is_dir():
+            tokenizer = load_saved_tokenizer(run.tokenizer)
     if path.endswith(".keras"):
         model = keras.saving.load_model(path)
         if not isinstance(model, GPTModel):
             raise ValueError(f"`source`={path!r} holds a {type(model).__name__}, not a GPTModel.")
         return compress_weights(model, weights or "float32"), tokenizer or ByteTokenizer()
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
-        versions = [int(n) for n in os.listdir(path) if n.isdigit()]
-        if versions:
-            path = os.path.join(path, str(max(versions)))
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        path = newest_version(path) or path
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         raise ValueError(
             f"`source`={os.fspath(source)!r} is neither a GPTModel, a .keras file, a "
-            f"SavedModel directory nor an export directory with numeric versions."
+            f"SavedModel directory, an export directory with numeric versions nor a run "
+            "directory."
         )
     loaded = tf.saved_model.load(path)
     if not hasattr(loaded, "decode_steps"):
@@ -90,6 +105,33 @@ def load_generator(source, tokenizer=None, *, weights=None):
             f"{stored} weights; export it again to change them), got {weights!r}."
         )
     return loaded, None
+
+
+def load_saved_tokenizer(directory):
+    """The learned tokenizer saved in `directory` (a SentencePiece or a WordPiece one).
+
+    Args:
+        directory: str or path-like. What `SentencePieceTokenizer.save` or
+            `WordPieceTokenizer.save` wrote.
+
+    Raises:
+        ValueError: `directory` holds neither.
+
+    Example:
+
+    >>> WordPieceTokenizer.train(["to be or not to be"], 40).save("vocab")
+    >>> type(load_saved_tokenizer("vocab")).__name__
+    'WordPieceTokenizer'
+    """
+    errors = []
+    for kind in (SentencePieceTokenizer, WordPieceTokenizer):
+        try:
+            return kind.load(directory)
+        except (OSError, ValueError) as error:
+            errors.append(f"{kind.__name__}: {' '.join(str(error).split())}")
+    raise ValueError(
+        f"`directory`={os.fspath(directory)!r} holds no saved tokenizer ({'; '.join(errors)})."
+    )
 
 
 def stream_text(
@@ -267,7 +309,8 @@ def _token_chunks(decoder, prompt, settings, rows, chunk_tokens):
     history = [list(decoder.tokenize(prompt))] * rows
     remaining, window = settings.max_new_tokens, 0
     # The first window is one `generate` call when that can hold every token.
-    keep = max_length - remaining if remaining < max_length else max(1, max_length // 2)
+    slide = max(1, max_length // 2)  # the tokens a sliding context keeps
+    keep = max_length - remaining if remaining < max_length else slide
     ended = [False] * rows
     while remaining > 0 and not all(ended):
         contexts = [ids[-keep:] for ids in history]
@@ -295,7 +338,7 @@ def _token_chunks(decoder, prompt, settings, rows, chunk_tokens):
             if done < stop:  # the loop stopped early: every row ended
                 break
         remaining -= count
-        keep, window = max(1, max_length // 2), window + 1
+        keep, window = slide, window + 1
 
 
 def _decoder(source, tokenizer):

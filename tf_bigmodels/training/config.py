@@ -6,6 +6,7 @@ loading TensorFlow; `tf_bigmodels.training.run` does the work.
 
 import dataclasses
 import os
+import textwrap
 
 from tf_bigmodels import _checks
 from tf_bigmodels.training.presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -83,117 +84,233 @@ def tokenizer_choices(kind):
     return tuple(name for name in _KIND_TOKENIZERS[kind] if name in TOKENIZERS)
 
 
+def _setting(
+    help,
+    *,
+    default=None,
+    default_help=None,
+    parse=None,
+    flag=None,
+    nargs=None,
+    metavar=None,
+    doc=None,
+):
+    """A `RunConfig` field: None in the dataclass (so a re-run can tell "left out" from "given"),
+    `default` once resolved, and `help` both for the docstring and for `tf-bigmodels train`.
+
+    `default_help` describes a default that `resolved` works out (from the preset, say).
+    `parse` is how the command line reads the value: "int", "positive_int", "float",
+    "positive_float", "str", "bool" (an on/off flag), a tuple of choices, or None (not a flag).
+    `doc` adds to the docstring what only the Python API needs to know.
+    """
+    metadata = dict(
+        help=help,
+        default=default,
+        default_help=default_help or ("none" if default is None else str(default)),
+        parse=parse,
+        flag=flag,
+        nargs=nargs,
+        metavar=metavar,
+        doc=doc,
+    )
+    return dataclasses.field(default=None, metadata=metadata)
+
+
+def _preset_default(field, model=False):
+    """'the preset's (gpt-nano: 2000, bert-tiny: 2000)': a default that comes from the preset."""
+    values = []
+    for kind in PRESETS:
+        preset = PRESETS[kind][DEFAULT_PRESET[kind]]
+        value = preset.model[field] if model else getattr(preset, field)
+        values.append(f"{DEFAULT_PRESET[kind]}: {'none' if value is None else value}")
+    return f"the preset's; {', '.join(values)}"
+
+
 @dataclasses.dataclass
 class RunConfig:
-    """Everything one training run needs; `None` fields take a documented default.
+    """Everything one training run needs; a setting left at None takes its documented default.
 
-    Attributes:
-        model: "gpt" or "bert".
-        preset: a name from `GPT_PRESETS` / `BERT_PRESETS`; None is the kind's default
-            ("gpt-nano", "bert-tiny").
-        corpus: a bundled corpus ("shakespeare", "tangshi", "chinese_reviews"), a path, a
-            glob, or a list of paths (or, from Python, a list of document strings). The
-            bundled corpora of independent short documents ("tangshi", "chinese_reviews") are
-            shuffled with a fixed seed (0) before the split, so validation is a random tenth
-            of the poems or reviews (the file order of 全唐诗 ends with 词 and songs); the
-            split is the same whatever `seed` is, so runs compare on the same validation text.
-        corpus_encoding: the text encoding of the corpus files, e.g. "gbk" (see `load_corpus`).
-        corpus_errors: "strict" (bytes that are not valid in `corpus_encoding` are an error) or
-            "replace" (they become U+FFFD).
-        tokenizer: a name from `TOKENIZERS` that the model kind takes (`tokenizer_choices`);
-            None is the preset's ("sentencepiece" for "gpt-poet"), else the kind's default
-            ("byte" for GPT, "wordpiece" for BERT). A learned vocabulary (WordPiece,
-            SentencePiece) is learned from the documents of the training split only (for GPT,
-            the lines `lm_dataset` trains on; for BERT, all but its last tenth of documents),
-            so validation text is never seen by the tokenizer either.
-        steps: training steps (batches); None is the preset's.
-        batch_size: global batch size (split over the replicas); None is the preset's.
-        seq_len: tokens per example; None is the preset's.
-        learning_rate: peak learning rate; None is the preset's.
-        warmup_steps: linear warm-up steps, then the preset's decay to a tenth of the peak; None
-            is the preset's warm-up but at most a tenth of `steps`.
-        weight_decay, clipnorm: AdamW decay of kernels; global-norm gradient clipping (None: off).
-        gradient_accumulation_steps: run each step's batch as this many micro-batches whose
-            gradients are added before the one update (less memory, same update); None is off.
-        d_model, num_heads, dff, num_layers, rate: override the preset's model.
-        vocab_size: size of a learned vocabulary; None is the preset's. Refused with a tokenizer
-            whose vocabulary is fixed (the byte tokenizer).
-        init_from: a run directory, a `.keras` file or a keras-hub BERT preset directory: a
-            new run (step 0, a new optimizer) whose model starts from its weights and that
-            keeps its tokenizer (copied into the run directory; a keras-hub GPT-2 preset is
-            refused, its BPE tokenizer is not one this package has). The model's shape must be the source's; settings left at None
-            (preset, tokenizer, vocabulary and model sizes, seq_len) are the source run's.
-            Re-running the new run resumes it (`init_from` may not change); None starts from
-            random weights.
-        lora_rank: int >= 1. Adds LoRA adapters of this rank (`model.enable_lora`), which
-            then are what trains; None is off.
-        strategy, devices: see `get_strategy`.
-        precision: "float32", "mixed_float16" (with loss scaling) or "mixed_bfloat16".
-        jit_compile: compile the train step with XLA; None (the default) chooses by
-            `jit_compile_for`: XLA, except `mixed_bfloat16` on a CPU with bfloat16 arithmetic
-            and a model at least 512 wide, where TensorFlow's oneDNN kernels are faster.
-        steps_per_execution: batches run per call into the compiled function.
-        eval_every: validate and checkpoint every this many steps; None is min(250, steps).
-            `steps` must be a multiple of it.
-        eval_steps: validation batches.
-        out, name: the run directory is `out/name`; `name` is one directory name (None: the
-            model kind).
-        resume: continue the run found in the run directory; if False, a run directory that
-            already holds a run is an error (nothing is overwritten).
-        seed: int >= 0. Seeds data order, masks, dropout and initialisation.
-        samples, sample_tokens: GPT samples printed at the end and their length in tokens.
-        export: write a SavedModel under `out/name/export/<version>/` at the end.
-        verbose: progress on the console: 1 (a line rewritten in place on a terminal, one line
-            per log interval otherwise), 2 (one line per log interval), 0 silent.
-        log_every: write the loss of the last `log_every` steps to `metrics.jsonl`, TensorBoard
-            and the console.
+        On a re-run (the run directory already holds a run), a setting left at None takes the
+        stored run's value instead. The settings and their help text are described once, in the
+        fields' metadata: `tf-bigmodels train` makes its flags from them (`settings()`).
 
-    Example:
+        Attributes:
+    {attributes}
 
-    >>> config = RunConfig(model="bert", preset="bert-mini", steps=4000, precision="mixed_bfloat16")
-    >>> resolved = config.resolved()
-    >>> resolved.d_model, resolved.eval_every, resolved.warmup_steps, resolved.tokenizer
-    (256, 250, 400, 'wordpiece')
+        Example:
+
+        >>> config = RunConfig(model="bert", preset="bert-mini", steps=4000, precision="mixed_bfloat16")
+        >>> resolved = config.resolved()
+        >>> resolved.d_model, resolved.eval_every, resolved.warmup_steps, resolved.tokenizer
+        (256, 250, 400, 'wordpiece')
     """
 
     model: str = "gpt"
-    preset: str = None
-    corpus: object = "shakespeare"
-    corpus_encoding: str = "utf-8"
-    corpus_errors: str = "strict"
-    tokenizer: str = None
-    steps: int = None
-    batch_size: int = None
-    seq_len: int = None
-    learning_rate: float = None
-    warmup_steps: int = None
-    weight_decay: float = 0.1
-    clipnorm: float = 1.0
-    gradient_accumulation_steps: int = None
-    d_model: int = None
-    num_heads: int = None
-    dff: int = None
-    num_layers: int = None
-    rate: float = None
-    vocab_size: int = None
-    init_from: str = None
-    lora_rank: int = None
-    strategy: str = "auto"
-    devices: list = None
-    precision: str = "float32"
-    jit_compile: bool = None
-    steps_per_execution: int = 1
-    eval_every: int = None
-    eval_steps: int = 20
-    out: str = "runs"
-    name: str = None
-    resume: bool = True
-    seed: int = 0
-    samples: int = 2
-    sample_tokens: int = 200
-    export: bool = True
-    verbose: int = 1
-    log_every: int = 10
+    preset: str = _setting(
+        "model size and training settings: "
+        + "; ".join(f"{kind.upper()} {', '.join(PRESETS[kind])}" for kind in PRESETS),
+        default_help=f"{', '.join(DEFAULT_PRESET.values())}",
+        parse="str",
+    )
+    corpus: object = _setting(
+        "a bundled corpus: 'shakespeare' (tiny Shakespeare), 'tangshi' (全唐诗, 56,053 poems, one "
+        "a document) or 'chinese_reviews' (17,363 product reviews); or UTF-8 text files / globs, "
+        "one document per file. The bundled corpora of short documents are shuffled with a "
+        "fixed seed before the split (whatever --seed is), so validation is a random tenth",
+        default="shakespeare",
+        parse="str",
+        nargs="+",
+        metavar="PATH_OR_GLOB",
+        doc="From Python also a list of paths, or a list of document strings.",
+    )
+    corpus_encoding: str = _setting(
+        "the text encoding of the corpus files, e.g. gbk for files saved by Chinese Windows "
+        "software",
+        default="utf-8",
+        parse="str",
+    )
+    corpus_errors: str = _setting(
+        "bytes of the corpus that are not valid in its encoding: an error (strict), or "
+        "replaced by U+FFFD",
+        default="strict",
+        parse=("strict", "replace"),
+    )
+    tokenizer: str = _setting(
+        "; ".join(f"{kind}: {', '.join(_KIND_TOKENIZERS[kind])}" for kind in _KIND_TOKENIZERS)
+        + ". A learned vocabulary is learned from the training split only",
+        default_help="the preset's, else the first of the model's; gpt-poet: sentencepiece",
+        parse=tuple(sorted(TOKENIZERS)),
+    )
+    steps: int = _setting(
+        "training steps (batches)", default_help=_preset_default("steps"), parse="positive_int"
+    )
+    batch_size: int = _setting(
+        "global batch size, split over the replicas",
+        default_help=_preset_default("batch_size"),
+        parse="positive_int",
+    )
+    seq_len: int = _setting(
+        "tokens per example", default_help=_preset_default("seq_len"), parse="positive_int"
+    )
+    learning_rate: float = _setting(
+        "peak learning rate",
+        default_help=_preset_default("learning_rate"),
+        parse="positive_float",
+        flag="--lr",
+    )
+    warmup_steps: int = _setting(
+        "linear warm-up steps, then the preset's decay to a tenth of the peak",
+        default_help="the preset's, at most a tenth of --steps",
+        parse="int",
+    )
+    weight_decay: float = _setting("AdamW weight decay of the kernels", default=0.1, parse="float")
+    clipnorm: float = _setting("global-norm gradient clipping", default=1.0, parse="positive_float")
+    gradient_accumulation_steps: int = _setting(
+        "run each batch as N micro-batches: less memory, same update",
+        default_help="off",
+        parse="int",
+        flag="--grad-accum",
+    )
+    d_model: int = _setting(
+        "model width", default_help=_preset_default("d_model", True), parse="positive_int"
+    )
+    num_heads: int = _setting(
+        "attention heads", default_help=_preset_default("num_heads", True), parse="positive_int"
+    )
+    dff: int = _setting(
+        "feed-forward width", default_help=_preset_default("dff", True), parse="positive_int"
+    )
+    num_layers: int = _setting(
+        "Transformer blocks", default_help=_preset_default("num_layers", True), parse="positive_int"
+    )
+    rate: float = _setting(
+        "dropout rate", default_help=_preset_default("rate", True), parse="float", flag="--dropout"
+    )
+    vocab_size: int = _setting(
+        "size of a learned vocabulary (WordPiece, SentencePiece); not for the byte tokenizer",
+        default_help=_preset_default("vocab_size"),
+        parse="positive_int",
+    )
+    init_from: str = _setting(
+        "start a new run (step 0, new optimizer) from trained weights: a run directory, a "
+        ".keras file, or a keras-hub BERT preset directory. The run keeps the source's "
+        "tokenizer, and its shape (sizes, --seq-len, vocabulary) must be the source's; "
+        "settings not given are the source run's. A re-run resumes the new run",
+        default_help="random weights",
+        parse="str",
+        metavar="SOURCE",
+    )
+    lora_rank: int = _setting(
+        "train LoRA adapters of this rank on the model instead of all its weights",
+        default_help="off",
+        parse="positive_int",
+    )
+    strategy: str = _setting(
+        "tf.distribute strategy: auto picks a TPU, several workers (TF_CONFIG), several GPUs, "
+        "or one device (see get_strategy)",
+        default="auto",
+        parse=STRATEGIES,
+    )
+    devices: list = _setting("the devices of the strategy (see get_strategy)")
+    precision: str = _setting(
+        "compute precision (mixed_float16 uses loss scaling)", default="float32", parse=PRECISIONS
+    )
+    jit_compile: bool = _setting(
+        "compile the train step with XLA",
+        default_help="chosen: on, except with --precision mixed_bfloat16 on a CPU with bf16 "
+        "instructions and a model at least 512 wide, where TensorFlow's oneDNN kernels are faster",
+        parse="bool",
+        flag="--jit",
+    )
+    steps_per_execution: int = _setting(
+        "batches per call into the compiled train step", default=1, parse="positive_int"
+    )
+    eval_every: int = _setting(
+        "validate and checkpoint every N steps; --steps must be a multiple of it",
+        default_help=f"min({DEFAULT_EVAL_EVERY}, --steps)",
+        parse="positive_int",
+    )
+    eval_steps: int = _setting("validation batches", default=20, parse="positive_int")
+    out: str = _setting("parent of the run directory", default="runs", parse="str")
+    name: str = _setting(
+        "run directory name, one directory under --out", default_help="the model kind", parse="str"
+    )
+    resume: bool = _setting(
+        "continue a run found in the run directory; if off, an existing run is an error "
+        "(nothing is overwritten)",
+        default=True,
+        parse="bool",
+    )
+    seed: int = _setting(
+        "seeds data order, masks, dropout, initialisation; 0 to 2**32 - 1", default=0, parse="int"
+    )
+    samples: int = _setting("GPT samples printed at the end", default=2, parse="int")
+    sample_tokens: int = _setting("length of each sample, in tokens", default=200, parse="int")
+    export: bool = _setting(
+        "write a SavedModel under RUN_DIR/export/<version>/ at the end", default=True, parse="bool"
+    )
+    verbose: int = _setting(
+        "progress on the console: 1 (a line rewritten in place on a terminal), 2 (one line per "
+        "log interval), 0 silent",
+        default=1,
+    )
+    log_every: int = _setting(
+        "log the mean loss of every N steps (console, metrics.jsonl, TensorBoard)",
+        default=10,
+        parse="positive_int",
+    )
+
+    @staticmethod
+    def settings():
+        """The settings a user sets, as `dataclasses.Field`s with `help`, `default` and `parse`
+        in their metadata (the model kind is not among them).
+
+        Example:
+
+        >>> [field.name for field in RunConfig.settings()][:3]
+        ['preset', 'corpus', 'corpus_encoding']
+        """
+        return [field for field in dataclasses.fields(RunConfig) if field.metadata]
 
     def resolved(self):
         """A checked copy with every `None` replaced by its documented default.
@@ -209,6 +326,12 @@ class RunConfig:
         kind = _checks.one_of("model", self.model, tuple(PRESETS))
         preset = get_preset(kind, self.preset)
         values = dataclasses.asdict(self)
+        for field in RunConfig.settings():
+            if values[field.name] is None:
+                values[field.name] = field.metadata["default"]
+        corpus = values["corpus"]
+        if isinstance(corpus, (list, tuple)) and len(corpus) == 1 and isinstance(corpus[0], str):
+            values["corpus"] = corpus[0]  # one name, path or glob, as the command line gives it
         values["preset"] = DEFAULT_PRESET[kind] if self.preset is None else self.preset
         choices = tokenizer_choices(kind)
         if self.tokenizer is not None:
@@ -237,7 +360,8 @@ class RunConfig:
             if values["vocab_size"] is None:
                 raise ValueError(
                     f"`vocab_size` must be given with the {values['tokenizer']} tokenizer (the "
-                    f"preset {values['preset']!r} has none), got None."
+                    f"preset {values['preset']!r} has none; e.g. 2000 for an English corpus, "
+                    "8000 for Chinese, as gpt-poet), got None."
                 )
         elif values["vocab_size"] is not None:
             raise ValueError(
@@ -285,7 +409,9 @@ class RunConfig:
         _checks.boolean("jit_compile", self.jit_compile, none_ok=True)
         for field in ("resume", "export"):
             _checks.boolean(field, getattr(self, field))
-        for field in ("seed", "samples", "sample_tokens"):
+        # NumPy's and TensorFlow's random seeds are 32-bit.
+        _checks.integer("seed", self.seed, low=0, high=2**32 - 1)
+        for field in ("samples", "sample_tokens"):
             _checks.integer(field, getattr(self, field), low=0)
         _checks.one_of("verbose", self.verbose, (0, 1, 2))
         _checks.non_empty_str("init_from", self.init_from, none_ok=True)
@@ -301,6 +427,24 @@ class RunConfig:
             raise ValueError(f"`out` must be a directory path, got {self.out!r}.")
 
 
+def _attributes_doc():
+    """The `Attributes:` section of `RunConfig`'s docstring, from the settings' metadata."""
+    lines = ['model: "gpt" or "bert", the model kind (its `Task`).']
+    for field in RunConfig.settings():
+        text = f"{field.name}: {field.metadata['help']}."
+        if field.metadata["doc"]:
+            text += f" {field.metadata['doc']}"
+        lines.append(f"{text} Defaults to {field.metadata['default_help']}.")
+    indent = " " * 8
+    return "\n".join(
+        textwrap.fill(line, 100, initial_indent=indent, subsequent_indent=indent + "    ")
+        for line in lines
+    )
+
+
+RunConfig.__doc__ = RunConfig.__doc__.replace("{attributes}", _attributes_doc())
+
+
 def _check_name(name):
     """A run name is one directory name, so that the run stays inside `out`."""
     if (
@@ -310,8 +454,19 @@ def _check_name(name):
         or (os.sep in name)
         or (os.altsep is not None and os.altsep in name)
         or "\0" in name
+        or not _encodable(name)
     ):
         raise ValueError(
-            f"`name` must be one directory name (not empty, '.' or '..', without '/'), "
+            f"`name` must be one directory name (not empty, '.' or '..', without '/', valid "
+            "text), "
             f"got {name!r}."
         )
+
+
+def _encodable(name):
+    """Whether `name` is text the file system takes (not bytes undecodable as UTF-8)."""
+    try:
+        os.fsencode(name).decode("utf-8")
+    except (UnicodeError, TypeError):
+        return False
+    return True

@@ -30,7 +30,8 @@ from tf_bigmodels.data import (
 )
 from tf_bigmodels.data.corpus import CHINESE_REVIEWS, TANGSHI
 from tf_bigmodels.data.lm_dataset import TRAIN_FRACTION
-from tf_bigmodels.models import BERTEncoder, BERTPretrainer, GPTModel
+from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer, GPTModel
+from tf_bigmodels.run_directory import RunDirectory
 from tf_bigmodels.training import storage
 from tf_bigmodels.training.config import TOKENIZERS
 from tf_bigmodels.training.execution import jit_compile_for
@@ -39,7 +40,6 @@ from tf_bigmodels.training.presets import get_preset
 
 logger = logging.getLogger("tf_bigmodels")
 
-TOKENIZER_DIR = "tokenizer"
 # Bundled corpora of short independent documents stored in an order that is not random (全唐诗
 # ends with 词 and songs; the reviews come grouped by label). They are shuffled before the split,
 # with this seed whatever the run's `seed`, so that every run validates on the same random tenth
@@ -66,6 +66,15 @@ class Task:
     log_perplexity = False
     # Whether `tf-bigmodels generate` can continue text with the trained model.
     generates_text = False
+    # The model kind (`RunConfig.model`), and the model classes the task trains and exports.
+    kind = "Task"
+    model_types = ()
+    # What `export` takes besides `version` and `jit_compile`.
+    export_options = ()
+    # The export a run writes at its end samples as the run's printed samples.
+    sampling = {}
+    # How the attention plot names the model.
+    attention_title = ""
 
     def __init__(self, config):
         self.config = config
@@ -105,7 +114,7 @@ class Task:
         raise NotImplementedError
 
     # ---- tokenizer --------------------------------------------------------------------------
-    def tokenizer(self, texts, run_dir, *, save=True):
+    def tokenizer(self, texts, run_dir, *, save=True, source=None):
         """The run's tokenizer: loaded from `run_dir` if it holds one, else made (and saved).
 
         A learned vocabulary is learned from `training_texts(texts)` only, so no validation
@@ -114,31 +123,36 @@ class Task:
 
         Args:
             texts: list of str. The run's documents (`texts()`).
-            run_dir: path. The run directory.
+            run_dir: str or path-like. The run directory.
             save: bool. Write a newly learned tokenizer into `run_dir` (the chief does).
+            source: the tokenizer of the model the run starts from (`init_from`), kept (and
+                saved) instead of a new one; None makes one.
+
+        Example:
+
+        >>> task.tokenizer(["To be, or not to be"], "runs/gpt").vocab_size
+        258
         """
         entry = TOKENIZERS[self.config.tokenizer]
-        directory = pathlib.Path(run_dir) / TOKENIZER_DIR
+        directory = RunDirectory(run_dir).tokenizer
         if entry.learned and directory.exists():
             return self.load_tokenizer(run_dir)
-        if self.config.init_from is not None:
-            tokenizer = self.source_tokenizer()  # copied into the new run
-            if entry.learned and save:
-                self._save_tokenizer(tokenizer, directory)
-            return tokenizer
-        if not entry.learned:
-            return _tokenizer_class(entry)()
-        training = self.training_texts(texts)
-        logger.info(
-            "Learning a %s vocabulary of about %d tokens from the %d training documents...",
-            self.config.tokenizer,
-            self.config.vocab_size,
-            len(training),
-        )
-        tokenizer = _tokenizer_class(entry).train(
-            training, self.config.vocab_size, **dict(entry.train_options)
-        )
-        if save:
+        if source is not None:
+            tokenizer = source  # copied into the new run
+        elif not entry.learned:
+            return tokenizer_class(entry)()
+        else:
+            training = self.training_texts(texts)
+            logger.info(
+                "Learning a %s vocabulary of about %d tokens from the %d training documents...",
+                self.config.tokenizer,
+                self.config.vocab_size,
+                len(training),
+            )
+            tokenizer = tokenizer_class(entry).train(
+                training, self.config.vocab_size, **dict(entry.train_options)
+            )
+        if entry.learned and save:
             self._save_tokenizer(tokenizer, directory)
         return tokenizer
 
@@ -161,10 +175,10 @@ class Task:
         """
         entry = TOKENIZERS[self.config.tokenizer]
         if not entry.learned:
-            return _tokenizer_class(entry)()
-        directory = pathlib.Path(run_dir) / TOKENIZER_DIR
+            return tokenizer_class(entry)()
+        directory = RunDirectory(run_dir).tokenizer
         try:
-            return _tokenizer_class(entry).load(directory)
+            return tokenizer_class(entry).load(directory)
         except (OSError, ValueError) as error:
             raise ValueError(
                 f"cannot read the run's {self.config.tokenizer} tokenizer in {directory}: "
@@ -193,25 +207,30 @@ class Task:
         return None
 
     # ---- model -----------------------------------------------------------------------------
-    def build_model(self, vocab_size):
+    def build_model(self, vocab_size, source=None):
         """The model to train, built (its variables exist). Call it inside the strategy's scope.
 
-        Every run's model comes from here: `new_model`, then the weights of `config.init_from`
-        (a new run that starts from trained weights: every weight is copied, so the source must
-        have the same shape: width, heads, feed-forward size, layers, context and vocabulary),
-        then LoRA adapters if `config.lora_rank` is set (`model.enable_lora`).
+        Every run's model comes from here: `new_model`, then the weights of `source` (the model
+        `init_from` names: every weight is copied, so it must have the same shape: width, heads,
+        feed-forward size, layers, context and vocabulary), then LoRA adapters if
+        `config.lora_rank` is set (`model.enable_lora`).
+
+        Args:
+            vocab_size: int. The tokenizer's vocabulary size.
+            source: a trained model to start from, or None (random weights).
 
         Raises:
-            ValueError: `init_from` is not a model this run can start from, or its shape
+            ValueError: `source` is not a model this run can start from, or its shape
                 differs, naming the first weight that does not fit.
 
         Example:
 
-        >>> model = task.build_model(vocab_size=258)  # doctest: +SKIP
+        >>> task.build_model(258, source=task.new_model(100))
+        Traceback (most recent call last):
+        ValueError: `init_from`=None cannot fill this model: its weight token_embedding/embeddings has shape (100, 32) in the source, (258, 32) here (the width, heads, feed-forward size, layers, seq_len and vocabulary must be the source's).
         """
         model = self.new_model(vocab_size)
-        if self.config.init_from is not None:
-            source = self.source_model()
+        if source is not None:
             _copy_weights(source, model, self.config.init_from)
             if isinstance(source, BERTEncoder):
                 # A keras-hub encoder, as converted (its GELU is keras-hub's tanh form), with
@@ -231,38 +250,18 @@ class Task:
         """
         raise NotImplementedError
 
-    def source_model(self):
-        """The trained model `config.init_from` names: a run directory (its `model.keras`, else
-        its newest checkpoint), a `.keras` file, or a keras-hub preset directory (converted by
-        `tf_bigmodels.convert`; a BERT preset gives the encoder only, and the pre-training
-        heads start new).
-
-        Example:
-
-        >>> source = task.source_model()  # doctest: +SKIP
-        """
-        source = pathlib.Path(self.config.init_from)
-        if _is_run_dir(source):
-            if (source / "model.keras").is_file():
-                return _load_keras(source / "model.keras", self.config.init_from)
-            from tf_bigmodels.training.run import load_run_model
-
-            return load_run_model(source)[0]
-        if source.is_file() and source.suffix == ".keras":
-            return _load_keras(source, self.config.init_from)
-        if source.is_dir() and (source / "config.json").is_file():
-            return self.keras_hub_model(source)
-        raise ValueError(
-            f"`init_from` must be a run directory (with model.keras or checkpoints), a .keras "
-            f"file or a keras-hub preset directory, got {self.config.init_from!r}."
-        )
-
     def keras_hub_model(self, preset_dir):
-        """The model of a keras-hub preset directory, converted (see `source_model`).
+        """The model of a keras-hub preset directory, converted by `tf_bigmodels.convert` (a
+        BERT preset gives the encoder only, and the pre-training heads start new).
+
+        Raises:
+            ValueError: the task cannot start from a keras-hub preset.
 
         Example:
 
-        >>> model = task.keras_hub_model("presets/bert_tiny_en_uncased")  # doctest: +SKIP
+        >>> task.keras_hub_model("presets/gpt2")
+        Traceback (most recent call last):
+        ValueError: `init_from`=None is not a model this run can start from.
         """
         raise ValueError(
             f"`init_from`={self.config.init_from!r} is not a model this run can start from."
@@ -273,50 +272,14 @@ class Task:
 
         Example:
 
-        >>> tokenizer = task.keras_hub_tokenizer("presets/bert_tiny_en_uncased")  # doctest: +SKIP
+        >>> task.keras_hub_tokenizer("presets/gpt2")
+        Traceback (most recent call last):
+        ValueError: `init_from`=None: a keras-hub gpt preset's tokenizer is not one tf_bigmodels has (GPT-2's byte-level BPE), so a run cannot keep it; start from a run directory or a .keras file instead.
         """
         raise ValueError(
             f"`init_from`={self.config.init_from!r}: a keras-hub {self.config.model} preset's "
             "tokenizer is not one tf_bigmodels has (GPT-2's byte-level BPE), so a run cannot "
             "keep it; start from a run directory or a .keras file instead."
-        )
-
-    def source_tokenizer(self):
-        """The tokenizer of `config.init_from`: the one its run recorded (a `.keras` file's run
-        is the directory that holds it); a `.keras` file outside a run directory has the byte
-        tokenizer, if the run uses it.
-
-        Raises:
-            ValueError: the source's tokenizer is not the run's `tokenizer`.
-
-        Example:
-
-        >>> tokenizer = task.source_tokenizer()  # doctest: +SKIP
-        """
-        from tf_bigmodels.training.run import run_config
-
-        source = pathlib.Path(self.config.init_from)
-        run_dir = source if _is_run_dir(source) else source.parent
-        if source.is_dir() and not _is_run_dir(source):
-            return self.keras_hub_tokenizer(source)
-        if (run_dir / "config.json").is_file():
-            stored = run_config(run_dir)
-            if stored.model != self.config.model:
-                raise ValueError(
-                    f"`init_from`={self.config.init_from!r} is a {stored.model!r} run; this run "
-                    f"trains a {self.config.model!r} model."
-                )
-            name = stored.tokenizer
-            if name == self.config.tokenizer:
-                return task_for(run_config(run_dir)).load_tokenizer(run_dir)
-        else:
-            name = None if TOKENIZERS[self.config.tokenizer].learned else self.config.tokenizer
-            if name is not None:
-                return _tokenizer_class(TOKENIZERS[name])()
-        raise ValueError(
-            f"`tokenizer` must be the tokenizer of `init_from`={self.config.init_from!r} "
-            f"({name or 'unknown: a .keras file outside a run directory has none saved'}), "
-            f"got {self.config.tokenizer!r}."
         )
 
     def dummy_inputs(self):
@@ -360,17 +323,19 @@ class Task:
             epsilon=self.preset.epsilon,
         )
 
-    def compiled_model(self, vocab_size):
-        """`build_model`, compiled with its loss and `optimizer`, the optimizer built.
+    def compiled_model(self, vocab_size, source=None):
+        """`build_model(vocab_size, source)`, compiled with its loss and `optimizer`, the
+        optimizer built.
 
         The optimizer's variables exist at once, so a checkpoint restores into them. Call it
         inside the strategy's scope.
 
         Example:
 
-        >>> model = task.compiled_model(vocab_size=258)  # doctest: +SKIP
+        >>> int(task.compiled_model(vocab_size=258).optimizer.iterations)
+        0
         """
-        model = self.build_model(vocab_size)
+        model = self.build_model(vocab_size, source)
         model.compile(
             optimizer=self.optimizer(model),
             loss=self.loss(),
@@ -416,13 +381,54 @@ class Task:
         """
         return []
 
-    def export(self, model, tokenizer, directory):
-        """Writes the run's SavedModel under `directory/<version>/`; returns its path.
+    def prompt(self, texts):
+        """A prompt to try the trained model with, or None if the task does not generate text.
 
         Example:
 
-        >>> task.export(model, tokenizer, "runs/gpt/export")  # doctest: +SKIP
-        'runs/gpt/export/1'
+        >>> Task.prompt(None, ["text"]) is None
+        True
+        """
+        return None
+
+    @classmethod
+    def export(cls, model, tokenizer, directory, **options):
+        """Writes the model's SavedModel under `directory/<version>/`; returns its path.
+
+        Args:
+            model: a model of `model_types`.
+            tokenizer: its tokenizer.
+            directory: str or path-like. The export directory.
+            **options: `version`, `jit_compile` and the task's `export_options`.
+
+        Raises:
+            ValueError: an option this kind of model does not take.
+
+        Example:
+
+        >>> Task.export(None, None, "exports", weights="int8")
+        Traceback (most recent call last):
+        ValueError: `weights` does not apply to the export of a Task model (it takes: version, jit_compile), got 'int8'.
+        """
+        for name, value in options.items():
+            if name not in ("version", "jit_compile", *cls.export_options):
+                takes = ", ".join(("version", "jit_compile", *cls.export_options))
+                raise ValueError(
+                    f"`{name}` does not apply to the export of a {cls.kind} model (it takes: "
+                    f"{takes}), got {value!r}."
+                )
+        return cls._export(model, tokenizer, os.fspath(directory), **options)
+
+    @classmethod
+    def attention_inputs(cls, model, tokenizer, text):
+        """`(inputs, ids)`: `text` as the input of `tf_bigmodels.plot.attention_maps` (at most 64
+        tokens), and its token ids.
+
+        Example:
+
+        >>> Task.attention_inputs(None, None, "text")
+        Traceback (most recent call last):
+        NotImplementedError
         """
         raise NotImplementedError
 
@@ -440,6 +446,11 @@ class GPTTask(Task):
 
     log_perplexity = True
     generates_text = True
+    kind = "gpt"
+    model_types = (GPTModel,)
+    export_options = ("max_new_tokens", "temperature", "top_k", "top_p", "weights")
+    sampling = {"temperature": 0.8, "top_k": 40}
+    attention_title = "GPT (causal)"
 
     def training_texts(self, texts):
         """The lines `lm_dataset` trains on: those that start in the first 90% of the bytes."""
@@ -487,8 +498,7 @@ class GPTTask(Task):
                     model,
                     prompt,
                     self.config.sample_tokens,
-                    temperature=0.8,
-                    top_k=40,
+                    **self.sampling,
                     seed=self.config.seed + index,
                     tokenizer=tokenizer,
                 )
@@ -496,18 +506,21 @@ class GPTTask(Task):
             for index, prompt in enumerate(sample_prompts(texts, self.config.samples))
         ]
 
-    def export(self, model, tokenizer, directory):
+    @classmethod
+    def _export(cls, model, tokenizer, directory, **options):
         from tf_bigmodels.export import export_gpt
 
-        # serving_default continues a prompt by half a context, sampled as the printed samples.
-        return export_gpt(
-            model,
-            tokenizer,
-            os.fspath(directory),
-            max_new_tokens=model.max_length // 2,
-            temperature=0.8,
-            top_k=40,
-        )
+        return export_gpt(model, tokenizer, directory, **options)
+
+    @classmethod
+    def attention_inputs(cls, model, tokenizer, text):
+        ids = tokenizer.tokenize(text).numpy()[: min(64, model.max_length)]
+        return ids, ids
+
+    def prompt(self, texts):
+        """A prompt to try the trained model with: the first line of a paragraph of the
+        validation text (see `sample_prompts`)."""
+        return sample_prompts(texts, 1)[0]
 
 
 class BERTTask(Task):
@@ -520,6 +533,10 @@ class BERTTask(Task):
     >>> sorted(task.dummy_inputs())
     ['mask_positions', 'padding_mask', 'segment_ids', 'token_ids']
     """
+
+    kind = "bert"
+    model_types = (BERTPretrainer, BERTClassifier)
+    attention_title = "BERT (bidirectional)"
 
     def training_texts(self, texts):
         """All documents but the last tenth (at least 2), which validate."""
@@ -599,10 +616,18 @@ class BERTTask(Task):
     def diverged_above(self, vocab_size):
         return 3.0 * (math.log(vocab_size) + math.log(2.0))  # masked LM + next sentence
 
-    def export(self, model, tokenizer, directory):
+    @classmethod
+    def _export(cls, model, tokenizer, directory, **options):
         from tf_bigmodels.export import export_bert
 
-        return export_bert(model, tokenizer, os.fspath(directory))
+        return export_bert(model, tokenizer, directory, **options)
+
+    @classmethod
+    def attention_inputs(cls, model, tokenizer, text):
+        length = min(64, model.encoder.max_length)
+        pieces = tokenizer.tokenize(text).numpy().tolist()[: length - 2]
+        ids = np.array([tokenizer.cls_id] + pieces + [tokenizer.sep_id], "int32")
+        return {"token_ids": ids[None, :]}, ids
 
 
 # The task of each model kind (`RunConfig.model`).
@@ -619,6 +644,24 @@ def task_for(config):
     'BERTTask'
     """
     return TASKS[config.model](config)
+
+
+def task_class_for(model):
+    """The `Task` subclass whose `model_types` `model` is one of.
+
+    Raises:
+        ValueError: no task trains such a model.
+
+    Example:
+
+    >>> task_class_for(GPTModel(258, 16, 2, 32, 1, max_length=8)).__name__
+    'GPTTask'
+    """
+    for task in TASKS.values():
+        if isinstance(model, task.model_types):
+            return task
+    names = ", ".join(t.__name__ for task in TASKS.values() for t in task.model_types)
+    raise ValueError(f"the model is a {type(model).__name__}; this takes a {names}.")
 
 
 def fixed_batches(dataset, steps):
@@ -688,21 +731,6 @@ def lm_training_texts(texts):
     return kept
 
 
-def _is_run_dir(path):
-    return (path / "config.json").is_file() and (
-        (path / "model.keras").is_file() or (path / "checkpoints").is_dir()
-    )
-
-
-def _load_keras(path, source):
-    try:
-        return keras.saving.load_model(path)
-    except Exception as error:  # noqa: BLE001 (Keras raises many types for a bad file)
-        raise ValueError(
-            f"`init_from`={source!r}: cannot load {path}: {' '.join(str(error).split())}"
-        ) from None
-
-
 def _copy_weights(source, target, name):
     """Sets every weight of `target` from `source`; one line naming the first that differs."""
     if isinstance(source, BERTEncoder) and isinstance(target, BERTPretrainer):
@@ -741,5 +769,5 @@ def _model_kwargs(config):
     }
 
 
-def _tokenizer_class(entry):
+def tokenizer_class(entry):
     return getattr(importlib.import_module("tf_bigmodels.tokenizers"), entry.class_name)

@@ -1,0 +1,186 @@
+"""Models and tokenizers read back: a run's own, and the ones a new run starts from.
+
+- `load_run_model`, `load_run_tokenizer`: what a run directory holds (its newest checkpoint,
+  the tokenizer it recorded).
+- `source_model`, `source_tokenizer`: what `init_from` names (a run directory, a `.keras` file
+  or a keras-hub preset directory), checked against the run that starts from it.
+
+Tasks (`tf_bigmodels.training.tasks`) build models and tokenizers; this module only finds and
+reads them, so the tasks never import it.
+"""
+
+import logging
+import pathlib
+
+import keras
+
+from tf_bigmodels.run_directory import RunDirectory
+from tf_bigmodels.training.callbacks import RunCheckpoint
+from tf_bigmodels.training.config import TOKENIZERS
+from tf_bigmodels.training.records import run_config
+from tf_bigmodels.training.tasks import task_for, tokenizer_class
+
+logger = logging.getLogger("tf_bigmodels")
+
+
+def load_run_model(run_dir):
+    """Rebuilds a run's model from its settings and newest checkpoint, and its tokenizer.
+
+    For a run that has checkpoints but no final model yet (interrupted, or still training).
+    The tokenizer is the one the run recorded (a learned one is read from the run directory).
+
+    Args:
+        run_dir: str or path-like. A run directory written by `train`.
+
+    Returns:
+        `(model, tokenizer, step)`: the `GPTModel` or `BERTPretrainer` with the checkpoint's
+        weights, its tokenizer, and the checkpoint's optimizer step.
+
+    Raises:
+        ValueError: the run has no checkpoint yet.
+
+    Example:
+
+    >>> from tf_bigmodels.training import RunConfig, train
+    >>> _ = train(RunConfig(preset="gpt-test", steps=2, samples=0, export=False, verbose=0))
+    >>> model, tokenizer, step = load_run_model("runs/gpt")
+    >>> type(model).__name__, step
+    ('GPTModel', 2)
+    """
+    run = RunDirectory(run_dir)
+    config = run_config(run_dir)
+    if not run.checkpoint_steps():
+        raise ValueError(
+            f"the run directory {run.path} has no model yet: no final model, export or "
+            "checkpoint (train it first)."
+        )
+    task = task_for(config)
+    tokenizer = task.load_tokenizer(run_dir)
+    source = source_model(task) if config.init_from is not None else None
+    model = task.compiled_model(tokenizer.vocab_size, source)
+    step = RunCheckpoint(run.checkpoints, model).restore()
+    return model, tokenizer, step
+
+
+def load_run_tokenizer(run_dir):
+    """The tokenizer a run directory recorded (its settings name it).
+
+    Args:
+        run_dir: str or path-like. A run directory written by `train`.
+
+    Example:
+
+    >>> import os
+    >>> os.makedirs("runs/tiny")
+    >>> _ = open("runs/tiny/config.json", "w").write('{"model": "gpt", "preset": "gpt-test"}')
+    >>> load_run_tokenizer("runs/tiny").vocab_size
+    258
+    """
+    return task_for(run_config(run_dir)).load_tokenizer(run_dir)
+
+
+def source_model(task):
+    """The trained model `task.config.init_from` names, with the step it reached (logged).
+
+    A run directory gives its final model, else its newest checkpoint; a `.keras` file its
+    model; any other directory is read as a keras-hub preset (`task.keras_hub_model`).
+
+    Args:
+        task: the `Task` of the run that starts from it.
+
+    Raises:
+        ValueError: `init_from` is none of these, or not a readable `.keras` file.
+
+    Example:
+
+    >>> from tf_bigmodels.training import RunConfig, task_for
+    >>> _ = open("garbage.keras", "w").write("not a model")
+    >>> source_model(task_for(RunConfig(preset="gpt-test", init_from="garbage.keras").resolved()))
+    Traceback (most recent call last):
+    ValueError: `init_from`='garbage.keras' is not a readable .keras file (a zip archive that Keras wrote): File is not a zip file
+    """
+    name = task.config.init_from
+    source = pathlib.Path(name)
+    run = RunDirectory(source)
+    if run.exists() and run.has_trained():
+        if run.model.is_file():
+            model = _load_keras(run.model, name)
+            step = run.checkpoint_steps()[:1] or [int(model.optimizer.iterations)]
+            logger.info("Starting from %s (its model at step %d).", name, step[0])
+            return model
+        model, _, step = load_run_model(source)
+        logger.info("Starting from %s (its checkpoint of step %d).", name, step)
+        return model
+    if source.is_file() and source.suffix == ".keras":
+        model = _load_keras(source, name)
+        optimizer = getattr(model, "optimizer", None)
+        step = f"step {int(optimizer.iterations)}" if optimizer is not None else "untrained"
+        logger.info("Starting from %s (%s).", name, step)
+        return model
+    if source.is_dir() and not run.exists():
+        model = task.keras_hub_model(source)
+        logger.info("Starting from the keras-hub preset %s.", name)
+        return model
+    raise ValueError(
+        "`init_from` must be a run directory (with a model or checkpoints), a .keras "
+        f"file or a keras-hub preset directory, got {name!r}."
+    )
+
+
+def source_tokenizer(task):
+    """The tokenizer of `task.config.init_from`: the one its run recorded (a `.keras` file's
+    run is the directory that holds it); a `.keras` file outside a run directory has the byte
+    tokenizer, if the run uses it; a keras-hub preset its own (`task.keras_hub_tokenizer`).
+
+    Args:
+        task: the `Task` of the run that starts from it.
+
+    Raises:
+        ValueError: the source's tokenizer is not the run's `tokenizer`.
+
+    Example:
+
+    >>> from tf_bigmodels.training import RunConfig, task_for
+    >>> config = RunConfig(preset="gpt-test", tokenizer="sentencepiece", vocab_size=300,
+    ...                    init_from="elsewhere.keras")
+    >>> source_tokenizer(task_for(config.resolved()))
+    Traceback (most recent call last):
+    ValueError: `tokenizer` must be the tokenizer of `init_from`='elsewhere.keras' (unknown: a .keras file outside a run directory has none saved), got 'sentencepiece'.
+    """
+    config = task.config
+    source = pathlib.Path(config.init_from)
+    if source.is_dir() and not RunDirectory(source).exists():
+        return task.keras_hub_tokenizer(source)
+    run = RunDirectory.containing(source)
+    if run is not None:
+        stored = run_config(run.path)
+        if stored.model != config.model:
+            raise ValueError(
+                f"`init_from`={config.init_from!r} is a {stored.model!r} run; this run "
+                f"trains a {config.model!r} model."
+            )
+        name = stored.tokenizer
+        if name == config.tokenizer:
+            return task_for(stored).load_tokenizer(run.path)
+    else:
+        name = None if TOKENIZERS[config.tokenizer].learned else config.tokenizer
+        if name is not None:
+            return tokenizer_class(TOKENIZERS[name])()
+    raise ValueError(
+        f"`tokenizer` must be the tokenizer of `init_from`={config.init_from!r} "
+        f"({name or 'unknown: a .keras file outside a run directory has none saved'}), "
+        f"got {config.tokenizer!r}."
+    )
+
+
+def _load_keras(path, source):
+    """The model in the `.keras` file `path`; a file that is not one is named as such."""
+    try:
+        return keras.saving.load_model(path)
+    except FileNotFoundError:
+        raise ValueError(f"`init_from`={source!r}: no such file {path}.") from None
+    except Exception as error:  # noqa: BLE001 (Keras raises many types for a bad file)
+        raise ValueError(
+            f"`init_from`={source!r} is not a readable .keras file (a zip archive that Keras "
+            f"wrote): {' '.join(str(error).split())}"
+        ) from None
