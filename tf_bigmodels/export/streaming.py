@@ -119,7 +119,7 @@ def load_saved_tokenizer(directory):
 
     Example:
 
-    >>> WordPieceTokenizer.train(["to be or not to be"], 40).save("vocab")
+    >>> WordPieceTokenizer.train(["to be or not to be"], 40, verbose=False).save("vocab")
     >>> type(load_saved_tokenizer("vocab")).__name__
     'WordPieceTokenizer'
     """

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_bigmodels.data import bits_per_character
+from tf_bigmodels.run_directory import RunDirectory
 from tf_bigmodels.training import storage
 
 logger = logging.getLogger("tf_bigmodels")
@@ -267,7 +268,7 @@ class TrainingLog(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._first_interval = True
         if self.run_dir is not None and self._writers is None:
-            logs_dir = os.path.join(self.run_dir, "logs")
+            logs_dir = os.fspath(RunDirectory(self.run_dir).logs)
             self._writers = {
                 kind: tf.summary.create_file_writer(os.path.join(logs_dir, kind))
                 for kind in ("train", "validation")
@@ -335,7 +336,7 @@ class TrainingLog(keras.callbacks.Callback):
     def _write(self, kind, record):
         if self.run_dir is None:
             return
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as file:
+        with open(RunDirectory(self.run_dir).metrics, "a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")
         with self._writers[kind].as_default(step=record["step"]):
             for key, value in record.items():

@@ -11,6 +11,7 @@ reads them, so the tasks never import it.
 
 import logging
 import pathlib
+import zipfile
 
 import keras
 
@@ -97,7 +98,7 @@ def source_model(task):
     >>> _ = open("garbage.keras", "w").write("not a model")
     >>> source_model(task_for(RunConfig(preset="gpt-test", init_from="garbage.keras").resolved()))
     Traceback (most recent call last):
-    ValueError: `init_from`='garbage.keras' is not a readable .keras file (a zip archive that Keras wrote): File is not a zip file
+    ValueError: `init_from`='garbage.keras' is not a readable .keras file (a .keras file is a zip archive that Keras wrote; this is not one).
     """
     name = task.config.init_from
     source = pathlib.Path(name)
@@ -175,10 +176,13 @@ def source_tokenizer(task):
 
 def _load_keras(path, source):
     """The model in the `.keras` file `path`; a file that is not one is named as such."""
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise ValueError(
+            f"`init_from`={source!r} is not a readable .keras file (a .keras file is a zip "
+            "archive that Keras wrote; this is not one)."
+        )
     try:
         return keras.saving.load_model(path)
-    except FileNotFoundError:
-        raise ValueError(f"`init_from`={source!r}: no such file {path}.") from None
     except Exception as error:  # noqa: BLE001 (Keras raises many types for a bad file)
         raise ValueError(
             f"`init_from`={source!r} is not a readable .keras file (a zip archive that Keras "

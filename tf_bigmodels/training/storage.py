@@ -14,14 +14,16 @@ import logging
 import os
 import shutil
 
+from tf_bigmodels import run_directory
+
 logger = logging.getLogger("tf_bigmodels")
 
 # What a killed run can leave behind: partial exports, TensorFlow's checkpoint staging
 # directories, temporary model, tokenizer and text files of this module.
 _LEFTOVERS = (
-    "export/.partial-*",
-    "checkpoints/*_temp",
-    "checkpoints/*_temp_*",
+    f"{run_directory.EXPORT}/.partial-*",
+    f"{run_directory.CHECKPOINTS}/*_temp",
+    f"{run_directory.CHECKPOINTS}/*_temp_*",
     ".*.tmp-*",
     "tmp*.keras",
 )
@@ -32,8 +34,18 @@ class DirectoryInUse(RuntimeError):
 
     Example:
 
-    >>> with lock("runs/gpt", "train"):  # doctest: +SKIP
-    ...     pass
+    >>> import subprocess, sys
+    >>> holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, time; "
+    ...     "h = os.open('.', os.O_RDONLY); fcntl.flock(h, fcntl.LOCK_EX); print(flush=True); "
+    ...     "time.sleep(60)"], stdout=subprocess.PIPE)
+    >>> _ = holder.stdout.readline()  # it holds the lock of the working directory
+    >>> try:
+    ...     with lock(".", "train"):
+    ...         pass
+    ... except DirectoryInUse as error:
+    ...     print(str(error).split(":")[0])
+    `train` cannot use .
+    >>> holder.kill(); _ = holder.wait()
     """
 
 
@@ -83,7 +95,10 @@ def write_text(path, text):
 
     Example:
 
-    >>> write_text("runs/gpt/config.json", "{}")  # doctest: +SKIP
+    >>> os.makedirs("notes")
+    >>> write_text("notes/todo.txt", "train\\n")
+    >>> open("notes/todo.txt").read(), os.listdir("notes")
+    ('train\\n', ['todo.txt'])
     """
     with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
         file.write(text)
@@ -153,8 +168,10 @@ def remove_leftovers(run_dir):
 
     Example:
 
-    >>> remove_leftovers("runs/gpt")  # doctest: +SKIP
-    []
+    >>> os.makedirs("runs/gpt")
+    >>> open(temporary_path("runs/gpt/model.keras"), "w").close()  # a killed save's file
+    >>> remove_leftovers("runs/gpt") == [temporary_path("runs/gpt/model.keras")], os.listdir("runs/gpt")
+    (True, [])
     """
     removed = []
     for pattern in _LEFTOVERS:
