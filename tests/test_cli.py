@@ -511,7 +511,7 @@ def test_generate_samples_streams_and_counts_characters(gpt_run):
 def test_generate_reports_an_in_graph_check_in_one_line():
     import tensorflow as tf
 
-    from tf_bigmodels import cli
+    from tf_bigmodels.export import streaming
     from tf_bigmodels.models import generation
 
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32)
@@ -519,4 +519,4 @@ def test_generate_reports_an_in_graph_check_in_one_line():
     settings["temperature"] = tf.constant(-1.0)
     with pytest.raises(tf.errors.InvalidArgumentError) as caught:
         generation.generate_function(model)(tf.ragged.constant([[1, 2]]), settings)
-    assert cli._graph_error(caught.value).startswith("`temperature` must be >= 0")
+    assert streaming._graph_error(caught.value).startswith("`temperature` must be >= 0")

@@ -16,14 +16,14 @@ Example:
 """
 
 import argparse
-import contextlib
 import logging
 import os
 import pathlib
 import re
-import shlex
 import sys
 
+from tf_bigmodels._flags import READERS, HelpFormatter, Parser, add_setting
+from tf_bigmodels._startup import load_tensorflow
 from tf_bigmodels._version import __version__
 from tf_bigmodels.run_directory import RunDirectory
 from tf_bigmodels.training import records
@@ -39,71 +39,8 @@ _CORPUS_ADVICE = (
     ("errors='replace'", "--corpus-errors replace"),
 )
 # TensorFlow's errors that are a user's to fix (raised while reading or writing files).
-_TF_USER_ERRORS = (
-    "DataLossError",
-    "FailedPreconditionError",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "ResourceExhaustedError",
-)
+_TF_USER_ERRORS = "DataLoss FailedPrecondition NotFound PermissionDenied ResourceExhausted"
 _WEIGHTS = ("float32", "bfloat16", "int8")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (the usage is one `--help` away)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Help text as written, with the default of every flag that has one."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" not in text and action.default not in (None, argparse.SUPPRESS):
-            text += " (default: %(default)s)"
-        return text
-
-
-def _positive(kind, noun):
-    """A reader of positive numbers for argparse, its error in one line."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not value > 0:
-            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}")
-        return value
-
-    return parse
-
-
-# How `tf-bigmodels train` reads each kind of setting (`parse` in RunConfig's field metadata).
-_READERS = {
-    "int": int,
-    "float": float,
-    "str": str,
-    "positive_int": _positive(int, "integer"),
-    "positive_float": _positive(float, "number"),
-}
-
-
-def _add_setting(parser, field):
-    """One flag of `train`, made from a `RunConfig` field's metadata; left out, it is None."""
-    meta = field.metadata
-    flag = meta["flag"] or "--" + field.name.replace("_", "-")
-    help_text = f"{meta['help']} (default: {meta['default_help']})"
-    kwargs = dict(dest=field.name, default=None, help=help_text)
-    if meta["parse"] == "bool":
-        kwargs["action"] = argparse.BooleanOptionalAction
-    elif isinstance(meta["parse"], tuple):
-        kwargs["choices"] = meta["parse"]
-    else:
-        kwargs.update(type=_READERS[meta["parse"]], nargs=meta["nargs"], metavar=meta["metavar"])
-    parser.add_argument(flag, **kwargs)
 
 
 def _add_train(subparsers):
@@ -122,7 +59,7 @@ def _add_train(subparsers):
     parser.add_argument("model", choices=tuple(PRESETS), help="the model kind")
     for field in RunConfig.settings():
         if field.metadata["parse"] is not None:
-            _add_setting(parser, field)
+            add_setting(parser, field)
     parser.add_argument(
         "--quiet",
         action="store_const",
@@ -138,7 +75,7 @@ def _train(args):
     config = RunConfig(**fields)
     settled = records.settled(config)  # every setting checked before TensorFlow loads,
     records.check_run_dir(RunDirectory(os.path.join(settled.out, settled.name)), settled)
-    _load_tensorflow(args.show_tf)  # and the run directory too
+    load_tensorflow(args.show_tf)  # and the run directory too
     from tf_bigmodels.training import train
 
     try:
@@ -149,43 +86,8 @@ def _train(args):
             for python, flag in _CORPUS_ADVICE:
                 message = message.replace(python, flag)
         raise ValueError(message) from None
-    _report(result)
+    print(result.report())
     return 0
-
-
-def _report(result):
-    """What `train` prints when the run ends."""
-    if not result.history and result.export_path is None:
-        print(
-            f"\nThe run in {result.run_dir} is complete at step {result.step}; nothing to do "
-            "(pass a larger --steps to train further)."
-        )
-    else:
-        print(f"\nRun directory: {result.run_dir} (step {result.step})")
-    if result.history.get("val_loss"):
-        print(_validation_summary(result.history))
-    for index, sample in enumerate(result.samples):
-        print(f"\n--- sample {index + 1} ---\n{sample}")
-    if result.export_path:
-        print(f"\nSavedModel: {result.export_path}")
-    print(f"TensorBoard: tensorboard --logdir {shlex.quote(str(result.run_dir / 'logs'))}")
-    if result.prompt is not None:
-        prompt = result.prompt.replace("\\", "\\\\").replace("\n", "\\n") or "''"
-        print(
-            f"Try it: tf-bigmodels generate {shlex.quote(str(result.run_dir))} "
-            f"--prompt {shlex.quote(prompt)}"
-        )
-
-
-def _validation_summary(history):
-    """'Validation (last): loss 1.9321 per token (perplexity 6.90), 2.7874 bits per character'."""
-    loss = history["val_loss"][-1]
-    parts = [f"loss {loss:.4f}"]
-    if history.get("val_perplexity"):
-        parts[0] += f" per token (perplexity {history['val_perplexity'][-1]:.2f})"
-    if history.get("val_bits_per_char"):
-        parts.append(f"{history['val_bits_per_char'][-1]:.4f} bits per character")
-    return "Validation (last): " + ", ".join(parts)
 
 
 def _add_generate(subparsers):
@@ -251,67 +153,30 @@ def _generate(args):
     prompt = unescape_prompt(args.prompt)
     max_new_chars = _checks.integer("max_new_chars", args.max_new_chars, low=0, none_ok=True)
     num_samples = _checks.integer("num_samples", args.num_samples, low=1)
-    run = _gpt_run(args.source)
-    _load_tensorflow(args.show_tf)
-    import tensorflow as tf
-
+    if not pathlib.Path(args.source).exists():
+        raise FileNotFoundError(2, "No such file or directory", str(args.source))
+    load_tensorflow(args.show_tf)
     from tf_bigmodels.export import generate_texts, stream_text
     from tf_bigmodels.models.generation import GenerationSettings
+    from tf_bigmodels.training.loading import run_generator
 
     max_new_tokens = args.max_new_tokens if max_new_chars is None else None
     settings = dict(
         temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, seed=args.seed
     )
     GenerationSettings(max_new_tokens or 0, **settings)  # raises on any bad setting
-    generator = _generator(args.source, run, args.weights)
+    generator = run_generator(args.source, weights=args.weights)
     length = dict(max_new_tokens=max_new_tokens, max_new_chars=max_new_chars)
-    try:
-        if num_samples == 1:
-            print(prompt, end="", flush=True)
-            for piece in stream_text(generator, prompt, **length, **settings):
-                print(piece, end="", flush=True)
-            print()
-            return 0
-        texts = generate_texts(generator, prompt, **length, num_samples=num_samples, **settings)
-    except tf.errors.InvalidArgumentError as error:  # the SavedModel's in-graph checks
-        raise ValueError(_graph_error(error)) from None
+    if num_samples == 1:
+        print(prompt, end="", flush=True)
+        for piece in stream_text(generator, prompt, **length, **settings):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    texts = generate_texts(generator, prompt, **length, num_samples=num_samples, **settings)
     for index, text in enumerate(texts):
         print(f"--- sample {index + 1} ---\n{prompt}{text}")
     return 0
-
-
-def _gpt_run(source):
-    """The run directory `source` is or lies in (None for other sources); refuses a missing
-    source and a run that is not a GPT's."""
-    if not pathlib.Path(source).exists():
-        raise FileNotFoundError(2, "No such file or directory", str(source))
-    run = RunDirectory.containing(source)
-    kind = (records.read_config(run.path) or {}).get("model") if run else None
-    if kind not in (None, "gpt"):
-        raise ValueError(
-            f"{run.path} is a {kind!r} run; generate continues text with a GPT run "
-            "(tf-bigmodels train gpt)."
-        )
-    return run
-
-
-def _generator(source, run, weights):
-    """What `stream_text` takes for `source`: `load_generator`'s answer, or for a run with no
-    SavedModel or final model yet, its newest checkpoint's model."""
-    from tf_bigmodels.export import load_generator
-
-    tokenizer = None
-    if run is not None:
-        from tf_bigmodels.training import load_run_model, load_run_tokenizer
-
-        if run.newest_export() is None and not run.model.is_file():
-            model, tokenizer, step = load_run_model(run.path)
-            logging.getLogger("tf_bigmodels").info("Using the checkpoint of step %d.", step)
-            return load_generator(model, tokenizer, weights=weights)
-        if str(source).endswith(".keras"):
-            tokenizer = load_run_tokenizer(run.path)
-    with _loading(source, run):
-        return load_generator(source, tokenizer, weights=weights)
 
 
 def unescape_prompt(text):
@@ -335,12 +200,6 @@ def unescape_prompt(text):
     return re.sub(r"\\([nt\\])", lambda match: _PROMPT_ESCAPES[match.group(1)], text)
 
 
-def _graph_error(error):
-    """The part of an in-graph check's error that says what was wrong (it names the input)."""
-    named = re.search(r"`[^`]+`[^\]\n]*", error.message)
-    return named.group(0).strip() if named else _one_line(error.message)
-
-
 def _add_export(subparsers):
     parser = _subparser(
         subparsers,
@@ -358,7 +217,7 @@ def _add_export(subparsers):
         "file outside a run directory (default: the tokenizer the run recorded)",
     )
     parser.add_argument(
-        "--version", type=_READERS["positive_int"], help="version number (default: the next)"
+        "--version", type=READERS["positive_int"], help="version number (default: the next)"
     )
     gpt = "GPT serving_default setting"
     parser.add_argument("--max-new-tokens", type=int, help=f"{gpt} (default: half the context)")
@@ -383,61 +242,25 @@ def _add_export(subparsers):
 
 def _export(args):
     source = pathlib.Path(args.source)
-    run = RunDirectory.containing(source) if source.is_dir() else RunDirectory(source.parent)
-    model_path = run.model if source.is_dir() else source
-    if not model_path.is_file():
-        raise FileNotFoundError(2, "No such file or directory", str(model_path))
-    out = pathlib.Path(args.out) if args.out else run.export_dir
-    existing = out
-    while not existing.exists() and existing != existing.parent:
+    if not source.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(source))
+    existing = pathlib.Path(args.out or source).absolute()
+    while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir():
+    if args.out and not existing.is_dir():  # refused before TensorFlow loads
         raise NotADirectoryError(20, "Not a directory", str(existing))
-    _load_tensorflow(args.show_tf)
-    import keras
+    load_tensorflow(args.show_tf)
+    from tf_bigmodels.training.loading import export_source
 
-    from tf_bigmodels import register_keras_objects
-    from tf_bigmodels.training.storage import lock
-    from tf_bigmodels.training.tasks import task_class_for
-
-    register_keras_objects()
-    with _loading(model_path, run):
-        model = keras.saving.load_model(model_path)
-    task = task_class_for(model)
     options = {
         name: getattr(args, name)
         for name in ("version", "jit_compile", "max_new_tokens", "temperature", "top_k")
         + ("top_p", "weights")
         if getattr(args, name) is not None
     }
-    # One writer per run directory (a training run exports into it too), else per --out.
-    inside_run = run.exists() and out.resolve().is_relative_to(run.path.resolve())
-    tokenizer = _export_tokenizer(args.tokenizer, run, task)
-    with lock(run.path if inside_run else out, "export"):
-        path = task.export(model, tokenizer, out, **options)
+    path = export_source(source, args.out, tokenizer=args.tokenizer, **options)
     print(f"SavedModel: {path}")
     return 0
-
-
-def _export_tokenizer(directory, run, task):
-    """The tokenizer to export with: `--tokenizer`, else the run's, else the task's fixed one."""
-    from tf_bigmodels.export.streaming import load_saved_tokenizer
-    from tf_bigmodels.training import load_run_tokenizer
-
-    if directory:
-        return load_saved_tokenizer(directory)
-    if run.exists():
-        return load_run_tokenizer(run.path)
-    if run.tokenizer.is_dir():
-        return load_saved_tokenizer(run.tokenizer)
-    from tf_bigmodels.tokenizers import ByteTokenizer
-
-    if task.kind == "gpt":
-        return ByteTokenizer()
-    raise ValueError(
-        f"`--tokenizer` must name the saved tokenizer of a {task.kind} .keras file outside a run "
-        "directory, got None."
-    )
 
 
 def _add_plot(subparsers):
@@ -457,7 +280,7 @@ def _add_plot(subparsers):
 
 
 def _plot(args):
-    _load_tensorflow(args.show_tf)
+    load_tensorflow(args.show_tf)
     from tf_bigmodels import plot, register_keras_objects
 
     register_keras_objects()
@@ -472,7 +295,7 @@ def _plot(args):
 
 def _subparser(subparsers, name, summary, description):
     parser = subparsers.add_parser(
-        name, help=summary, description=description, formatter_class=_HelpFormatter
+        name, help=summary, description=description, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--verbose",
@@ -491,7 +314,7 @@ def build_parser():
     >>> build_parser().parse_args(["train", "gpt", "--steps", "100"]).steps
     100
     """
-    parser = _Parser(
+    parser = Parser(
         prog="tf-bigmodels",
         description="Train, sample from and export the Transformer, GPT and BERT of tf_bigmodels.",
     )
@@ -502,49 +325,6 @@ def build_parser():
     return parser
 
 
-def _load_tensorflow(show):
-    """Imports TensorFlow and lets it find its devices, with its start-up lines (oneDNN, CUDA,
-    absl's "before InitializeLog") hidden unless `show`: they come from C++ straight to the
-    process's stderr, before TensorFlow's log level applies."""
-    with contextlib.nullcontext() if show else _stderr_hidden():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-
-
-@contextlib.contextmanager
-def _stderr_hidden():
-    """Points file descriptor 2 at /dev/null for the block (Python's own `sys.stderr` too)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-@contextlib.contextmanager
-def _loading(path, run):
-    """Turns a model file that cannot be read into a one-line ValueError naming it; when the
-    run that wrote it has another package version, the message says so."""
-    try:
-        yield
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        raise
-    except Exception as error:  # noqa: BLE001 (Keras and TensorFlow raise many types here)
-        hint = ""
-        version = (records.read_config(run.path) or {}).get("version") if run else __version__
-        if version != __version__:
-            hint = (
-                f" (its run directory was written by tf_bigmodels {version!r}, this is "
-                f"{__version__}: retrain with this version or load it with that one)"
-            )
-        raise ValueError(f"cannot load {path}: {_one_line(error)}{hint}") from None
-
-
 def _is_user_error(error):
     if isinstance(error, (ValueError, TypeError, OSError, TrainingDiverged, DirectoryInUse)):
         return True
@@ -552,7 +332,9 @@ def _is_user_error(error):
         return False
     import tensorflow as tf
 
-    return isinstance(error, tuple(getattr(tf.errors, name) for name in _TF_USER_ERRORS))
+    return isinstance(
+        error, tuple(getattr(tf.errors, f"{n}Error") for n in _TF_USER_ERRORS.split())
+    )
 
 
 def _one_line(error):

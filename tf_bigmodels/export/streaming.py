@@ -18,9 +18,11 @@ waits for the next chunk, and one cut off at the very end (the token limit reach
 is dropped.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -320,11 +322,13 @@ def _token_chunks(decoder, prompt, settings, rows, chunk_tokens):
         window_settings = dataclasses.replace(
             settings, max_new_tokens=count, end_id=decoder.end_id, pad_id=decoder.pad_id
         ).as_tensors()
-        state = decoder.start(contexts, window_settings, window)
+        with _in_graph_checks():
+            state = decoder.start(contexts, window_settings, window)
         done = 0
         while done < count and not all(ended):
             stop = min(done + chunk_tokens, count)
-            state = decoder.steps(state, stop, window_settings)
+            with _in_graph_checks():
+                state = decoder.steps(state, stop, window_settings)
             tokens, lengths = state["tokens"].numpy(), state["new_lengths"].numpy()
             new_ids = []
             for row in range(rows):
@@ -339,6 +343,22 @@ def _token_chunks(decoder, prompt, settings, rows, chunk_tokens):
                 break
         remaining -= count
         keep, window = slide, window + 1
+
+
+@contextlib.contextmanager
+def _in_graph_checks():
+    """Turns a failed in-graph check of the decode functions (a SavedModel checks its inputs in
+    its graph) into a ValueError that says what was wrong, as the checks in Python do."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(_graph_error(error)) from None
+
+
+def _graph_error(error):
+    """The part of an in-graph check's error that says what was wrong (it names the input)."""
+    named = re.search(r"`[^`]+`[^\]\n]*", error.message)
+    return named.group(0).strip() if named else " ".join(error.message.split())
 
 
 def _decoder(source, tokenizer):

@@ -4,22 +4,27 @@
   the tokenizer it recorded).
 - `source_model`, `source_tokenizer`: what `init_from` names (a run directory, a `.keras` file
   or a keras-hub preset directory), checked against the run that starts from it.
+- `run_generator`, `export_source`: a run or a model file, read for `tf-bigmodels generate`
+  and `tf-bigmodels export`.
 
 Tasks (`tf_bigmodels.training.tasks`) build models and tokenizers; this module only finds and
 reads them, so the tasks never import it.
 """
 
+import contextlib
 import logging
 import pathlib
 import zipfile
 
 import keras
 
+from tf_bigmodels._version import __version__
 from tf_bigmodels.run_directory import RunDirectory
+from tf_bigmodels.training import storage
 from tf_bigmodels.training.callbacks import RunCheckpoint
 from tf_bigmodels.training.config import TOKENIZERS
-from tf_bigmodels.training.records import run_config
-from tf_bigmodels.training.tasks import task_for, tokenizer_class
+from tf_bigmodels.training.records import read_config, run_config
+from tf_bigmodels.training.tasks import task_class_for, task_for, tokenizer_class
 
 logger = logging.getLogger("tf_bigmodels")
 
@@ -188,3 +193,133 @@ def _load_keras(path, source):
             f"`init_from`={source!r} is not a readable .keras file (a zip archive that Keras "
             f"wrote): {' '.join(str(error).split())}"
         ) from None
+
+
+def run_generator(source, *, weights=None):
+    """What `tf_bigmodels.export.stream_text` generates from, for any source `tf-bigmodels
+    generate` takes: a run directory (its newest SavedModel, else its final model, else its
+    newest checkpoint), a `.keras` file (with its run's tokenizer when it lies in one), a
+    SavedModel or an export directory.
+
+    Args:
+        source: str or path-like.
+        weights: None, "float32", "bfloat16" or "int8", as in `load_generator`.
+
+    Raises:
+        FileNotFoundError: `source` does not exist.
+        ValueError: a run that is not a GPT's, or a model file that cannot be read (naming the
+            package version that wrote the run when it is not this one).
+
+    Example:
+
+    >>> from tf_bigmodels.training import RunConfig, train
+    >>> _ = train(RunConfig(preset="gpt-test", steps=2, samples=0, export=False, verbose=0))
+    >>> generator, tokenizer = run_generator("runs/gpt")
+    >>> type(generator).__name__, tokenizer.vocab_size
+    ('GPTModel', 258)
+    """
+    from tf_bigmodels.export import load_generator
+
+    if not pathlib.Path(source).exists():
+        raise FileNotFoundError(2, "No such file or directory", str(source))
+    run = RunDirectory.containing(source)
+    if run is None:
+        with reading(source):
+            return load_generator(source, weights=weights)
+    kind = run_config(run.path).model
+    if kind != "gpt":
+        raise ValueError(
+            f"{run.path} is a {kind!r} run; generate continues text with a GPT run "
+            "(tf-bigmodels train gpt)."
+        )
+    tokenizer = load_run_tokenizer(run.path)
+    if run.newest_export() is None and not run.model.is_file():
+        model, tokenizer, step = load_run_model(run.path)
+        logger.info("Using the checkpoint of step %d.", step)
+        return load_generator(model, tokenizer, weights=weights)
+    with reading(source):
+        return load_generator(source, tokenizer, weights=weights)
+
+
+@contextlib.contextmanager
+def reading(path):
+    """Turns a model file that cannot be read into a one-line ValueError naming it; when the
+    run that wrote it has another package version, the message says so.
+
+    Example:
+
+    >>> with reading("broken.keras"):
+    ...     raise OSError("bad marshal data")
+    Traceback (most recent call last):
+    ValueError: cannot load broken.keras: bad marshal data
+    """
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        raise
+    except Exception as error:  # noqa: BLE001 (Keras and TensorFlow raise many types here)
+        hint = ""
+        run = RunDirectory.containing(path)
+        version = (read_config(run.path) or {}).get("version") if run else __version__
+        if version != __version__:
+            hint = (
+                f" (its run directory was written by tf_bigmodels {version!r}, this is "
+                f"{__version__}: retrain with this version or load it with that one)"
+            )
+        raise ValueError(f"cannot load {path}: {' '.join(str(error).split())}{hint}") from None
+
+
+def export_source(source, out=None, *, tokenizer=None, **options):
+    """Exports the model of a run directory or a `.keras` file as a SavedModel; returns its path.
+
+    What `tf-bigmodels export` does: the model's task (`task_class_for`) writes it, with the
+    tokenizer the run recorded (or the one saved in `tokenizer`, or a GPT's byte tokenizer),
+    holding the lock of the run directory (or of `out`, outside it).
+
+    Args:
+        source: str or path-like. A run directory or a `.keras` file.
+        out: str, path-like or None. The export directory; None is the run's.
+        tokenizer: str, path-like or None. A saved tokenizer's directory.
+        **options: the task's export options (`Task.export`); others are refused.
+
+    Example:
+
+    >>> from tf_bigmodels.training import RunConfig, train
+    >>> _ = train(RunConfig(preset="gpt-test", steps=2, samples=0, export=False, verbose=0))
+    >>> export_source("runs/gpt", jit_compile=False)
+    'runs/gpt/export/1'
+    >>> export_source("runs/gpt", top_k=5, weights="int4")
+    Traceback (most recent call last):
+    ValueError: `weights` must be one of ['float32', 'bfloat16', 'int8'], got 'int4'.
+    """
+    from tf_bigmodels import register_keras_objects
+    from tf_bigmodels.export.streaming import load_saved_tokenizer
+    from tf_bigmodels.tokenizers import ByteTokenizer
+
+    source = pathlib.Path(source)
+    run = RunDirectory(source) if source.is_dir() else RunDirectory(source.parent)
+    model_path = run.model if source.is_dir() else source
+    if not model_path.is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(model_path))
+    out = pathlib.Path(out) if out is not None else run.export_dir
+    register_keras_objects()
+    with reading(model_path):
+        model = keras.saving.load_model(model_path)
+    task = task_class_for(model)
+    if tokenizer is not None:
+        tokenizer = load_saved_tokenizer(tokenizer)
+    elif run.exists():
+        tokenizer = load_run_tokenizer(run.path)
+    elif run.tokenizer.is_dir():
+        tokenizer = load_saved_tokenizer(run.tokenizer)
+    elif task.kind == "gpt":
+        tokenizer = ByteTokenizer()
+    else:
+        raise ValueError(
+            f"`tokenizer` must name the saved tokenizer of a {task.kind} .keras file outside "
+            "a run directory, got None."
+        )
+    # One writer per run directory (a training run exports into it too), else per `out`.
+    inside_run = run.exists() and out.resolve().is_relative_to(run.path.resolve())
+    with storage.lock(run.path if inside_run else out, "export"):
+        return task.export(model, tokenizer, out, **options)

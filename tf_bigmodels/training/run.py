@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import pathlib
+import shlex
 import shutil
 
 import keras
@@ -52,6 +53,52 @@ class RunResult:
     samples: list
     export_path: str = None
     prompt: str = None
+
+    def report(self):
+        """What `tf-bigmodels train` prints when the run ends: where it is, its last validation,
+        the samples, the SavedModel, and a command to try it with a prompt of its own text.
+
+        Example:
+
+        >>> result = RunResult(pathlib.Path("runs/poet"), None, None, {}, 20, [], None, "静夜思\\n")
+        >>> print(result.report())
+        <BLANKLINE>
+        The run in runs/poet is complete at step 20; nothing to do (pass a larger --steps to train further).
+        TensorBoard: tensorboard --logdir runs/poet/logs
+        Try it: tf-bigmodels generate runs/poet --prompt '静夜思\\n'
+        """
+        run = RunDirectory(self.run_dir)
+        if not self.history and self.export_path is None:
+            lines = [
+                f"\nThe run in {run.path} is complete at step {self.step}; nothing to do "
+                "(pass a larger --steps to train further)."
+            ]
+        else:
+            lines = [f"\nRun directory: {run.path} (step {self.step})"]
+        if self.history.get("val_loss"):
+            lines.append(_validation_summary(self.history))
+        lines += [f"\n--- sample {i + 1} ---\n{text}" for i, text in enumerate(self.samples)]
+        if self.export_path:
+            lines.append(f"\nSavedModel: {self.export_path}")
+        lines.append(f"TensorBoard: tensorboard --logdir {shlex.quote(str(run.logs))}")
+        if self.prompt is not None:
+            prompt = self.prompt.replace("\\", "\\\\").replace("\n", "\\n")
+            lines.append(
+                f"Try it: tf-bigmodels generate {shlex.quote(str(run.path))} "
+                f"--prompt {shlex.quote(prompt)}"
+            )
+        return "\n".join(lines)
+
+
+def _validation_summary(history):
+    """'Validation (last): loss 1.9321 per token (perplexity 6.90), 2.7874 bits per character'."""
+    loss = history["val_loss"][-1]
+    parts = [f"loss {loss:.4f}"]
+    if history.get("val_perplexity"):
+        parts[0] += f" per token (perplexity {history['val_perplexity'][-1]:.2f})"
+    if history.get("val_bits_per_char"):
+        parts.append(f"{history['val_bits_per_char'][-1]:.4f} bits per character")
+    return "Validation (last): " + ", ".join(parts)
 
 
 def train(config):

@@ -1,0 +1,57 @@
+"""argparse pieces of the command line: one-line errors, defaults in the help, and the flags of
+`tf-bigmodels train` made from `RunConfig`'s description of its settings (each help text and
+default is written once, in the field's metadata)."""
+
+import argparse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one `--help` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help text as written, with the default of every flag that has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _positive(kind, noun):
+    """A reader of positive numbers for argparse, its error in one line."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}")
+        return value
+
+    return parse
+
+
+# How `tf-bigmodels train` reads each kind of setting (`parse` in RunConfig's field metadata).
+READERS = dict(int=int, float=float, str=str, positive_int=_positive(int, "integer"))
+READERS["positive_float"] = _positive(float, "number")
+
+
+def add_setting(parser, field):
+    """One flag of `train`, made from a `RunConfig` field's metadata; left out, it is None."""
+    meta = field.metadata
+    flag = meta["flag"] or "--" + field.name.replace("_", "-")
+    help_text = f"{meta['help']} (default: {meta['default_help']})"
+    kwargs = dict(dest=field.name, default=None, help=help_text)
+    if meta["parse"] == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif isinstance(meta["parse"], tuple):
+        kwargs["choices"] = meta["parse"]
+    else:
+        kwargs.update(type=READERS[meta["parse"]], nargs=meta["nargs"], metavar=meta["metavar"])
+    parser.add_argument(flag, **kwargs)

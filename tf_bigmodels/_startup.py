@@ -1,0 +1,43 @@
+"""TensorFlow loaded for the command line, with its start-up lines kept off the user's screen.
+
+TensorFlow's C++ side prints a few lines while it loads and finds its devices ("oneDNN custom
+operations are on", "Could not find cuda drivers", absl's "All log messages before
+absl::InitializeLog()"), straight to the process's stderr and before its log level applies, so
+`TF_CPP_MIN_LOG_LEVEL` cannot hide them. The command shows them only with `--verbose`.
+"""
+
+import contextlib
+import os
+import sys
+
+
+def load_tensorflow(show=False):
+    """Imports TensorFlow and lets it find its devices, its start-up lines hidden unless `show`.
+
+    Args:
+        show: bool. Let the lines through. Defaults to False.
+
+    Example:
+
+    >>> load_tensorflow()
+    >>> "tensorflow" in sys.modules
+    True
+    """
+    with contextlib.nullcontext() if show else _stderr_hidden():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def _stderr_hidden():
+    """Points file descriptor 2 at /dev/null for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
