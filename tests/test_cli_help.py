@@ -98,3 +98,26 @@ def test_the_non_utf8_advice_names_a_flag_the_command_has(tmp_path):
     assert result.returncode == 2
     assert "--corpus-errors replace" in result.stderr and "errors='replace'" not in result.stderr
     assert "--corpus-errors" in _subcommands()["train"].format_help()
+
+
+# What TensorFlow's C++ side prints while it loads and finds its devices, on this machine.
+_START_UP_LINES = ("oneDNN custom operations", "Could not find cuda drivers", "InitializeLog()")
+
+
+def test_tensorflow_start_up_lines_are_shown_only_with_verbose(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet, loud = (
+        subprocess.run(
+            [sys.executable, "-m", "tf_bigmodels", "plot", *extra, str(tmp_path / "none")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=environment,
+        )
+        for extra in ([], ["--verbose"])
+    )
+    assert quiet.returncode == loud.returncode == 2  # TensorFlow loaded, then no run there
+    assert quiet.stderr.strip().splitlines() == [
+        f"tf-bigmodels plot: error: No such run directory: {tmp_path / 'none'}"
+    ]
+    assert any(line in loud.stderr for line in _START_UP_LINES), loud.stderr  # they exist

@@ -108,3 +108,22 @@ def test_a_refused_rerun_fails_before_tensorflow_loads(tmp_path):
     assert "`steps` must be at least the 40 steps" in result.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert "tensorflow" not in imported and "tf_bigmodels.cli" in imported
+
+
+def test_options_that_do_not_apply_to_a_model_kind_are_refused():
+    from tf_bigmodels.training.tasks import BERTTask, GPTTask
+
+    for option in ("weights", "temperature", "max_new_tokens"):
+        with pytest.raises(ValueError, match=f"`{option}` does not apply to the export of a bert"):
+            BERTTask.export(None, None, "unused", **{option: 1})
+    assert "weights" in GPTTask.export_options
+
+
+def test_the_suggested_prompt_comes_from_the_run_s_own_validation_text():
+    from tf_bigmodels.training.tasks import task_for
+
+    poems = [f"第{i}首\n春风又绿江南岸\n明月何时照我还" for i in range(50)]
+    prompt = task_for(RunConfig(**TINY).resolved()).prompt(poems)
+    text = "\n\n".join(poems)
+    assert prompt.endswith("\n") and prompt.strip() in text[len(text) - len(text) // 10 :]
+    assert "ROMEO" not in prompt
