@@ -178,8 +178,10 @@ def stream_text(
 
     Example:
 
-    >>> for piece in stream_text("exports/gpt", "To be", 200, temperature=0.8):  # doctest: +SKIP
-    ...     print(piece, end="", flush=True)
+    >>> model = GPTModel(258, 16, 2, 32, 1, max_length=16)  # untrained: random bytes
+    >>> pieces = list(stream_text(model, "To be", 8, seed=1, chunk_tokens=4))
+    >>> all(isinstance(piece, str) for piece in pieces)
+    True
     """
     settings, max_new_chars = _settings(
         max_new_tokens, max_new_chars, temperature, top_k, top_p, seed
@@ -228,8 +230,10 @@ def generate_texts(
 
     Example:
 
-    >>> texts = generate_texts("exports/gpt", "To be", 100, num_samples=3, seed=1)
-    ... # doctest: +SKIP
+    >>> model = GPTModel(258, 16, 2, 32, 1, max_length=16)
+    >>> texts = generate_texts(model, "To be", 8, num_samples=3, seed=1)
+    >>> len(texts), all(isinstance(text, str) for text in texts)
+    (3, True)
     """
     settings, max_new_chars = _settings(
         max_new_tokens, max_new_chars, temperature, top_k, top_p, seed
