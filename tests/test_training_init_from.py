@@ -268,8 +268,9 @@ def test_a_keras_hub_gpt_preset_is_refused_for_its_tokenizer(tmp_path):
         train(config)
 
 
-def test_lora_rank_trains_only_the_adapters_on_top_of_the_source(source, tmp_path):
+def test_lora_rank_trains_only_the_adapters_on_top_of_the_source(source, tmp_path, caplog):
     source_dir, corpus = source
+    caplog.set_level(logging.INFO, logger="tf_bigmodels")
     config = RunConfig(
         **SMALL,
         corpus=corpus,
@@ -286,7 +287,11 @@ def test_lora_rank_trains_only_the_adapters_on_top_of_the_source(source, tmp_pat
     trainable = model.trainable_weights
     assert trainable and all("lora" in w.path for w in trainable)
     d, layers = model.d_model, model.num_layers
-    assert sum(int(np.prod(w.shape)) for w in trainable) == layers * (2 * d * 2 + 2 * (3 * d + d))
+    count = layers * (2 * d * 2 + 2 * (3 * d + d))
+    assert sum(int(np.prod(w.shape)) for w in trainable) == count
+    # One line each says what --init-from and --lora-rank did.
+    assert f"Starting from {source_dir} (its model at step 20)." in caplog.messages
+    assert any(m.startswith(f"LoRA adapters of rank 2: {count} trainable") for m in caplog.messages)
     # Everything frozen still holds the source's weights.
     source_model = keras.saving.load_model(source_dir / "model.keras")
     frozen = {w.path: w for w in model.non_trainable_weights}

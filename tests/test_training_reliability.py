@@ -445,3 +445,18 @@ def test_console_log_rewrites_one_line_on_a_terminal():
     log = cb.TrainingLog(None, 20, 1000, every=5, verbose=1, stream=stream)
     _drive_log(log, [2.0] * 20, steps_per_epoch=10)
     assert stream.getvalue().count("\r") >= 4 and stream.getvalue().count("\n") == 2
+
+
+@pytest.mark.slow
+def test_a_failed_command_leaves_nothing_that_refuses_the_corrected_one(tmp_path):
+    """A run that fails after writing its settings (here: a corpus too short for --seq-len)
+    trained nothing; the corrected command starts afresh instead of being refused as "a run
+    with other settings"."""
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 150)
+    settings = dict(TINY_GPT, corpus=str(corpus), steps=2, eval_every=2, out=str(tmp_path))
+    with pytest.raises(ValueError, match="too short"):
+        train(RunConfig(**settings, seq_len=256))
+    result = train(RunConfig(**settings))
+    assert result.step == 2 and load_run_tokenizer(result.run_dir).vocab_size == 258
+    assert json.loads((result.run_dir / "config.json").read_text())["seq_len"] == 32

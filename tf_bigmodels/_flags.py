@@ -6,14 +6,29 @@ import argparse
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (the usage is one `--help` away)."""
+    """argparse with its errors on one line (the usage is one `--help` away).
+
+    Example:
+
+    >>> Parser(prog="tf-bigmodels").parse_args(["--nope"])
+    Traceback (most recent call last):
+    SystemExit: 2
+    """
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Help text as written, with the default of every flag that has one."""
+    """Help text as written, with the default of every flag that has one.
+
+    Example:
+
+    >>> parser = Parser(prog="p", formatter_class=HelpFormatter)
+    >>> _ = parser.add_argument("--top-k", type=int, default=40, help="0 = off")
+    >>> "0 = off (default: 40)" in parser.format_help()
+    True
+    """
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -43,7 +58,18 @@ READERS["positive_float"] = _positive(float, "number")
 
 
 def add_setting(parser, field):
-    """One flag of `train`, made from a `RunConfig` field's metadata; left out, it is None."""
+    """One flag of `train`, made from a `RunConfig` field's metadata; left out, it is None.
+
+    Example:
+
+    >>> from tf_bigmodels.training.config import RunConfig
+    >>> parser = Parser(prog="train")
+    >>> for field in RunConfig.settings()[:8]:
+    ...     add_setting(parser, field)
+    >>> args = parser.parse_args(["--steps", "5"])
+    >>> args.steps, args.corpus
+    (5, None)
+    """
     meta = field.metadata
     flag = meta["flag"] or "--" + field.name.replace("_", "-")
     help_text = f"{meta['help']} (default: {meta['default_help']})"

@@ -333,14 +333,7 @@ class RunConfig:
         if isinstance(corpus, (list, tuple)) and len(corpus) == 1 and isinstance(corpus[0], str):
             values["corpus"] = corpus[0]  # one name, path or glob, as the command line gives it
         values["preset"] = DEFAULT_PRESET[kind] if self.preset is None else self.preset
-        choices = tokenizer_choices(kind)
-        if self.tokenizer is not None:
-            values["tokenizer"] = self.tokenizer
-        elif preset.tokenizer in choices:
-            values["tokenizer"] = preset.tokenizer
-        else:
-            values["tokenizer"] = choices[0]
-        _checks.one_of("tokenizer", values["tokenizer"], choices)
+        values["tokenizer"] = _tokenizer(kind, self.tokenizer, preset)
         steps = values["steps"] = _checks.positive_int(
             "steps", preset.steps if self.steps is None else self.steps
         )
@@ -425,6 +418,14 @@ class RunConfig:
         _check_name(self.name)
         if not isinstance(self.out, (str, os.PathLike)) or not os.fspath(self.out):
             raise ValueError(f"`out` must be a directory path, got {self.out!r}.")
+
+
+def _tokenizer(kind, tokenizer, preset):
+    """The tokenizer setting, else the preset's, else the model kind's first; checked."""
+    choices = tokenizer_choices(kind)
+    if tokenizer is None:
+        tokenizer = preset.tokenizer if preset.tokenizer in choices else choices[0]
+    return _checks.one_of("tokenizer", tokenizer, choices)
 
 
 def _attributes_doc():

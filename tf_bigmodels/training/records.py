@@ -167,12 +167,10 @@ def _with_source_defaults(config):
 
 
 def check_run_dir(run_dir, config, fingerprint=None):
-    """Refuses a run directory that `config` cannot (continue to) train, before anything is
-    written: one that cannot be written, or holds an unreadable run, a run of another version, a
-    run whose settings (or corpus text) differ in what a re-run may not change, or more steps.
-
-    A run directory whose run never reached a checkpoint or a model (a command that failed
-    after writing its settings) holds nothing to lose: a new run with other settings replaces it.
+    """Refuses, before anything is written, a run directory that `config` cannot (continue to)
+    train: not writable, an unreadable run, another version's, other settings or corpus text
+    than a re-run may change, or more steps. A run that never reached a checkpoint or a model
+    (a command that failed after writing its settings) has nothing to lose: it is replaced.
 
     Args:
         run_dir: a `RunDirectory`.
