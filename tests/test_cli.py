@@ -327,7 +327,7 @@ def test_refused_settings_change_nothing(gpt_run, tmp_path):
         ["train", "gpt", "--name", "../escape", "--out", runs],
         ["train", "gpt", "--vocab-size", "300", "--out", runs],
     )
-    assert_user_error(bad_seed, "`seed` must be an integer >= 0, got -1")
+    assert_user_error(bad_seed, "`seed` must be an integer in [0, 4294967295], got -1")
     assert_user_error(bad_name, "`name` must be one directory name", "'../escape'")
     assert_user_error(vocab, "`vocab_size` must be None with the byte tokenizer")
     assert snapshot(runs) == before and not (tmp_path / "escape").exists()

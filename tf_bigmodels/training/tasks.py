@@ -54,5 +54,7 @@ def task_class_for(model):
     for task in TASKS.values():
         if isinstance(model, task.model_types):
             return task
-    names = ", ".join(t.__name__ for task in TASKS.values() for t in task.model_types)
-    raise ValueError(f"the model is a {type(model).__name__}; this takes a {names}.")
+    *names, last = [t.__name__ for task in TASKS.values() for t in task.model_types]
+    raise ValueError(
+        f"the model is a {type(model).__name__}; this takes a {', '.join(names)} or {last}."
+    )
