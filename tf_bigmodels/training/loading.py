@@ -123,7 +123,7 @@ def source_model(task):
         step = f"step {int(optimizer.iterations)}" if optimizer is not None else "untrained"
         logger.info("Starting from %s (%s).", name, step)
         return model
-    if source.is_dir() and not run.exists():
+    if source.is_dir():  # a keras-hub preset also holds a config.json, but nothing trained
         model = task.keras_hub_model(source)
         logger.info("Starting from the keras-hub preset %s.", name)
         return model
@@ -155,7 +155,7 @@ def source_tokenizer(task):
     """
     config = task.config
     source = pathlib.Path(config.init_from)
-    if source.is_dir() and not RunDirectory(source).exists():
+    if source.is_dir() and not RunDirectory(source).has_trained():  # a keras-hub preset
         return task.keras_hub_tokenizer(source)
     run = RunDirectory.containing(source)
     if run is not None:
