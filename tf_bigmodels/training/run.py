@@ -163,8 +163,9 @@ def _train(config, task, texts, run, fingerprint, strategy, chief):
     if chief and records.read_config(run.path) != record:
         storage.write_text(run.config, json.dumps(record, indent=2))
     keras.utils.set_random_seed(config.seed)
-    source = source_model(task) if config.init_from is not None else None
+    # The source's tokenizer first: it is checked (and read) faster than its model.
     start = source_tokenizer(task) if config.init_from is not None else None
+    source = source_model(task) if config.init_from is not None else None
     tokenizer = task.tokenizer(texts, run.path, save=chief, source=start)
     train_data, val_data = task.datasets(texts, tokenizer)
     # Every worker computes it, so that every worker's history holds the same metrics.
