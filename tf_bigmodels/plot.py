@@ -25,7 +25,7 @@ from keras import ops
 from tf_bigmodels import _checks
 from tf_bigmodels.run_directory import RunDirectory
 from tf_bigmodels.tokenizers import ByteTokenizer
-from tf_bigmodels.training.loading import load_run_tokenizer
+from tf_bigmodels.training.loading import tokenizer_for
 from tf_bigmodels.training.tasks import task_class_for
 
 DEFAULT_TEXT = "First Citizen: Before we proceed any further, hear me speak."
@@ -485,7 +485,7 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
         )
     model = keras.saving.load_model(run.model)
     task = task_class_for(model)
-    tokenizer = load_run_tokenizer(run_dir) if run.exists() else ByteTokenizer()
+    tokenizer = tokenizer_for(run, task)
     inputs, ids = task.attention_inputs(model, tokenizer, text)
     maps = attention_maps(model, inputs, layer)
     tokens = _token_labels(tokenizer, ids)

@@ -293,8 +293,6 @@ def export_source(source, out=None, *, tokenizer=None, **options):
     ValueError: `weights` must be one of ['float32', 'bfloat16', 'int8'], got 'int4'.
     """
     from tf_bigmodels import register_keras_objects
-    from tf_bigmodels.export.streaming import load_saved_tokenizer
-    from tf_bigmodels.tokenizers import ByteTokenizer
 
     source = pathlib.Path(source)
     run = RunDirectory(source) if source.is_dir() else RunDirectory(source.parent)
@@ -306,20 +304,47 @@ def export_source(source, out=None, *, tokenizer=None, **options):
     with reading(model_path):
         model = keras.saving.load_model(model_path)
     task = task_class_for(model)
-    if tokenizer is not None:
-        tokenizer = load_saved_tokenizer(tokenizer)
-    elif run.exists():
-        tokenizer = load_run_tokenizer(run.path)
-    elif run.tokenizer.is_dir():
-        tokenizer = load_saved_tokenizer(run.tokenizer)
-    elif task.kind == "gpt":
-        tokenizer = ByteTokenizer()
-    else:
-        raise ValueError(
-            f"`tokenizer` must name the saved tokenizer of a {task.kind} .keras file outside "
-            "a run directory, got None."
-        )
+    tokenizer = tokenizer_for(run, task, tokenizer)
     # One writer per run directory (a training run exports into it too), else per `out`.
     inside_run = run.exists() and out.resolve().is_relative_to(run.path.resolve())
     with storage.lock(run.path if inside_run else out, "export"):
         return task.export(model, tokenizer, out, **options)
+
+
+def tokenizer_for(run, task, directory=None):
+    """The tokenizer of a model in the run directory `run`: the one saved in `directory` if
+    given, else the one the run recorded (a run of the model's kind), else one saved in its
+    tokenizer directory, else a GPT's byte tokenizer.
+
+    Args:
+        run: a `RunDirectory` (it need not hold a run: a `.keras` file's directory).
+        task: the `Task` class of the model.
+        directory: str, path-like or None. A saved tokenizer's directory.
+
+    Raises:
+        ValueError: a BERT model with no saved tokenizer to be found.
+
+    Example:
+
+    >>> from tf_bigmodels.training.tasks import BERTTask, GPTTask
+    >>> type(tokenizer_for(RunDirectory("models"), GPTTask)).__name__
+    'ByteTokenizer'
+    >>> tokenizer_for(RunDirectory("models"), BERTTask)
+    Traceback (most recent call last):
+    ValueError: `tokenizer` must name the saved tokenizer of a bert model outside a run directory, got None.
+    """
+    from tf_bigmodels.export.streaming import load_saved_tokenizer
+    from tf_bigmodels.tokenizers import ByteTokenizer
+
+    if directory is not None:
+        return load_saved_tokenizer(directory)
+    if (read_config(run.path) or {}).get("model") == task.kind:  # a run of this model
+        return load_run_tokenizer(run.path)
+    if run.tokenizer.is_dir():
+        return load_saved_tokenizer(run.tokenizer)
+    if task.kind == "gpt":
+        return ByteTokenizer()
+    raise ValueError(
+        f"`tokenizer` must name the saved tokenizer of a {task.kind} model outside a run "
+        "directory, got None."
+    )
