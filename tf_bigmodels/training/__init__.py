@@ -30,6 +30,7 @@ _EXPORTS = {
     "TrainingDiverged": "errors",
     "WarmupDecay": "schedules",
     "build_optimizer": "optimizer",
+    "export_source": "loading",
     "get_preset": "presets",
     "get_strategy": "strategy",
     "is_chief": "strategy",
@@ -37,6 +38,8 @@ _EXPORTS = {
     "load_run_tokenizer": "loading",
     "no_decay_variables": "optimizer",
     "run_config": "records",
+    "run_generator": "loading",
+    "task_class_for": "tasks",
     "task_for": "tasks",
     "train": "run",
 }
