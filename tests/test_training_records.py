@@ -127,3 +127,8 @@ def test_the_suggested_prompt_comes_from_the_run_s_own_validation_text():
     text = "\n\n".join(poems)
     assert prompt.endswith("\n") and prompt.strip() in text[len(text) - len(text) // 10 :]
     assert "ROMEO" not in prompt
+
+
+def test_a_run_that_trained_nothing_gives_no_defaults(tmp_path):
+    _stored_run(tmp_path, seq_len=256)  # failed before its first checkpoint
+    assert records.settled(RunConfig(**TINY, out=str(tmp_path))).seq_len == 32  # the preset's

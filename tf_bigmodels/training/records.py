@@ -125,7 +125,8 @@ def corpus_fingerprint(texts):
 
 def settled(config):
     """`config` resolved as the run it names will run it: settings left at None take the
-    stored run's values (a re-run), else the `init_from` run's shape and tokenizer.
+    stored run's values (a re-run of a run that trained something), else the `init_from`
+    run's shape and tokenizer.
 
     Example:
 
@@ -133,7 +134,9 @@ def settled(config):
     20
     """
     resolved = config.resolved()
-    stored = read_config(os.path.join(resolved.out, resolved.name))
+    run = RunDirectory(os.path.join(resolved.out, resolved.name))
+    # A run that trained nothing (a command that failed) is replaced, and decides nothing.
+    stored = read_config(run.path) if run.has_trained() else None
     config = _with_defaults(config, stored, dataclasses.fields(RunConfig))
     return _with_source_defaults(config).resolved()
 
