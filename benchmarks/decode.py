@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from _timing import alternate, machine  # noqa: E402
 
+import tf_bigmodels  # noqa: E402
 from tf_bigmodels.models import GPTModel, compress_weights, generation  # noqa: E402
 from tf_bigmodels.models.compression import WEIGHTS  # noqa: E402
 
@@ -186,6 +187,7 @@ def run(*, smoke=False, nano_model=None, new_tokens=128, repeats=5, gemv_mib=102
     }
     quality_model = None
     if nano_model:
+        tf_bigmodels.register_keras_objects()  # a run's model.keras stores its optimizer too
         quality_model = keras.saving.load_model(nano_model)
     elif smoke:
         quality_model = model
