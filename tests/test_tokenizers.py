@@ -306,3 +306,11 @@ def test_word_piece_save_load_keeps_every_id(tmp_path):
     # A file written elsewhere with Windows line ends reads the same.
     (tmp_path / "vocab.txt").write_bytes("\r\n".join(SPECIALS + ["a", "b"]).encode() + b"\r\n")
     assert WordPieceTokenizer.load(tmp_path).vocabulary == tuple(SPECIALS + ["a", "b"])
+
+
+def test_tokenize_names_strings_that_are_not_text(any_tokenizer):
+    for strings in (5, [1, 2], tf.constant([1, 2]), [b"ok", 3]):
+        with pytest.raises(TypeError, match=r"^`strings` must be a str, a list of str or a str"):
+            any_tokenizer.tokenize(strings)
+    with pytest.raises(ValueError, match=r"^`strings` must be one string or a batch .*\(2, 1\)"):
+        any_tokenizer.tokenize([["a"], ["b"]])

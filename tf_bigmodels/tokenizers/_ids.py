@@ -13,10 +13,32 @@ def valid_utf8(strings):
     """`strings` as a string tensor of valid UTF-8: each bad byte sequence becomes U+FFFD.
 
     Every tokenizer passes its input and its output through this, so invalid text never raises
-    and detokenized text is always valid UTF-8.
+    and detokenized text is always valid UTF-8. What is not text at all raises TypeError, and a
+    string tensor of rank 2 or more ValueError, both naming `strings`.
+
+    Example:
+
+    >>> valid_utf8([b"ok", b"bad \\xff"]).numpy()[1].decode()
+    'bad \ufffd'
+    >>> valid_utf8([1, 2])
+    Traceback (most recent call last):
+    ...
+    TypeError: `strings` must be a str, a list of str or a string tensor, got [1, 2].
     """
+    try:
+        strings = tf.convert_to_tensor(strings, tf.string)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`strings` must be a str, a list of str or a string tensor, got "
+            f"{reprlib.repr(strings)}."
+        ) from None
+    if strings.shape.rank is not None and strings.shape.rank > 1:
+        raise ValueError(
+            f"`strings` must be one string or a batch of strings (rank 0 or 1), got shape "
+            f"{strings.shape}."
+        )
     return tf.strings.unicode_transcode(
-        tf.convert_to_tensor(strings, tf.string),
+        strings,
         "UTF-8",
         "UTF-8",
         errors="replace",
