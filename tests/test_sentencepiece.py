@@ -4,6 +4,7 @@ Round trips of random text (eager, in-graph, fresh-process SavedModel) for every
 test_tokenizer_round_trip.py.
 """
 
+import io
 import json
 import os
 import re
@@ -129,6 +130,27 @@ def test_spaces_come_back_as_spaces_from_a_corpus_without_spaces():
     texts = ["English and 中文 mixed", "  two  spaces\tand tab", "床前 明月 "]
     assert _round_trip(tokenizer, texts) == texts
     assert tokenizer.tokenize("前 月").numpy().tolist().count(space) == 1
+
+
+def test_a_model_that_spells_spaces_with_bytes_is_named_when_loaded():
+    # What train learned before "▁" was a required piece, on a corpus without spaces.
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["床前明月光", "疑是地上霜"]),
+        model_writer=model,
+        vocab_size=300,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        eos_id=1,
+        pad_id=2,
+        bos_id=-1,
+        unk_id=0,
+        minloglevel=2,
+    )
+    with pytest.warns(UserWarning, match=r'no piece "\u2581", so .* come back as "\u2581"'):
+        SentencePieceTokenizer(model.getvalue())
 
 
 def test_a_literal_lower_block_character_stays_one(tokenizer):

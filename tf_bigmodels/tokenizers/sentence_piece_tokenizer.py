@@ -5,6 +5,7 @@ import io
 import os
 import re
 import tempfile
+import warnings
 
 import sentencepiece as spm
 import tensorflow as tf
@@ -125,6 +126,16 @@ class SentencePieceTokenizer(Tokenizer):
             if all(processor.IsByte(i) for i in symbol_ids)
             else None
         )
+        if self._space_symbol_ids is not None and processor.IsUnknown(
+            processor.piece_to_id(_SPACE_SYMBOL)
+        ):
+            warnings.warn(
+                'This SentencePiece model has no piece "\u2581", so it spells a space with the '
+                'byte pieces of "\u2581" and its spaces come back as "\u2581" (models learned '
+                "by SentencePieceTokenizer.train before it made the piece required); learn the "
+                "tokenizer again with SentencePieceTokenizer.train.",
+                stacklevel=2,
+            )
 
     def tokenize(self, strings):
         """Returns the piece ids of `strings`.
