@@ -115,6 +115,12 @@ class WordPieceTokenizer(Tokenizer):
         Returns:
             For a batch of strings, an int32 `tf.RaggedTensor` `[batch, None]`; for a single string,
             an int32 `tf.Tensor` `[length]`.
+
+        Example:
+
+        >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hi"])
+        >>> tokenizer.tokenize(["Hi  hi", "hi ho"]).to_list()
+        [[5, 5], [5, 1]]
         """
         strings = valid_utf8(strings)
         if strings.shape.rank == 0:  # FastBertTokenizer takes batches only
@@ -125,10 +131,11 @@ class WordPieceTokenizer(Tokenizer):
         """Returns the text of `ids`: words joined by spaces; `[PAD]` tokens are dropped.
 
         Args:
-            ids: int `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2, values in
-                `[0, vocab_size)`. Any other id raises `tf.errors.InvalidArgumentError` naming
-                `ids` (it is not mapped to `[UNK]`: an id outside the vocabulary is a caller's
-                bug, and tensorflow-text's detokenizer would crash the process on it).
+            ids: integer `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2,
+                values in `[0, vocab_size)`. Another dtype raises TypeError, another id
+                `tf.errors.InvalidArgumentError`, both naming `ids` (an id outside the
+                vocabulary is not mapped to `[UNK]`: it is a caller's bug, and
+                tensorflow-text's detokenizer would crash the process on it).
 
         Returns:
             A string `tf.Tensor`: `[batch]` for rank-2 ids, a scalar for rank-1 ids.
@@ -141,7 +148,7 @@ class WordPieceTokenizer(Tokenizer):
         >>> tokenizer.detokenize([6])  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
         ...
-        InvalidArgumentError: `ids` must be token ids in [0, 6)
+        InvalidArgumentError: `ids` must be integer token ids in [0, 6), got [6]
         """
         ids = checked_ids(ids, self.vocab_size)
         if isinstance(ids, tf.Tensor) and ids.shape.rank == 2:
