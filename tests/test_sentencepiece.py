@@ -1,5 +1,10 @@
-"""SentencePieceTokenizer: lossless round trips, in-graph ids, save/load, SavedModel, GPT export."""
+"""SentencePieceTokenizer: lossless round trips, in-graph ids, save/load, SavedModel, GPT export.
 
+Round trips of random text (eager, in-graph, fresh-process SavedModel) for every tokenizer are in
+test_tokenizer_round_trip.py.
+"""
+
+import io
 import json
 import os
 import re
@@ -11,8 +16,6 @@ import unicodedata
 import pytest
 import sentencepiece as spm
 import tensorflow as tf
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tf_bigmodels.data import lm_dataset, load_corpus
 from tf_bigmodels.export import export_gpt
@@ -69,28 +72,6 @@ def test_chinese_takes_far_fewer_tokens_than_bytes(tokenizer):
     assert tokens < utf8_bytes / 2
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    st.lists(
-        st.text(
-            alphabet=st.one_of(
-                st.characters(blacklist_categories=("Cs",)),
-                st.sampled_from("床前明月光，。！？\n \t😀ＡＢ"),
-            ),
-            max_size=40,
-        ),
-        min_size=1,
-        max_size=4,
-    )
-)
-def test_round_trip_random_unicode_in_tf_function(tokenizer, strings):
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def round_trip(s):
-        return tokenizer.detokenize(tokenizer.tokenize(s))
-
-    assert [s.decode("utf-8") for s in round_trip(tf.constant(strings)).numpy()] == strings
-
-
 def test_same_ids_inside_and_outside_tf_function_and_as_sentencepiece(tokenizer):
     encode = tf.function(
         lambda s: tokenizer.tokenize(s), input_signature=[tf.TensorSpec([None], tf.string)]
@@ -138,6 +119,100 @@ def test_save_load_is_equal_and_atomic(tokenizer, tmp_path):
         SentencePieceTokenizer.load(tmp_path)
 
 
+def test_spaces_come_back_as_spaces_from_a_corpus_without_spaces():
+    # Too few spaces for character_coverage to keep "▁": a space used to be spelled with the
+    # byte pieces of "▁" and come back as "▁".
+    poems = [poem.replace(" ", "") for poem in load_corpus("tangshi")[:100]]
+    tokenizer = SentencePieceTokenizer.train(poems, vocab_size=3000)
+    pieces = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+    space = pieces.piece_to_id("\u2581")
+    assert space != tokenizer.unk_id and not pieces.IsByte(space)
+    texts = ["English and 中文 mixed", "  two  spaces\tand tab", "床前 明月 "]
+    assert _round_trip(tokenizer, texts) == texts
+    assert tokenizer.tokenize("前 月").numpy().tolist().count(space) == 1
+
+
+def test_a_model_that_spells_spaces_with_bytes_is_named_when_loaded():
+    # What train learned before "▁" was a required piece, on a corpus without spaces.
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["床前明月光", "疑是地上霜"]),
+        model_writer=model,
+        vocab_size=300,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        eos_id=1,
+        pad_id=2,
+        bos_id=-1,
+        unk_id=0,
+        minloglevel=2,
+    )
+    with pytest.warns(UserWarning, match=r'no piece "\u2581", so .* come back as "\u2581"'):
+        SentencePieceTokenizer(model.getvalue())
+
+
+def test_a_literal_lower_block_character_stays_one(tokenizer):
+    # SentencePiece writes a space as "▁" and decodes every "▁" piece as a space; a "▁" of the
+    # text gets the byte pieces of its UTF-8 bytes, which decode to "▁".
+    texts = ["a▁b", "▁", "▁▁ ▁", " ▁月▁ ", "\u2581\u2581"]
+    assert _round_trip(tokenizer, texts) == texts
+    pieces = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+    ids = tokenizer.tokenize("月▁光").numpy().tolist()
+    assert [pieces.id_to_piece(i) for i in ids[1:-1]] == ["<0xE2>", "<0x96>", "<0x81>"]
+    assert pieces.decode(ids) == "月▁光"  # the saved model file alone decodes it too
+    assert ids[:1] == tokenizer.tokenize("月").numpy().tolist()
+
+
+def test_training_and_loading_print_nothing_on_stderr(capfd):
+    # A model no other test has: tensorflow-text loads it afresh (it shares loaded models).
+    texts = ["沉默的训练日志", "不要打印任何东西 quiet"]
+    capfd.readouterr()
+    tokenizer = SentencePieceTokenizer.train(texts, vocab_size=300)
+    again = SentencePieceTokenizer(tokenizer.model_proto)
+    ids = again.tokenize(texts)
+    assert _round_trip(again, texts) == texts
+    tf.function(again.detokenize)(ids)
+    err = capfd.readouterr().err
+    assert "precompiled_charsmap" not in err and "LOG(INFO)" not in err, err
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_save_gives_the_model_file_the_umasks_mode(tokenizer, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        tokenizer.save(tmp_path)
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "sentencepiece.model").stat().st_mode & 0o777) == oct(mode)
+
+
+def test_trainer_options_cannot_undo_losslessness():
+    poems = load_corpus("tangshi")[:50]
+    for option, value in [
+        ("remove_extra_whitespaces", True),
+        ("add_dummy_prefix", True),
+        ("byte_fallback", False),
+        ("normalization_rule_name", "nmt_nfkc"),
+        ("user_defined_symbols", ["<sep>"]),
+    ]:
+        with pytest.raises(ValueError, match=rf"^`trainer_options` must not set \['{option}'\]"):
+            SentencePieceTokenizer.train(poems, 3000, **{option: value})
+    kept = SentencePieceTokenizer.train(poems, 3000, required_chars="Жж")
+    pieces = spm.SentencePieceProcessor(model_proto=kept.model_proto)
+    assert all(not pieces.IsUnknown(pieces.piece_to_id(c)) for c in "Жж\u2581")
+
+
+def test_detokenize_refuses_ids_that_are_not_token_ids(tokenizer):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`ids` must be integer token ids"):
+        tokenizer.detokenize([[5, tokenizer.vocab_size]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)got.*\b4294967368\b"):
+        tokenizer.detokenize(tf.constant([2**32 + 72], tf.int64))  # not wrapped to 72
+    with pytest.raises(TypeError, match=r"^`ids` must be integer .*, got dtype float32\.$"):
+        tokenizer.detokenize([72.9])
+
+
 def test_bad_arguments():
     poems = load_corpus("tangshi")[:300]
     with pytest.raises(ValueError, match=r"`vocab_size` must be at least \d+ for these texts"):
@@ -156,21 +231,6 @@ def test_bad_arguments():
         SentencePieceTokenizer(b"not a model")
 
 
-# Runs in a fresh interpreter: only tensorflow and tensorflow_text are imported.
-_LOAD_TOKENIZER = textwrap.dedent("""
-    import json, sys
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
-    loaded = tf.saved_model.load(sys.argv[1])
-    texts = json.loads(sys.argv[2])
-    assert not any(name.startswith("tf_bigmodels") for name in sys.modules)
-    ids = loaded.encode(tf.constant(texts))
-    back = [s.decode("utf-8") for s in loaded.decode(ids).numpy()]
-    with open(sys.argv[3], "w") as f:
-        json.dump({"ids": ids.to_list(), "texts": back}, f)
-""")
-
-
 def _fresh_process(script, *args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
@@ -181,25 +241,6 @@ def _fresh_process(script, *args):
         env=env,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-
-
-@pytest.mark.slow
-def test_saved_model_in_a_fresh_process_gives_the_same_ids(tokenizer, tmp_path):
-    module = tf.Module()
-    module.tokenizer = tokenizer
-    module.encode = tf.function(
-        tokenizer.tokenize, input_signature=[tf.TensorSpec([None], tf.string)]
-    )
-    module.decode = tf.function(
-        tokenizer.detokenize,
-        input_signature=[tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)],
-    )
-    tf.saved_model.save(module, str(tmp_path / "model"))
-    out = tmp_path / "out.json"
-    _fresh_process(_LOAD_TOKENIZER, tmp_path / "model", json.dumps(TEXTS), out)
-    served = json.loads(out.read_text())
-    assert served["ids"] == tokenizer.tokenize(TEXTS).to_list()
-    assert served["texts"] == TEXTS
 
 
 _SERVE_GPT = textwrap.dedent("""

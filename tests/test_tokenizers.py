@@ -2,13 +2,21 @@
 
 import importlib.resources
 import os
+import re
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tf_bigmodels.tokenizers import ByteTokenizer, Tokenizer, WordPieceTokenizer, check_tokenizer
+from tf_bigmodels.tokenizers import (
+    ByteTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    WordPieceTokenizer,
+    check_tokenizer,
+)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -171,22 +179,63 @@ def test_tokenizers_share_one_base_class_and_one_check():
         check_tokenizer({})
 
 
-@pytest.mark.parametrize("make", [ByteTokenizer, lambda: WordPieceTokenizer(SPECIALS + ["a"])])
-@pytest.mark.parametrize("bad_id", [-1, 6, 258, 2**31 - 1])
-def test_detokenize_refuses_ids_outside_the_vocabulary(make, bad_id):
-    """tensorflow-text's WordPiece detokenizer reads out of bounds on such ids (a segfault)."""
-    tokenizer = make()
+_MAKERS = {
+    "byte": ByteTokenizer,
+    "wordpiece": lambda: WordPieceTokenizer(SPECIALS + ["a"]),
+    "sentencepiece": lambda: SentencePieceTokenizer.train(["床前明月光"], vocab_size=300),
+}
+
+
+@pytest.fixture(scope="module", params=list(_MAKERS))
+def any_tokenizer(request):
+    return _MAKERS[request.param]()
+
+
+@pytest.mark.parametrize("bad_id", [-1, 6, 300, 2**31 - 1, 2**32 + 1, 2**63 - 1])
+def test_detokenize_refuses_ids_outside_the_vocabulary(any_tokenizer, bad_id):
+    """tensorflow-text's WordPiece detokenizer reads out of bounds on such ids (a segfault), and
+    an int64 id cast to int32 would wrap (2**32 + 72 would decode as "H")."""
+    tokenizer = any_tokenizer
     if 0 <= bad_id < tokenizer.vocab_size:
         bad_id = tokenizer.vocab_size
     detokenize = tf.function(tokenizer.detokenize)
-    for ids in ([[1, bad_id]], tf.constant([[1, bad_id]]), tf.ragged.constant([[1], [bad_id]])):
+    message = (
+        rf"(?s)`ids` must be integer token ids in \[0, {tokenizer.vocab_size}\), got.*{bad_id}"
+    )
+    for ids in (
+        [[1, bad_id]],
+        tf.constant([[1, bad_id]], tf.int64),
+        tf.ragged.constant([[1], [bad_id]], tf.int64),
+        np.array([1, bad_id]),
+    ):
         for call in (tokenizer.detokenize, detokenize):
-            with pytest.raises(tf.errors.InvalidArgumentError, match="`ids` must be token ids"):
+            with pytest.raises(tf.errors.InvalidArgumentError, match=message):
                 call(ids)
 
 
+def test_detokenize_refuses_ids_that_are_not_integers(any_tokenizer):
+    tokenizer = any_tokenizer
+    allowed = rf"`ids` must be integer token ids in \[0, {tokenizer.vocab_size}\)"
+    for ids in ([72.9], tf.constant([[72.0]]), np.array([72.9]), [True], tf.constant(["72"])):
+        with pytest.raises(TypeError, match=rf"^{allowed}, got dtype (float|bool|string)"):
+            tokenizer.detokenize(ids)
+    with pytest.raises(TypeError, match="got dtype float32"):
+        tf.function(tokenizer.detokenize)(tf.constant([[72.5]]))
+    with pytest.raises(ValueError, match=rf"^{allowed}, got \[\[1\], \[{2**70}\]\]\.$"):
+        tokenizer.detokenize([[1], [2**70]])
+
+
+def test_detokenize_takes_every_integer_dtype_and_no_ids(any_tokenizer):
+    tokenizer = any_tokenizer
+    expected = tokenizer.detokenize([[1, 2]]).numpy().tolist()
+    for dtype in (tf.int8, tf.uint8, tf.int16, tf.int32, tf.int64, tf.uint32, tf.uint64):
+        assert tokenizer.detokenize(tf.constant([[1, 2]], dtype)).numpy().tolist() == expected
+    assert tokenizer.detokenize([]).numpy() == b""
+    assert tokenizer.detokenize([[]]).numpy().tolist() == [b""]
+
+
 def test_word_piece_save_is_atomic_and_load_names_a_damaged_file(tmp_path, monkeypatch):
-    from tf_bigmodels.tokenizers import word_piece_tokenizer
+    from tf_bigmodels.tokenizers import _files
 
     first = WordPieceTokenizer(SPECIALS + ["a"])
     first.save(tmp_path)
@@ -195,7 +244,7 @@ def test_word_piece_save_is_atomic_and_load_names_a_damaged_file(tmp_path, monke
         os.close(handle)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(word_piece_tokenizer.os, "fdopen", disk_full)
+    monkeypatch.setattr(_files.os, "fdopen", disk_full)
     with pytest.raises(OSError, match="No space left"):
         WordPieceTokenizer(SPECIALS + ["b", "c"], lowercase=False).save(tmp_path)
     monkeypatch.undo()
@@ -215,3 +264,53 @@ def test_word_piece_save_respects_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}
+
+
+@pytest.mark.parametrize("token", ["", "a\nb", "a\rb", "\n", "b\r\n"])
+def test_word_piece_refuses_tokens_that_are_not_one_line(token, tmp_path):
+    vocabulary = SPECIALS + ["a", token, "b"]
+    message = (
+        r"^`vocabulary` must hold non-empty str tokens without line breaks .*, "
+        rf"got {re.escape(repr(token))} at id 6\.$"
+    )
+    with pytest.raises(ValueError, match=message):
+        WordPieceTokenizer(vocabulary)
+    # A vocabulary file with a blank line inside: refused, not skipped (which shifts the ids).
+    (tmp_path / "vocab.txt").write_text("\n".join(SPECIALS + ["a", "", "b"]) + "\n")
+    with pytest.raises(ValueError, match=r"got '' at id 6\.$"):
+        WordPieceTokenizer(tmp_path / "vocab.txt")
+
+
+def test_word_piece_save_load_keeps_every_id(tmp_path):
+    vocabulary = SPECIALS + [
+        "a",
+        " ",
+        "a b",
+        "\t",
+        "##b",
+        "é",
+        "\u2028",
+        "\x85",
+        "\x0c",
+        "你",
+        "z ",
+    ]
+    tokenizer = WordPieceTokenizer(vocabulary, lowercase=False)
+    tokenizer.save(tmp_path)
+    loaded = WordPieceTokenizer.load(tmp_path)
+    assert loaded.vocabulary == tokenizer.vocabulary and not loaded.lowercase
+    text = tf.constant(["a ab é 你 z", "b"])
+    assert loaded.tokenize(text).to_list() == tokenizer.tokenize(text).to_list()
+    ids = list(range(len(vocabulary)))
+    assert loaded.detokenize(ids).numpy() == tokenizer.detokenize(ids).numpy()
+    # A file written elsewhere with Windows line ends reads the same.
+    (tmp_path / "vocab.txt").write_bytes("\r\n".join(SPECIALS + ["a", "b"]).encode() + b"\r\n")
+    assert WordPieceTokenizer.load(tmp_path).vocabulary == tuple(SPECIALS + ["a", "b"])
+
+
+def test_tokenize_names_strings_that_are_not_text(any_tokenizer):
+    for strings in (5, [1, 2], tf.constant([1, 2]), [b"ok", 3]):
+        with pytest.raises(TypeError, match=r"^`strings` must be a str, a list of str or a str"):
+            any_tokenizer.tokenize(strings)
+    with pytest.raises(ValueError, match=r"^`strings` must be one string or a batch .*\(2, 1\)"):
+        any_tokenizer.tokenize([["a"], ["b"]])

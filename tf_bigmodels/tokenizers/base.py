@@ -12,7 +12,10 @@ class Tokenizer(tf.Module):
 
     - `tokenize(strings)`: a str or a batch of str -> int32 ids (`[length]` for one string, a
       `tf.RaggedTensor` `[batch, None]` for a batch). Invalid UTF-8 must not raise.
-    - `detokenize(ids)`: ids of rank 1 or 2 -> a scalar or `[batch]` string tensor.
+    - `detokenize(ids)`: integer ids of rank 1 or 2 -> a scalar or `[batch]` string tensor. Ids
+      of another dtype raise TypeError, ids outside `[0, vocab_size)` raise
+      `tf.errors.InvalidArgumentError` (in graph too), both naming `ids`: an id is never
+      wrapped, rounded or read out of bounds.
     - `vocab_size`: int. Ids are in `[0, vocab_size)`.
     - `end_id`: int. The token written after each document of a packed language-model stream,
       and the token at which generation stops.

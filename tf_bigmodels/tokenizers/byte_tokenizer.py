@@ -56,6 +56,11 @@ class ByteTokenizer(Tokenizer):
         Returns:
             For a batch of strings, an int32 `tf.RaggedTensor` `[batch, None]`; for a single string,
             an int32 `tf.Tensor` `[length]`.
+
+        Example:
+
+        >>> ByteTokenizer().tokenize("a b").numpy()
+        array([97, 32, 98], dtype=int32)
         """
         strings = valid_utf8(strings)
         pieces = tf.strings.bytes_split(strings)  # one 1-byte string per byte
@@ -65,11 +70,21 @@ class ByteTokenizer(Tokenizer):
         """Returns the strings spelled by `ids`; special tokens are dropped.
 
         Args:
-            ids: int `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2, values in
-                `[0, vocab_size)`; any other id raises `tf.errors.InvalidArgumentError`.
+            ids: integer `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2,
+                values in `[0, vocab_size)`. Another dtype raises TypeError, another id
+                `tf.errors.InvalidArgumentError`, both naming `ids`.
 
         Returns:
             A string `tf.Tensor`: `[batch]` for rank-2 ids, a scalar for rank-1 ids.
+
+        Example:
+
+        >>> ByteTokenizer().detokenize([97, 32, 98, 256]).numpy()
+        b'a b'
+        >>> ByteTokenizer().detokenize([72.9])
+        Traceback (most recent call last):
+        ...
+        TypeError: `ids` must be integer token ids in [0, 258), got dtype float32.
         """
         ids = checked_ids(ids, self.vocab_size)
         pieces = tf.gather(self._id_to_bytes, ids)

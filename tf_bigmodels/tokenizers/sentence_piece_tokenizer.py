@@ -5,6 +5,7 @@ import io
 import os
 import re
 import tempfile
+import warnings
 
 import sentencepiece as spm
 import tensorflow as tf
@@ -12,7 +13,8 @@ import tensorflow_text as tf_text
 from tensorflow_text.python.ops import sentencepiece_tokenizer as tf_text_sentencepiece
 
 from tf_bigmodels import _checks
-from tf_bigmodels.tokenizers._ids import REPLACEMENT_CHAR, as_id_tensor, valid_utf8
+from tf_bigmodels.tokenizers._files import write_atomically
+from tf_bigmodels.tokenizers._ids import REPLACEMENT_CHAR, checked_ids, valid_utf8
 from tf_bigmodels.tokenizers.base import Tokenizer
 
 _MODEL_FILE = "sentencepiece.model"
@@ -20,6 +22,28 @@ _MODEL_FILE = "sentencepiece.model"
 _UNK_ID, _END_ID, _PAD_ID = 0, 1, 2
 _NEWLINE = "\n"
 _RESERVED = 3 + 256 + 1  # specials + byte pieces + the newline piece
+# SentencePiece writes a space as U+2581 ("▁") in its pieces and decodes every U+2581 as a space.
+_SPACE_SYMBOL = "\u2581"
+# A rule table whose one rule changes nothing: it maps "▁" to a space, and SentencePiece writes
+# a space as "▁" again. An empty table (SentencePiece's "identity" normalisation) would do the
+# same, but the SentencePiece inside tensorflow-text logs "precompiled_charsmap is empty" to
+# stderr each time it loads such a model, in training scripts and in every served SavedModel.
+_NO_OP_RULES = "2581\t20\n"
+# Trainer settings that make the model lossless and give it the documented id layout; `train`
+# refuses to let `trainer_options` change them.
+_FIXED_OPTIONS = dict(
+    byte_fallback=True,
+    add_dummy_prefix=False,
+    remove_extra_whitespaces=False,
+    escape_whitespaces=True,
+    treat_whitespace_as_suffix=False,
+    user_defined_symbols=[_NEWLINE],
+    unk_id=_UNK_ID,
+    eos_id=_END_ID,
+    pad_id=_PAD_ID,
+    bos_id=-1,
+    unk_surface=chr(REPLACEMENT_CHAR),
+)
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -35,10 +59,17 @@ class SentencePieceTokenizer(Tokenizer):
     UTF-8 string, because it
 
     - does no normalisation (SentencePiece's default NFKC folding would turn "，" into ",");
-    - keeps every space as it is and adds no leading space;
+    - keeps every space as it is (no collapsing of runs, no trimming) and adds no leading space;
+    - always has "▁" (U+2581, SentencePiece's sign for a space) as a piece, even when the corpus
+      has too few spaces for `character_coverage` to keep it: otherwise a space would be spelled
+      with the byte pieces of "▁" and come back as "▁";
     - makes "\\n" a piece of its own (SentencePiece would otherwise treat it as a space);
     - falls back to UTF-8 byte pieces for any character outside its vocabulary (an emoji, a rare
       character), so nothing becomes "unknown".
+
+    SentencePiece decodes every "▁" piece as a space, so `tokenize` gives a literal "▁" of the
+    text the byte pieces of its UTF-8 bytes instead, which decode to "▁" itself (in the same
+    tensorflow ops, so a SavedModel does it too).
 
     Id layout of a trained model: 0 unknown (`unk_id`, decoded as U+FFFD), 1 end of text
     (`end_id`, written between documents), 2 padding (`pad_id`), 3 "\\n", 4..259 the bytes
@@ -88,6 +119,23 @@ class SentencePieceTokenizer(Tokenizer):
         self.end_id = processor.eos_id()
         self.pad_id = processor.pad_id()
         self._tokenizer = _SentencepieceOps(model_proto)
+        # The byte pieces that spell a literal "▁" (None if the model has no byte pieces).
+        symbol_ids = [processor.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_SYMBOL.encode()]
+        self._space_symbol_ids = (
+            tf.constant(symbol_ids, tf.int32)
+            if all(processor.IsByte(i) for i in symbol_ids)
+            else None
+        )
+        if self._space_symbol_ids is not None and processor.IsUnknown(
+            processor.piece_to_id(_SPACE_SYMBOL)
+        ):
+            warnings.warn(
+                'This SentencePiece model has no piece "\u2581", so it spells a space with the '
+                'byte pieces of "\u2581" and its spaces come back as "\u2581" (models learned '
+                "by SentencePieceTokenizer.train before it made the piece required); learn the "
+                "tokenizer again with SentencePieceTokenizer.train.",
+                stacklevel=2,
+            )
 
     def tokenize(self, strings):
         """Returns the piece ids of `strings`.
@@ -99,47 +147,76 @@ class SentencePieceTokenizer(Tokenizer):
         Returns:
             For a batch of strings, an int32 `tf.RaggedTensor` `[batch, None]`; for a single string,
             an int32 `tf.Tensor` `[length]`.
+
+        Example:
+
+        >>> tokenizer = SentencePieceTokenizer.train(["床前明月光", "疑是 地上霜"], vocab_size=300)
+        >>> ids = tokenizer.tokenize(["床前 明月▁光", "\\t地上霜\\n"])
+        >>> [text.decode() for text in tokenizer.detokenize(ids).numpy()]
+        ['床前 明月▁光', '\\t地上霜\\n']
         """
         strings = valid_utf8(strings)
-        return self._tokenizer.tokenize(strings)
+        if self._space_symbol_ids is None:
+            return self._tokenizer.tokenize(strings)
+        if strings.shape.rank == 0:
+            return self._tokenize_batch(strings[tf.newaxis])[0]
+        return self._tokenize_batch(strings)
+
+    def _tokenize_batch(self, strings):
+        # The text is cut at each literal "▁"; each part is tokenized and followed by the byte
+        # pieces of "▁", and the last part's are dropped.
+        parts = tf.strings.split(strings, _SPACE_SYMBOL)  # [batch, (parts)]
+        ids = self._tokenizer.tokenize(parts.values)  # [parts, (ids)]
+        symbols = tf.RaggedTensor.from_tensor(
+            tf.tile(self._space_symbol_ids[tf.newaxis], [tf.shape(parts.values)[0], 1])
+        )  # [parts, 3]
+        ids = parts.with_values(tf.concat([ids, symbols], axis=1)).merge_dims(1, 2)
+        return ids[:, : -self._space_symbol_ids.shape[0]]  # [batch, (ids)]
 
     def detokenize(self, ids):
         """Returns the text of `ids`; end-of-text and padding ids are dropped.
 
         Args:
-            ids: int `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2, values in
-                `[0, vocab_size)`.
+            ids: integer `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2,
+                values in `[0, vocab_size)`. Another dtype raises TypeError, another id
+                `tf.errors.InvalidArgumentError`, both naming `ids`.
 
         Returns:
             A string `tf.Tensor`: `[batch]` for rank-2 ids, a scalar for rank-1 ids.
+
+        Example:
+
+        >>> tokenizer = SentencePieceTokenizer.train(["床前明月光"], vocab_size=300)
+        >>> ids = tokenizer.tokenize("明月").numpy().tolist()
+        >>> tokenizer.detokenize([tokenizer.pad_id, *ids, tokenizer.end_id]).numpy().decode()
+        '明月'
+        >>> tokenizer.detokenize([tokenizer.vocab_size])  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ...
+        InvalidArgumentError: `ids` must be integer token ids in [0, vocab_size)
         """
-        text = self._tokenizer.detokenize(as_id_tensor(ids))
+        text = self._tokenizer.detokenize(checked_ids(ids, self.vocab_size))
         return valid_utf8(text)
 
     def save(self, directory):
         """Writes the model to `directory/sentencepiece.model` (a standard SentencePiece file).
 
         The file is written to a temporary name in `directory` and renamed into place, so an
-        interrupted save never leaves a half-written model where a good one was.
+        interrupted save never leaves a half-written model where a good one was; it gets the
+        permissions the umask gives any new file.
 
         Args:
             directory: str or path-like. Created if missing.
 
         Example:
 
-        >>> tokenizer.save("runs/poet/tokenizer")  # doctest: +SKIP
-        >>> same = SentencePieceTokenizer.load("runs/poet/tokenizer")  # doctest: +SKIP
+        >>> tokenizer = SentencePieceTokenizer.train(["床前明月光"], vocab_size=300)
+        >>> tokenizer.save("runs/poet/tokenizer")
+        >>> SentencePieceTokenizer.load("runs/poet/tokenizer").model_proto == tokenizer.model_proto
+        True
         """
         os.makedirs(directory, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{_MODEL_FILE}.", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as f:
-                f.write(self.model_proto)
-            os.replace(temporary, os.path.join(directory, _MODEL_FILE))
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
+        write_atomically(os.path.join(directory, _MODEL_FILE), self.model_proto)
 
     @classmethod
     def load(cls, directory):
@@ -150,7 +227,10 @@ class SentencePieceTokenizer(Tokenizer):
 
         Example:
 
-        >>> tokenizer = SentencePieceTokenizer.load("runs/poet/tokenizer")  # doctest: +SKIP
+        >>> tokenizer = SentencePieceTokenizer.train(["床前明月光"], vocab_size=300)
+        >>> tokenizer.save("tokenizer")
+        >>> SentencePieceTokenizer.load("tokenizer").vocab_size == tokenizer.vocab_size
+        True
         """
         path = os.path.join(directory, _MODEL_FILE)
         if not os.path.isfile(path):
@@ -194,17 +274,22 @@ class SentencePieceTokenizer(Tokenizer):
                 are skipped). Defaults to 65,536.
             **trainer_options: further `sentencepiece.SentencePieceTrainer` options (e.g.
                 `input_sentence_size=1_000_000, shuffle_input_sentence=True` to sample a huge
-                corpus, or `split_digits=True`).
+                corpus, `split_digits=True`, or `minloglevel=0` to see SentencePiece's log).
+                `required_chars` are kept in addition to "▁". The settings that make the model
+                lossless cannot be changed: `byte_fallback`, `add_dummy_prefix`,
+                `remove_extra_whitespaces`, `escape_whitespaces`, `treat_whitespace_as_suffix`,
+                `user_defined_symbols`, the normalisation and the special ids.
 
         Returns:
             A `SentencePieceTokenizer`.
 
         Example:
 
-        >>> from tf_bigmodels.data import load_corpus
-        >>> # Minutes of training (the whole corpus), so not run as a doctest:
-        >>> tokenizer = SentencePieceTokenizer.train(load_corpus("tangshi"), vocab_size=8000)
-        ... # doctest: +SKIP
+        >>> tokenizer = SentencePieceTokenizer.train(
+        ...     ["床前明月光，疑是地上霜。", "举头望明月，低头思故乡。"], vocab_size=300
+        ... )
+        >>> tokenizer.detokenize(tokenizer.tokenize("明月 光")).numpy().decode()
+        '明月 光'
         """
         vocab_size = _checks.integer("vocab_size", vocab_size, low=_RESERVED + 1)
         _checks.one_of("model_type", model_type, ("unigram", "bpe"))
@@ -226,31 +311,40 @@ class SentencePieceTokenizer(Tokenizer):
                 f"`texts` must hold some text, got {len(texts)} texts that are empty or only "
                 f"newlines."
             )
-        model = io.BytesIO()
+        fixed = sorted(
+            set(trainer_options)
+            & {*_FIXED_OPTIONS, "normalization_rule_name", "normalization_rule_tsv"}
+        )
+        if fixed:
+            raise ValueError(
+                f"`trainer_options` must not set {fixed}: train fixes them so that the model is "
+                f"lossless and has the documented id layout, got {fixed[0]}="
+                f"{trainer_options[fixed[0]]!r}."
+            )
         options = dict(
             model_type=model_type,
             vocab_size=vocab_size,
             hard_vocab_limit=False,
             character_coverage=character_coverage,
             max_sentence_length=max_sentence_length,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True,
-            user_defined_symbols=[_NEWLINE],
-            unk_id=_UNK_ID,
-            eos_id=_END_ID,
-            pad_id=_PAD_ID,
-            bos_id=-1,
-            unk_surface=chr(REPLACEMENT_CHAR),
-            minloglevel=2,
+            minloglevel=2,  # SentencePiece's own progress log, on stderr
         )
         options.update(trainer_options)
+        options.update(_FIXED_OPTIONS)
+        options["required_chars"] = _SPACE_SYMBOL + trainer_options.get("required_chars", "")
+        model = io.BytesIO()
         try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(lines), model_writer=model, **options
-            )
+            with tempfile.TemporaryDirectory() as directory:
+                rules = os.path.join(directory, "rules.tsv")
+                with open(rules, "w", encoding="utf-8") as f:
+                    f.write(_NO_OP_RULES)
+                spm.SentencePieceTrainer.train(
+                    sentence_iterator=iter(lines),
+                    model_writer=model,
+                    normalization_rule_tsv=rules,
+                    **options,
+                )
         except RuntimeError as e:
             # SentencePiece counts the reserved pieces and the characters it must keep.
             needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import tempfile
 
 import keras
 import tensorflow as tf
@@ -12,6 +11,7 @@ from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as vocab_learner
 
 from tf_bigmodels import _checks
+from tf_bigmodels.tokenizers._files import write_atomically
 from tf_bigmodels.tokenizers._ids import checked_ids, valid_utf8
 from tf_bigmodels.tokenizers.base import Tokenizer
 
@@ -40,7 +40,9 @@ class WordPieceTokenizer(Tokenizer):
 
     Args:
         vocabulary: list of str, or path of a vocabulary file with one token per line (BERT's
-            `vocab.txt` format). Token `i` has id `i`.
+            `vocab.txt` format). Token `i` has id `i` (is line `i` of the file), so tokens must be
+            non-empty and hold no line break ("\\n", "\\r"): `save` could not write them as
+            one line each, and the ids after `load` would shift.
         lowercase: bool. Lower-case and strip accents before splitting (BERT "uncased").
             Defaults to `True`.
         name: str. Name of the module. Defaults to `None` (the class name).
@@ -59,6 +61,12 @@ class WordPieceTokenizer(Tokenizer):
         if isinstance(vocabulary, (str, os.PathLike)):
             vocabulary = _read_vocabulary(vocabulary)
         vocabulary = list(vocabulary)
+        for i, token in enumerate(vocabulary):
+            if not isinstance(token, str) or not token or "\n" in token or "\r" in token:
+                raise ValueError(
+                    f"`vocabulary` must hold non-empty str tokens without line breaks (token i "
+                    f"is line i of vocab.txt), got {token!r} at id {i}."
+                )
         missing = [t for t in SPECIAL_TOKENS if t not in vocabulary]
         if missing:
             raise ValueError(
@@ -107,6 +115,12 @@ class WordPieceTokenizer(Tokenizer):
         Returns:
             For a batch of strings, an int32 `tf.RaggedTensor` `[batch, None]`; for a single string,
             an int32 `tf.Tensor` `[length]`.
+
+        Example:
+
+        >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hi"])
+        >>> tokenizer.tokenize(["Hi  hi", "hi ho"]).to_list()
+        [[5, 5], [5, 1]]
         """
         strings = valid_utf8(strings)
         if strings.shape.rank == 0:  # FastBertTokenizer takes batches only
@@ -117,10 +131,11 @@ class WordPieceTokenizer(Tokenizer):
         """Returns the text of `ids`: words joined by spaces; `[PAD]` tokens are dropped.
 
         Args:
-            ids: int `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2, values in
-                `[0, vocab_size)`. Any other id raises `tf.errors.InvalidArgumentError` naming
-                `ids` (it is not mapped to `[UNK]`: an id outside the vocabulary is a caller's
-                bug, and tensorflow-text's detokenizer would crash the process on it).
+            ids: integer `tf.Tensor` or `tf.RaggedTensor` (or nested lists) of rank 1 or 2,
+                values in `[0, vocab_size)`. Another dtype raises TypeError, another id
+                `tf.errors.InvalidArgumentError`, both naming `ids` (an id outside the
+                vocabulary is not mapped to `[UNK]`: it is a caller's bug, and
+                tensorflow-text's detokenizer would crash the process on it).
 
         Returns:
             A string `tf.Tensor`: `[batch]` for rank-2 ids, a scalar for rank-1 ids.
@@ -133,7 +148,7 @@ class WordPieceTokenizer(Tokenizer):
         >>> tokenizer.detokenize([6])  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
         ...
-        InvalidArgumentError: `ids` must be token ids in [0, 6)
+        InvalidArgumentError: `ids` must be integer token ids in [0, 6), got [6]
         """
         ids = checked_ids(ids, self.vocab_size)
         if isinstance(ids, tf.Tensor) and ids.shape.rank == 2:
@@ -159,8 +174,8 @@ class WordPieceTokenizer(Tokenizer):
         True
         """
         os.makedirs(directory, exist_ok=True)
-        _write_atomically(os.path.join(directory, _VOCAB_FILE), "\n".join(self.vocabulary) + "\n")
-        _write_atomically(
+        write_atomically(os.path.join(directory, _VOCAB_FILE), "\n".join(self.vocabulary) + "\n")
+        write_atomically(
             os.path.join(directory, _CONFIG_FILE), json.dumps({"lowercase": self.lowercase})
         )
 
@@ -173,10 +188,12 @@ class WordPieceTokenizer(Tokenizer):
 
         Example:
 
-        A BERT run of `tf-bigmodels train bert` keeps its tokenizer in `runs/bert/tokenizer`
-        (not run here: it needs that run):
+        A BERT run of `tf-bigmodels train bert` keeps its tokenizer in `runs/bert/tokenizer`;
+        here one saved just before:
 
-        >>> tokenizer = WordPieceTokenizer.load("runs/bert/tokenizer")  # doctest: +SKIP
+        >>> WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hi"]).save("tok")
+        >>> WordPieceTokenizer.load("tok").tokenize("hi hi").numpy()
+        array([5, 5], dtype=int32)
         """
         config_path = os.path.join(directory, _CONFIG_FILE)
         if not os.path.isfile(config_path):
@@ -222,11 +239,8 @@ class WordPieceTokenizer(Tokenizer):
         >>> tokenizer.vocabulary[:5]
         ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 
-        On the whole bundled corpus (not run here: it takes tens of seconds):
-
-        >>> from tf_bigmodels.data import load_corpus
-        >>> tokenizer = WordPieceTokenizer.train(load_corpus("shakespeare"), vocab_size=8000)
-        ... # doctest: +SKIP
+        On the whole bundled corpus, `WordPieceTokenizer.train(load_corpus("shakespeare"),
+        vocab_size=8000)` takes tens of seconds.
         """
         # Room for the special tokens and at least one learned token.
         vocab_size = _checks.integer("vocab_size", vocab_size, low=len(SPECIAL_TOKENS) + 1)
@@ -281,32 +295,13 @@ def _with_progress(batches, progress):
         yield batch
 
 
-def _write_atomically(path, text):
-    """Writes `text` to a temporary file in `path`'s directory, then renames it to `path`."""
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path)
-    )
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _read_vocabulary(path):
     if not os.path.isfile(path):
         raise ValueError(
             f"`vocabulary` must be a list of tokens or the path of an existing vocabulary file "
             f"with one token per line, got {str(path)!r}."
         )
+    # Line i is token i: a blank line inside the file is kept (and refused as an empty token)
+    # rather than skipped, which would shift the ids of every token after it.
     with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.rstrip("\n")]
+        return f.read().rstrip("\n").split("\n")
