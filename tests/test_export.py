@@ -297,6 +297,17 @@ def test_export_gpt_checks_settings_before_writing(gpt_exports, tmp_path, kwargs
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("vocab_size", [300, 100])
+def test_export_gpt_refuses_a_tokenizer_of_another_vocabulary(tmp_path, vocab_size):
+    model = GPTModel(vocab_size, 16, 2, 32, 1, rate=0.0, max_length=16)
+    message = (
+        f"^`tokenizer` must have the model's vocab_size={vocab_size}, got one with vocab_size=258"
+    )
+    with pytest.raises(ValueError, match=message):
+        export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False)
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------------------
 # BERT
 

@@ -219,7 +219,8 @@ def export_gpt(
 
     Args:
         model: a `GPTModel`.
-        tokenizer: the model's tokenizer (`ByteTokenizer`); needs `end_id` and `pad_id`.
+        tokenizer: the model's tokenizer (`ByteTokenizer`, `SentencePieceTokenizer`); needs
+            `end_id` and `pad_id`, and its `vocab_size` must be the model's.
         export_dir: str or path-like. Parent of the version directories.
         version: positive int or None (next free number). Defaults to None.
         max_new_tokens: int in [0, max_length - 1] or None. Tokens `serving_default` adds.
@@ -247,6 +248,13 @@ def export_gpt(
     if not isinstance(model, GPTModel):
         raise TypeError(f"`model` must be a GPTModel, got {type(model).__name__}.")
     check_tokenizer(tokenizer)
+    # The model's ids are the tokenizer's: another vocabulary would decode to other text, or give
+    # the model ids its embedding table does not hold.
+    if tokenizer.vocab_size != model.vocab_size:
+        raise ValueError(
+            f"`tokenizer` must have the model's vocab_size={model.vocab_size}, got one with "
+            f"vocab_size={tokenizer.vocab_size}."
+        )
     settings = GenerationSettings(
         model.max_length // 2 if max_new_tokens is None else max_new_tokens,
         temperature=temperature,
