@@ -544,3 +544,37 @@ def test_streamed_greedy_text_equals_one_generate_call(gpt_exports, source):
         sampled = "".join(stream_text(loaded, prompt, 12, temperature=1.0, seed=3, chunk_tokens=5))
         expected = _in_memory_completions(model, [prompt], 12, temperature=1.0, seed=3)[0]
         assert sampled == expected, prompt
+
+
+def test_an_export_removes_what_killed_exports_left_and_nothing_else(tmp_path):
+    """A killed export leaves its temporary directory (a whole model); the next export removes
+    it, but never one of a process that still runs, nor one written from another host."""
+    import socket
+
+    from tf_bigmodels.export._layout import write_version
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    dead_pid = int(ended.stdout)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    try:
+        left = {
+            "killed": f".partial-1-{dead_pid}-0123abcd-{host}",
+            "killed_without_host": f".partial-2-{dead_pid}-89abcdef",
+            "running": f".partial-3-{running.pid}-0123abcd-{host}",
+            "this_process": f".partial-4-{os.getpid()}-0123abcd-{host}",
+            "other_host": f".partial-5-{dead_pid}-0123abcd-not-{host}",
+            "user_file": f".partial-notes-{dead_pid}",
+        }
+        for name in left.values():
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "saved_model.pb").write_bytes(b"half written")
+        path = write_version(tmp_path, None, lambda p: open(os.path.join(p, "x"), "w").close())
+    finally:
+        running.kill()
+        running.wait()
+    kept = {key for key, name in left.items() if (tmp_path / name).is_dir()}
+    assert kept == {"running", "this_process", "other_host", "user_file"}
+    assert sorted(os.listdir(path)) == ["x"]
