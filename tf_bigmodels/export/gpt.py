@@ -240,10 +240,14 @@ def export_gpt(
     Example:
 
     >>> from tf_bigmodels.tokenizers import ByteTokenizer
-    >>> path = export_gpt(model, ByteTokenizer(), "exports/gpt", temperature=0.8, top_k=40)
-    ... # doctest: +SKIP
-    >>> tf.saved_model.load(path).signatures["serving_default"](
-    ...     prompts=tf.constant(["To be"]))["completions"]  # doctest: +SKIP
+    >>> model = GPTModel(258, 16, 2, 32, 1, max_length=16)  # untrained: it writes noise
+    >>> path = export_gpt(model, ByteTokenizer(), "exports/gpt", max_new_tokens=4,
+    ...                   temperature=0.8, top_k=40, jit_compile=False)
+    >>> path
+    'exports/gpt/1'
+    >>> serve = tf.saved_model.load(path).signatures["serving_default"]
+    >>> serve(prompts=tf.constant(["To be", "你好"]))["completions"].shape
+    TensorShape([2])
     """
     if not isinstance(model, GPTModel):
         raise TypeError(f"`model` must be a GPTModel, got {type(model).__name__}.")
