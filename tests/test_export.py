@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_bigmodels.export import export_gpt
+from tf_bigmodels.export import GPTServingModule, export_gpt
 from tf_bigmodels.models import GPTModel
+from tf_bigmodels.models.generation import GenerationSettings
 from tf_bigmodels.tokenizers import ByteTokenizer
 
 PROMPTS = ["hello world", "你好，世界", "", "a" * 100 + "b"]  # the last is longer than the context
@@ -79,7 +80,7 @@ def gpt_exports(tmp_path_factory):
         max_length=64,
         initializer_range=0.3,
     )
-    model(np.zeros((1, 1), "int32"))
+    model.build((None, None))
     directory = tmp_path_factory.mktemp("gpt")
     settings = dict(max_new_tokens=MAX_NEW, temperature=0.0)
     xla = export_gpt(model, ByteTokenizer(), directory / "xla", **settings)
@@ -306,6 +307,9 @@ def test_export_gpt_refuses_a_tokenizer_of_another_vocabulary(tmp_path, vocab_si
     with pytest.raises(ValueError, match=message):
         export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False)
     assert not list(tmp_path.iterdir())
+    settings = GenerationSettings(4, end_id=0)
+    with pytest.raises(ValueError, match=message):
+        GPTServingModule(model, ByteTokenizer(), settings, jit_compile=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -227,11 +227,11 @@ def test_decode_benchmark_smoke_reports_fewer_bytes_per_token(tmp_path):
 def test_a_mixed_precision_model_compresses_to_a_float32_policy_copy(weights):
     keras.utils.set_random_seed(2)
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32, dtype="mixed_bfloat16")
-    model(np.zeros((1, 1), "int32"))
+    model.build((None, None))
     compressed = compress_weights(model, weights)
     assert compressed.dtype_policy.name == "float32"
     float32 = GPTModel.from_config({**model.get_config(), "dtype": "float32"})
-    float32(np.zeros((1, 1), "int32"))
+    float32.build((None, None))
     float32.set_weights(model.get_weights())
     ids = _prompt_ids()
     logits = compressed(ids).numpy()
@@ -245,7 +245,7 @@ def test_a_mixed_precision_model_compresses_to_a_float32_policy_copy(weights):
 def test_untied_output_matrix_is_compressed_too(weights):
     keras.utils.set_random_seed(3)
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32, tie_embeddings=False)
-    model(np.zeros((1, 1), "int32"))
+    model.build((None, None))
     compressed = compress_weights(model, weights)
     assert compressed.token_embedding.reverse_embeddings.dtype == weights
     reference = model(_prompt_ids()).numpy()

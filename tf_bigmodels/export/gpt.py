@@ -54,7 +54,7 @@ class GPTServingModule(tf.Module):
         model: a built `GPTModel`, or a copy from `tf_bigmodels.models.compress_weights` (its
             weight format is recorded in `generation_config` as "weights").
         tokenizer: a tokenizer with `tokenize`, `detokenize`, `end_id` and `pad_id`
-            (`tf_bigmodels.tokenizers.ByteTokenizer`).
+            (`tf_bigmodels.tokenizers.ByteTokenizer`), of the model's `vocab_size`.
         settings: `GenerationSettings` of `serving_default` (its `end_id` and `pad_id` are the
             tokenizer's).
         jit_compile: bool. XLA-compile the prompt pass, the decode loop and the logits pass.
@@ -72,6 +72,7 @@ class GPTServingModule(tf.Module):
 
     def __init__(self, model, tokenizer, settings, *, jit_compile=True):
         super().__init__(name="gpt_serving")
+        _check_vocabulary(model, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
         self._settings = settings
@@ -180,6 +181,18 @@ class GPTServingModule(tf.Module):
             return {"logits": self._forward(tf.identity(token_ids))}
 
 
+def _check_vocabulary(model, tokenizer):
+    """Raises unless `tokenizer` is a tokenizer with the model's vocabulary size."""
+    check_tokenizer(tokenizer)
+    # The model's ids are the tokenizer's: another vocabulary would decode to other text, or give
+    # the model ids its embedding table does not hold.
+    if tokenizer.vocab_size != model.vocab_size:
+        raise ValueError(
+            f"`tokenizer` must have the model's vocab_size={model.vocab_size}, got one with "
+            f"vocab_size={tokenizer.vocab_size}."
+        )
+
+
 def _checked(value, rank, name):
     """`value` with its rank checked in-graph (an error naming `name`) and set statically."""
     kind = ("a scalar", "a vector", "a matrix")[rank]
@@ -251,14 +264,7 @@ def export_gpt(
     """
     if not isinstance(model, GPTModel):
         raise TypeError(f"`model` must be a GPTModel, got {type(model).__name__}.")
-    check_tokenizer(tokenizer)
-    # The model's ids are the tokenizer's: another vocabulary would decode to other text, or give
-    # the model ids its embedding table does not hold.
-    if tokenizer.vocab_size != model.vocab_size:
-        raise ValueError(
-            f"`tokenizer` must have the model's vocab_size={model.vocab_size}, got one with "
-            f"vocab_size={tokenizer.vocab_size}."
-        )
+    _check_vocabulary(model, tokenizer)
     settings = GenerationSettings(
         model.max_length // 2 if max_new_tokens is None else max_new_tokens,
         temperature=temperature,
