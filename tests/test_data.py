@@ -68,6 +68,14 @@ def test_load_corpus_bad_input(tmp_path):
         load_corpus(tmp_path / "gbk.txt", encoding="klingon")
 
 
+@pytest.mark.parametrize("encoding", ["rot13", "hex", "base64", "zlib", "bz2", "uu"])
+def test_load_corpus_refuses_codecs_that_are_not_text_encodings(tmp_path, encoding):
+    (tmp_path / "a.txt").write_text("some text")
+    message = rf"^`encoding` must be a text encoding .*, got '{encoding}', a codec that does not"
+    with pytest.raises(ValueError, match=message):
+        load_corpus(tmp_path / "a.txt", encoding=encoding)
+
+
 def test_load_corpus_reads_gbk_files(tmp_path):
     (tmp_path / "gbk.txt").write_bytes("床前明月光，疑是地上霜。".encode("gbk"))
     assert load_corpus(tmp_path / "gbk.txt", encoding="gbk") == ["床前明月光，疑是地上霜。"]
@@ -489,6 +497,33 @@ def test_chinese_reviews_are_labelled_and_rebuild_the_source_files():
         assert _sha256("\n".join(texts) + "\n") == digest
     assert len(set(reviews.texts)) == len(reviews.texts)  # deduplicated, no review under both
     assert load_corpus("chinese_reviews") == reviews.texts
+
+
+def test_one_poets_poems_by_name_or_by_spec_string():
+    li_bai = load_corpus("tangshi:李白")
+    assert len(li_bai) == 1194
+    assert {poem.split("\n")[1] for poem in li_bai} == {"李白"}
+    assert load_corpus("tangshi", author="李白") == li_bai
+    every = load_corpus("tangshi")
+    assert li_bai == [poem for poem in every if poem.split("\n")[1] == "李白"]
+    # As the command line passes --corpus: a list, here with two poets, in the order given.
+    du_fu = load_corpus(["tangshi:杜甫"])
+    assert len(du_fu) == 1477
+    assert load_corpus(["tangshi:李白", "tangshi:杜甫"]) == li_bai + du_fu
+
+
+def test_an_unknown_poet_or_a_misplaced_author_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"^`author` must name one of the 3,531 authors .*'李百'"):
+        load_corpus("tangshi", author="李百")
+    with pytest.raises(ValueError, match=r"got 'tangshi:李百' \(close: '李百药', '李白'"):
+        load_corpus("tangshi:李百")
+    with pytest.raises(ValueError, match=r"^`author` must be None unless `source` is 'tangshi'"):
+        load_corpus("shakespeare", author="李白")
+    for spec in ("shakespeare:李白", "tangshi:"):
+        with pytest.raises(ValueError, match=rf"^`source` must be .*, got '{spec}'\."):
+            load_corpus(spec)
+    (tmp_path / "a.txt").write_text("some text")
+    assert load_corpus(["shakespeare", tmp_path / "a.txt"])[-1] == "some text"
 
 
 def test_bundled_corpora_are_fresh_lists_from_a_cache():

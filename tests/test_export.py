@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_bigmodels.export import export_gpt
+from tf_bigmodels.export import GPTServingModule, export_gpt
 from tf_bigmodels.models import GPTModel
+from tf_bigmodels.models.generation import GenerationSettings
 from tf_bigmodels.tokenizers import ByteTokenizer
 
 PROMPTS = ["hello world", "你好，世界", "", "a" * 100 + "b"]  # the last is longer than the context
@@ -79,7 +80,7 @@ def gpt_exports(tmp_path_factory):
         max_length=64,
         initializer_range=0.3,
     )
-    model(np.zeros((1, 1), "int32"))
+    model.build((None, None))
     directory = tmp_path_factory.mktemp("gpt")
     settings = dict(max_new_tokens=MAX_NEW, temperature=0.0)
     xla = export_gpt(model, ByteTokenizer(), directory / "xla", **settings)
@@ -295,6 +296,20 @@ def test_export_gpt_checks_settings_before_writing(gpt_exports, tmp_path, kwargs
             gpt_exports[0], ByteTokenizer(), tmp_path / "out", **{"max_new_tokens": 4, **kwargs}
         )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("vocab_size", [300, 100])
+def test_export_gpt_refuses_a_tokenizer_of_another_vocabulary(tmp_path, vocab_size):
+    model = GPTModel(vocab_size, 16, 2, 32, 1, rate=0.0, max_length=16)
+    message = (
+        f"^`tokenizer` must have the model's vocab_size={vocab_size}, got one with vocab_size=258"
+    )
+    with pytest.raises(ValueError, match=message):
+        export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False)
+    assert not list(tmp_path.iterdir())
+    settings = GenerationSettings(4, end_id=0)
+    with pytest.raises(ValueError, match=message):
+        GPTServingModule(model, ByteTokenizer(), settings, jit_compile=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,3 +548,37 @@ def test_streamed_greedy_text_equals_one_generate_call(gpt_exports, source):
         sampled = "".join(stream_text(loaded, prompt, 12, temperature=1.0, seed=3, chunk_tokens=5))
         expected = _in_memory_completions(model, [prompt], 12, temperature=1.0, seed=3)[0]
         assert sampled == expected, prompt
+
+
+def test_an_export_removes_what_killed_exports_left_and_nothing_else(tmp_path):
+    """A killed export leaves its temporary directory (a whole model); the next export removes
+    it, but never one of a process that still runs, nor one written from another host."""
+    import socket
+
+    from tf_bigmodels.export._layout import write_version
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    dead_pid = int(ended.stdout)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    try:
+        left = {
+            "killed": f".partial-1-{dead_pid}-0123abcd-{host}",
+            "killed_without_host": f".partial-2-{dead_pid}-89abcdef",
+            "running": f".partial-3-{running.pid}-0123abcd-{host}",
+            "this_process": f".partial-4-{os.getpid()}-0123abcd-{host}",
+            "other_host": f".partial-5-{dead_pid}-0123abcd-not-{host}",
+            "user_file": f".partial-notes-{dead_pid}",
+        }
+        for name in left.values():
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "saved_model.pb").write_bytes(b"half written")
+        path = write_version(tmp_path, None, lambda p: open(os.path.join(p, "x"), "w").close())
+    finally:
+        running.kill()
+        running.wait()
+    kept = {key for key, name in left.items() if (tmp_path / name).is_dir()}
+    assert kept == {"running", "this_process", "other_host", "user_file"}
+    assert sorted(os.listdir(path)) == ["x"]

@@ -63,6 +63,25 @@ def test_only_the_adapters_change_when_a_gpt_trains():
     assert _changed_after_fit(model, TOKENS, TOKENS) == lora
 
 
+def test_lora_on_a_trained_model_needs_a_new_compile_and_then_trains_the_adapters_only():
+    model = _gpt()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(1e-2), loss, jit_compile=False)
+    model.fit(TOKENS, TOKENS, batch_size=4, verbose=0)
+    before = model.predict(TOKENS, verbose=0)
+    model.enable_lora(RANK)
+    frozen = _values(model)
+    with pytest.raises(ValueError, match=r"You must call `compile\(\)`"):
+        model.fit(TOKENS, TOKENS, batch_size=4, verbose=0)
+    model.compile(keras.optimizers.Adam(1e-2), loss, jit_compile=False)
+    model.fit(TOKENS, TOKENS, batch_size=4, epochs=2, verbose=0)
+    after = _values(model)
+    changed = {path for path in frozen if not np.array_equal(frozen[path], after[path])}
+    assert changed == _lora_paths(model)
+    # predict runs the adapters too (not a function traced before they existed)
+    assert not np.allclose(model.predict(TOKENS, verbose=0), before)
+
+
 def test_only_the_adapters_and_the_new_head_change_when_a_classifier_trains():
     classifier = _classifier()
     classifier.enable_lora(RANK)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import keras
@@ -226,11 +227,11 @@ def test_decode_benchmark_smoke_reports_fewer_bytes_per_token(tmp_path):
 def test_a_mixed_precision_model_compresses_to_a_float32_policy_copy(weights):
     keras.utils.set_random_seed(2)
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32, dtype="mixed_bfloat16")
-    model(np.zeros((1, 1), "int32"))
+    model.build((None, None))
     compressed = compress_weights(model, weights)
     assert compressed.dtype_policy.name == "float32"
     float32 = GPTModel.from_config({**model.get_config(), "dtype": "float32"})
-    float32(np.zeros((1, 1), "int32"))
+    float32.build((None, None))
     float32.set_weights(model.get_weights())
     ids = _prompt_ids()
     logits = compressed(ids).numpy()
@@ -244,9 +245,62 @@ def test_a_mixed_precision_model_compresses_to_a_float32_policy_copy(weights):
 def test_untied_output_matrix_is_compressed_too(weights):
     keras.utils.set_random_seed(3)
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32, tie_embeddings=False)
-    model(np.zeros((1, 1), "int32"))
+    model.build((None, None))
     compressed = compress_weights(model, weights)
     assert compressed.token_embedding.reverse_embeddings.dtype == weights
     reference = model(_prompt_ids()).numpy()
     difference = np.abs(compressed(_prompt_ids()).numpy() - reference).max()
     assert difference / reference.std() < LOGIT_TOLERANCE[weights]
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_a_compressed_copy_saved_as_keras_loads_back_compressed_with_equal_outputs(
+    weights, tmp_path
+):
+    keras.utils.set_random_seed(4)
+    model = GPTModel(258, 32, 2, 64, 2, rate=0.0, max_length=64, tie_embeddings=False)
+    compressed = compress_weights(model, weights)
+    compressed.save(tmp_path / "small.keras")
+    loaded = keras.saving.load_model(tmp_path / "small.keras")
+    assert isinstance(loaded, GPTModel)
+    assert all(isinstance(layer, CompressedDense) for layer in _dense_layers(loaded.blocks[1]))
+    assert loaded.token_embedding.reverse_embeddings.dtype == weights
+    ids = _prompt_ids()
+    np.testing.assert_array_equal(loaded(ids).numpy(), compressed(ids).numpy())
+    # Already compressed: kept as it is, never compressed a second time from lost weights.
+    assert compress_weights(loaded, weights) is loaded
+    assert compress_weights(loaded, "float32") is loaded
+    other = "int8" if weights == "bfloat16" else "bfloat16"
+    with pytest.raises(ValueError, match=rf"^`weights` must be 'float32' or '{weights}' for a"):
+        compress_weights(loaded, other)
+
+
+def _softmax_warnings(action):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        action()
+    return [w for w in caught if "softmax" in str(w.message)]
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_compressing_and_generating_warn_of_no_one_key_softmax(weights):
+    """Building a model by a call on one token ran the attention softmax over a single key,
+    which Keras reports as a likely mistake: compress_weights builds the copy instead."""
+    model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32)
+
+    def compress_and_generate():
+        compress_weights(model, weights).generate(
+            _prompt_ids()[:, :4], 2, temperature=0.0, jit_compile=False
+        )
+
+    assert not _softmax_warnings(compress_and_generate)
+
+
+@pytest.mark.slow
+def test_exporting_an_unbuilt_model_warns_of_no_one_key_softmax(tmp_path):
+    model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32)
+
+    def export():
+        export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False)
+
+    assert not _softmax_warnings(export)

@@ -424,8 +424,16 @@ def gpt_from_keras_hub_preset(preset_dir, *, dtype=None):
 
     Example:
 
-    >>> model = gpt_from_keras_hub_preset("presets/gpt2_base_en")  # doctest: +SKIP
-    >>> model.generate([[464, 3290]], max_new_tokens=10)  # doctest: +SKIP
+    A tiny GPT-2 saved as a preset here stands in for `gpt2_base_en`:
+
+    >>> keras_hub.models.GPT2Backbone(
+    ...     vocabulary_size=300, num_layers=1, num_heads=2, hidden_dim=32,
+    ...     intermediate_dim=64, max_sequence_length=16).save_to_preset("presets/tiny_gpt2")
+    >>> model = gpt_from_keras_hub_preset("presets/tiny_gpt2")
+    >>> model.vocab_size, model.max_length
+    (300, 16)
+    >>> model.generate(np.array([[64, 29]]), 4, temperature=0.0, jit_compile=False).shape
+    TensorShape([1, 6])
     """
     return gpt_from_keras_hub(
         _backbone_from_preset(keras_hub.models.GPT2Backbone, preset_dir, dtype)
@@ -457,7 +465,14 @@ def bert_from_keras_hub_preset(preset_dir, *, dtype=None):
 
     Example:
 
-    >>> encoder = bert_from_keras_hub_preset("presets/bert_tiny_en_uncased")  # doctest: +SKIP
+    A tiny BERT saved as a preset here stands in for `bert_tiny_en_uncased`:
+
+    >>> keras_hub.models.BertBackbone(
+    ...     vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=32,
+    ...     intermediate_dim=64, max_sequence_length=16).save_to_preset("presets/tiny_bert")
+    >>> encoder = bert_from_keras_hub_preset("presets/tiny_bert")
+    >>> encoder.vocab_size, encoder.d_model
+    (100, 32)
     """
     return bert_from_keras_hub(
         _backbone_from_preset(keras_hub.models.BertBackbone, preset_dir, dtype)

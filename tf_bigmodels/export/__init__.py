@@ -13,8 +13,11 @@ The SavedModels load with `tf.saved_model.load` in a process that imports only `
 Example:
 
 >>> from tf_bigmodels.export import export_gpt
+>>> from tf_bigmodels.models import GPTModel
 >>> from tf_bigmodels.tokenizers import ByteTokenizer
->>> path = export_gpt(model, ByteTokenizer(), "exports/gpt")  # doctest: +SKIP
+>>> model = GPTModel(258, 16, 2, 32, 1, max_length=16)
+>>> export_gpt(model, ByteTokenizer(), "exports/gpt", max_new_tokens=4, jit_compile=False)
+'exports/gpt/1'
 """
 
 from tf_bigmodels.export.bert import BERTServingModule, export_bert

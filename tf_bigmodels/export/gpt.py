@@ -54,7 +54,7 @@ class GPTServingModule(tf.Module):
         model: a built `GPTModel`, or a copy from `tf_bigmodels.models.compress_weights` (its
             weight format is recorded in `generation_config` as "weights").
         tokenizer: a tokenizer with `tokenize`, `detokenize`, `end_id` and `pad_id`
-            (`tf_bigmodels.tokenizers.ByteTokenizer`).
+            (`tf_bigmodels.tokenizers.ByteTokenizer`), of the model's `vocab_size`.
         settings: `GenerationSettings` of `serving_default` (its `end_id` and `pad_id` are the
             tokenizer's).
         jit_compile: bool. XLA-compile the prompt pass, the decode loop and the logits pass.
@@ -72,6 +72,7 @@ class GPTServingModule(tf.Module):
 
     def __init__(self, model, tokenizer, settings, *, jit_compile=True):
         super().__init__(name="gpt_serving")
+        _check_vocabulary(model, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
         self._settings = settings
@@ -180,6 +181,18 @@ class GPTServingModule(tf.Module):
             return {"logits": self._forward(tf.identity(token_ids))}
 
 
+def _check_vocabulary(model, tokenizer):
+    """Raises unless `tokenizer` is a tokenizer with the model's vocabulary size."""
+    check_tokenizer(tokenizer)
+    # The model's ids are the tokenizer's: another vocabulary would decode to other text, or give
+    # the model ids its embedding table does not hold.
+    if tokenizer.vocab_size != model.vocab_size:
+        raise ValueError(
+            f"`tokenizer` must have the model's vocab_size={model.vocab_size}, got one with "
+            f"vocab_size={tokenizer.vocab_size}."
+        )
+
+
 def _checked(value, rank, name):
     """`value` with its rank checked in-graph (an error naming `name`) and set statically."""
     kind = ("a scalar", "a vector", "a matrix")[rank]
@@ -219,7 +232,8 @@ def export_gpt(
 
     Args:
         model: a `GPTModel`.
-        tokenizer: the model's tokenizer (`ByteTokenizer`); needs `end_id` and `pad_id`.
+        tokenizer: the model's tokenizer (`ByteTokenizer`, `SentencePieceTokenizer`); needs
+            `end_id` and `pad_id`, and its `vocab_size` must be the model's.
         export_dir: str or path-like. Parent of the version directories.
         version: positive int or None (next free number). Defaults to None.
         max_new_tokens: int in [0, max_length - 1] or None. Tokens `serving_default` adds.
@@ -239,14 +253,18 @@ def export_gpt(
     Example:
 
     >>> from tf_bigmodels.tokenizers import ByteTokenizer
-    >>> path = export_gpt(model, ByteTokenizer(), "exports/gpt", temperature=0.8, top_k=40)
-    ... # doctest: +SKIP
-    >>> tf.saved_model.load(path).signatures["serving_default"](
-    ...     prompts=tf.constant(["To be"]))["completions"]  # doctest: +SKIP
+    >>> model = GPTModel(258, 16, 2, 32, 1, max_length=16)  # untrained: it writes noise
+    >>> path = export_gpt(model, ByteTokenizer(), "exports/gpt", max_new_tokens=4,
+    ...                   temperature=0.8, top_k=40, jit_compile=False)
+    >>> path
+    'exports/gpt/1'
+    >>> serve = tf.saved_model.load(path).signatures["serving_default"]
+    >>> serve(prompts=tf.constant(["To be", "你好"]))["completions"].shape
+    TensorShape([2])
     """
     if not isinstance(model, GPTModel):
         raise TypeError(f"`model` must be a GPTModel, got {type(model).__name__}.")
-    check_tokenizer(tokenizer)
+    _check_vocabulary(model, tokenizer)
     settings = GenerationSettings(
         model.max_length // 2 if max_new_tokens is None else max_new_tokens,
         temperature=temperature,

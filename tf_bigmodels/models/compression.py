@@ -22,6 +22,10 @@ large matrices are stored in 2 bytes (bfloat16) or 1 byte (int8) per weight:
 - Layer norms, biases, the position table, the attention softmax, the key/value cache, the
   logits and sampling stay float32.
 
+The copy is a `CompressedGPTModel`, a `GPTModel` whose config records the weight format, so that
+`keras.saving.load_model` rebuilds the compressed layers before it reads their values: a copy
+saved as `.keras` loads back with the same outputs.
+
 Example:
 
 >>> from tf_bigmodels.models import GPTModel
@@ -36,6 +40,7 @@ from keras import ops
 
 from tf_bigmodels import _checks
 from tf_bigmodels.layers.activations import get_activation, serialize_activation
+from tf_bigmodels.models.gpt import GPTModel
 
 WEIGHTS = ("float32", "bfloat16", "int8")
 _INT8_MAX = 127.0
@@ -185,20 +190,60 @@ class Bfloat16Embedding(keras.layers.ReversibleEmbedding):
         return ops.cast(super().call(inputs, reverse=reverse), "float32")
 
 
+@keras.saving.register_keras_serializable(package="tf_bigmodels")
+class CompressedGPTModel(GPTModel):
+    """A `GPTModel` for decoding whose large matrices are bfloat16 or int8 (see the module).
+
+    `compress_weights` makes one from a trained model. Its config is `GPTModel`'s plus
+    `weights`, so a `.keras` file of it loads back with `keras.saving.load_model`, compressed,
+    with the same outputs. Inference only (its compressed kernels are not trainable).
+
+    Args:
+        *args: `GPTModel`'s arguments (`vocab_size, d_model, num_heads, dff, num_layers`).
+        weights: "bfloat16" or "int8". Storage of the large matrices. Defaults to "int8".
+        **kwargs: `GPTModel`'s keyword arguments.
+
+    Example:
+
+    >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    >>> small = compress_weights(model, "int8")
+    >>> small.save("small.keras")
+    >>> loaded = keras.saving.load_model("small.keras")
+    >>> ids = ops.array([[104, 105]])
+    >>> type(loaded).__name__, bool(ops.all(loaded(ids) == small(ids)))
+    ('CompressedGPTModel', True)
+    """
+
+    def __init__(self, *args, weights="int8", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weights_format = _checks.one_of("weights", weights, WEIGHTS[1:])
+
+    def build_from_config(self, config):
+        # Only `keras.saving.load_model` calls this: the file holds the compressed layers'
+        # variables, so those layers must exist before it reads them.
+        super().build_from_config(config)
+        _compress_layers(self, self.weights_format)
+
+    def get_config(self):
+        return {**super().get_config(), "weights": self.weights_format}
+
+
 def compress_weights(model, weights):
     """A decoding copy of `model` with its large matrices in bfloat16 or int8 (see the module).
 
-    The copy is a `GPTModel` (same sizes and outputs: float32 logits) for inference only: use it
-    with `generate`, `export_gpt` and `stream_text`, not for training. Its dtype policy is
-    float32 whatever `model`'s (a model trained under `mixed_bfloat16` too). `model` is not
-    changed.
+    The copy is a `CompressedGPTModel`, a `GPTModel` (same sizes and outputs: float32 logits)
+    for inference only: use it with `generate`, `export_gpt` and `stream_text`, or save it as
+    `.keras`, not for training. Its dtype policy is float32 whatever `model`'s (a model trained
+    under `mixed_bfloat16` too). `model` is not changed.
 
     Args:
-        model: a `GPTModel` (built, or it is built here).
-        weights: "float32" (returns `model` itself), "bfloat16" or "int8".
+        model: a `GPTModel` (built, or it is built here), or a copy made by this function.
+        weights: "float32" (returns `model` itself), "bfloat16" or "int8". A copy already
+            compressed is returned as it is for its own format or "float32", and refused for
+            the other (its float32 weights are gone).
 
     Returns:
-        A `GPTModel`.
+        A `GPTModel`: `model` itself or a `CompressedGPTModel`.
 
     Example:
 
@@ -211,29 +256,30 @@ def compress_weights(model, weights):
     ...
     ValueError: `weights` must be one of ['float32', 'bfloat16', 'int8'], got 'fp8'.
     """
-    from tf_bigmodels.models.gpt import GPTModel
-
     weights = _checks.one_of("weights", weights, WEIGHTS)
     if not isinstance(model, GPTModel):
         raise TypeError(f"`model` must be a GPTModel, got {type(model).__name__}.")
+    if isinstance(model, CompressedGPTModel):
+        if weights not in ("float32", model.weights_format):
+            raise ValueError(
+                f"`weights` must be 'float32' or {model.weights_format!r} for a model already "
+                f"compressed to {model.weights_format} (its float32 weights are gone), got "
+                f"{weights!r}."
+            )
+        return model
+    # Built, not called: a call on a one-token batch would run the attention softmax over a
+    # single key, which Keras warns about.
     if not model.built:
-        model(ops.zeros((1, 1), "int32"))
+        model.build((None, None))
     if weights == "float32":
         return model
     # The copy computes in float32 whatever `model`'s policy (a mixed_bfloat16 model too): its
     # matmuls run in bfloat16 where the weights are, everything else in float32.
-    copy = GPTModel.from_config({**model.get_config(), "dtype": "float32"})
-    copy(ops.zeros((1, 1), "int32"))
+    config = {**model.get_config(), "dtype": "float32", "weights": weights}
+    copy = CompressedGPTModel.from_config(config)
+    copy.build((None, None))
     copy.set_weights(model.get_weights())
-    for block in copy.blocks:
-        for owner, name in (
-            (block.attention, "qkv"),
-            (block.attention, "output_dense"),
-            (block, "ffn_hidden"),
-            (block, "ffn_output"),
-        ):
-            _replace(owner, name, CompressedDense.from_dense(getattr(owner, name), weights))
-    _replace(copy, "token_embedding", _compressed_embedding(copy.token_embedding, weights))
+    _compress_layers(copy, weights)
     return copy
 
 
@@ -248,10 +294,21 @@ def weights_format(model):
     >>> weights_format(model), weights_format(compress_weights(model, "int8"))
     ('float32', 'int8')
     """
-    if not model.built:
-        return "float32"
-    dtype = model.token_embedding.embeddings.dtype
-    return dtype if dtype in WEIGHTS[1:] else "float32"
+    return model.weights_format if isinstance(model, CompressedGPTModel) else "float32"
+
+
+def _compress_layers(model, weights):
+    """Replaces the Dense layers of `model`'s blocks and its token embedding by compressed
+    layers holding their values."""
+    for block in model.blocks:
+        for owner, name in (
+            (block.attention, "qkv"),
+            (block.attention, "output_dense"),
+            (block, "ffn_hidden"),
+            (block, "ffn_output"),
+        ):
+            _replace(owner, name, CompressedDense.from_dense(getattr(owner, name), weights))
+    _replace(model, "token_embedding", _compressed_embedding(model.token_embedding, weights))
 
 
 def _compressed_embedding(embedding, weights):

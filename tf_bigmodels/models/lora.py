@@ -58,8 +58,13 @@ class LoRAMixin:
         scaled (Keras's `lora_alpha` is left equal to the rank); the learning rate sets its size.
 
         Call it on a built model (after a first call or `build`) and before `compile`, so the
-        optimizer sees the adapters. It can be called once. Setting `model.trainable = True`
-        afterwards unfreezes every weight again (full fine-tuning, adapters included).
+        optimizer sees the adapters. A model already compiled (trained, or loaded from the
+        `.keras` file of a compiled model) is left uncompiled: its optimizer and its traced
+        training step hold the weights trained so far, which are now frozen, and not the
+        adapters, so `fit` would go on training the frozen weights. Compile it again; `fit`
+        before that raises Keras's "You must call `compile()`" error. It can be called once.
+        Setting `model.trainable = True` afterwards unfreezes every weight again (full
+        fine-tuning, adapters included).
 
         Args:
             rank: int >= 1. Rank r of each update A B.
@@ -93,6 +98,16 @@ class LoRAMixin:
             weight.trainable = False
         for layer in layers:
             layer.enable_lora(rank)
+        for model in (self, adapted):
+            _forget_compiled_functions(model)
+
+
+def _forget_compiled_functions(model):
+    """Drops `model`'s traced functions (they run the layers without adapters) and, if it is
+    compiled, its compilation (its optimizer covers the weights that are now frozen)."""
+    model.train_function = model.test_function = model.predict_function = None
+    if model.compiled:
+        model.compiled = False
 
 
 def _lora_layers(model, target):
