@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from tf_bigmodels import __version__
+from tf_bigmodels.data import lm_split_counts
 from tf_bigmodels.training import callbacks as cb
 from tf_bigmodels.training import storage
 from tf_bigmodels.training.accumulation import AccumulatingTrainer
@@ -163,6 +164,12 @@ def _train(config, task, texts, run_dir, strategy, chief):
                 every=config.log_every,
                 perplexity=task.log_perplexity,
                 bits_per_char_counts=val_counts,
+                # For the memorising warnings: a language model's loss (the tasks that count
+                # their validation text) is a per-token cross-entropy over its training text.
+                train_tokens=(
+                    lm_split_counts(texts, tokenizer, "train")[0] if val_counts and chief else None
+                ),
+                vocab_size=tokenizer.vocab_size if val_counts else None,
                 verbose=config.verbose if chief else 0,
             ),
             cb.SaveProgress(checkpoint, guard, run_dir / "best.keras" if chief else None, model),
