@@ -121,7 +121,13 @@ def test_tokenizer_registry_choices(monkeypatch):
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(rate=0.3), dict(model="bert", preset="bert-test", vocab_size=300, seq_len=24)],
+    [
+        dict(rate=0.3),
+        pytest.param(
+            dict(model="bert", preset="bert-test", vocab_size=300, seq_len=24),
+            marks=pytest.mark.slow,  # learns a WordPiece vocabulary and trains three times
+        ),
+    ],
     ids=["gpt-dropout", "bert"],
 )
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, overrides):
