@@ -161,19 +161,21 @@ def test_saved_model_cli_lists_the_gpt_signatures(gpt_exports):
 @pytest.mark.parametrize(
     "name, value, argument",
     [
+        # One of each argument in the fast lane, the other cases too in the full run: each
+        # call runs the whole signature.
         ("max_new_tokens", 64, "max_new_tokens"),
-        ("max_new_tokens", -1, "max_new_tokens"),
-        ("max_new_tokens", [1], "max_new_tokens"),
-        ("temperature", -1.0, "temperature"),
+        pytest.param("max_new_tokens", -1, "max_new_tokens", marks=pytest.mark.slow),
+        pytest.param("max_new_tokens", [1], "max_new_tokens", marks=pytest.mark.slow),
+        pytest.param("temperature", -1.0, "temperature", marks=pytest.mark.slow),
         ("temperature", float("nan"), "temperature"),
-        ("temperature", float("inf"), "temperature"),
-        ("temperature", [[1.0]], "temperature"),
+        pytest.param("temperature", float("inf"), "temperature", marks=pytest.mark.slow),
+        pytest.param("temperature", [[1.0]], "temperature", marks=pytest.mark.slow),
         ("top_k", -1, "top_k"),
-        ("top_p", 0.0, "top_p"),
+        pytest.param("top_p", 0.0, "top_p", marks=pytest.mark.slow),
         ("top_p", 1.5, "top_p"),
         ("seed", [1, 2], "seed"),
         ("prompts", "hi", "prompts"),
-        ("prompts", [["hi"]], "prompts"),
+        pytest.param("prompts", [["hi"]], "prompts", marks=pytest.mark.slow),
     ],
 )
 def test_generate_signature_checks_its_inputs_in_graph(plain_loaded, name, value, argument):
