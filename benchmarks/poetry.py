@@ -3,9 +3,10 @@
 Both GPTs train on 全唐诗 (`load_corpus("tangshi")`) for the same number of minutes, then each
 writes a poem for each of 100 held-out poems' title and author lines. The table gives, per
 tokenizer: optimizer steps done, validation loss per token and in bits per character (the loss
-that does not depend on the tokenizer), and the poem-format score (the fraction of generated body
-lines that are well-formed regulated couplets, `tf_bigmodels.data.poem_format_score`), next to
-the score of the held-out real poems themselves.
+that does not depend on the tokenizer), and the format score (格式得分: the fraction of generated
+body lines with the length and punctuation of a regulated couplet,
+`tf_bigmodels.data.poem_format_score`; tones and rhyme are not checked), next to the score of
+the held-out real poems themselves.
 
 Fixed settings (all in `SETTINGS` below):
 - data: the poems are shuffled with `seed` before `lm_dataset` splits them (first 90% of the
@@ -138,6 +139,18 @@ def prompt_of(poem):
     return f"{parts.title}\n{parts.author}\n"
 
 
+def shown_sample(poem):
+    """A written poem as printed: with a note when the model wrote no body line after the prompt.
+
+    >>> shown_sample("静夜思\\n李白\\n")
+    '静夜思\\n李白\\n(no poem: the model wrote no complete line after the title and author)'
+    """
+    if split_poem(poem).lines:
+        return poem
+    note = "(no poem: the model wrote no complete line after the title and author)"
+    return poem + ("" if poem.endswith("\n") else "\n") + note
+
+
 def write_poems(model, tokenizer, prompts, sampling):
     """Prompt + completion per prompt; a last line cut off by the token limit is dropped."""
     prompt_ids = tokenizer.tokenize(prompts)
@@ -247,7 +260,7 @@ def main():
     )
     print(
         "| tokenizer | vocab | steps | tokens seen | val loss/token | tokens/char | bits/char "
-        "| poem-format score | lines/poem | train wall time |"
+        "| format score | lines/poem | train wall time |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -267,7 +280,7 @@ def main():
         f"seed {sampling['seed']}):"
     )
     for r in rows:
-        print(f"--- {r['tokenizer']} ---\n{r['samples'][0]}")
+        print(f"--- {r['tokenizer']} ---\n{shown_sample(r['samples'][0])}")
     if args.out:
         result = {
             "command": "python benchmarks/poetry.py"

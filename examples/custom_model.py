@@ -15,13 +15,6 @@ import argparse
 import os
 import pathlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import tf_bigmodels as tfb  # noqa: E402
-
 # ---------------------------------------------------------------- settings
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
@@ -29,6 +22,15 @@ parser.add_argument(
     "--out", default="example_outputs/custom_model", help="directory for forecaster.keras"
 )
 args = parser.parse_args()
+
+# TensorFlow loads only now, so that --help answers at once, without it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tf_bigmodels as tfb  # noqa: E402
+
 out = pathlib.Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 

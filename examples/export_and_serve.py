@@ -24,14 +24,6 @@ import subprocess
 import sys
 import textwrap
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-
-from tf_bigmodels.export import export_gpt  # noqa: E402
-from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
-from tf_bigmodels.training import RunConfig, train  # noqa: E402
-
 # ---------------------------------------------------------------- settings
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
@@ -42,6 +34,16 @@ parser.add_argument(
 )
 parser.add_argument("--run", help="GPT run directory (default: train a small one here)")
 args = parser.parse_args()
+
+# TensorFlow loads only now, so that --help answers at once, without it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from tf_bigmodels.export import export_gpt  # noqa: E402
+from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
+from tf_bigmodels.training import RunConfig, train  # noqa: E402
+
 out = pathlib.Path(args.out).resolve()
 out.mkdir(parents=True, exist_ok=True)
 

@@ -44,18 +44,6 @@ import os
 import pathlib
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from tf_bigmodels.data import bert_pretraining_dataset, load_labelled_corpus  # noqa: E402
-from tf_bigmodels.export import export_bert  # noqa: E402
-from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer  # noqa: E402
-from tf_bigmodels.tokenizers import WordPieceTokenizer  # noqa: E402
-from tf_bigmodels.training import build_optimizer  # noqa: E402
-
 
 def at_least(low):
     """An argparse type: an int >= `low` (anything else is a one-line usage error)."""
@@ -84,6 +72,20 @@ parser.add_argument(
 )
 parser.add_argument("--lora-rank", type=at_least(1), help="fine-tune rank-R LoRA adapters only")
 args = parser.parse_args()
+
+# TensorFlow loads only now, so that --help answers at once, without it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tf_bigmodels.data import bert_pretraining_dataset, load_labelled_corpus  # noqa: E402
+from tf_bigmodels.export import export_bert  # noqa: E402
+from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer  # noqa: E402
+from tf_bigmodels.tokenizers import WordPieceTokenizer  # noqa: E402
+from tf_bigmodels.training import build_optimizer  # noqa: E402
+
 out = pathlib.Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 

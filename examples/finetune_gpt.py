@@ -27,22 +27,6 @@ import os
 import pathlib
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tf_bigmodels.data import (  # noqa: E402
-    bits_per_character,
-    lm_dataset,
-    lm_split_counts,
-    load_corpus,
-    split_poem,
-)
-from tf_bigmodels.models import GPTModel  # noqa: E402
-from tf_bigmodels.tokenizers import ByteTokenizer, SentencePieceTokenizer  # noqa: E402
-from tf_bigmodels.training import build_optimizer  # noqa: E402
-
 
 def at_least(low):
     """An argparse type: an int >= `low` (anything else is a one-line usage error)."""
@@ -69,6 +53,24 @@ parser.add_argument(
 )
 parser.add_argument("--lora-rank", type=at_least(1), default=8, help="rank of the LoRA adapters")
 args = parser.parse_args()
+
+# TensorFlow loads only now, so that --help answers at once, without it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tf_bigmodels.data import (  # noqa: E402
+    bits_per_character,
+    lm_dataset,
+    lm_split_counts,
+    load_corpus,
+    split_poem,
+)
+from tf_bigmodels.models import GPTModel  # noqa: E402
+from tf_bigmodels.tokenizers import ByteTokenizer, SentencePieceTokenizer  # noqa: E402
+from tf_bigmodels.training import build_optimizer  # noqa: E402
+
 out = pathlib.Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 

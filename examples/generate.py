@@ -12,6 +12,15 @@ import argparse
 import os
 import pathlib
 
+# ---------------------------------------------------------------- settings
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
+parser.add_argument("--out", default="example_outputs/generate", help="directory for samples.txt")
+parser.add_argument("--run", help="GPT run directory (default: train a small one here)")
+parser.add_argument("--prompt", default="ROMEO:")
+args = parser.parse_args()
+
+# TensorFlow loads only now, so that --help answers at once, without it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
@@ -20,13 +29,6 @@ from tf_bigmodels.export import stream_text  # noqa: E402
 from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
 from tf_bigmodels.training import RunConfig, train  # noqa: E402
 
-# ---------------------------------------------------------------- settings
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
-parser.add_argument("--out", default="example_outputs/generate", help="directory for samples.txt")
-parser.add_argument("--run", help="GPT run directory (default: train a small one here)")
-parser.add_argument("--prompt", default="ROMEO:")
-args = parser.parse_args()
 out = pathlib.Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 STREAMED_TOKENS = 40 if args.smoke else 400

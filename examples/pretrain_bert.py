@@ -16,11 +16,6 @@ import argparse
 import os
 import pathlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from tf_bigmodels.data import load_corpus  # noqa: E402
-from tf_bigmodels.training import RunConfig, train  # noqa: E402
-
 # ---------------------------------------------------------------- settings
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
@@ -29,6 +24,13 @@ parser.add_argument(
 )
 parser.add_argument("--steps", type=int, help="training steps (default 800, smoke 10)")
 args = parser.parse_args()
+
+# TensorFlow loads only now, so that --help answers at once, without it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tf_bigmodels.data import load_corpus  # noqa: E402
+from tf_bigmodels.training import RunConfig, train  # noqa: E402
+
 out = pathlib.Path(args.out)
 
 if args.smoke:

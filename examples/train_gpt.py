@@ -15,10 +15,6 @@ Then: python examples/generate.py --run example_outputs/train_gpt/gpt
 import argparse
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from tf_bigmodels.training import RunConfig, train  # noqa: E402
-
 # ---------------------------------------------------------------- settings
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
@@ -28,6 +24,11 @@ parser.add_argument(
 parser.add_argument("--corpus", default="shakespeare", help="'shakespeare' or text files / a glob")
 parser.add_argument("--steps", type=int, help="training steps (default 1500, smoke 20)")
 args = parser.parse_args()
+
+# TensorFlow loads only now, so that --help answers at once, without it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tf_bigmodels.training import RunConfig, train  # noqa: E402
 
 if args.smoke:
     config = RunConfig(

@@ -5,10 +5,12 @@
   * eager and symbolic (`keras.Input`) calls give the expected output shapes, float32 outputs;
   * under `mixed_bfloat16` the outputs have the documented dtypes;
   * optionally, one `fit` step on a wrapping functional model changes the weights;
-  * a `.keras` file saved here reloads in a fresh Python process that imports only `keras` and
-    `tf_bigmodels` (no `custom_objects`) and gives the same outputs.
+  * a `.keras` file saved here reloads in another Python process that imports only `keras` and
+    `tf_bigmodels` (no `custom_objects`) and gives the same outputs (one such process serves
+    every check of a test process).
 """
 
+import atexit
 import inspect
 import os
 import pathlib
@@ -25,22 +27,70 @@ from keras import tree
 _RELOAD_SCRIPT = textwrap.dedent("""
     import pickle
     import sys
+    import traceback
     import numpy as np
     import keras
     import tf_bigmodels  # registers the package's serializables; nothing else is imported
-    model_path, data_path, wrapped = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    with open(data_path, "rb") as file:
-        args, expected = pickle.load(file)
-    model = keras.saving.load_model(model_path)
-    if wrapped:
-        outputs = model(args)
-    else:
-        first, *rest = args
-        outputs = model(args[first], **{k: args[k] for k in rest})
-    for got, want in zip(keras.tree.flatten(outputs), keras.tree.flatten(expected)):
-        np.testing.assert_allclose(np.asarray(got), want, atol=1e-6, rtol=0)
-    print("RELOAD_OK")
+    for request in sys.stdin:  # one check per line: model path, data path, wrapped
+        model_path, data_path, wrapped = request.rstrip("\\n").split("\\t")
+        try:
+            with open(data_path, "rb") as file:
+                args, expected = pickle.load(file)
+            model = keras.saving.load_model(model_path)
+            if wrapped == "1":
+                outputs = model(args)
+            else:
+                first, *rest = args
+                outputs = model(args[first], **{k: args[k] for k in rest})
+            for got, want in zip(keras.tree.flatten(outputs), keras.tree.flatten(expected)):
+                np.testing.assert_allclose(np.asarray(got), want, atol=1e-6, rtol=0)
+            print("RELOAD_OK", flush=True)
+        except Exception:
+            print("RELOAD_FAILED", " | ".join(traceback.format_exc().splitlines()), flush=True)
 """)
+
+
+class _ReloadProcess:
+    """A Python process that imports only `keras` and `tf_bigmodels` and reloads saved models.
+
+    Started by the first reload check of a test process and reused by the next ones, so that
+    the checks share one start-up of TensorFlow instead of paying it each.
+    """
+
+    process = None
+    log = None
+
+    @classmethod
+    def check(cls, model_path, data_path, wrapped):
+        """Reloads `model_path` there and compares its outputs; returns the process's answer."""
+        if cls.process is None or cls.process.poll() is not None:
+            cls.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (as long as the process)
+            cls.process = subprocess.Popen(
+                [sys.executable, "-c", _RELOAD_SCRIPT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=cls.log,
+                text=True,
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            )
+            atexit.register(cls.stop)
+        cls.process.stdin.write(f"{model_path}\t{data_path}\t{'1' if wrapped else '0'}\n")
+        cls.process.stdin.flush()
+        for line in cls.process.stdout:
+            if line.startswith("RELOAD_"):
+                return line.strip()
+        cls.log.seek(0)
+        return "RELOAD_FAILED (the process ended) " + cls.log.read()[-3000:]
+
+    @classmethod
+    def stop(cls):
+        if cls.process is not None and cls.process.poll() is None:
+            cls.process.stdin.close()
+            try:
+                cls.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                cls.process.kill()
+                cls.process.wait()
 
 
 def _to_numpy(structure):
@@ -185,22 +235,8 @@ def _check_reload(layer, call_args, expected, tmp_path):
     data_path = directory / "reload_data.pkl"
     model.save(model_path)
     data_path.write_bytes(pickle.dumps((call_args, expected)))
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _RELOAD_SCRIPT,
-            str(model_path),
-            str(data_path),
-            "1" if wrapped else "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=environment,
-    )
-    assert "RELOAD_OK" in result.stdout, result.stderr[-3000:]
+    answer = _ReloadProcess.check(model_path, data_path, wrapped)
+    assert answer == "RELOAD_OK", answer
 
 
 def reference_attention_weights(block, x, allowed):

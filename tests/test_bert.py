@@ -37,6 +37,7 @@ def _labels():
     }
 
 
+@pytest.mark.slow  # the pretrainer's and classifier's checks run the encoder too
 def test_encoder_common_checks(tmp_path):
     assert_layer_contract(
         BERTEncoder,
@@ -175,6 +176,7 @@ def test_pretraining_loss_averages_over_real_predictions_only():
     assert float(pretrainer.compute_loss(inputs, other, out)) == pytest.approx(loss, abs=1e-6)
 
 
+@pytest.mark.slow  # hundreds of training steps
 def test_pretrainer_learns_mlm_and_nsp_on_synthetic_data():
     rng = np.random.default_rng(0)
     n = 64

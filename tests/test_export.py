@@ -88,6 +88,12 @@ def gpt_exports(tmp_path_factory):
     return model, xla, plain
 
 
+@pytest.fixture(scope="module")
+def plain_loaded(gpt_exports):
+    """The plain export loaded once: each load restores and re-traces every signature."""
+    return tf.saved_model.load(gpt_exports[2])
+
+
 def _in_memory_completions(model, prompts, max_new_tokens, **settings):
     """What the exported signature must return: the continuation text of each prompt (greedy
     unless `settings` say otherwise), a character cut off at the end removed."""
@@ -156,23 +162,25 @@ def test_saved_model_cli_lists_the_gpt_signatures(gpt_exports):
 @pytest.mark.parametrize(
     "name, value, argument",
     [
+        # One of each argument in the fast lane, the other cases too in the full run: each
+        # call runs the whole signature.
         ("max_new_tokens", 64, "max_new_tokens"),
-        ("max_new_tokens", -1, "max_new_tokens"),
-        ("max_new_tokens", [1], "max_new_tokens"),
-        ("temperature", -1.0, "temperature"),
+        pytest.param("max_new_tokens", -1, "max_new_tokens", marks=pytest.mark.slow),
+        pytest.param("max_new_tokens", [1], "max_new_tokens", marks=pytest.mark.slow),
+        pytest.param("temperature", -1.0, "temperature", marks=pytest.mark.slow),
         ("temperature", float("nan"), "temperature"),
-        ("temperature", float("inf"), "temperature"),
-        ("temperature", [[1.0]], "temperature"),
+        pytest.param("temperature", float("inf"), "temperature", marks=pytest.mark.slow),
+        pytest.param("temperature", [[1.0]], "temperature", marks=pytest.mark.slow),
         ("top_k", -1, "top_k"),
-        ("top_p", 0.0, "top_p"),
+        pytest.param("top_p", 0.0, "top_p", marks=pytest.mark.slow),
         ("top_p", 1.5, "top_p"),
         ("seed", [1, 2], "seed"),
         ("prompts", "hi", "prompts"),
-        ("prompts", [["hi"]], "prompts"),
+        pytest.param("prompts", [["hi"]], "prompts", marks=pytest.mark.slow),
     ],
 )
-def test_generate_signature_checks_its_inputs_in_graph(gpt_exports, name, value, argument):
-    generate = tf.saved_model.load(gpt_exports[2]).signatures["generate"]
+def test_generate_signature_checks_its_inputs_in_graph(plain_loaded, name, value, argument):
+    generate = plain_loaded.signatures["generate"]
     inputs = dict(
         prompts=tf.constant(["hi"]),
         max_new_tokens=tf.constant(4),
@@ -186,15 +194,15 @@ def test_generate_signature_checks_its_inputs_in_graph(gpt_exports, name, value,
         generate(**inputs)
 
 
-def test_logits_signature_checks_token_ids_in_graph(gpt_exports):
-    logits = tf.saved_model.load(gpt_exports[2]).signatures["logits"]
+def test_logits_signature_checks_token_ids_in_graph(plain_loaded):
+    logits = plain_loaded.signatures["logits"]
     for bad in ([[1, 258]], [[-1, 3]], [[1] * 65], [1, 2], 3, [[[1]]]):
         with pytest.raises(tf.errors.InvalidArgumentError, match="`token_ids`"):
             logits(token_ids=tf.constant(bad, tf.int32))
 
 
-def test_gpt_signatures_answer_an_empty_batch_with_an_empty_result(gpt_exports):
-    loaded = tf.saved_model.load(gpt_exports[2])
+def test_gpt_signatures_answer_an_empty_batch_with_an_empty_result(plain_loaded):
+    loaded = plain_loaded
     prompts = tf.constant([], tf.string)
     assert loaded.signatures["serving_default"](prompts=prompts)["completions"].shape == (0,)
     completions = loaded.signatures["generate"](
@@ -224,6 +232,7 @@ def _generate_signature(loaded, prompts, max_new_tokens, temperature, seed):
     ]
 
 
+@pytest.mark.slow  # XLA compiles the sampling loop for each length
 def test_saved_model_samples_what_the_model_samples_for_one_seed(gpt_exports):
     from tf_bigmodels.export import stream_text
 
@@ -237,19 +246,20 @@ def test_saved_model_samples_what_the_model_samples_for_one_seed(gpt_exports):
         assert "".join(stream_text((loaded, None), prompt, 20, temperature=1.0, seed=42)) == text
 
 
-def test_saved_model_completions_end_with_complete_characters(gpt_exports):
-    model, xla, _ = gpt_exports
-    loaded, tokenizer = tf.saved_model.load(xla), ByteTokenizer()
+def test_saved_model_completions_end_with_complete_characters(gpt_exports, plain_loaded):
+    # Without XLA, which would compile once per length; the cut is the same code either way.
+    model, loaded, tokenizer = gpt_exports[0], plain_loaded, ByteTokenizer()
     cut = 0
     for n in range(1, 13):
         served = _generate_signature(loaded, ["你好"], n, 0.0, 0)[0]
-        out = model.generate(tokenizer.tokenize(["你好"]), n, temperature=0.0)
+        out = model.generate(tokenizer.tokenize(["你好"]), n, temperature=0.0, jit_compile=False)
         full = tokenizer.detokenize(out[:, 6:]).numpy()[0].decode()
         assert served == full.rstrip("\ufffd") and not served.endswith("\ufffd")
         cut += full.endswith("\ufffd")
     assert cut > 0  # some lengths did cut a character
 
 
+@pytest.mark.slow  # a whole export for one default
 def test_export_gpt_defaults_fit_a_small_model(tmp_path):
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
     path = export_gpt(model, ByteTokenizer(), tmp_path, jit_compile=False)
@@ -257,6 +267,7 @@ def test_export_gpt_defaults_fit_a_small_model(tmp_path):
     assert config["max_new_tokens"] == 32  # half the context
 
 
+@pytest.mark.slow  # three exports
 def test_export_is_atomic_and_never_overwrites(gpt_exports, tmp_path, monkeypatch):
     model = gpt_exports[0]
     first = export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False)
@@ -499,6 +510,7 @@ def test_saved_model_cli_lists_the_bert_signatures(bert_exports):
         assert text in classifier, text
 
 
+@pytest.mark.slow  # its fixture exports two BERTs
 def test_export_bert_checks_its_arguments(bert_exports, tmp_path):
     from tf_bigmodels.export import export_bert
     from tf_bigmodels.tokenizers import ByteTokenizer

@@ -60,7 +60,9 @@ def test_cache_needs_a_causal_layer():
         layer(tf.zeros((1, 1, 24)), cache=tf.zeros((1, 2, 3, 4, 8)), cache_index=0)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize(
+    "dtype", ["float32", pytest.param("mixed_bfloat16", marks=pytest.mark.slow)]
+)
 def test_cached_greedy_equals_repeated_full_forward(dtype):
     model = _model(dtype=dtype)
     out = model.generate(PROMPTS, 8, temperature=0.0)
@@ -69,7 +71,10 @@ def test_cached_greedy_equals_repeated_full_forward(dtype):
         assert row == _greedy_by_full_forward(model, prompt, 8), (dtype, prompt)
 
 
-@pytest.mark.parametrize("length", [1, 5, 16, 30])
+@pytest.mark.parametrize(
+    "length",
+    [1, 5, pytest.param(16, marks=pytest.mark.slow), pytest.param(30, marks=pytest.mark.slow)],
+)
 def test_dense_prompts_of_several_lengths(length):
     model = _model()
     prompts = np.random.default_rng(length).integers(0, VOCAB, size=(2, length)).astype("int32")
@@ -79,6 +84,7 @@ def test_dense_prompts_of_several_lengths(length):
         assert row == _greedy_by_full_forward(model, prompt, 6)
 
 
+@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_xla_and_plain_graph_agree():
     model = _model()
     np.testing.assert_array_equal(
@@ -111,6 +117,7 @@ def _first_token_frequencies(model, prompt, samples, **settings):
     return np.bincount(np.asarray(out)[:, -1], minlength=VOCAB) / samples
 
 
+@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_sampled_frequencies_match_the_softmax():
     # 20,000 draws over 37 tokens: the expected total-variation distance of the empirical
     # distribution is about 0.02; 0.05 leaves > 5 standard deviations (and the seed is fixed).
@@ -151,6 +158,7 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert seen == {1, 2}  # 0.5 < 0.75 <= 0.5 + 0.3
 
 
+@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_end_id_stops_a_row_and_pads_the_rest():
     model = _model()
     greedy = model.generate(PROMPTS[:2], 8, temperature=0.0).to_list()
@@ -167,6 +175,7 @@ def test_end_id_stops_a_row_and_pads_the_rest():
     assert dense.tolist() == [greedy[0][: stops[0]] + [36] * (len(greedy[0]) - stops[0])]
 
 
+@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_long_prompts_are_truncated_from_the_left():
     model = _model()
     prompt = list(np.random.default_rng(0).integers(0, VOCAB, 60))
@@ -180,6 +189,7 @@ def test_zero_new_tokens_returns_the_prompts():
     assert model.generate(PROMPTS, 0).to_list() == PROMPTS
 
 
+@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_settings_and_prompts_do_not_retrace_the_decode_loop():
     model = _model()
     rng = np.random.default_rng(0)
@@ -304,6 +314,7 @@ def test_rows_of_one_batch_draw_independently():
     assert len({tuple(c) for c in copies}) == 6
 
 
+@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_a_prompt_gives_the_same_text_alone_and_in_a_batch():
     model = _model()
     alone = [_continuations(model, [p], temperature=1.0, seed=4)[0] for p in PROMPTS[:3]]
@@ -320,6 +331,7 @@ def byte_model():
     return _model(vocab_size=258, num_layers=1)
 
 
+@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_decoding_in_chunks_equals_one_call():
     model = _model()
     settings = generation.GenerationSettings(20, temperature=1.0, top_k=9, seed=3)
@@ -353,6 +365,7 @@ def test_streamed_text_equals_generated_text_for_one_seed(byte_model):
         assert len(pieces) > 1 or len(out) <= 7  # one piece per chunk of 7 tokens
 
 
+@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_streaming_beyond_the_context_does_not_depend_on_the_chunks(byte_model):
     from tf_bigmodels.export import generate_texts, stream_text
 

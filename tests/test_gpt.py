@@ -21,7 +21,10 @@ def _tokens(seed=0, batch=2, length=T):
     "options",
     [
         dict(),
-        dict(tie_embeddings=False, norm_first=False, activation="gelu", rate=0.1),
+        pytest.param(
+            dict(tie_embeddings=False, norm_first=False, activation="gelu", rate=0.1),
+            marks=pytest.mark.slow,  # the same checks again, for the other options
+        ),
     ],
 )
 def test_common_checks(options, tmp_path):
@@ -123,6 +126,7 @@ def test_final_norm_only_for_pre_norm():
     assert GPTModel(**SMALL, norm_first=False).final_norm is None
 
 
+@pytest.mark.slow  # hundreds of training steps
 def test_memorises_a_repeating_sequence():
     pattern = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8], "int32")
     sequence = np.tile(pattern, 8)

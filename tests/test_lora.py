@@ -144,6 +144,7 @@ def test_keras_file_holds_the_merged_model(tmp_path):
     assert all(w.trainable for w in reloaded.weights)
 
 
+@pytest.mark.slow  # exports a SavedModel
 def test_gpt_savedmodel_equals_the_adapted_model(tmp_path):
     model = _gpt()
     model.enable_lora(RANK)
@@ -153,6 +154,7 @@ def test_gpt_savedmodel_equals_the_adapted_model(tmp_path):
     np.testing.assert_allclose(served["logits"].numpy(), model(TOKENS).numpy(), atol=1e-5)
 
 
+@pytest.mark.slow  # exports a SavedModel
 def test_classifier_savedmodel_equals_the_adapted_model(tmp_path):
     texts = ["the cat sat on the mat", "a dog ran in the park"]
     tokenizer = WordPieceTokenizer.train(texts * 20, vocab_size=40, verbose=False)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import struct
 import subprocess
 import sys
@@ -244,3 +245,61 @@ def test_attention_plot_title_sits_just_above_the_panels(monkeypatch):
     title_bottom = figure._suptitle.get_window_extent(renderer).y0
     panels_top = max(axis.get_tightbbox(renderer).y1 for axis in figure.axes[:4])
     assert 0 <= title_bottom - panels_top < 0.3 * figure.dpi  # under 0.3 inch of space
+
+
+@pytest.fixture
+def font_list(monkeypatch):
+    """matplotlib's font list as a copy, and `_cjk_font` uncached, for this test only."""
+    from matplotlib import font_manager
+
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", list(font_manager.fontManager.ttflist))
+    plot._cjk_font.cache_clear()
+    yield font_manager.fontManager
+    plot._cjk_font.cache_clear()
+
+
+def _stand_in_cjk_font(monkeypatch, tmp_path):
+    """A font file matplotlib does not list, that the glyph check takes for a CJK font."""
+    from matplotlib import font_manager
+
+    listed = font_manager.findfont("DejaVu Sans")
+    path = tmp_path / "NotoSansCJK-Regular.ttf"
+    path.write_bytes(pathlib.Path(listed).read_bytes())
+    monkeypatch.setattr(plot, "_has_cjk_glyphs", lambda font: font == str(path))
+    return path
+
+
+def test_a_cjk_font_installed_after_matplotlib_s_cache_is_added(monkeypatch, tmp_path, font_list):
+    path = _stand_in_cjk_font(monkeypatch, tmp_path)
+    monkeypatch.setattr(plot, "_system_cjk_font_files", lambda: [str(path)])
+    assert plot._cjk_font() == "DejaVu Sans"  # the family named inside the stand-in file
+    assert [e.fname for e in font_list.ttflist].count(str(path)) == 1
+    plot._cjk_font.cache_clear()
+    assert plot._cjk_font() == "DejaVu Sans"  # now listed: not added twice
+    assert [e.fname for e in font_list.ttflist].count(str(path)) == 1
+
+
+def test_a_cjk_font_matplotlib_cannot_add_names_the_cache(monkeypatch, tmp_path, font_list):
+    path = _stand_in_cjk_font(monkeypatch, tmp_path)
+    monkeypatch.setattr(plot, "_system_cjk_font_files", lambda: [str(path)])
+
+    def refuse(font):
+        raise RuntimeError("cannot load")
+
+    monkeypatch.setattr(font_list, "addfont", refuse)
+    with pytest.warns(UserWarning, match="(?s)NotoSansCJK-Regular.ttf.*font cache.*fontlist"):
+        assert plot._cjk_font() is None
+
+
+def test_system_cjk_fonts_come_from_fc_list_and_the_usual_places(monkeypatch, tmp_path):
+    listed, usual = tmp_path / "a.ttc", tmp_path / "fonts" / "wqy-zenhei.ttc"
+    usual.parent.mkdir()
+    listed.write_bytes(b"")
+    usual.write_bytes(b"")
+    monkeypatch.setattr(plot.shutil, "which", lambda name: "/usr/bin/fc-list")
+    output = f"{listed}: \n{tmp_path / 'gone.ttf'}: \n"
+    monkeypatch.setattr(
+        plot.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, output, "")
+    )
+    monkeypatch.setattr(plot, "_CJK_FONT_FILES", (str(tmp_path / "fonts" / "**" / "wqy*"),))
+    assert plot._system_cjk_font_files() == [str(listed), str(usual)]  # existing files only

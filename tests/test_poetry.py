@@ -99,6 +99,26 @@ def test_lm_split_counts_match_the_lm_dataset_stream(split):
     assert characters == tokens  # one byte per character, and per end of document
 
 
+def test_format_score_says_what_it_does_not_check():
+    from tf_bigmodels.data import poetry
+
+    for text in (poetry.__doc__, poem_format_score.__doc__):
+        assert "格式得分" in text or "format" in text
+        assert "平仄" in text and "押韵" in text
+    # The right length and punctuation pass, whatever the tones and rhyme.
+    assert is_regulated_couplet("一二三四五，六七八九十。")
+
+
+def test_an_empty_sample_is_printed_with_a_note(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import poetry as benchmark
+
+    assert benchmark.shown_sample(JINGYESI) == JINGYESI
+    for empty in ("静夜思\n李白\n", "静夜思\n李白", "静夜思\n李白\n\n另一首"):
+        shown = benchmark.shown_sample(empty)
+        assert shown.startswith(empty) and "(no poem: the model wrote no complete line" in shown
+
+
 @pytest.mark.slow
 def test_poetry_benchmark_smoke_run(tmp_path):
     out = tmp_path / "poetry.json"

@@ -431,7 +431,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, model, extra):
         "--preset",
         f"{model}-test",
         "--steps",
-        "150",
+        "60",  # killed after its first checkpoint (step 10): 50 steps left to resume
         "--eval-every",
         "10",
         "--samples",
@@ -462,7 +462,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, model, extra):
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
     saved = tf.train.latest_checkpoint(str(checkpoints))
-    assert saved is not None and not saved.endswith("-150"), "the kill came too late to test"
+    assert saved is not None and not saved.endswith("-60"), "the kill came too late to test"
 
     resumed = subprocess.run(
         command + ["--out", str(tmp_path / "b")],

@@ -125,7 +125,13 @@ def test_tokenizer_registry_choices(monkeypatch):
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(rate=0.3), dict(model="bert", preset="bert-test", vocab_size=300, seq_len=24)],
+    [
+        dict(rate=0.3),
+        pytest.param(
+            dict(model="bert", preset="bert-test", vocab_size=300, seq_len=24),
+            marks=pytest.mark.slow,  # learns a WordPiece vocabulary and trains three times
+        ),
+    ],
     ids=["gpt-dropout", "bert"],
 )
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, overrides):
@@ -209,7 +215,8 @@ def test_a_finite_but_huge_loss_is_divergence(tmp_path):
     assert "The last good checkpoint is" in str(error.value)
     assert not (tmp_path / "gpt" / "model.keras").exists()
     lines = [json.loads(line) for line in (tmp_path / "gpt" / "metrics.jsonl").open()]
-    assert all(isinstance(v, (int, float)) for r in lines for v in r.values())
+    assert all(v is None or isinstance(v, (int, float)) for r in lines for v in r.values())
+    assert any(v is None for r in lines for v in r.values())  # the diverged values, as null
 
 
 def test_tensorboard_and_perplexity_survive_a_huge_loss():
@@ -432,7 +439,7 @@ def test_console_log_is_plain_lines_when_not_a_terminal(tmp_path):
     assert lines[0].startswith("step 5/20  loss 2.0000")
     assert any(line.startswith("step 10/20  val_loss") for line in lines)
     assert len(lines) == 4 + 2  # one line per interval and per validation
-    speeds = [line.split("  ")[-1] for line in lines if "tokens/s" in line]
+    speeds = [p for line in lines for p in line.split("  ") if p.endswith("tokens/s")]
     assert speeds and all(s.replace(",", "").split()[0].isdigit() for s in speeds)
 
 

@@ -6,17 +6,19 @@ draw need it, `attention_maps` (the numbers) does not. `tf-bigmodels plot RUN_DI
 
 Example:
 
-On a finished run (not run as a test: it needs `tf-bigmodels train gpt` first):
-
 >>> from tf_bigmodels import plot
->>> paths = plot.plot_run("runs/gpt")  # doctest: +SKIP
+>>> plot.plot_loss_curves({"train": [(10, 2.5), (20, 2.1)], "val": [(20, 2.4)]}, "loss.png")
+PosixPath('loss.png')
 """
 
 import functools
+import glob
 import json
 import math
 import os
 import pathlib
+import shutil
+import subprocess
 import warnings
 
 import numpy as np
@@ -380,9 +382,24 @@ def _is_cjk(character):
 
 @functools.cache
 def _cjk_font():
-    """The name of an installed font with CJK glyphs, or None."""
+    """The name of an installed font with CJK glyphs, or None.
+
+    Matplotlib lists the fonts it found when it built its font cache; a CJK font installed
+    since then (`apt install fonts-noto-cjk`) is missing from that list until the cache is
+    rebuilt. So when no listed font has the glyphs, the system's CJK font files (`fc-list
+    :lang=zh`, and the usual places on Linux, macOS and Windows) that matplotlib does not know
+    are added to it (`font_manager.fontManager.addfont`); one that cannot be added is named in
+    a warning that says how to rebuild the cache.
+    """
+    name = _listed_cjk_font()
+    if name is None and _add_system_cjk_fonts():
+        name = _listed_cjk_font()
+    return name
+
+
+def _listed_cjk_font():
+    """The name of a font of matplotlib's font list with CJK glyphs, or None."""
     from matplotlib import font_manager
-    from matplotlib.ft2font import FT2Font
 
     fonts = {
         entry.name: entry.fname
@@ -392,12 +409,73 @@ def _cjk_font():
     candidates = [name for name in _CJK_FONTS if name in fonts]
     candidates += sorted(name for name in fonts if name not in candidates)
     for name in candidates:
-        try:
-            if FT2Font(fonts[name]).get_char_index(ord("中")):
-                return name
-        except (OSError, RuntimeError, ValueError):
-            continue
+        if _has_cjk_glyphs(fonts[name]):
+            return name
     return None
+
+
+def _has_cjk_glyphs(path):
+    """Whether the font file at `path` draws "中" (False for a file FreeType cannot read)."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return bool(FT2Font(path).get_char_index(ord("中")))
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def _add_system_cjk_fonts():
+    """Adds the system's CJK font files that matplotlib does not list; returns how many."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    known = {os.path.realpath(entry.fname) for entry in font_manager.fontManager.ttflist}
+    added = 0
+    for path in _system_cjk_font_files():
+        if os.path.realpath(path) in known or not _has_cjk_glyphs(path):
+            continue
+        try:
+            font_manager.fontManager.addfont(path)
+        except (OSError, RuntimeError, ValueError) as error:
+            warnings.warn(
+                f"{path} has Chinese/Japanese/Korean characters but matplotlib cannot add it "
+                f"({error}); delete matplotlib's font cache ({matplotlib.get_cachedir()}"
+                "/fontlist-*.json) so that it is rebuilt, and run again.",
+                stacklevel=3,
+            )
+            continue
+        added += 1
+    return added
+
+
+def _system_cjk_font_files():
+    """Paths of font files with Chinese on this system: `fc-list :lang=zh`, then usual places."""
+    paths = []
+    if shutil.which("fc-list"):
+        try:
+            listed = subprocess.run(
+                ["fc-list", ":lang=zh", "file"], capture_output=True, text=True, timeout=30
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            listed = ""
+        paths += [line.split(":")[0].strip() for line in listed.splitlines() if line.strip()]
+    for pattern in _CJK_FONT_FILES:
+        paths += sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    return [path for path in dict.fromkeys(paths) if os.path.isfile(path)]
+
+
+# Where CJK fonts are installed when `fc-list` is missing (macOS, Windows, minimal Linux).
+_CJK_FONT_FILES = (
+    "/usr/share/fonts/**/*CJK*",
+    "/usr/share/fonts/**/wqy*",
+    "~/.local/share/fonts/**/*CJK*",
+    "~/.fonts/**/*CJK*",
+    "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/STHeiti*.ttc",
+    "/Library/Fonts/Arial Unicode.ttf",
+    "C:/Windows/Fonts/msyh.ttc",
+    "C:/Windows/Fonts/simhei.ttf",
+)
 
 
 # Tried first, in this order; any other installed font with the glyphs also serves.
@@ -458,9 +536,16 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
 
     Example:
 
-    It needs a finished run (here `tf-bigmodels train gpt`), so it is not run as a test:
+    A run directory with its log and a (here untrained) model, as `tf-bigmodels train` leaves:
 
-    >>> plot_run("runs/gpt", layer=1)["attention"]  # doctest: +SKIP
+    >>> from tf_bigmodels.run_directory import RunDirectory
+    >>> run = RunDirectory("runs/gpt")
+    >>> run.path.mkdir(parents=True)
+    >>> _ = run.metrics.write_text('{"step": 10, "loss": 2.5}\\n')
+    >>> model = GPTModel(258, 16, 2, 32, 2, max_length=16)
+    >>> _ = model(np.zeros((1, 1), "int32"))
+    >>> model.save(run.model)
+    >>> plot_run(run, layer=1)["attention"]
     PosixPath('runs/gpt/plots/attention_layer1.png')
     """
     import keras

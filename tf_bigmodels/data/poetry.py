@@ -1,4 +1,9 @@
-"""Regulated verse: split a poem into title, author and lines, and score how well-formed it is.
+"""Regulated verse: split a poem into title, author and lines, and score its format.
+
+The format score (格式得分, `poem_format_score`) checks the shape of each line only: 5 + 5 or
+7 + 7 Han characters with "，" and "。" in their places. It does not check the tonal pattern
+(平仄), the rhyme (押韵), parallelism (对仗) or the number of lines, so it is not a score of
+格律: a line of the right length and punctuation passes whatever its tones and rhymes.
 
 Pure text functions (no TensorFlow), so they score real poems and generated ones alike.
 """
@@ -62,10 +67,10 @@ def split_poem(text):
 
 
 def is_regulated_couplet(line):
-    """Whether `line` is a well-formed couplet of regulated verse.
+    """Whether `line` has the format of a couplet of regulated verse.
 
     Exactly 5 + 5 or 7 + 7 Han characters, "，" after the first half and "。" after the second,
-    nothing else (no spaces, no other punctuation).
+    nothing else (no spaces, no other punctuation). Tones and rhyme are not checked.
 
     Args:
         line: str. One body line.
@@ -82,12 +87,13 @@ def is_regulated_couplet(line):
 
 
 def poem_format_score(poems):
-    """The poem-format score: the fraction of body lines that are well-formed regulated couplets.
+    """The format score (格式得分): the fraction of body lines that are well-formed couplets.
 
     Every poem is split with `split_poem` (title and author lines off, the body up to the first
     blank line), and the score is the number of body lines for which `is_regulated_couplet` holds
     divided by the number of body lines of all poems together. The bundled 全唐诗 scores 0.896 by
-    this definition (all 56,053 poems); text that has not learned the form scores near 0.
+    this definition (all 56,053 poems); text that has not learned the form scores near 0. Only
+    length and punctuation count: tones (平仄) and rhyme (押韵) are not checked.
 
     Args:
         poems: list of str, each `"title\\nauthor\\nbody..."` (for generated poems: the prompt

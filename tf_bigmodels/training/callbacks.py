@@ -1,5 +1,6 @@
 """Callbacks of the fit driver: exact checkpoints, the best model, divergence, the run's log."""
 
+import errno
 import glob
 import json
 import logging
@@ -44,8 +45,17 @@ class RunCheckpoint:
 
     Example:
 
-    >>> checkpoint = RunCheckpoint("runs/gpt/checkpoints", model, chief=True)  # doctest: +SKIP
-    >>> step = checkpoint.restore()   # 0 on a fresh run  # doctest: +SKIP
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(keras.optimizers.SGD(0.1), "mse")
+    >>> model.optimizer.build(model.trainable_variables)
+    >>> checkpoint = RunCheckpoint("runs/demo/checkpoints", model)
+    >>> checkpoint.restore()  # a fresh run starts at step 0
+    0
+    >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), batch_size=2, verbose=0)
+    >>> checkpoint.save()
+    'runs/demo/checkpoints/ckpt-2'
+    >>> RunCheckpoint("runs/demo/checkpoints", model).restore()
+    2
     """
 
     def __init__(self, directory, model, *, chief=True, max_to_keep=3):
@@ -122,8 +132,11 @@ def checkpoint_prefixes(directory):
 
     Example:
 
-    >>> checkpoint_prefixes("runs/gpt/checkpoints")  # doctest: +SKIP
-    ['runs/gpt/checkpoints/ckpt-2000', 'runs/gpt/checkpoints/ckpt-1750']
+    >>> os.makedirs("ckpts")
+    >>> for name in ("ckpt-1750.index", "ckpt-2000.index", "ckpt-2000.data-00000-of-00001"):
+    ...     open(os.path.join("ckpts", name), "w").close()
+    >>> checkpoint_prefixes("ckpts")
+    ['ckpts/ckpt-2000', 'ckpts/ckpt-1750']
     """
     numbers = set()
     for path in glob.glob(os.path.join(glob.escape(os.fspath(directory)), "ckpt-*")):
@@ -181,8 +194,15 @@ class SaveProgress(keras.callbacks.Callback):
 
     Example:
 
-    >>> model.fit(data, callbacks=[guard, SaveProgress(checkpoint, guard, "best.keras", model)])
-    ... # doctest: +SKIP
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(keras.optimizers.SGD(0.1), "mse")
+    >>> model.optimizer.build(model.trainable_variables)
+    >>> guard = DivergenceGuard()
+    >>> save = SaveProgress(RunCheckpoint("checkpoints", model), guard, "best.keras", model)
+    >>> data = (np.ones((4, 2)), np.ones((4, 1)))
+    >>> _ = model.fit(*data, validation_data=data, callbacks=[guard, save], verbose=0)
+    >>> sorted(os.listdir("."))
+    ['best.keras', 'checkpoints']
     """
 
     def __init__(self, checkpoint, guard, best_path, model):
@@ -209,15 +229,25 @@ class TrainingLog(keras.callbacks.Callback):
     The training loss logged is the mean of the last `every` steps, not Keras's running mean of
     the epoch so far, so the curve has no jump where an epoch (a validation interval) starts.
     Throughput is a moving average of the last intervals' tokens per second, with the first
-    interval of each `fit` call (compilation) left out. On a terminal the console line is
-    rewritten in place; otherwise (a file, CI) one plain line is printed per interval.
+    interval of each `fit` call (compilation) left out; from it the console line estimates the
+    time left (`eta 0:01:40`: the steps still to run at that speed). On a terminal the console
+    line is rewritten in place; otherwise (a file, CI) one plain line is printed per interval.
 
     Lines of `metrics.jsonl` look like `{"step": 250, "loss": 1.9, "tokens/s": 11000.0}`, and at
     each validation `{"step": 250, "epoch": 1, "val_loss": 2.0, ...}`, with `val_perplexity`
     for a language model. Given the validation text's token and character counts, each
     validation also logs `val_bits_per_char` (`bits_per_character(val_loss, tokens,
     characters)`: the loss in a unit that does not depend on the tokenizer). Both are added to
-    the epoch's logs, so `fit`'s history holds them.
+    the epoch's logs, so `fit`'s history holds them. The file is standard JSON: a value that is
+    not finite (a diverged loss, a perplexity that overflows) is written as `null`. It is only
+    ever appended to as a regular file of the run directory: a `metrics.jsonl` that is a
+    symbolic link is refused (`OSError`), so the log cannot be redirected to another file.
+
+    Two warnings (one line each, on the `tf_bigmodels` logger) catch a run that memorises its
+    text: at the start, when the planned tokens (`total_steps * tokens_per_step`) are more than
+    `MANY_EPOCHS` passes over `train_tokens`; and once, when `RISING_EVALUATIONS` validations
+    in a row are above the best one so far and above the loss of a uniform guess,
+    `ln(vocab_size)`.
 
     Args:
         run_dir: path or None. Where `metrics.jsonl` and `logs/` go; None writes no files (a
@@ -228,15 +258,33 @@ class TrainingLog(keras.callbacks.Callback):
         perplexity: bool. Also log exp(loss) (language models).
         bits_per_char_counts: `(tokens, characters)` of the validation text (see
             `lm_split_counts`), or None (no bits per character). Defaults to None.
+        train_tokens: int or None. Tokens of the training text, for the many-passes warning.
+            Defaults to None (no such warning).
+        vocab_size: int or None. The vocabulary of a language model whose `val_loss` is a mean
+            per-token cross-entropy, for the rising-validation warning. Defaults to None (no
+            such warning).
         verbose: int. 1 prints to the console (in place on a terminal), 2 prints one line per
             interval even on a terminal, 0 prints nothing.
         stream: file. The console. Defaults to `sys.stdout`.
+        clock: callable returning seconds. Defaults to `time.perf_counter`.
 
     Example:
 
-    >>> model.fit(data, callbacks=[TrainingLog("runs/gpt", 2000, 768, every=10)], verbose=0)
-    ... # doctest: +SKIP
+    >>> import io
+    >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> console = io.StringIO()
+    >>> log = TrainingLog("run", total_steps=4, tokens_per_step=8, every=2, stream=console)
+    >>> os.makedirs("run")
+    >>> _ = model.fit(np.ones((8, 1)), np.ones((8, 1)), batch_size=2, callbacks=[log], verbose=0)
+    >>> console.getvalue().splitlines()[0].startswith("step 2/4  loss ")
+    True
+    >>> [sorted(json.loads(line)) for line in open("run/metrics.jsonl")][-1]
+    ['epoch', 'loss', 'step']
     """
+
+    MANY_EPOCHS = 10  # passes over the training text beyond which a small model memorises it
+    RISING_EVALUATIONS = 3  # validations in a row above the best that count as rising
 
     def __init__(
         self,
@@ -247,8 +295,11 @@ class TrainingLog(keras.callbacks.Callback):
         every=10,
         perplexity=False,
         bits_per_char_counts=None,
+        train_tokens=None,
+        vocab_size=None,
         verbose=1,
         stream=None,
+        clock=time.perf_counter,
     ):
         super().__init__()
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
@@ -257,25 +308,44 @@ class TrainingLog(keras.callbacks.Callback):
         self.every = every
         self.perplexity = perplexity
         self.bits_per_char_counts = bits_per_char_counts
+        self.train_tokens = train_tokens
+        self.vocab_size = vocab_size
         self.verbose = verbose
         self.stream = stream or sys.stdout
         self.tty = verbose == 1 and self.stream.isatty()
+        self.clock = clock
         self.speed = None
         self._writers = None
+        self._metrics = None
         self._open_line = False
+        self._best_val_loss = math.inf
+        self._rising = 0
+        self._warned_rising = False
 
     # ---- interval bookkeeping ----------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self._first_interval = True
         if self.run_dir is not None and self._writers is None:
+            self._metrics = _append_only(RunDirectory(self.run_dir).metrics)
             logs_dir = os.fspath(RunDirectory(self.run_dir).logs)
             self._writers = {
                 kind: tf.summary.create_file_writer(os.path.join(logs_dir, kind))
                 for kind in ("train", "validation")
             }
+        passes = many_passes(self.total_steps * self.tokens_per_step, self.train_tokens)
+        if passes:
+            logger.warning(
+                "This run reads its training text %.0f times (%d steps x %d tokens; the text has "
+                "%d tokens): a model will memorise so small a text and its validation loss "
+                "will rise. Train on more text, or fewer --steps.",
+                passes,
+                self.total_steps,
+                self.tokens_per_step,
+                self.train_tokens,
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._mark = (0, 0.0, self._step(), time.perf_counter())  # batches, their mean, step, t
+        self._mark = (0, 0.0, self._step(), self.clock())  # batches, their mean, step, time
 
     def on_train_batch_end(self, batch, logs=None):
         if not logs or "loss" not in logs:
@@ -290,7 +360,7 @@ class TrainingLog(keras.callbacks.Callback):
         last_batches, last_mean, last_step, last_time = self._mark
         # Keras reports the mean since the epoch began; the interval's mean is the difference.
         loss = (mean * batches - last_mean * last_batches) / max(batches - last_batches, 1)
-        now = time.perf_counter()
+        now = self.clock()
         record = {"step": step, "loss": loss}
         if self.perplexity:
             record["perplexity"] = _exp(loss)
@@ -302,7 +372,10 @@ class TrainingLog(keras.callbacks.Callback):
             record["tokens/s"] = self.speed
         self._mark = (batches, mean, step, now)
         self._write("train", record)
-        self._print(record, final=False)
+        eta = None
+        if self.speed:
+            eta = max(self.total_steps - step, 0) * self.tokens_per_step / self.speed
+        self._print(record, final=False, eta=eta)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._step() > self._mark[2]:  # the epoch's last, shorter interval
@@ -320,6 +393,30 @@ class TrainingLog(keras.callbacks.Callback):
         self._write("validation", record)
         shown = {k: v for k, v in record.items() if k == "step" or k.startswith("val_")}
         self._print(shown, final=True)
+        if "val_loss" in values:
+            self._watch_validation(values["val_loss"])
+
+    def _watch_validation(self, val_loss):
+        """Warns once when validation rose `RISING_EVALUATIONS` times in a row past a guess's."""
+        if val_loss < self._best_val_loss:
+            self._best_val_loss, self._rising = val_loss, 0
+            return
+        worse_than_guessing = self.vocab_size is not None and not val_loss <= math.log(
+            self.vocab_size
+        )
+        self._rising = self._rising + 1 if worse_than_guessing else 0
+        if self._rising >= self.RISING_EVALUATIONS and not self._warned_rising:
+            self._warned_rising = True
+            logger.warning(
+                "Validation loss has risen for %d evaluations in a row (%.2f now, best %.2f) and "
+                "is worse than a uniform guess (%.2f = ln %d): the model is memorising its "
+                "training text. Use its best model (best.keras), more text, or fewer --steps.",
+                self._rising,
+                val_loss,
+                self._best_val_loss,
+                math.log(self.vocab_size),
+                self.vocab_size,
+            )
 
     def on_train_end(self, logs=None):
         if self._open_line:
@@ -328,6 +425,9 @@ class TrainingLog(keras.callbacks.Callback):
             self._open_line = False
         for writer in (self._writers or {}).values():
             writer.flush()
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics, self._writers = None, None
 
     # ---- output -----------------------------------------------------------------------------
     def _step(self):
@@ -336,15 +436,15 @@ class TrainingLog(keras.callbacks.Callback):
     def _write(self, kind, record):
         if self.run_dir is None:
             return
-        with open(RunDirectory(self.run_dir).metrics, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+        self._metrics.write(json_line(record))
+        self._metrics.flush()
         with self._writers[kind].as_default(step=record["step"]):
             for key, value in record.items():
                 if key not in ("step", "epoch") and math.isfinite(value):
                     name = key.removeprefix("val_").replace("/", "_per_")
                     tf.summary.scalar(name, value)
 
-    def _print(self, record, *, final):
+    def _print(self, record, *, final, eta=None):
         if not self.verbose:
             return
         parts = [f"step {record['step']}/{self.total_steps}"]
@@ -355,6 +455,8 @@ class TrainingLog(keras.callbacks.Callback):
                 parts.append(f"{value:,.0f} tokens/s")
             else:
                 parts.append(f"{key} {value:.4f}")
+        if eta is not None:
+            parts.append(f"eta {_clock_time(eta)}")
         line = "  ".join(parts)
         if self.tty and not final:
             self.stream.write("\r" + line + "\033[K")
@@ -364,6 +466,68 @@ class TrainingLog(keras.callbacks.Callback):
             self.stream.write("\n")
             self._open_line = False
         self.stream.flush()
+
+
+def many_passes(planned_tokens, train_tokens):
+    """How many times a run reads its training text, if more than `TrainingLog.MANY_EPOCHS`.
+
+    Args:
+        planned_tokens: int. Tokens the run trains on (steps x tokens per step).
+        train_tokens: int or None. Tokens of the training text; None (unknown) never warns.
+
+    Returns:
+        float (the passes) when they are more than `TrainingLog.MANY_EPOCHS`, else None.
+
+    Example:
+
+    >>> many_passes(2000 * 768, 7_200), many_passes(2000 * 768, 1_003_000)
+    (213.33333333333334, None)
+    """
+    if not train_tokens:
+        return None
+    passes = planned_tokens / train_tokens
+    return passes if passes > TrainingLog.MANY_EPOCHS else None
+
+
+def json_line(record):
+    """One line of `metrics.jsonl`: standard JSON, with a value that is not finite as `null`.
+
+    Python's `json` writes `NaN` and `Infinity`, which standard JSON (and most readers outside
+    Python) refuse; a diverged loss or an overflowing perplexity is written as `null` instead.
+
+    Example:
+
+    >>> json_line({"step": 3, "loss": 2.5, "perplexity": math.inf})
+    '{"step": 3, "loss": 2.5, "perplexity": null}\\n'
+    """
+    finite = {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in record.items()
+    }
+    return json.dumps(finite, allow_nan=False) + "\n"
+
+
+def _append_only(path):
+    """Opens `path` to append text, refusing a symbolic link (which could point anywhere)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP,
+                "the run's log is a symbolic link; it is written only as a regular file of the "
+                "run directory (remove the link)",
+                os.fspath(path),
+            ) from None
+        raise
+    return os.fdopen(descriptor, "a", encoding="utf-8")
+
+
+def _clock_time(seconds):
+    """`h:mm:ss` for a number of seconds."""
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _bits_per_character(loss, tokens, characters):
@@ -398,7 +562,9 @@ def save_model(model, path):
 
     Example:
 
-    >>> save_model(model, "runs/gpt/model.keras")  # doctest: +SKIP
+    >>> save_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), "model.keras")
+    >>> os.listdir(".")
+    ['model.keras']
     """
     if not all_finite(model):
         raise ValueError(f"not saving {path}: the model has NaN or infinite weights.")

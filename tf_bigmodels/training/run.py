@@ -10,6 +10,7 @@ import shutil
 
 import keras
 
+from tf_bigmodels.data import lm_split_counts
 from tf_bigmodels.run_directory import RunDirectory
 from tf_bigmodels.training import callbacks as cb
 from tf_bigmodels.training import records, storage
@@ -205,6 +206,9 @@ def _train(config, task, texts, run, fingerprint, strategy, chief):
             train_data,
             val_data,
             val_counts,
+            # For the memorising warnings: a language model's loss (the tasks that count their
+            # validation text) is a per-token cross-entropy over its training text.
+            lm_split_counts(texts, tokenizer, "train")[0] if val_counts and chief else None,
         )
     samples, export_path = [], None
     if chief:
@@ -221,7 +225,19 @@ def _train(config, task, texts, run, fingerprint, strategy, chief):
 
 
 def _fit(
-    config, task, tokenizer, fitted, model, checkpoint, step, run, chief, data, val_data, counts
+    config,
+    task,
+    tokenizer,
+    fitted,
+    model,
+    checkpoint,
+    step,
+    run,
+    chief,
+    data,
+    val_data,
+    counts,
+    train_tokens,
 ):
     """Trains from `step` to `config.steps`; returns the history."""
     if step:
@@ -240,6 +256,8 @@ def _fit(
             every=config.log_every,
             perplexity=task.log_perplexity,
             bits_per_char_counts=counts,
+            train_tokens=train_tokens,
+            vocab_size=tokenizer.vocab_size if counts else None,
             verbose=config.verbose if chief else 0,
         ),
         cb.SaveProgress(checkpoint, guard, run.best_model if chief else None, model),
