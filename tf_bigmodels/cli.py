@@ -751,6 +751,9 @@ def build_parser():
     _add_generate(subparsers)
     _add_export(subparsers)
     _add_plot(subparsers)
+    from tf_bigmodels.serving import cli as serving_cli
+
+    serving_cli.add_parser(subparsers)
     return parser
 
 
