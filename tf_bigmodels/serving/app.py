@@ -534,7 +534,7 @@ class _Handlers:
 
         async def finish():
             await events.aclose()
-            await self.limiter.release()
+            _after(state.get("running"), lambda: asyncio.ensure_future(self.limiter.release()))
             outcome = state["outcome"] or "disconnected"
             self.metrics.generations.labels(model.name, outcome).inc(len(choices))
             tokens = sum(min(_tokens(model, c.raw), params["max_tokens"]) for c in choices)
@@ -586,8 +586,10 @@ class _Handlers:
     async def _generate(self, request, model, choices, params, state):
         """Yields `(choice, new text)` as the choices are generated, one after the other.
 
-        Sets `state["outcome"]`: completed, timeout or disconnected (the client left; checked
-        between decode chunks, so generation stops within one chunk).
+        Sets `state["outcome"]`: completed, timeout or disconnected (the client left), and
+        `state["running"]` to the decode chunk in flight. A chunk runs in a worker thread and
+        cannot be interrupted; the request stops waiting for it at the deadline or when the
+        client leaves, and the chunk's end closes the generator (`_after`).
         """
         deadline = time.monotonic() + self.settings.request_timeout
         for choice in choices:
@@ -602,13 +604,17 @@ class _Handlers:
             )
             try:
                 while not choice.stopped:
-                    if time.monotonic() > deadline:
-                        state["outcome"] = "timeout"
-                        return
                     if await request.is_disconnected():
                         state["outcome"] = "disconnected"
                         return
-                    piece = await anyio.to_thread.run_sync(next, pieces, None)
+                    chunk = asyncio.ensure_future(anyio.to_thread.run_sync(next, pieces, None))
+                    state["running"] = chunk
+                    remaining = max(deadline - time.monotonic(), 0)
+                    try:
+                        piece = await asyncio.wait_for(asyncio.shield(chunk), remaining)
+                    except asyncio.TimeoutError:
+                        state["outcome"] = "timeout"
+                        return
                     if piece is None:
                         break
                     choice.raw += piece
@@ -619,7 +625,7 @@ class _Handlers:
                     choice.shown += choice.pending
                     yield choice, choice.pending
             finally:
-                pieces.close()
+                _after(state.get("running"), pieces.close)
         state["outcome"] = "completed"
 
     def _final_choice(self, model, choice, params):
@@ -783,12 +789,20 @@ class _Handlers:
         """
         await self._acquire()
         task = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args))
-        task.add_done_callback(lambda _: asyncio.ensure_future(self.limiter.release()))
+        _after(task, lambda: asyncio.ensure_future(self.limiter.release()))
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout)
         except asyncio.TimeoutError:
             task.add_done_callback(lambda t: t.exception())  # retrieved: not logged as lost
             raise RequestError(self._timeout_message(), status=504) from None
+
+
+def _after(task, function):
+    """Calls `function()` once `task` (None: nothing) is done: now, or when it ends."""
+    if task is None or task.done():
+        function()
+    else:
+        task.add_done_callback(lambda _: function())
 
 
 def _no_unknown_fields(body, allowed):
