@@ -10,8 +10,10 @@ Example:
 """
 
 import argparse
+import contextlib
 import ipaddress
 import os
+import signal
 import sys
 
 API_KEY_ENV = "TF_BIGMODELS_API_KEY"
@@ -180,10 +182,32 @@ def run(args):
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _stopped_by_signals(uvicorn.Server)(config)
     print(f"Loading {', '.join(names)}; serving at {url}", flush=True)
     server.run()
     return 2 if state["failed"] else 0
+
+
+def _stopped_by_signals(server_class):
+    """`server_class` (uvicorn's `Server`) with SIGINT and SIGTERM ending `run` normally.
+
+    uvicorn shuts down gracefully on either signal, then raises it again so that the default
+    handler ends the process (status 130 or -15). A server stopped on purpose has done its job,
+    so here the signals only start the graceful shutdown, and the command exits 0.
+    """
+
+    class Server(server_class):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            stops = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def main(argv=None):
