@@ -129,6 +129,43 @@ def test_the_readme_tf_serving_bodies_work_verbatim(server):
     assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
+def test_hostile_requests_get_a_400_and_the_real_server_keeps_serving(server):
+    gpt, bert = f"{server.url}/v1/models/gpt:predict", f"{server.url}/v1/models/bert:predict"
+    generate = {
+        "prompts": ["a"],
+        "max_new_tokens": 2,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "seed": 1,
+    }
+    bad = [
+        (gpt, {"inputs": {"prompts": [["nested"]]}}),
+        (gpt, {"inputs": {"prompts": "a scalar"}}),
+        (gpt, {"instances": [1, 2]}),
+        (gpt, {"signature_name": "generate", "inputs": {**generate, "top_k": -1}}),
+        (gpt, {"signature_name": "generate", "inputs": {**generate, "top_p": 2.0}}),
+        (gpt, {"signature_name": "generate", "inputs": {**generate, "max_new_tokens": [1, 2]}}),
+        (gpt, {"signature_name": "generate", "inputs": {**generate, "seed": "7"}}),
+        (gpt, {"signature_name": "generate", "inputs": {**generate, "temperature": 1e39}}),
+        (gpt, {"signature_name": "logits", "inputs": {"token_ids": [[300]]}}),
+        (gpt, {"signature_name": "logits", "inputs": {"token_ids": [[1] * 300]}}),
+        (gpt, {"signature_name": "logits", "inputs": {"token_ids": [[1], [1, 2]]}}),
+        (
+            bert,
+            {"signature_name": "encode_pair", "inputs": {"text": ["a", "b"], "text_pair": ["c"]}},
+        ),
+        (bert, {"signature_name": "fill_mask", "inputs": {"text": [["a"]]}}),
+        (f"{server.url}/v1/completions", {"model": "gpt", "prompt": "a", "max_tokens": -1}),
+    ]
+    for url, body in bad:
+        response = httpx.post(url, json=body, timeout=60)
+        assert response.status_code == 400, (body, response.text)
+        assert "Traceback" not in response.text and "{{node" not in response.text
+    good = httpx.post(gpt, json={"signature_name": "generate", "inputs": generate}, timeout=60)
+    assert good.status_code == 200 and len(good.json()["outputs"]) == 1
+
+
 def test_the_openai_client(server):
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == ["bert", "gpt", "sentiment"]

@@ -96,7 +96,22 @@ def load_model(name, export_dir):
 
     Example:
 
-    >>> model = load_model("gpt", "exports/gpt")  # doctest: +SKIP
+    >>> from tf_bigmodels.export import export_bert
+    >>> from tf_bigmodels.models import BERTClassifier, BERTEncoder
+    >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
+    >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"])
+    >>> encoder = BERTEncoder(tokenizer.vocab_size, 8, 1, 16, 1, max_length=8)
+    >>> path = export_bert(BERTClassifier(encoder, 2), tokenizer, "exports/sentiment",
+    ...                    class_names=["neg", "pos"], jit_compile=False)
+    >>> model = load_model("sentiment", "exports/sentiment")
+    >>> model.kind, model.version, sorted(model.signatures)
+    ('bert_classifier', 1, ['serving_default'])
+    >>> sorted(model.predict("serving_default", {"text": ["good", "bad"]}))
+    ['label', 'label_name', 'probabilities']
+    >>> model.predict("serving_default", {"text": "good"})
+    Traceback (most recent call last):
+    ...
+    tf_bigmodels.serving.models.RequestError: Shape of tensor text [] is not compatible with expected shape [?].
     """
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the ops of the WordPiece tokenizer)
@@ -118,11 +133,13 @@ class ServedModel:
         path: str. The version directory.
         loaded: what `tf.saved_model.load(path)` returned.
 
-    Example:
+    Example (`load_model` makes one; its example runs the methods):
 
-    >>> model = ServedModel("gpt", 1, "exports/gpt/1", tf.saved_model.load("exports/gpt/1"))
-    ... # doctest: +SKIP
+    >>> ServedModel.kinds
+    ('gpt', 'bert_pretrainer', 'bert_classifier')
     """
+
+    kinds = (GPT, BERT_PRETRAINER, BERT_CLASSIFIER)
 
     def __init__(self, name, version, path, loaded):
         self.name, self.version, self.path = name, version, path
