@@ -308,3 +308,14 @@ def test_sigterm_stops_the_server_cleanly(server):
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     assert server.stop(signal.SIGTERM) == 0, server.output
     assert "Traceback" not in server.output, server.output
+
+
+def test_a_model_that_cannot_load_ends_serve_with_status_2(tmp_path):
+    (tmp_path / "broken/1").mkdir(parents=True)
+    (tmp_path / "broken/1/saved_model.pb").write_bytes(b"not a SavedModel")
+    process = ServerProcess([str(tmp_path / "broken")])
+    try:
+        assert process.process.wait(120) == 2
+    finally:
+        process.stop()
+    assert "tf-bigmodels serve: error: cannot load the models" in process.output

@@ -378,3 +378,26 @@ def test_json_values_become_tensors_of_the_signature_types_or_a_400():
     ]:
         with pytest.raises(RequestError, match=words):
             _tensor("x", value, dtype)
+
+
+def test_any_other_saved_model_is_served_through_the_tf_serving_routes(tmp_path):
+    import tensorflow as tf
+
+    from tf_bigmodels.serving import load_model
+
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def double(self, x):
+            return {"y": 2 * x}
+
+    module = Doubler()
+    tf.saved_model.save(
+        module, str(tmp_path / "doubler/7"), signatures={"serving_default": module.double}
+    )
+    model = load_model("doubler", str(tmp_path / "doubler"))
+    assert (model.kind, model.version) == ("saved_model", 7)
+    client = _client([model])
+    answer = client.post("/v1/models/doubler/versions/7:predict", json={"instances": [1, 2.5]})
+    assert answer.json() == {"predictions": [2.0, 5.0]}
+    assert client.post("/v1/completions", json={"model": "doubler"}).status_code == 400
+    client.__exit__(None, None, None)

@@ -17,6 +17,7 @@ import re
 from tf_bigmodels.run_directory import RunDirectory, export_versions, newest_version
 
 GPT, BERT_PRETRAINER, BERT_CLASSIFIER = "gpt", "bert_pretrainer", "bert_classifier"
+OTHER = "saved_model"  # any other SavedModel: its signatures over TF Serving's routes
 # TensorFlow's error text around the message a client can act on: the node that raised it and
 # the op, which describe our graph, not the request.
 _ERROR_NOISE = re.compile(
@@ -124,7 +125,8 @@ class ServedModel:
     """One loaded SavedModel version and what the server asks of it.
 
     The kind comes from the export: a GPT carries `generation_config`, a BERT `export_config`
-    (with `class_names` for a classifier). Requests may run in several threads at once: every
+    (with `class_names` for a classifier); any other SavedModel is served through TF Serving's
+    routes only (kind "saved_model"). Requests may run in several threads at once: every
     method only calls the SavedModel's functions, which TensorFlow runs concurrently.
 
     Args:
@@ -136,10 +138,10 @@ class ServedModel:
     Example (`load_model` makes one; its example runs the methods):
 
     >>> ServedModel.kinds
-    ('gpt', 'bert_pretrainer', 'bert_classifier')
+    ('gpt', 'bert_pretrainer', 'bert_classifier', 'saved_model')
     """
 
-    kinds = (GPT, BERT_PRETRAINER, BERT_CLASSIFIER)
+    kinds = (GPT, BERT_PRETRAINER, BERT_CLASSIFIER, OTHER)
 
     def __init__(self, name, version, path, loaded):
         self.name, self.version, self.path = name, version, path
@@ -150,10 +152,12 @@ class ServedModel:
             self.kind = GPT
             # One decode call holds the prompt's last token and max_length - 1 new ones.
             self.max_tokens = self.config["max_length"] - 1
-        else:
+        elif hasattr(loaded, "export_config"):
             self.config = json.loads(loaded.export_config.numpy())
             self.kind = BERT_CLASSIFIER if "class_names" in self.config else BERT_PRETRAINER
             self.max_tokens = 0
+        else:  # not ours: served as it is, as TF Serving would
+            self.config, self.kind, self.max_tokens = {}, OTHER, 0
 
     def describe(self):
         """What the OpenAI model list and the page show about this model (a JSON-ready dict)."""
@@ -173,7 +177,7 @@ class ServedModel:
         """Runs every path once, so that the first request does not pay for it."""
         if self.kind == GPT:
             "".join(self.stream("warm up", 2, temperature=1.0, top_p=1.0, top_k=0, seed=0))
-        else:
+        elif self.kind != OTHER:  # another SavedModel's inputs are unknown: no warm-up
             self.predict("serving_default", {"text": ["warm up"]})
         if self.kind == BERT_PRETRAINER:
             self.predict("fill_mask", {"text": ["warm [MASK] up"]})
