@@ -177,6 +177,9 @@ class ServedModel:
         """Runs every path once, so that the first request does not pay for it."""
         if self.kind == GPT:
             "".join(self.stream("warm up", 2, temperature=1.0, top_p=1.0, top_k=0, seed=0))
+            settings = {"max_new_tokens": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+            self.predict("generate", {"prompts": ["warm up"], "seed": 0, **settings})
+            self.predict("logits", {"token_ids": [[0]]})
         elif self.kind != OTHER:  # another SavedModel's inputs are unknown: no warm-up
             self.predict("serving_default", {"text": ["warm up"]})
         if self.kind == BERT_PRETRAINER:
