@@ -217,7 +217,7 @@ def main(argv=None):
 
     >>> main(["--help"])  # doctest: +SKIP
     """
-    parser = argparse.ArgumentParser(prog="python -m tf_bigmodels.serving")
+    parser = argparse.ArgumentParser(prog="tf-bigmodels")  # help reads as the same command
     serve = add_parser(parser.add_subparsers(dest="command"))
     args = serve.parse_args(sys.argv[1:] if argv is None else argv)
     try:
