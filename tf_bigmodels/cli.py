@@ -29,6 +29,7 @@ from tf_bigmodels.run_directory import RunDirectory
 from tf_bigmodels.training import records
 from tf_bigmodels.training.config import PRESETS, RunConfig
 from tf_bigmodels.training.errors import DirectoryInUse, TrainingDiverged
+from tf_bigmodels.serving import cli as serving_cli
 
 # Backslash escapes `--prompt` interprets, as a shell's `echo -e` or Python's string literals do.
 _PROMPT_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
@@ -307,7 +308,7 @@ def _subparser(subparsers, name, summary, description):
 
 
 def build_parser():
-    """The argument parser of `tf-bigmodels` (subcommands train, generate, export, plot).
+    """The argument parser of `tf-bigmodels` (subcommands train, generate, export, plot, serve).
 
     Example:
 
@@ -322,6 +323,9 @@ def build_parser():
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_generate, _add_export, _add_plot):
         add(subparsers)
+    # The server's command line lives with the server, which must run where only an export
+    # exists; it adds its own subcommand.
+    serving_cli.add_parser(subparsers)
     return parser
 
 

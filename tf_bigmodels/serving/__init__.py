@@ -1,0 +1,25 @@
+"""An HTTP server for exported SavedModels: `tf-bigmodels serve [NAME=]PATH ...`.
+
+- TF Serving's REST API, same paths and bodies: `GET /v1/models/{name}` (version status),
+  `GET /v1/models/{name}/metadata` (signatures), `POST /v1/models/{name}[/versions/{v}]:predict`
+  (`instances` or `inputs`, any `signature_name`).
+- OpenAI's completions API for GPT exports: `GET /v1/models`, `POST /v1/completions` (streamed
+  as server-sent events with `"stream": true`).
+- `/` (a page to try the models), `/healthz`, `/readyz`, `/monitoring/prometheus/metrics`.
+
+The server loads exports only (`tf.saved_model.load` and `tensorflow_text`); it never imports
+the training code, so it runs wherever an export was copied.
+
+Example:
+
+>>> from starlette.testclient import TestClient
+>>> from tf_bigmodels.serving import create_app
+>>> with TestClient(create_app([])) as client:
+...     client.get("/v1/models").json()
+{'object': 'list', 'data': []}
+"""
+
+from tf_bigmodels.serving.app import ServerSettings, create_app
+from tf_bigmodels.serving.models import ServedModel, find_export, load_model
+
+__all__ = ["ServedModel", "ServerSettings", "create_app", "find_export", "load_model"]

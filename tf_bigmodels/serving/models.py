@@ -1,0 +1,379 @@
+"""The exported models a server holds: where they are, how they load, how a request runs them.
+
+`find_export(spec)` turns a command-line `[NAME=]PATH` into a name and an export directory
+without loading TensorFlow, so a wrong path is reported before the server starts. `load_model`
+loads the newest version with `tf.saved_model.load` (plus `tensorflow_text`, whose ops the BERT
+exports use) and wraps it in a `ServedModel`: TF Serving's view (status, signature metadata,
+predict on JSON values) and, for a GPT, the text generation behind the OpenAI completions API.
+Only `tf_bigmodels.export` is used, never training code, so a server runs where only an export
+exists.
+"""
+
+import base64
+import json
+import os
+import re
+
+from tf_bigmodels.run_directory import RunDirectory, export_versions, newest_version
+
+GPT, BERT_PRETRAINER, BERT_CLASSIFIER = "gpt", "bert_pretrainer", "bert_classifier"
+OTHER = "saved_model"  # any other SavedModel: its signatures over TF Serving's routes
+# TensorFlow's error text around the message a client can act on: the node that raised it and
+# the op, which describe our graph, not the request.
+_ERROR_NOISE = re.compile(
+    r"Graph execution error:|Detected at node .*? defined at \(most recent call last\):"
+    r"|<stack traces unavailable>|\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\]"
+)
+
+
+class RequestError(ValueError):
+    """A request the model cannot serve, with the HTTP status that says why.
+
+    Args:
+        message: str. What is wrong, for the client.
+        status: int. 400 (bad input) or 404 (unknown signature or version). Defaults to 400.
+        param: str or None. The request field at fault. Defaults to None.
+
+    Example:
+
+    >>> error = RequestError("`n` must be an integer >= 1, got 0.", param="n")
+    >>> error.status, error.param
+    (400, 'n')
+    """
+
+    def __init__(self, message, status=400, param=None):
+        super().__init__(message)
+        self.status = status
+        self.param = param
+
+
+def find_export(spec):
+    """The name and export directory that `[NAME=]PATH` on the command line stands for.
+
+    PATH is an export directory (numbered version directories, TF Serving's layout) or a run
+    directory whose `export/` holds versions. The name is NAME, else PATH's last component
+    (`exports/gpt` serves as `gpt`, `runs/poet` as `poet`).
+
+    Args:
+        spec: str. `PATH` or `NAME=PATH`.
+
+    Returns:
+        `(name, export_dir)`, both str.
+
+    Example:
+
+    >>> os.makedirs("runs/poet/export/1")
+    >>> find_export("runs/poet"), find_export("tang=runs/poet/export")
+    (('poet', 'runs/poet/export'), ('tang', 'runs/poet/export'))
+    """
+    name, separator, path = spec.partition("=")
+    if not separator:
+        name, path = "", spec
+    path = os.path.normpath(path)
+    name = name or os.path.basename(os.path.abspath(path))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(
+            f"`NAME` must be letters, digits, '.', '_' or '-' (it appears in URLs), got {name!r} "
+            f"(from {spec!r}; write NAME=PATH to choose one)."
+        )
+    for export_dir in (path, os.fspath(RunDirectory(path).export_dir)):
+        if export_versions(export_dir):
+            return name, export_dir
+    raise ValueError(
+        f"`PATH` must be an export directory (numbered version directories such as {path}/1) "
+        f"or a run directory with an export/ of that kind, got {path!r}."
+    )
+
+
+def load_model(name, export_dir):
+    """Loads the newest version in `export_dir` and returns it as a `ServedModel`.
+
+    Args:
+        name: str. The name clients use.
+        export_dir: str. A directory of numbered versions.
+
+    Returns:
+        `ServedModel`.
+
+    Example:
+
+    >>> from tf_bigmodels.export import export_bert
+    >>> from tf_bigmodels.models import BERTClassifier, BERTEncoder
+    >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
+    >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"])
+    >>> encoder = BERTEncoder(tokenizer.vocab_size, 8, 1, 16, 1, max_length=8)
+    >>> path = export_bert(BERTClassifier(encoder, 2), tokenizer, "exports/sentiment",
+    ...                    class_names=["neg", "pos"], jit_compile=False)
+    >>> model = load_model("sentiment", "exports/sentiment")
+    >>> model.kind, model.version, sorted(model.signatures)
+    ('bert_classifier', 1, ['serving_default'])
+    >>> sorted(model.predict("serving_default", {"text": ["good", "bad"]}))
+    ['label', 'label_name', 'probabilities']
+    >>> model.predict("serving_default", {"text": "good"})
+    Traceback (most recent call last):
+    ...
+    tf_bigmodels.serving.models.RequestError: Shape of tensor text [] is not compatible with expected shape [?].
+    """
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the ops of the WordPiece tokenizer)
+
+    path = newest_version(export_dir)
+    return ServedModel(name, int(os.path.basename(path)), path, tf.saved_model.load(path))
+
+
+class ServedModel:
+    """One loaded SavedModel version and what the server asks of it.
+
+    The kind comes from the export: a GPT carries `generation_config`, a BERT `export_config`
+    (with `class_names` for a classifier); any other SavedModel is served through TF Serving's
+    routes only (kind "saved_model"). Requests may run in several threads at once: every
+    method only calls the SavedModel's functions, which TensorFlow runs concurrently.
+
+    Args:
+        name: str. The model's name in URLs.
+        version: int. The version directory's number.
+        path: str. The version directory.
+        loaded: what `tf.saved_model.load(path)` returned.
+
+    Example (`load_model` makes one; its example runs the methods):
+
+    >>> ServedModel.kinds
+    ('gpt', 'bert_pretrainer', 'bert_classifier', 'saved_model')
+    """
+
+    kinds = (GPT, BERT_PRETRAINER, BERT_CLASSIFIER, OTHER)
+
+    def __init__(self, name, version, path, loaded):
+        self.name, self.version, self.path = name, version, path
+        self._loaded = loaded
+        self.signatures = dict(loaded.signatures)
+        if hasattr(loaded, "generation_config"):
+            self.config = json.loads(loaded.generation_config.numpy())
+            self.kind = GPT
+            # One decode call holds the prompt's last token and max_length - 1 new ones.
+            self.max_tokens = self.config["max_length"] - 1
+        elif hasattr(loaded, "export_config"):
+            self.config = json.loads(loaded.export_config.numpy())
+            self.kind = BERT_CLASSIFIER if "class_names" in self.config else BERT_PRETRAINER
+            self.max_tokens = 0
+        else:  # not ours: served as it is, as TF Serving would
+            self.config, self.kind, self.max_tokens = {}, OTHER, 0
+
+    def describe(self):
+        """What the OpenAI model list and the page show about this model (a JSON-ready dict)."""
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": int(os.path.getmtime(self.path)),
+            "owned_by": "tf-bigmodels",
+            "kind": self.kind,
+            "version": str(self.version),
+            "signatures": sorted(self.signatures),
+            "max_tokens": self.max_tokens,
+            "class_names": self.config.get("class_names"),
+        }
+
+    def warm_up(self):
+        """Runs every path once, so that the first request does not pay for it."""
+        if self.kind == GPT:
+            "".join(self.stream("warm up", 2, temperature=1.0, top_p=1.0, top_k=0, seed=0))
+            settings = {"max_new_tokens": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+            self.predict("generate", {"prompts": ["warm up"], "seed": 0, **settings})
+            self.predict("logits", {"token_ids": [[0]]})
+        elif self.kind != OTHER:  # another SavedModel's inputs are unknown: no warm-up
+            self.predict("serving_default", {"text": ["warm up"]})
+        if self.kind == BERT_PRETRAINER:
+            self.predict("fill_mask", {"text": ["warm [MASK] up"]})
+
+    def metadata(self):
+        """TF Serving's `GET /v1/models/{name}/metadata` answer: every signature's inputs and
+        outputs with their dtypes and shapes."""
+        from tensorflow.core.framework import types_pb2
+
+        def tensor_info(spec):
+            shape = spec.shape
+            if shape.rank is None:
+                tensor_shape = {"unknown_rank": True}
+            else:
+                tensor_shape = {"dim": [{"size": str(-1 if d is None else d)} for d in shape]}
+            dtype = types_pb2.DataType.Name(spec.dtype.as_datatype_enum)
+            return {"dtype": dtype, "tensor_shape": tensor_shape, "name": spec.name or ""}
+
+        definitions = {}
+        for signature, function in sorted(self.signatures.items()):
+            inputs = function.structured_input_signature[1]
+            definitions[signature] = {
+                "inputs": {k: tensor_info(v) for k, v in sorted(inputs.items())},
+                "outputs": {
+                    k: tensor_info(v) for k, v in sorted(function.structured_outputs.items())
+                },
+                "method_name": "tensorflow/serving/predict",
+            }
+        return {
+            "model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
+            "metadata": {"signature_def": {"signature_def": definitions}},
+        }
+
+    def input_names(self, signature_name):
+        """The input names of a signature; RequestError 404 if there is no such signature."""
+        return sorted(self._signature(signature_name).structured_input_signature[1])
+
+    def predict(self, signature_name, inputs):
+        """Runs a signature on JSON values; returns its outputs as JSON values.
+
+        Args:
+            signature_name: str.
+            inputs: dict of input name to a JSON value (nested lists of the input's type;
+                strings may be `{"b64": ...}`, TF Serving's form for bytes).
+
+        Returns:
+            dict of output name to nested lists.
+
+        Raises:
+            RequestError: 404 for an unknown signature; 400 for a missing, unknown or
+                ill-typed input, or one the graph's own checks reject (their message).
+        """
+        import tensorflow as tf
+
+        function = self._signature(signature_name)
+        specs = function.structured_input_signature[1]
+        missing = sorted(set(specs) - set(inputs))
+        unknown = sorted(set(inputs) - set(specs))
+        if missing or unknown:
+            raise RequestError(
+                f"signature {signature_name!r} takes the inputs {sorted(specs)}; "
+                + (f"missing {missing}" if missing else "")
+                + ("; " if missing and unknown else "")
+                + (f"unknown {unknown}" if unknown else "")
+                + "."
+            )
+        tensors = {name: _tensor(name, inputs[name], specs[name].dtype) for name in specs}
+        try:
+            outputs = function(**tensors)
+        except tf.errors.InvalidArgumentError as error:
+            raise RequestError(_clean_message(error.message)) from None
+        return {name: _json_value(value.numpy()) for name, value in outputs.items()}
+
+    def _signature(self, signature_name):
+        if signature_name not in self.signatures:
+            raise RequestError(
+                f"`signature_name` must be one of {sorted(self.signatures)} for model "
+                f"{self.name!r}, got {signature_name!r}.",
+                status=404,
+                param="signature_name",
+            )
+        return self.signatures[signature_name]
+
+    def count_tokens(self, text):
+        """The number of tokens of `text` (GPT only); an empty text counts its start token."""
+        import tensorflow as tf
+
+        return int(self._loaded.tokenize(tf.constant([text])).row_lengths()[0])
+
+    def stream(self, prompt, max_tokens, *, temperature, top_p, top_k, seed, chunk_tokens=16):
+        """Yields the continuation of `prompt` in pieces as it is generated (GPT only).
+
+        Each piece is one call of the export's cached decode loop (`chunk_tokens` tokens), so
+        a consumer that stops asking stops the generation within one chunk. The same `seed`
+        repeats the same text.
+
+        Args:
+            prompt: str.
+            max_tokens: int in [0, `self.max_tokens`].
+            temperature: float >= 0 (0 is greedy).
+            top_p: float in (0, 1] (1 is off).
+            top_k: int >= 0 (0 is off).
+            seed: int in [0, 2**31 - 1] or None (random).
+            chunk_tokens: int >= 1. Tokens per decode call. Defaults to 16.
+
+        Yields:
+            str pieces.
+        """
+        from tf_bigmodels.export import stream_text
+
+        return stream_text(
+            (self._loaded, None),
+            prompt,
+            max_tokens,
+            temperature=temperature,
+            top_k=top_k or None,
+            top_p=None if top_p == 1 else top_p,
+            seed=seed,
+            chunk_tokens=chunk_tokens,
+        )
+
+
+def _clean_message(message):
+    """TensorFlow's error message without the graph node and op names around it."""
+    return " ".join(_ERROR_NOISE.sub(" ", message).split())
+
+
+def _tensor(name, value, dtype):
+    """A JSON value as a tensor of `dtype`; RequestError naming the input if it does not fit."""
+    import numpy as np
+    import tensorflow as tf
+
+    if dtype == tf.string:
+        kind, check = "strings", _string_leaf
+    elif dtype.is_integer:
+        kind, check = "integers", _integer_leaf
+    elif dtype.is_floating:
+        kind, check = "numbers", _number_leaf
+    else:
+        raise RequestError(f"input `{name}` has the type {dtype.name}, which JSON cannot carry.")
+    try:
+        converted = _map_leaves(value, check)
+        array = np.array(converted, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+    except OverflowError:
+        raise RequestError(
+            f"input `{name}` holds a value outside the range of {dtype.name}."
+        ) from None
+    except (TypeError, ValueError) as error:
+        detail = f" ({error})" if isinstance(error, _Invalid) else ""
+        raise RequestError(
+            f"input `{name}` must be {kind}, or nested lists of them of one shape (not ragged), "
+            f"for a {dtype.name} tensor{detail}."
+        ) from None
+    return tf.constant(array, dtype)
+
+
+class _Invalid(ValueError):
+    """A JSON leaf of the wrong type."""
+
+
+def _map_leaves(value, function):
+    if isinstance(value, list):
+        return [_map_leaves(item, function) for item in value]
+    return function(value)
+
+
+def _string_leaf(leaf):
+    if isinstance(leaf, str):
+        return leaf.encode("utf-8")
+    if isinstance(leaf, dict) and set(leaf) == {"b64"} and isinstance(leaf["b64"], str):
+        try:
+            return base64.b64decode(leaf["b64"], validate=True)
+        except ValueError:
+            raise _Invalid("a b64 value is not base64") from None
+    raise _Invalid(f"got {json.dumps(leaf)[:40]}")
+
+
+def _integer_leaf(leaf):
+    if isinstance(leaf, bool) or not isinstance(leaf, int):
+        raise _Invalid(f"got {json.dumps(leaf)[:40]}")
+    return leaf
+
+
+def _number_leaf(leaf):
+    if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
+        raise _Invalid(f"got {json.dumps(leaf)[:40]}")
+    return leaf
+
+
+def _json_value(array):
+    """A NumPy output as JSON values: bytes become text (invalid UTF-8 replaced)."""
+    if array.dtype == object:
+        return _map_leaves(
+            array.tolist(), lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b
+        )
+    return array.tolist()
