@@ -239,8 +239,10 @@ def export_litert(model, tokenizer, path, *, weights="float32"):
     Example:
 
     >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32)
-    >>> export_litert(model, ByteTokenizer(), "out/gpt-int8.tflite", weights="int8")
-    'out/gpt-int8.tflite'
+    >>> export_litert(model, ByteTokenizer(), "out/gpt.bin")
+    Traceback (most recent call last):
+    ...
+    ValueError: `path` must end in '.tflite', got 'out/gpt.bin'.
     """
     if isinstance(model, GPTModel):
         return export_gpt_litert(model, tokenizer, path, weights=weights)

@@ -37,14 +37,10 @@ def load_description(path):
 
     Example:
 
-    >>> from tf_bigmodels.litert import export_gpt_litert
-    >>> from tf_bigmodels.models import GPTModel
-    >>> from tf_bigmodels.tokenizers import ByteTokenizer
-    >>> path = export_gpt_litert(GPTModel(258, 32, 2, 64, 1, max_length=32), ByteTokenizer(),
-    ...                          "out/gpt.tflite")
-    >>> description, _ = load_description(path)
-    >>> description["model"], description["weights"], description["special_ids"]["end_id"]
-    ('gpt', 'float32', 256)
+    >>> load_description("missing.tflite")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: `path` must be a .tflite file written by tf_bigmodels.litert with its .json ...
     """
     path = os.fspath(path)
     json_path = path if path.endswith(".json") else description_path(path)
@@ -218,6 +214,11 @@ class LiteRTGenerator:
     >>> generator = LiteRTGenerator(path)
     >>> len(generator.generate([[104, 105]], max_new_tokens=5, temperature=0.0)[0])
     7
+    >>> generator.logits([[104, 105]]).shape
+    (1, 2, 258)
+    >>> text = "".join(generator.stream_text("hi", 8, temperature=0.8, top_k=40, seed=1))
+    >>> text == generator.generate_text("hi", 8, temperature=0.8, top_k=40, seed=1)
+    True
     """
 
     def __init__(self, path, *, num_threads=None):
@@ -268,7 +269,8 @@ class LiteRTGenerator:
         Example:
 
         >>> list(generator.stream_ids([104], 3, temperature=0.0)) == (
-        ...     generator.generate([[104]], 3, temperature=0.0)[0][1:])  # doctest: +SKIP
+        ...     generator.generate([[104]], 3, temperature=0.0)[0][1:])
+        ... # doctest: +SKIP
         True
         """
         settings = self._settings(max_new_tokens, settings)
@@ -334,7 +336,8 @@ class LiteRTGenerator:
 
         Example:
 
-        >>> pieces = list(generator.stream_text("To be", 20, temperature=0.0))  # doctest: +SKIP
+        >>> pieces = list(generator.stream_text("To be", 20, temperature=0.0))
+        ... # doctest: +SKIP
         """
         ids = self.tokenizer.encode(prompt) or [self.end_id]
         new, emitted = [], ""
@@ -350,7 +353,8 @@ class LiteRTGenerator:
 
         Example:
 
-        >>> generator.generate_text("To be", 20, temperature=0.0)  # doctest: +SKIP
+        >>> text = generator.generate_text("To be", 20, temperature=0.0)
+        ... # doctest: +SKIP
         """
         return "".join(self.stream_text(prompt, max_new_tokens, **settings))
 
@@ -376,11 +380,15 @@ class LiteRTEncoder:
     >>> from tf_bigmodels.litert import export_bert_litert
     >>> from tf_bigmodels.models import BERTEncoder
     >>> from tf_bigmodels.tokenizers import WordPieceTokenizer
+    >>> from tf_bigmodels.models import BERTClassifier
     >>> encoder = BERTEncoder(vocab_size=6, d_model=32, num_heads=2, dff=64, num_layers=1)
     >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hi"])
-    >>> bert = LiteRTEncoder(export_bert_litert(encoder, tokenizer, "out/bert.tflite"))
-    >>> bert.encode([[2, 5, 3]])["pooled_output"].shape
-    (1, 32)
+    >>> path = export_bert_litert(BERTClassifier(encoder, 3), tokenizer, "out/bert.tflite")
+    >>> bert = LiteRTEncoder(path)
+    >>> bert.encode([[2, 5, 3, 0]])["sequence_output"].shape
+    (1, 4, 32)
+    >>> bert.classify([[2, 5, 3]])["probabilities"].shape
+    (1, 3)
     """
 
     def __init__(self, path, *, num_threads=None):
@@ -416,7 +424,7 @@ class LiteRTEncoder:
         Example:
 
         >>> bert.encode([[2, 5, 3, 0]])["sequence_output"].shape
-        (1, 4, 32)
+        ... # doctest: +SKIP
         """
         runner = self.interpreter.get_signature_runner("encode")
         return runner(**self._inputs(token_ids, segment_ids, padding_mask))
@@ -429,10 +437,8 @@ class LiteRTEncoder:
 
         Example:
 
-        >>> bert.classify([[2, 5, 3]])  # doctest: +IGNORE_EXCEPTION_DETAIL
-        Traceback (most recent call last):
-        ...
-        ValueError: this export has no `classify` signature
+        >>> bert.classify([[2, 5, 3]])["probabilities"].shape
+        ... # doctest: +SKIP
         """
         if "classify" not in self.description["signatures"]:
             raise ValueError(
