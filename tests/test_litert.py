@@ -1,5 +1,9 @@
 """LiteRT export and runner: equal logits, one stored embedding, greedy parity, reproducible
-sampling, BERT, the int8 quality check, and the TensorFlow-free doc example."""
+sampling, BERT, the int8 quality check, and the TensorFlow-free doc example.
+
+A conversion takes seconds even for a tiny model (about ten on a loaded machine), and the shared
+fixture trains a model and converts it twice, so every test that converts is marked slow; the
+doc examples of `tf_bigmodels.litert` convert a tiny model in the everyday lane."""
 
 import json
 import os
@@ -63,6 +67,7 @@ def _buffer_sizes(path):
     return [model.Buffers(i).DataLength() for i in range(model.BuffersLength())]
 
 
+@pytest.mark.slow
 def test_float32_logits_equal_the_keras_model(trained, exports):
     model, text = trained
     ids = np.frombuffer(text[: 2 * MAX_LENGTH].encode(), np.uint8).astype("int32").reshape(2, -1)
@@ -71,6 +76,7 @@ def test_float32_logits_equal_the_keras_model(trained, exports):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_int8_logits_are_close(trained, exports):
     model, text = trained
     ids = np.frombuffer(text[:MAX_LENGTH].encode(), np.uint8).astype("int32")[None]
@@ -81,6 +87,7 @@ def test_int8_logits_are_close(trained, exports):
     assert (got.argmax(-1) == expected.argmax(-1)).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_the_token_embedding_is_stored_once(exports):
     table = VOCAB * D_MODEL  # no other matrix of the model has this many entries
     float32, int8 = _buffer_sizes(exports["float32"]), _buffer_sizes(exports["int8"])
@@ -89,6 +96,7 @@ def test_the_token_embedding_is_stored_once(exports):
     assert sum(int8) < 0.5 * sum(float32)
 
 
+@pytest.mark.slow
 def test_greedy_decoding_equals_generate(trained, exports):
     model, _ = trained
     prompt = list(PROMPT.encode())
@@ -96,6 +104,7 @@ def test_greedy_decoding_equals_generate(trained, exports):
     assert LiteRTGenerator(exports["float32"]).generate([prompt], 40, temperature=0.0) == expected
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_per_seed_and_streaming_gives_the_same_text(exports):
     generator = LiteRTGenerator(exports["int8"])
     settings = dict(temperature=1.0, top_k=20, top_p=0.95)
@@ -111,6 +120,7 @@ def test_sampling_is_reproducible_per_seed_and_streaming_gives_the_same_text(exp
     assert generator.generate([prompt], 20, top_k=1, seed=5) == greedy
 
 
+@pytest.mark.slow
 def test_a_long_prompt_keeps_its_last_tokens(exports):
     generator = LiteRTGenerator(exports["float32"])
     prompt = list(range(100))
@@ -126,6 +136,7 @@ def test_top_k_and_top_p_draw_only_from_the_kept_tokens():
     assert {sample_next_token(logits, 1.0, 0, 1.0, rng) for _ in range(400)} == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_the_description_says_how_to_run_the_file(exports):
     path = exports["int8"]
     description = json.loads(pathlib.Path(path).with_suffix(".json").read_text())
@@ -146,8 +157,9 @@ def test_the_description_says_how_to_run_the_file(exports):
     assert is_litert_source(path) and not is_litert_source(os.path.dirname(path))
 
 
-def test_bad_arguments_are_refused_before_converting(trained, tmp_path):
-    model, _ = trained
+def test_bad_arguments_are_refused_before_converting(tmp_path):
+    model = GPTModel(VOCAB, D_MODEL, 2, 64, 1, max_length=MAX_LENGTH)
+    model.build((None, None))
     with pytest.raises(ValueError, match="`weights` must be one of"):
         export_gpt_litert(model, ByteTokenizer(), tmp_path / "a.tflite", weights="bfloat16")
     with pytest.raises(ValueError, match="`path` must end in '.tflite'"):
@@ -160,6 +172,7 @@ def test_bad_arguments_are_refused_before_converting(trained, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_the_quality_check_reports_loss_and_first_difference(trained, exports):
     _, text = trained
     result = compare(exports["float32"], exports["int8"], text[-5000:], prompt=PROMPT, windows=8)

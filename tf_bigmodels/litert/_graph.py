@@ -37,6 +37,20 @@ def _constant(array):
     return tf.constant(np.asarray(array, np.float32))
 
 
+def _reshape(x, like, tail):
+    """`x` reshaped to `like`'s leading dims (all but its last) followed by `tail`.
+
+    With at most one unknown dim the target shape is a constant (-1 for the unknown), so the
+    file has no shape arithmetic there: after the runner sizes the inputs, every shape is
+    static, and XNNPACK runs the ops (it does not take shapes computed at run time).
+    """
+    dims = list(like.shape[:-1])
+    if sum(d is None for d in dims) <= 1:
+        return tf.reshape(x, [-1 if d is None else d for d in dims] + list(tail))
+    dynamic = tf.shape(like)[:-1]
+    return tf.reshape(x, tf.concat([dynamic, tf.constant(list(tail), tf.int32)], 0))
+
+
 class _Dense:
     def __init__(self, dense, columns=None):
         kernel, bias = _numpy(dense.kernel), _numpy(dense.bias)
@@ -46,10 +60,10 @@ class _Dense:
         self.activation = dense.activation
 
     def __call__(self, x):
-        width = tf.shape(x)[-1]
-        flat = tf.reshape(x, [-1, width])  # a 2-D product becomes FULLY_CONNECTED
+        flat = tf.reshape(x, [-1, self.kernel.shape[0]])  # a 2-D product: FULLY_CONNECTED
         y = tf.matmul(flat, self.kernel) + self.bias
-        y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.kernel.shape[1]]], 0))
+        if x.shape.rank > 2:
+            y = _reshape(y, x, [self.kernel.shape[1]])
         return self.activation(y)
 
 
@@ -84,10 +98,9 @@ class _Block:
 
     def _heads(self, x):
         """(B, T, d) -> query, key, value, each (B, h, T, hd)."""
-        batch, length = tf.shape(x)[0], tf.shape(x)[1]
         query, key, value = (
             tf.transpose(
-                tf.reshape(dense(x), [batch, length, self.num_heads, self.head_dim]), [0, 2, 1, 3]
+                _reshape(dense(x), x, [self.num_heads, self.head_dim]), [0, 2, 1, 3]
             )  # (B, h, T, hd)
             for dense in self.qkv
         )
@@ -95,8 +108,8 @@ class _Block:
 
     def _merge(self, heads):
         """(B, h, T, hd) -> (B, T, d) through the output projection."""
-        batch, length = tf.shape(heads)[0], tf.shape(heads)[2]
-        merged = tf.reshape(tf.transpose(heads, [0, 2, 1, 3]), [batch, length, -1])
+        merged = tf.transpose(heads, [0, 2, 1, 3])  # (B, T, h, hd)
+        merged = _reshape(merged, merged[..., 0], [self.num_heads * self.head_dim])
         return self.attention_output(merged)
 
     def _residual(self, x, attend):
@@ -133,8 +146,8 @@ class _Block:
             cached = tf.where(visible, cached, _MASKED_SCORE)
             own = tf.reduce_sum(query * key, axis=-1, keepdims=True)  # (B, h, 1, 1)
             weights = tf.nn.softmax(tf.concat([cached, own], axis=-1), axis=-1)
-            length = tf.shape(cached_key)[2]
-            heads = tf.matmul(weights[..., :length], cached_value) + weights[..., length:] * value
+            on_cache, on_own = tf.split(weights, [-1, 1], axis=-1)  # constant sizes
+            heads = tf.matmul(on_cache, cached_value) + on_own * value
             return self._merge(heads), (key, value)
 
         return self._residual(x, attend)
@@ -171,7 +184,6 @@ class _TokenEmbedding:
 
     def logits(self, hidden):
         """(B, T, d) -> float32 (B, T, V)."""
-        batch, length = tf.shape(hidden)[0], tf.shape(hidden)[1]
         flat = tf.reshape(hidden, [-1, hidden.shape[-1]])
         if self.reverse is not None:
             logits = tf.matmul(flat, self.reverse)
@@ -179,7 +191,7 @@ class _TokenEmbedding:
             logits = tf.matmul(flat, self.projection, transpose_b=True)
             if self.weights == "int8":
                 logits = logits * self.scale
-        return tf.reshape(logits, [batch, length, -1])
+        return _reshape(logits, hidden, [logits.shape[-1]])
 
 
 class GPTGraph(tf.Module):
