@@ -28,7 +28,7 @@ from tf_bigmodels.litert import (
 )
 from tf_bigmodels.litert.quality import compare
 from tf_bigmodels.models import BERTClassifier, BERTEncoder, GPTModel, compress_weights
-from tf_bigmodels.tokenizers import ByteTokenizer, WordPieceTokenizer
+from tf_bigmodels.tokenizers import ByteTokenizer, SentencePieceTokenizer, WordPieceTokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VOCAB, D_MODEL, MAX_LENGTH = 258, 32, 64
@@ -237,3 +237,20 @@ def test_the_doc_example_runs_without_tensorflow(exports, tmp_path):
     new = MAX_LENGTH - len(PROMPT)  # the example decodes up to the context
     expected = PROMPT + generator.generate_text(PROMPT, new, temperature=0.0)
     assert completed.stdout.rstrip("\n") == expected
+
+
+@pytest.mark.slow
+def test_a_sentencepiece_gpt_carries_its_model_file_and_decodes_text(tmp_path):
+    poems = load_corpus("tangshi")[:100]
+    tokenizer = SentencePieceTokenizer.train(poems, vocab_size=3000)
+    keras.utils.set_random_seed(2)
+    model = GPTModel(tokenizer.vocab_size, D_MODEL, 2, 64, 1, rate=0.0, max_length=MAX_LENGTH)
+    path = export_gpt_litert(model, tokenizer, tmp_path / "poet.tflite", weights="int8")
+    assert (tmp_path / "poet.sentencepiece.model").read_bytes() == tokenizer.model_proto
+    generator = LiteRTGenerator(path)
+    prompt = "床前明月光"
+    assert generator.tokenizer.encode(prompt) == tokenizer.tokenize(prompt).numpy().tolist()
+    ids = generator.generate([generator.tokenizer.encode(prompt)], 20, temperature=0.0)[0]
+    new = [i for i in ids[len(generator.tokenizer.encode(prompt)) :] if i != tokenizer.end_id]
+    text = generator.generate_text(prompt, 20, temperature=0.0)
+    assert text == tokenizer.detokenize(new).numpy().decode().rstrip("\ufffd")
