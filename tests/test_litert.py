@@ -254,3 +254,27 @@ def test_a_sentencepiece_gpt_carries_its_model_file_and_decodes_text(tmp_path):
     new = [i for i in ids[len(generator.tokenizer.encode(prompt)) :] if i != tokenizer.end_id]
     text = generator.generate_text(prompt, 20, temperature=0.0)
     assert text == tokenizer.detokenize(new).numpy().decode().rstrip("\ufffd")
+
+
+@pytest.mark.slow
+def test_prefill_of_left_padded_prompts_equals_each_prompt_alone(exports):
+    prefill = LiteRTGenerator(exports["float32"]).interpreter.get_signature_runner("prefill")
+    short, long = list(b"To be"), list(PROMPT.encode()) + [32]
+    padded = np.array([[0] * (len(long) - len(short)) + short, long], np.int32)
+    mask = np.arange(len(long)) >= (len(long) - np.array([[len(short)], [len(long)]]))
+    together = prefill(token_ids=padded, padding_mask=mask.astype(np.int32))
+    for row, prompt in enumerate((short, long)):
+        ids = np.array([prompt], np.int32)
+        alone = prefill(token_ids=ids, padding_mask=np.ones_like(ids))
+        np.testing.assert_allclose(together["logits"][row], alone["logits"][0], atol=1e-5)
+        real = together["key_1"][row][:, -len(prompt) :]
+        np.testing.assert_allclose(real, alone["key_1"][0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_copying_decode_path_gives_the_same_tokens(exports):
+    prompt = list(PROMPT.encode())
+    generator = LiteRTGenerator(exports["float32"])
+    expected = generator.generate([prompt], 30, temperature=0.0)
+    generator._decode._wrapper = None  # as with an ai_edge_litert without the wrapper calls
+    assert generator.generate([prompt], 30, temperature=0.0) == expected
