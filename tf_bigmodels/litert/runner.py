@@ -317,9 +317,8 @@ class LiteRTGenerator:
         for index, prompt in enumerate(token_ids):
             prompt = list(prompt)
             copy = sum(1 for earlier in token_ids[:index] if list(earlier) == prompt)
-            keep = self.max_length - max_new_tokens
             new = list(self.stream_ids(prompt, max_new_tokens, copy=copy, **settings))
-            rows.append(prompt[-keep:] + new if keep > 0 else new)
+            rows.append(prompt[-(self.max_length - max_new_tokens) :] + new)
         return rows
 
     def stream_text(self, prompt, max_new_tokens, **settings):
