@@ -30,8 +30,8 @@ def run(model_path, *, text="shakespeare", prompt="ROMEO:", new_tokens=200, wind
     """Exports `model_path` as float32 and int8 LiteRT files and compares them; a dict."""
     model = keras.saving.load_model(model_path)
     run_dir = RunDirectory.containing(model_path)
-    tokenizer = ByteTokenizer()
-    if run_dir is not None and run_dir.tokenizer.is_dir():
+    tokenizer = ByteTokenizer()  # a .keras file outside a run directory: a byte-level GPT
+    if run_dir is not None:
         from tf_bigmodels.training import load_run_tokenizer
 
         tokenizer = load_run_tokenizer(run_dir)

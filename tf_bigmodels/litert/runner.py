@@ -196,6 +196,9 @@ def sample_next_token(logits, temperature, top_k, top_p, rng):
 class LiteRTGenerator:
     """Text generation from a GPT LiteRT export (`export_gpt_litert`), with `ai_edge_litert`.
 
+    The cache lives in the interpreter, so one generator decodes one stream at a time: finish
+    (or drop) a `stream_ids`/`stream_text` generator before starting another on the same object.
+
     Args:
         path: str or path-like. The `.tflite` file (or its `.json` description).
         num_threads: int or None. Interpreter threads; None lets LiteRT choose. Defaults to None.
