@@ -23,18 +23,33 @@ bandwidth / bytes-per-token. This script measures both sides on this machine, in
   scored on the same windows) and its relative change from float32. Without it the quality rows are omitted
   (in `--smoke` they are computed on the tiny random model, to exercise the code).
 
+- LiteRT, with `--litert`: the same model exported by `tf_bigmodels.litert` as float32 and int8
+  `.tflite` files, each converted in a subprocess whose peak RSS (the conversion's memory
+  high-water mark) is reported, then decoded greedily at batch 1 by `LiteRTGenerator` (the
+  prompt pass included in the timing; it is a few tokens). Bytes per token of a file: its size
+  less all but one row of the position table. Reported as tokens/s, fraction of the bandwidth
+  bound, ratio to the Keras float32 row, and first greedy difference from it. Goals: int8 >= 2x
+  Keras float32 tokens/s on the 124M shape; LiteRT float32 not slower than Keras float32 on the
+  nano shape (`--shape nano`); int8 file <= 30% of the float32 file; conversion peak <= 8 GiB.
+
 Goals (issue 16): float32 decode >= 85% of its bound; bfloat16 >= 1.6x and int8 >= 2.5x float32
 tokens/s; validation loss within 1% (bfloat16) and 2% (int8) of float32.
 
 Usage:
     python benchmarks/decode.py --out decode.json --nano-model runs/gpt/model.keras  # minutes
     python benchmarks/decode.py --smoke                                             # seconds
+    python benchmarks/decode.py --litert --out decode_litert.json    # 124M shape, minutes
+    python benchmarks/decode.py --litert --shape nano --out decode_litert_nano.json
+    python benchmarks/decode.py --litert --smoke                     # seconds
 """
 
 import argparse
 import importlib.resources
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,8 +67,17 @@ SHAPES = {
     "gpt2": dict(
         vocab_size=50257, d_model=768, num_heads=12, dff=3072, num_layers=12, max_length=1024
     ),
+    "nano": dict(vocab_size=258, d_model=128, num_heads=4, dff=512, num_layers=4, max_length=256),
     "smoke": dict(vocab_size=258, d_model=32, num_heads=2, dff=64, num_layers=2, max_length=64),
 }
+LITERT_GOALS = {"int8_speedup_vs_keras_float32": 2.0, "int8_file_fraction": 0.30}
+_CONVERT = """
+import sys, keras, tf_bigmodels
+from tf_bigmodels.litert import export_gpt_litert
+from tf_bigmodels.tokenizers import ByteTokenizer
+model = keras.saving.load_model(sys.argv[1])
+export_gpt_litert(model, ByteTokenizer(), sys.argv[2], weights=sys.argv[3])
+"""
 GOALS = {"float32_fraction_of_bound": 0.85, "bfloat16_speedup": 1.6, "int8_speedup": 2.5}
 LOSS_GOALS = {"bfloat16": 0.01, "int8": 0.02}  # relative validation-loss change allowed
 PROMPT = "ROMEO:"
@@ -132,12 +156,81 @@ def validation_loss(model, text, windows):
     return float(np.mean(values))
 
 
-def run(*, smoke=False, nano_model=None, new_tokens=128, repeats=5, gemv_mib=1024, val_windows=64):
+def convert_in_subprocess(model_path, out, weights):
+    """Exports `model_path` to `out` in a fresh process; its peak RSS in bytes."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _CONVERT, model_path, out, weights],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"converting {model_path} to {weights} LiteRT failed")
+    return usage.ru_maxrss * 1024  # KiB on Linux
+
+
+def litert_rows(model, shape, prompt_ids, new_tokens, repeats, bandwidth, keras_row):
+    """LiteRT float32 and int8 rows: conversion peak memory, file size, decode tokens/s."""
+    from tf_bigmodels.litert import LiteRTGenerator
+
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        model_path = os.path.join(directory, "model.keras")
+        model.save(model_path)
+        generators, peaks = {}, {}
+        for weights in ("float32", "int8"):
+            path = os.path.join(directory, f"gpt-{weights}.tflite")
+            peaks[weights] = convert_in_subprocess(model_path, path, weights)
+            generators[weights] = LiteRTGenerator(path)
+        calls = {
+            w: (lambda g=g: list(g.stream_ids(prompt_ids, new_tokens, temperature=0.0)))
+            for w, g in generators.items()
+        }
+        timings = alternate(calls, repeats)
+        position_row = shape["d_model"]
+        for weights in generators:
+            file_bytes = os.path.getsize(os.path.join(directory, f"gpt-{weights}.tflite"))
+            per_weight = 1 if weights == "int8" else 4
+            per_token = file_bytes - (shape["max_length"] - 1) * position_row * per_weight
+            rate = new_tokens / timings[weights]["median"]
+            tokens = calls[weights]()
+            rows.append(
+                dict(
+                    runtime="litert",
+                    weights=weights,
+                    file_bytes=file_bytes,
+                    conversion_peak_rss_bytes=peaks[weights],
+                    bytes_per_token=per_token,
+                    tokens_per_second=rate,
+                    bound_tokens_per_second=bandwidth / per_token,
+                    fraction_of_bound=rate * per_token / bandwidth,
+                    speedup_vs_keras_float32=rate / keras_row["tokens_per_second"],
+                    first_difference_from_keras_float32=first_difference(
+                        tokens, keras_row["tokens"]
+                    ),
+                    seconds=timings[weights],
+                )
+            )
+    rows[1]["file_fraction_of_float32"] = rows[1]["file_bytes"] / rows[0]["file_bytes"]
+    return rows
+
+
+def run(
+    *,
+    smoke=False,
+    nano_model=None,
+    new_tokens=128,
+    repeats=5,
+    gemv_mib=1024,
+    val_windows=64,
+    litert=False,
+    shape_name="gpt2",
+):
     """Measures bandwidth, decode tokens/s per weight format, agreement and quality; a dict."""
     if smoke:
         new_tokens, repeats, gemv_mib, val_windows = 8, 1, 4, 8
     keras.utils.set_random_seed(0)
-    shape = SHAPES["smoke" if smoke else "gpt2"]
+    shape = SHAPES["smoke" if smoke else shape_name]
     model = GPTModel(**shape, rate=0.0)
     model(np.zeros((1, 1), "int32"))
     bandwidth = gemv_bandwidth(gemv_mib, calls=4 if smoke else 8, rounds=3 if smoke else 10)
@@ -185,6 +278,28 @@ def run(*, smoke=False, nano_model=None, new_tokens=128, repeats=5, gemv_mib=102
             for name, value in goals.items()
         },
     }
+    if litert:
+        keras_row = dict(rows[0], tokens=tokens["float32"])
+        lite = litert_rows(model, shape, prompt_ids, new_tokens, repeats, bandwidth, keras_row)
+        result["litert"] = {
+            "rows": lite,
+            "goals": {
+                "int8_speedup_vs_keras_float32": dict(
+                    measured=lite[1]["speedup_vs_keras_float32"],
+                    goal=LITERT_GOALS["int8_speedup_vs_keras_float32"],
+                ),
+                "int8_file_fraction": dict(
+                    measured=lite[1]["file_fraction_of_float32"],
+                    goal=LITERT_GOALS["int8_file_fraction"],
+                ),
+                "float32_not_slower_than_keras": dict(
+                    measured=lite[0]["speedup_vs_keras_float32"], goal=1.0
+                ),
+                "conversion_peak_gib": dict(
+                    measured=max(r["conversion_peak_rss_bytes"] for r in lite) / 2**30, goal=8.0
+                ),
+            },
+        }
     quality_model = None
     if nano_model:
         tf_bigmodels.register_keras_objects()  # a run's model.keras stores its optimizer too
@@ -233,6 +348,18 @@ def print_result(result):
     for name, goal in result["goals"].items():
         verdict = {None: "not judged (smoke)", True: "met", False: "missed"}[goal["met"]]
         print(f"goal {name}: {goal['measured']:.2f} (goal >= {goal['goal']}): {verdict}")
+    for row in result.get("litert", {}).get("rows", []):
+        print(
+            f"litert {row['weights']:7s} {row['bytes_per_token'] / 2**20:8.1f} MiB/token "
+            f"{row['tokens_per_second']:8.1f} tokens/s  bound {row['bound_tokens_per_second']:8.1f}"
+            f"  {100 * row['fraction_of_bound']:5.1f}% of bound  "
+            f"{row['speedup_vs_keras_float32']:.2f}x Keras float32  file "
+            f"{row['file_bytes'] / 2**20:.1f} MiB  conversion peak "
+            f"{row['conversion_peak_rss_bytes'] / 2**30:.2f} GiB  first greedy difference: "
+            f"{row['first_difference_from_keras_float32']}"
+        )
+    for name, goal in result.get("litert", {}).get("goals", {}).items():
+        print(f"litert goal {name}: {goal['measured']:.2f} (goal {goal['goal']})")
     for row in result.get("quality", {}).get("rows", []):
         print(
             f"val loss {row['weights']:9s} {row['val_loss']:.4f} "
@@ -248,6 +375,17 @@ def main():
     parser.add_argument("--val-windows", type=int, default=64)
     parser.add_argument("--nano-model", help="a trained byte-level GPT .keras file")
     parser.add_argument("--smoke", action="store_true", help="tiny model and matrix, seconds")
+    parser.add_argument(
+        "--litert",
+        action="store_true",
+        help="add LiteRT float32 and int8 rows (tf_bigmodels.litert)",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=("gpt2", "nano"),
+        default="gpt2",
+        help="model shape (default: gpt2, 124M)",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     result = run(
@@ -257,6 +395,8 @@ def main():
         repeats=args.repeats,
         gemv_mib=args.gemv_mib,
         val_windows=args.val_windows,
+        litert=args.litert,
+        shape_name=args.shape,
     )
     print_result(result)
     if args.out:

@@ -1,0 +1,58 @@
+"""The LiteRT benchmark scripts run end to end at a tiny size (no timing is asserted)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from tf_bigmodels.models import GPTModel
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(script, *arguments, cwd):
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *arguments],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+@pytest.mark.slow
+def test_decode_benchmark_smoke_adds_litert_rows(tmp_path):
+    completed = _run("decode.py", "--smoke", "--litert", "--out", "decode.json", cwd=tmp_path)
+    litert = json.loads((tmp_path / "decode.json").read_text())["litert"]
+    assert [row["weights"] for row in litert["rows"]] == ["float32", "int8"]
+    for row in litert["rows"]:
+        assert row["tokens_per_second"] > 0 and row["conversion_peak_rss_bytes"] > 2**20
+        assert 0 < row["bytes_per_token"] <= row["file_bytes"]
+    assert set(litert["goals"]) == {
+        "int8_speedup_vs_keras_float32",
+        "int8_file_fraction",
+        "float32_not_slower_than_keras",
+        "conversion_peak_gib",
+    }
+    assert "litert int8" in completed.stdout
+
+
+@pytest.mark.slow
+def test_litert_quality_script_reports_loss_and_first_difference(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32)
+    model.build((None, None))
+    model.save(tmp_path / "model.keras")
+    arguments = ["model.keras", "--windows", "4", "--new-tokens", "10", "--out", "q.json"]
+    completed = _run("litert_quality.py", *arguments, cwd=tmp_path)
+    result = json.loads((tmp_path / "q.json").read_text())
+    assert set(result["val_loss"]) == {"float32", "int8"}
+    assert result["new_tokens"] == 10 and "first greedy difference" in completed.stdout
+    assert result["file_bytes"]["int8"] < result["file_bytes"]["float32"]
