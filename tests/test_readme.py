@@ -35,14 +35,6 @@ def _fenced(text, language):
     return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
 
 
-# Each distinct ```python block of any page, run once (a Chinese page repeats the code of its
-# English page; only its comments are translated).
-BLOCKS = {}
-for _path, _text in PAGES.items():
-    for _index, _block in enumerate(_fenced(_text, "python")):
-        BLOCKS.setdefault(_block, f"{_path.relative_to(ROOT).as_posix()}-{_index}")
-
-
 def _code_lines(block):
     """The lines of a code block without comments and blank lines (comments may be translated)."""
     lines = []
@@ -51,6 +43,16 @@ def _code_lines(block):
         if line and not line.lstrip().startswith("#"):
             lines.append(line)
     return lines
+
+
+# Each distinct ```python block of any page, run once: a Chinese page repeats the code of its
+# English page with its comments translated, so blocks are told apart by their code alone.
+BLOCKS = {}
+for _path, _text in PAGES.items():
+    for _index, _block in enumerate(_fenced(_text, "python")):
+        _key = "\n".join(_code_lines(_block))
+        if _key not in {"\n".join(_code_lines(b)) for b in BLOCKS}:
+            BLOCKS[_block] = f"{_path.relative_to(ROOT).as_posix()}-{_index}"
 
 
 def _shell_commands(text):
