@@ -207,3 +207,15 @@ def test_chinese_pages_use_one_term_each_and_translate_code_comments(english, ch
                 ):
                     english_comments.append(comment)
     assert not english_comments, english_comments
+
+
+@pytest.mark.parametrize("page", list(PAGES), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_the_tests_a_page_names_exist(page):
+    # "`test_gpt.py::test_a`, `::test_b`": a bare `::name` belongs to the file named before it.
+    missing, current = [], None
+    for file, name in re.findall(r"(?:(?:tests/)?(test_\w+\.py|helpers\.py))?::(\w+)", PAGES[page]):
+        current = file or current
+        source = (ROOT / "tests" / current).read_text(encoding="utf-8")
+        if not re.search(rf"^def {name}\(", source, flags=re.M):
+            missing.append(f"{current}::{name}")
+    assert not missing
