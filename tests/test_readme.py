@@ -1,6 +1,7 @@
 """The READMEs' and guides' Python examples run as written, and each English page and its Chinese
 translation stay in step: the same sections, code, commands, links and generated tables."""
 
+import doctest
 import pathlib
 import re
 import sys
@@ -153,6 +154,11 @@ def test_the_article_is_named_in_both_readmes():
 
 def test_generated_tables_equal_what_benchmarks_md_gives():
     assert tables.out_of_date() == []
+
+
+def test_the_table_generator_s_examples_run():
+    results = doctest.testmod(tables)
+    assert results.attempted > 0 and results.failed == 0
 
 
 def test_generated_tables_notice_a_changed_figure():
