@@ -12,9 +12,9 @@ so this script does not run it. It shows each defect in one of two ways:
     table zeroed, the activation swapped, ...), for the defects that need a trained or a
     pretrained model. One change per comparison, so the difference has one cause.
 
-The defects are numbered as in the README's table. For each one the script prints the numbers it
-measured in this run, the rule that decides whether they show the defect (a Python expression,
-printed exactly as it is evaluated), and the verdict the rule gives. When a run does not show a
+The defects are numbered as in the table of docs/article.md. For each one the script prints the
+numbers it measured in this run, the rule that decides whether they show the defect (a Python
+expression, printed exactly as it is evaluated), and the verdict the rule gives. When a run does not show a
 defect, the verdict says so. Everything also goes to `walkthrough.json`, which the tests read.
 
 Run:  python examples/article_walkthrough.py            (about 1.5 minutes on a 2-core CPU)
