@@ -57,6 +57,7 @@ SPECS = {
         "zh": {
             "headers": ["模型", "测试准确率", "macro-F1", "耗时（秒）", "训练的参数量"],
             "rows": ["多数类基线", "字符 1–2 元语法逻辑回归", "BERT，全参数微调"],
+            "cells": {"pre-training": "预训练", "fine-tuning": "微调"},
         },
     },
     "finetune_gpt": {
@@ -149,13 +150,20 @@ def regenerate(text, tables, language):
         >>> guide = "<!-- begin table: sentiment -->\\nold\\n<!-- end table -->\\n"
         >>> print(regenerate(guide, t, "en").splitlines()[1])
         | a | b | c | d | e |
+
+        Two empty blocks with text between them: the text stays.
+
+        >>> two = "<!-- begin table: sentiment -->\\n<!-- end table -->\\n"
+        >>> regenerate(two + "text\\n" + two, t, "en").count("text")
+        1
     """
 
     def block(match):
         return match.group(1) + render(match.group(2), tables, language) + match.group(3)
 
-    pattern = r"(<!-- begin table: (\w+) -->\n)(?:.*?\n)?(<!-- end table -->)"
-    return re.sub(pattern, block, text, flags=re.S)
+    # The lines between the markers are replaced; none of them may be a marker itself.
+    pattern = r"^(<!-- begin table: (\w+) -->\n)(?:(?!<!-- ).*\n)*?(<!-- end table -->)$"
+    return re.sub(pattern, block, text, flags=re.M)
 
 
 def pages():
