@@ -2,15 +2,24 @@
 translation stay in step: the same sections, code, commands, links and generated tables."""
 
 import doctest
+import importlib.util
 import pathlib
 import re
-import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import tables  # noqa: E402  (benchmarks/ is a directory of scripts, not a package)
+
+
+def _load_tables_script():
+    """benchmarks/tables.py as a module (benchmarks/ is a directory of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("benchmark_tables", ROOT / "benchmarks/tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tables = _load_tables_script()
 
 # Pages written by other parts of the project; they are linked to from here and may be checked
 # by their own tests.
