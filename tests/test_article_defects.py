@@ -4,6 +4,7 @@ Each test fails if the fix it names is taken out: the activation ignored or repl
 layer arguments dropped, the package made to need PyTorch.
 """
 
+import ast
 import configparser
 import os
 import pathlib
@@ -160,3 +161,52 @@ def test_pytorch_is_not_needed():
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert "NO_TORCH" in result.stdout, result.stderr[-2000:]
+
+
+def test_parameter_count_follows_the_shape():
+    # The article speaks of parameter scale ("hundreds of millions") without saying where the
+    # parameters are. Here the shape decides them: each block holds 4 d^2 + 2 d dff weights
+    # plus biases and norms, and the tied output adds none.
+    vocab, d, heads, dff, layers, length = 97, 32, 4, 64, 3, 16
+    model = GPTModel(vocab, d, heads, dff, layers, rate=0.0, max_length=length)
+    model(np.zeros((1, 1), "int32"))
+    block = 4 * (d * d + d) + (d * dff + dff) + (dff * d + d) + 2 * 2 * d
+    expected = vocab * d + length * d + layers * block + 2 * d
+    assert model.count_params() == expected
+
+
+WALKTHROUGH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "article_walkthrough.py"
+
+
+def _verdicts():
+    """(defect number, rule, the words printed when the rule holds) of each `conclude` call."""
+    found = []
+    for node in ast.walk(ast.parse(WALKTHROUGH.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "conclude":
+            number, _title, _numbers, rule, shown = (
+                ast.literal_eval(a) if i != 2 else None for i, a in enumerate(node.args[:5])
+            )
+            found.append((number, rule, shown))
+    return found
+
+
+def test_every_figure_a_verdict_quotes_is_checked_by_its_rule():
+    # A verdict may say no more than its rule computes: every number its words quote (a
+    # `{name}` placeholder) is a name the rule tests.
+    verdicts = _verdicts()
+    assert [number for number, _, _ in verdicts] == list(range(1, 11))
+    for number, rule, shown in verdicts:
+        quoted = set(re.findall(r"\{(\w+)", shown))
+        unchecked = {name for name in quoted if not re.search(rf"\b{name}\b", rule)}
+        assert not unchecked, (number, unchecked)
+
+
+def test_the_walkthrough_says_what_its_models_are():
+    # Defects 6 and 7 use random weights in a GPT-2-shaped model, not GPT-2's weights; the
+    # model without a causal mask is the project's GPTModel with its mask switched off.
+    shown = {number: words for number, _, words in _verdicts()}
+    for number in (6, 7):
+        assert "random" in shown[number] and "GPT-2-shaped" in shown[number]
+        assert "GPT-2's weights" not in shown[number]
+    for words in shown.values():
+        assert not re.search(r"degenerat|times more|(?<!\{)saves \d", words)

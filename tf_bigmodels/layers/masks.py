@@ -14,6 +14,10 @@ def attention_mask(
     hidden: their outputs are ignored by whoever reads them, and hiding them would leave rows
     with nothing to attend to.
 
+    With a mask, attention is softmax(Q K^T / sqrt(d_k) + M) V, where M is 0 where the mask is
+    True and a large negative number (-1e9, in effect minus infinity) where it is False:
+    `scaled_dot_product_attention` applies it to the scores before the softmax.
+
     Args:
         padding_mask: tensor `[batch, key_length]` of bool or 0/1 ints, or None.
         causal: bool. Whether to add the causal (lower-triangular) mask.
