@@ -26,10 +26,10 @@ from tf_bigmodels._flags import READERS, HelpFormatter, Parser, add_setting
 from tf_bigmodels._startup import load_tensorflow
 from tf_bigmodels._version import __version__
 from tf_bigmodels.run_directory import RunDirectory
+from tf_bigmodels.serving import cli as serving_cli
 from tf_bigmodels.training import records
 from tf_bigmodels.training.config import PRESETS, RunConfig
 from tf_bigmodels.training.errors import DirectoryInUse, TrainingDiverged
-from tf_bigmodels.serving import cli as serving_cli
 
 # Backslash escapes `--prompt` interprets, as a shell's `echo -e` or Python's string literals do.
 _PROMPT_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
