@@ -24,7 +24,19 @@ from tf_bigmodels._version import __version__
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The subpackages and modules reached as attributes (`tfb.models`), loaded on first use.
-_PARTS = ("convert", "data", "export", "layers", "models", "plot", "tokenizers", "training")
+_PARTS = (
+    "convert",
+    "data",
+    "export",
+    "layers",
+    "litert",
+    "models",
+    "plot",
+    "run_directory",
+    "serving",
+    "tokenizers",
+    "training",
+)
 # The parts that hold Keras objects; using one registers them all.
 _KERAS_PARTS = ("convert", "export", "layers", "models", "plot", "training")
 

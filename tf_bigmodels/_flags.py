@@ -3,6 +3,9 @@
 default is written once, in the field's metadata)."""
 
 import argparse
+import re
+
+_PROMPT_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -81,3 +84,24 @@ def add_setting(parser, field):
     else:
         kwargs.update(type=READERS[meta["parse"]], nargs=meta["nargs"], metavar=meta["metavar"])
     parser.add_argument(flag, **kwargs)
+
+
+def unescape_prompt(text):
+    r"""`text` with the escapes `\n` (newline), `\t` (tab) and `\\` (backslash) read as the
+    characters they stand for; any other backslash stays as it is.
+
+    A shell passes `"静夜思\n李白\n"` to the command as a backslash and an `n`, so
+    `tf-bigmodels generate --prompt` reads the escapes: the README's commands then give a
+    prompt of several lines on any shell.
+
+    Args:
+        text: str. The prompt as typed.
+
+    Example:
+
+    >>> unescape_prompt(r"静夜思\n李白\n")
+    '静夜思\n李白\n'
+    >>> unescape_prompt(r"C:\\new \d")
+    'C:\\new \\d'
+    """
+    return re.sub(r"\\([nt\\])", lambda match: _PROMPT_ESCAPES[match.group(1)], text)

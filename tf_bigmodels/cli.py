@@ -19,10 +19,9 @@ import argparse
 import logging
 import os
 import pathlib
-import re
 import sys
 
-from tf_bigmodels._flags import READERS, HelpFormatter, Parser, add_setting
+from tf_bigmodels._flags import READERS, HelpFormatter, Parser, add_setting, unescape_prompt
 from tf_bigmodels._startup import load_tensorflow
 from tf_bigmodels._version import __version__
 from tf_bigmodels.run_directory import RunDirectory
@@ -31,8 +30,6 @@ from tf_bigmodels.training import records
 from tf_bigmodels.training.config import PRESETS, RunConfig
 from tf_bigmodels.training.errors import DirectoryInUse, TrainingDiverged
 
-# Backslash escapes `--prompt` interprets, as a shell's `echo -e` or Python's string literals do.
-_PROMPT_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 # load_corpus's advice on text that is not in the expected encoding, in the command's words.
 _CORPUS_ADVICE = (
     ("encoding='gbk'", "--corpus-encoding gbk"),
@@ -61,13 +58,8 @@ def _add_train(subparsers):
     for field in RunConfig.settings():
         if field.metadata["parse"] is not None:
             add_setting(parser, field)
-    parser.add_argument(
-        "--quiet",
-        action="store_const",
-        const=0,
-        dest="verbose",
-        help="print no progress lines (default: one line per --log-every steps)",
-    )
+    quiet = "print no progress lines (default: one line per --log-every steps)"
+    parser.add_argument("--quiet", action="store_const", const=0, dest="verbose", help=quiet)
     parser.set_defaults(handler=_train)
 
 
@@ -101,7 +93,9 @@ def _add_generate(subparsers):
         "the model's context, the context slides (its last half is kept). Only complete "
         "characters are printed.",
     )
-    parser.add_argument("source", help="run directory, .keras file or SavedModel directory")
+    parser.add_argument(
+        "source", help="run directory, .keras file, SavedModel directory or .tflite file"
+    )
     parser.add_argument(
         "--prompt",
         default="",
@@ -156,49 +150,52 @@ def _generate(args):
     num_samples = _checks.integer("num_samples", args.num_samples, low=1)
     if not pathlib.Path(args.source).exists():
         raise FileNotFoundError(2, "No such file or directory", str(args.source))
+    if args.source.endswith(".tflite"):
+        return _generate_litert(args, prompt, max_new_chars, num_samples)
     load_tensorflow(args.show_tf)
     from tf_bigmodels.export import generate_texts, stream_text
     from tf_bigmodels.models.generation import GenerationSettings
     from tf_bigmodels.training.loading import run_generator
 
     max_new_tokens = args.max_new_tokens if max_new_chars is None else None
-    settings = dict(
-        temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, seed=args.seed
-    )
+    settings = _sampling(args)
     GenerationSettings(max_new_tokens or 0, **settings)  # raises on any bad setting
     generator = run_generator(args.source, weights=args.weights)
     length = dict(max_new_tokens=max_new_tokens, max_new_chars=max_new_chars)
     if num_samples == 1:
-        print(prompt, end="", flush=True)
-        for piece in stream_text(generator, prompt, **length, **settings):
-            print(piece, end="", flush=True)
-        print()
-        return 0
+        return _print_stream(prompt, stream_text(generator, prompt, **length, **settings))
     texts = generate_texts(generator, prompt, **length, num_samples=num_samples, **settings)
     for index, text in enumerate(texts):
         print(f"--- sample {index + 1} ---\n{prompt}{text}")
     return 0
 
 
-def unescape_prompt(text):
-    r"""`text` with the escapes `\n` (newline), `\t` (tab) and `\\` (backslash) read as the
-    characters they stand for; any other backslash stays as it is.
+def _generate_litert(args, prompt, max_new_chars, num_samples):
+    if max_new_chars is not None or num_samples != 1 or args.weights is not None:
+        raise ValueError(
+            "`--max-new-chars`, `--num-samples` and `--weights` must not be given with a "
+            ".tflite source (its weights are fixed at export, and it decodes one text)."
+        )
+    from tf_bigmodels.litert import LiteRTGenerator
 
-    A shell passes `"静夜思\n李白\n"` to the command as a backslash and an `n`, so
-    `tf-bigmodels generate --prompt` reads the escapes: the README's commands then give a
-    prompt of several lines on any shell.
+    generator = LiteRTGenerator(args.source)
+    return _print_stream(
+        prompt, generator.stream_text(prompt, args.max_new_tokens, **_sampling(args))
+    )
 
-    Args:
-        text: str. The prompt as typed.
 
-    Example:
+def _sampling(args):
+    return dict(
+        temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, seed=args.seed
+    )
 
-    >>> unescape_prompt(r"静夜思\n李白\n")
-    '静夜思\n李白\n'
-    >>> unescape_prompt(r"C:\\new \d")
-    'C:\\new \\d'
-    """
-    return re.sub(r"\\([nt\\])", lambda match: _PROMPT_ESCAPES[match.group(1)], text)
+
+def _print_stream(prompt, pieces):
+    print(prompt, end="", flush=True)
+    for piece in pieces:
+        print(piece, end="", flush=True)
+    print()
+    return 0
 
 
 def _add_export(subparsers):
@@ -211,7 +208,19 @@ def _add_export(subparsers):
         "that do not apply to the model (the GPT's decoding settings for a BERT) are refused.",
     )
     parser.add_argument("source", help="run directory or .keras file")
-    parser.add_argument("--out", help="export directory (default: RUN_DIR/export)")
+    parser.add_argument(
+        "--format",
+        choices=("savedmodel", "litert"),
+        default="savedmodel",
+        help="savedmodel: TF Serving's layout, strings in and out; litert: a .tflite file for "
+        "phones and small CPUs, with its tokenizer and a JSON description beside it, run by "
+        "ai-edge-litert (weights float32 or int8 only) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        help="export directory, or the .tflite path with --format litert (default: "
+        "RUN_DIR/export, RUN_DIR/litert/model.tflite)",
+    )
     parser.add_argument(
         "--tokenizer",
         help="tokenizer directory (a saved WordPiece or SentencePiece tokenizer) for a .keras "
@@ -259,8 +268,10 @@ def _export(args):
         + ("top_p", "weights")
         if getattr(args, name) is not None
     }
-    path = export_source(source, args.out, tokenizer=args.tokenizer, **options)
-    print(f"SavedModel: {path}")
+    if args.format == "litert":
+        options.pop("jit_compile")  # an XLA setting of the SavedModel's decode loop
+    path = export_source(source, args.out, tokenizer=args.tokenizer, format=args.format, **options)
+    print(f"{'LiteRT' if args.format == 'litert' else 'SavedModel'}: {path}")
     return 0
 
 

@@ -11,6 +11,7 @@ A run directory (`runs/gpt/`) holds what `tf-bigmodels train` writes::
         checkpoints/      exact training state (weights, optimizer, data position)
         logs/             TensorBoard's event files
         export/<n>/       SavedModel versions, in TF Serving's layout
+        litert/           the LiteRT export (model.tflite, its JSON description, tokenizer)
 
 An export directory (`export/` above, or any directory given to `export --out`) holds numbered
 version directories; the newest is the largest number. Training, export, the command line and
@@ -32,6 +33,7 @@ TOKENIZER = "tokenizer"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 EXPORT = "export"
+LITERT = "litert/model.tflite"
 # The files of one checkpoint, `ckpt-<step>.index` and its data shards, as `tf.train.Checkpoint`
 # writes them.
 _CHECKPOINT_FILE = re.compile(r"^ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
@@ -143,6 +145,11 @@ class RunDirectory:
     def export_dir(self):
         """`export/`: SavedModel versions."""
         return self.path / EXPORT
+
+    @property
+    def litert(self):
+        """`litert/model.tflite`: the LiteRT export (its description and tokenizer beside it)."""
+        return self.path / LITERT
 
     def exists(self):
         """Whether a run was started here (its `config.json` exists)."""

@@ -269,8 +269,12 @@ def reading(path):
         raise ValueError(f"cannot load {path}: {' '.join(str(error).split())}{hint}") from None
 
 
-def export_source(source, out=None, *, tokenizer=None, **options):
-    """Exports the model of a run directory or a `.keras` file as a SavedModel; returns its path.
+def export_source(source, out=None, *, tokenizer=None, format="savedmodel", **options):
+    """Exports the model of a run directory or a `.keras` file; returns the path written.
+
+    `format="savedmodel"` writes a SavedModel version (TF Serving's layout) under `out`;
+    `format="litert"` writes a `.tflite` file (`out`, or the run's `litert/model.tflite`) with its
+    description and tokenizer beside it, and takes only the `weights` option.
 
     What `tf-bigmodels export` does: the model's task (`task_class_for`) writes it, with the
     tokenizer the run recorded (or the one saved in `tokenizer`, or a GPT's byte tokenizer),
@@ -280,6 +284,7 @@ def export_source(source, out=None, *, tokenizer=None, **options):
         source: str or path-like. A run directory or a `.keras` file.
         out: str, path-like or None. The export directory; None is the run's.
         tokenizer: str, path-like or None. A saved tokenizer's directory.
+        format: "savedmodel" or "litert". Defaults to "savedmodel".
         **options: the task's export options (`Task.export`); others are refused.
 
     Example:
@@ -292,14 +297,23 @@ def export_source(source, out=None, *, tokenizer=None, **options):
     Traceback (most recent call last):
     ValueError: `weights` must be one of ['float32', 'bfloat16', 'int8'], got 'int4'.
     """
-    from tf_bigmodels import register_keras_objects
+    from tf_bigmodels import _checks, register_keras_objects
 
+    format = _checks.one_of("format", format, ("savedmodel", "litert"))
+    if format == "litert" and set(options) - {"weights"}:
+        raise ValueError(
+            f"`{sorted(set(options) - {'weights'})[0]}` must not be given with format='litert' "
+            "(a LiteRT export takes only `weights`; decoding settings are the runner's)."
+        )
     source = pathlib.Path(source)
     run = RunDirectory(source) if source.is_dir() else RunDirectory(source.parent)
     model_path = run.model if source.is_dir() else source
     if not model_path.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(model_path))
-    out = pathlib.Path(out) if out is not None else run.export_dir
+    if out is not None:
+        out = pathlib.Path(out)
+    else:
+        out = run.export_dir if format == "savedmodel" else run.litert
     register_keras_objects()
     with reading(model_path):
         model = keras.saving.load_model(model_path)
@@ -307,7 +321,12 @@ def export_source(source, out=None, *, tokenizer=None, **options):
     tokenizer = tokenizer_for(run, task, tokenizer)
     # One writer per run directory (a training run exports into it too), else per `out`.
     inside_run = run.exists() and out.resolve().is_relative_to(run.path.resolve())
-    with storage.lock(run.path if inside_run else out, "export"):
+    outside = out if format == "savedmodel" else out.parent
+    with storage.lock(run.path if inside_run else outside, "export"):
+        if format == "litert":
+            from tf_bigmodels.litert import export_litert
+
+            return export_litert(model, tokenizer, out, **options)
         return task.export(model, tokenizer, out, **options)
 
 
