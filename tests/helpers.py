@@ -30,7 +30,8 @@ _RELOAD_SCRIPT = textwrap.dedent("""
     import traceback
     import numpy as np
     import keras
-    import tf_bigmodels  # registers the package's serializables; nothing else is imported
+    import tf_bigmodels
+    tf_bigmodels.register_keras_objects()  # the package's serializables, nothing else
     for request in sys.stdin:  # one check per line: model path, data path, wrapped
         model_path, data_path, wrapped = request.rstrip("\\n").split("\\t")
         try:

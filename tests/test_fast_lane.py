@@ -12,6 +12,7 @@ import importlib
 import inspect
 import pathlib
 import pkgutil
+import re
 
 import tf_bigmodels
 
@@ -84,9 +85,14 @@ def _reached_by_fast_tests():
         for scope in scopes:
             for module_name, name in _imported_names(scope):
                 reached |= _resolve(module_name, name)
-            if '"-m", "tf_bigmodels"' in ast.unparse(scope) and not isinstance(scope, ast.Assign):
-                reached.add("tf_bigmodels.__main__")
+            if not isinstance(scope, ast.Assign):
+                for package in _MAIN.findall(ast.unparse(scope)):
+                    reached.add(f"{package}.__main__")
     return reached
+
+
+# `python -m tf_bigmodels[.part]` in a test's code: it reaches that package's `__main__`.
+_MAIN = re.compile(r"""["']-m["'], ["'](tf_bigmodels(?:\.\w+)*)["']""")
 
 
 def _with_private_helpers(reached):

@@ -401,3 +401,19 @@ def test_any_other_saved_model_is_served_through_the_tf_serving_routes(tmp_path)
     assert answer.json() == {"predictions": [2.0, 5.0]}
     assert client.post("/v1/completions", json={"model": "doubler"}).status_code == 400
     client.__exit__(None, None, None)
+
+
+def test_python_m_serving_answers_help_without_loading_tensorflow():
+    import subprocess
+    import sys
+
+    shown = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "tf_bigmodels.serving", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "tf-bigmodels serve" in shown.stdout
+    imported = {line.split("|")[-1].strip() for line in shown.stderr.splitlines() if "|" in line}
+    assert "tensorflow" not in imported

@@ -223,7 +223,7 @@ def test_tensorboard_and_perplexity_survive_a_huge_loss():
     assert cb._exp(1000.0) == math.inf and cb._exp(2.0) == pytest.approx(math.exp(2.0))
 
 
-def test_import_tf_bigmodels_loads_a_runs_model_in_a_fresh_process(tmp_path):
+def test_registering_the_package_loads_a_runs_model_in_a_fresh_process(tmp_path):
     from tf_bigmodels.training.tasks import task_for
 
     model = task_for(RunConfig(**TINY_GPT).resolved()).compiled_model(vocab_size=258)
@@ -232,7 +232,7 @@ def test_import_tf_bigmodels_loads_a_runs_model_in_a_fresh_process(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, keras, tf_bigmodels; "
+            "import sys, keras, tf_bigmodels; tf_bigmodels.register_keras_objects(); "
             "model = keras.saving.load_model(sys.argv[1]); "
             "print(type(model.optimizer).__name__, type(model.optimizer._learning_rate).__name__)",
             str(tmp_path / "model.keras"),

@@ -175,6 +175,7 @@ def attention_maps(model, inputs, layer=0):
 
     Example:
 
+    >>> from tf_bigmodels.models import GPTModel
     >>> gpt = GPTModel(258, 32, 2, 64, 2, max_length=16)
     >>> maps = attention_maps(gpt, [70, 105, 114, 115, 116], layer=1)
     >>> maps.shape, float(np.triu(maps, 1).max())
@@ -256,6 +257,7 @@ def plot_attention(maps, tokens, path, *, title=None):
 
     Example:
 
+    >>> from tf_bigmodels.models import GPTModel
     >>> from tf_bigmodels.tokenizers import ByteTokenizer
     >>> ids = ByteTokenizer().tokenize("To be").numpy()
     >>> maps = attention_maps(GPTModel(258, 32, 2, 64, 1, max_length=16), ids)
@@ -542,6 +544,7 @@ def plot_run(run_dir, out_dir=None, *, text=None, layer=0):
     >>> run = RunDirectory("runs/gpt")
     >>> run.path.mkdir(parents=True)
     >>> _ = run.metrics.write_text('{"step": 10, "loss": 2.5}\\n')
+    >>> from tf_bigmodels.models import GPTModel
     >>> model = GPTModel(258, 16, 2, 32, 2, max_length=16)
     >>> _ = model(np.zeros((1, 1), "int32"))
     >>> model.save(run.model)

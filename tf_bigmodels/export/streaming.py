@@ -63,7 +63,7 @@ def load_generator(source, tokenizer=None, *, weights=None):
     >>> GPTModel(258, 16, 2, 32, 1, max_length=8).save("tiny.keras")
     >>> generator, tokenizer = load_generator("tiny.keras", weights="int8")
     >>> type(generator).__name__, type(tokenizer).__name__
-    ('GPTModel', 'ByteTokenizer')
+    ('CompressedGPTModel', 'ByteTokenizer')
     """
     if weights is not None:
         _checks.one_of("weights", weights, WEIGHTS)

@@ -755,7 +755,7 @@ class _Handlers:
             f"the request body is larger than the server's limit of {limit} bytes", status=413
         )
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isascii() and declared.isdecimal() and int(declared) > limit:
             raise too_large
         body = bytearray()
         async for chunk in request.stream():
