@@ -219,7 +219,7 @@ def test_bert_encode_and_classify_equal_the_keras_model(tmp_path):
 @pytest.mark.slow
 def test_the_doc_example_runs_without_tensorflow(exports, tmp_path):
     source = (ROOT / "docs" / "litert.md").read_text(encoding="utf-8")
-    block = re.search(r"greedy decoding is:\n\n```python\n(.*?)```", source, re.S).group(1)
+    block = re.search(r"greedy decoding is:\n\n```py\n(.*?)```", source, re.S).group(1)
     assert len(block.strip().splitlines()) <= 20
     for suffix in (".tflite", ".json"):
         os.link(pathlib.Path(exports["float32"]).with_suffix(suffix), tmp_path / f"gpt{suffix}")
@@ -278,3 +278,29 @@ def test_the_copying_decode_path_gives_the_same_tokens(exports):
     expected = generator.generate([prompt], 30, temperature=0.0)
     generator._decode._wrapper = None  # as with an ai_edge_litert without the wrapper calls
     assert generator.generate([prompt], 30, temperature=0.0) == expected
+
+
+@pytest.mark.slow
+def test_the_command_line_exports_and_generates_from_a_tflite_file(trained, tmp_path, capsys):
+    from tf_bigmodels.cli import main
+
+    model, _ = trained
+    model.save(tmp_path / "model.keras")
+    out = tmp_path / "gpt.tflite"
+    # A decoding setting belongs to the runner, not to a LiteRT file: refused before any work.
+    assert (
+        main(["export", str(tmp_path / "model.keras"), "--format", "litert", "--top-k", "5"]) == 2
+    )
+    assert "`top_k` must not be given with format='litert'" in capsys.readouterr().err
+    assert not out.exists()
+    assert (
+        main(["export", str(tmp_path / "model.keras"), "--format", "litert", "--out", str(out)])
+        == 0
+    )
+    assert f"LiteRT: {out}" in capsys.readouterr().out
+    assert main(["generate", str(out), "--prompt", PROMPT, "--max-new-tokens", "20",
+                 "--temperature", "0"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    expected = LiteRTGenerator(out).generate_text(PROMPT, 20, temperature=0.0)
+    assert printed == PROMPT + expected + "\n"
+    assert main(["generate", str(out), "--num-samples", "2"]) == 2

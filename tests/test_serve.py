@@ -2,7 +2,7 @@
 
 One tiny GPT, BERT pre-trainer and BERT classifier are exported once for the module and served
 by one `python -m tf_bigmodels serve` process on a free port, stopped with SIGTERM at the end
-(the last test checks that it exits 0). Clients: plain HTTP with the README's TF Serving bodies,
+(the last test checks that it exits 0). Clients: plain HTTP with the serving guide's TF Serving requests (read from the page),
 the official `openai` package, and Chromium driven by Playwright for the page.
 
 Set TF_BIGMODELS_SCREENSHOT=docs/images/serve-page.png to keep the page's screenshot.
@@ -10,6 +10,7 @@ Set TF_BIGMODELS_SCREENSHOT=docs/images/serve-page.png to keep the page's screen
 
 import functools
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -75,22 +76,35 @@ def test_startup_prints_each_model_and_the_url_on_loopback(server):
         get(f"http://{address}:{server.port}/healthz")
 
 
-def test_the_readme_tf_serving_bodies_work_verbatim(server):
+def _documented_requests():
+    """Every `curl` request of the serving guide's TF Serving section, as (path, body or None)."""
+    page = (pathlib.Path(__file__).parent.parent / "docs" / "serving.md").read_text("utf-8")
+    section = page.split("## 2. TF Serving's REST API", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    commands = re.split(r"\n(?=curl )", re.sub(r"#[^\n']*", "", block).strip())
+    requests = []
+    for command in commands:
+        body = re.search(r"-d '(.*?)'", command, re.S)
+        path = re.search(r"localhost:8501(/\S+)", command).group(1)
+        requests.append((path, body.group(1) if body else None))
+    return requests
+
+
+def test_the_documented_tf_serving_requests_work_verbatim(server):
+    requests = _documented_requests()
+    assert len(requests) == 7
+    for path, body in requests:
+        answer = get(server.url + path) if body is None else post(server.url + path, content=body)
+        assert answer.status_code == 200, (path, body, answer.text)
     predict = f"{server.url}/v1/models/gpt:predict"
-    bodies = [
-        '{"signature_name": "serving_default", "inputs": {"prompts": ["To be, or not to be", "你好"]}}',
-        """{"signature_name": "generate",
- "inputs": {"prompts": ["To be"], "max_new_tokens": 50, "temperature": 0.8,
-            "top_k": 40, "top_p": 0.95, "seed": 7}}""",
-        '{"signature_name": "logits", "inputs": {"token_ids": [[84, 111, 32, 98, 101]]}}',
-    ]
-    answers = [post(predict, content=body) for body in bodies]
-    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
-    assert len(answers[0].json()["outputs"]) == 2
-    assert answers[1].json() == post(predict, content=bodies[1]).json()  # seeded
-    logits = answers[2].json()["outputs"]
+    bodies = [body for path, body in requests if path == "/v1/models/gpt:predict"]
+    assert post(predict, content=bodies[1]).json() == post(predict, content=bodies[1]).json()
+    logits = post(server.url + requests[4][0], content=requests[4][1]).json()["outputs"]
     assert (len(logits), len(logits[0]), len(logits[0][0])) == (1, 5, 258)
 
+
+def test_the_bert_and_classifier_routes(server):
+    predict = f"{server.url}/v1/models/gpt:predict"
     rows = post(
         f"{server.url}/v1/models/sentiment/versions/1:predict",
         json={"instances": ["good", "bad ."]},
