@@ -125,14 +125,14 @@ def test_train_bad_corpus_files(tmp_path):
 
 
 BAD_TRAIN_SETTINGS = [
-    (["--warmup-steps", "-5"], ["`warmup_steps`", "-5"]),
-    (["--dropout", "1.5"], ["`rate`", "1.5"]),
-    (["--num-heads", "3"], ["`d_model` must be divisible by `num_heads`=3", "got 32"]),
-    (["--preset", "gpt-huge"], ["unknown `preset` 'gpt-huge'"]),
-    (["--grad-accum", "0"], ["`gradient_accumulation_steps`", "0"]),
-    (["--weight-decay", "-1"], ["`weight_decay`", "-1"]),
-    (["--samples", "-2"], ["`samples`", "-2"]),
-    (["--steps", "15", "--eval-every", "10"], ["`steps` must be a multiple", "`eval_every`=10"]),
+    (["--warmup-steps", "-5"], ["`--warmup-steps`", "-5"]),
+    (["--dropout", "1.5"], ["`--dropout`", "1.5"]),
+    (["--num-heads", "3"], ["`--d-model` must be divisible by `--num-heads`=3", "got 32"]),
+    (["--preset", "gpt-huge"], ["unknown `--preset` 'gpt-huge'"]),
+    (["--grad-accum", "0"], ["`--grad-accum`", "0"]),
+    (["--weight-decay", "-1"], ["`--weight-decay`", "-1"]),
+    (["--samples", "-2"], ["`--samples`", "-2"]),
+    (["--steps", "15", "--eval-every", "10"], ["`--steps` must be a multiple", "`--eval-every`=10"]),
 ]
 
 
@@ -327,9 +327,9 @@ def test_refused_settings_change_nothing(gpt_run, tmp_path):
         ["train", "gpt", "--name", "../escape", "--out", runs],
         ["train", "gpt", "--vocab-size", "300", "--out", runs],
     )
-    assert_user_error(bad_seed, "`seed` must be an integer in [0, 4294967295], got -1")
-    assert_user_error(bad_name, "`name` must be one directory name", "'../escape'")
-    assert_user_error(vocab, "`vocab_size` must be None with the byte tokenizer")
+    assert_user_error(bad_seed, "`--seed` must be an integer in [0, 4294967295], got -1")
+    assert_user_error(bad_name, "`--name` must be one directory name", "'../escape'")
+    assert_user_error(vocab, "`--vocab-size` must be None with the byte tokenizer")
     assert snapshot(runs) == before and not (tmp_path / "escape").exists()
 
 

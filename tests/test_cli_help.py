@@ -37,11 +37,11 @@ def _imported_modules(*args):
         (["train", "--help"], 0, "--weight-decay"),
         (["export", "--help"], 0, "--max-new-tokens"),
         (["train", "gpt", "--steps", "0"], 2, "--steps: must be a positive integer"),
-        (["train", "gpt", "--seed", "-1"], 2, "`seed` must be an integer in [0, 4294967295]"),
-        # NumPy's seeds are 32-bit: a larger one is refused up front, naming the setting.
-        (["train", "gpt", "--seed", "99999999999"], 2, "`seed` must be an integer in [0, "),
-        (["train", "gpt", "--vocab-size", "300"], 2, "`vocab_size` must be None"),
-        (["train", "bert", "--warmup-steps", "5000"], 2, "`warmup_steps` must be an integer"),
+        (["train", "gpt", "--seed", "-1"], 2, "`--seed` must be an integer in [0, 4294967295]"),
+        # NumPy's seeds are 32-bit: a larger one is refused up front, naming the flag.
+        (["train", "gpt", "--seed", "99999999999"], 2, "`--seed` must be an integer in [0, "),
+        (["train", "gpt", "--vocab-size", "300"], 2, "`--vocab-size` must be None"),
+        (["train", "bert", "--warmup-steps", "5000"], 2, "`--warmup-steps` must be an integer"),
     ],
 )
 def test_help_and_argument_errors_do_not_load_tensorflow(args, status, output):

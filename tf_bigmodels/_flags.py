@@ -74,7 +74,7 @@ def add_setting(parser, field):
     (5, None)
     """
     meta = field.metadata
-    flag = meta["flag"] or "--" + field.name.replace("_", "-")
+    flag = flag_of(field)
     help_text = f"{meta['help']} (default: {meta['default_help']})"
     kwargs = dict(dest=field.name, default=None, help=help_text)
     if meta["parse"] == "bool":
@@ -84,6 +84,33 @@ def add_setting(parser, field):
     else:
         kwargs.update(type=READERS[meta["parse"]], nargs=meta["nargs"], metavar=meta["metavar"])
     parser.add_argument(flag, **kwargs)
+
+
+def flag_of(field):
+    """The `train` flag of a `RunConfig` field: its metadata's `flag`, else `--` and its name.
+
+    Example:
+
+    >>> from tf_bigmodels.training.config import RunConfig
+    >>> [flag_of(field) for field in RunConfig.settings()][:2]
+    ['--preset', '--corpus']
+    """
+    return field.metadata["flag"] or "--" + field.name.replace("_", "-")
+
+
+def in_flag_words(message, fields):
+    """`message` with each field's name in backticks replaced by its flag (`--lr`, not
+    `learning_rate`), so an error reads in the words the user typed.
+
+    Example:
+
+    >>> from tf_bigmodels.training.config import RunConfig
+    >>> in_flag_words("`learning_rate` must be > 0, got -1.", RunConfig.settings())
+    '`--lr` must be > 0, got -1.'
+    """
+    for field in fields:
+        message = message.replace(f"`{field.name}`", f"`{flag_of(field)}`")
+    return message
 
 
 def unescape_prompt(text):

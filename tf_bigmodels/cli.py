@@ -21,7 +21,8 @@ import os
 import pathlib
 import sys
 
-from tf_bigmodels._flags import READERS, HelpFormatter, Parser, add_setting, unescape_prompt
+from tf_bigmodels import _flags
+from tf_bigmodels._flags import READERS, HelpFormatter, Parser, add_setting
 from tf_bigmodels._startup import load_tensorflow
 from tf_bigmodels._version import __version__
 from tf_bigmodels.run_directory import RunDirectory
@@ -35,6 +36,7 @@ _CORPUS_ADVICE = (
     ("encoding='gbk'", "--corpus-encoding gbk"),
     ("the file's encoding", "the file's encoding with --corpus-encoding"),
     ("errors='replace'", "--corpus-errors replace"),
+    ("`encoding`", "`--corpus-encoding`"),
 )
 # TensorFlow's errors that are a user's to fix (raised while reading or writing files).
 _TF_USER_ERRORS = "DataLoss FailedPrecondition NotFound PermissionDenied ResourceExhausted"
@@ -65,20 +67,22 @@ def _add_train(subparsers):
 
 def _train(args):
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "show_tf")}
-    config = RunConfig(**fields)
-    settled = records.settled(config)  # every setting checked before TensorFlow loads,
+    try:  # every setting checked before TensorFlow loads,
+        config = RunConfig(**fields)
+        settled = records.settled(config)
+    except ValueError as error:  # named as the flag the user typed: `--seed`, not `seed`
+        raise ValueError(_flags.in_flag_words(str(error), RunConfig.settings())) from None
     records.check_run_dir(RunDirectory(os.path.join(settled.out, settled.name)), settled)
     load_tensorflow(args.show_tf)  # and the run directory too
     from tf_bigmodels.training import train
 
     try:
         result = train(config)
-    except ValueError as error:
+    except ValueError as error:  # the Python API's words, in the command's
         message = str(error)
-        if "errors='replace'" in message:  # the Python API's advice, in the command's words
-            for python, flag in _CORPUS_ADVICE:
-                message = message.replace(python, flag)
-        raise ValueError(message) from None
+        for python, flag in _CORPUS_ADVICE:
+            message = message.replace(python, flag)
+        raise ValueError(_flags.in_flag_words(message, RunConfig.settings())) from None
     print(result.report())
     return 0
 
@@ -145,7 +149,7 @@ def _generate(args):
         args.prompt.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("`--prompt` must be valid UTF-8 text; it is not.") from None
-    prompt = unescape_prompt(args.prompt)
+    prompt = _flags.unescape_prompt(args.prompt)
     max_new_chars = _checks.integer("max_new_chars", args.max_new_chars, low=0, none_ok=True)
     num_samples = _checks.integer("num_samples", args.num_samples, low=1)
     if not pathlib.Path(args.source).exists():
@@ -309,12 +313,8 @@ def _subparser(subparsers, name, summary, description):
     parser = subparsers.add_parser(
         name, help=summary, description=description, formatter_class=HelpFormatter
     )
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        dest="show_tf",
-        help="show TensorFlow's start-up lines (which devices it found, its CPU kernels)",
-    )
+    verbose = "show TensorFlow's start-up lines (which devices it found, its CPU kernels)"
+    parser.add_argument("--verbose", action="store_true", dest="show_tf", help=verbose)
     return parser
 
 
