@@ -29,6 +29,16 @@ import re
 import time
 import warnings
 
+# ---------------------------------------------------------------- settings
+# Read before TensorFlow loads, so that --help answers at once.
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
+parser.add_argument(
+    "--out", default="example_outputs/article_walkthrough", help="directory for walkthrough.json"
+)
+parser.add_argument("--steps", type=int, default=None, help="training steps of each GPT (defect 4)")
+args = parser.parse_args()
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
@@ -40,15 +50,6 @@ import tf_bigmodels as tfb  # noqa: E402
 from tf_bigmodels.convert import gpt_from_keras_hub  # noqa: E402
 from tf_bigmodels.data import lm_dataset, load_corpus  # noqa: E402
 from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
-
-# ---------------------------------------------------------------- settings
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--smoke", action="store_true", help="a fast run for CI")
-parser.add_argument(
-    "--out", default="example_outputs/article_walkthrough", help="directory for walkthrough.json"
-)
-parser.add_argument("--steps", type=int, default=None, help="training steps of each GPT (defect 4)")
-args = parser.parse_args()
 
 # The GPTs of defect 4: small enough to train in seconds. Their weights start at a standard
 # deviation of 0.1 (GPT-2 uses 0.02 for models a thousand times larger); at 0.02 this tiny model

@@ -132,7 +132,10 @@ BAD_TRAIN_SETTINGS = [
     (["--grad-accum", "0"], ["`--grad-accum`", "0"]),
     (["--weight-decay", "-1"], ["`--weight-decay`", "-1"]),
     (["--samples", "-2"], ["`--samples`", "-2"]),
-    (["--steps", "15", "--eval-every", "10"], ["`--steps` must be a multiple", "`--eval-every`=10"]),
+    (
+        ["--steps", "15", "--eval-every", "10"],
+        ["`--steps` must be a multiple", "`--eval-every`=10"],
+    ),
 ]
 
 

@@ -175,6 +175,10 @@ def test_lm_bad_input(tmp_path):
         lm_dataset([], BYTES, 8, 2)
     with pytest.raises(ValueError, match=r"texts too short.*seq_len=64.*batch_size=2"):
         lm_dataset(["a short text"], BYTES, 64, 2)
+    # A text that is merely too short for the window says which seq_len would fit, and how to
+    # train on a small text without learning it by heart.
+    with pytest.raises(ValueError, match=r"\(seq_len=64 fits this batch_size\).*--dropout 0.2"):
+        lm_dataset(["x" * 1200], BYTES, 128, 16)
     with pytest.raises(
         ValueError,
         match="`texts` must be an existing file.*, got '.*missing.txt', which is not an existing",

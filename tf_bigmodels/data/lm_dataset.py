@@ -120,7 +120,11 @@ def lm_dataset(
             f"texts too short: its {split!r} split has {'about ' if files else ''}{num_tokens} "
             f"tokens, {num_windows} windows of seq_len={seq_len} (+1 for the target), "
             f"{num_windows // num_pipelines} per input pipeline; one batch needs batch_size="
-            f"{per_replica_batch}. Give more text or a smaller seq_len or batch_size."
+            f"{per_replica_batch}. Give more text, or a smaller seq_len or batch_size"
+            f"{_fitting_seq_len(num_tokens, per_replica_batch * num_pipelines)}. A text this "
+            "small is learned by heart within a few hundred steps: also use a small model, "
+            "dropout and few steps (for example --num-layers 2 --d-model 64 --num-heads 2 "
+            "--dff 256 --dropout 0.2 --seq-len 64 --batch-size 8 --steps 500)."
         )
 
     windows = (
@@ -186,3 +190,12 @@ def _is_complete(window, complete):
 
 def _window(window, complete):
     return window
+
+
+def _fitting_seq_len(num_tokens, windows_needed):
+    """The advice on `seq_len` for a split of `num_tokens` tokens that must give at least
+    `windows_needed` windows: the largest power of two that fits, if one of at least 8 does."""
+    longest = max(num_tokens - 1, 0) // windows_needed
+    if longest < 8:
+        return ""
+    return f" (seq_len={2 ** (longest.bit_length() - 1)} fits this batch_size)"
