@@ -13,3 +13,16 @@ def _doc_examples_run_in_a_temporary_directory(request, tmp_path, monkeypatch):
     each runs in a fresh temporary one, so the checkout stays clean and examples stay independent."""
     if type(request.node).__name__ == "DoctestItem":  # pytest's class for doc examples
         monkeypatch.chdir(tmp_path)
+
+
+# A doc example that trains a run (it calls `train(RunConfig(...))`) takes tens of seconds on a
+# 2-core machine: it runs in the full suite, not in the everyday lane (`-m "not slow"`).
+SLOW_DOC_EXAMPLE = "train(RunConfig("
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if type(item).__name__ == "DoctestItem" and any(
+            SLOW_DOC_EXAMPLE in example.source for example in item.dtest.examples
+        ):
+            item.add_marker(pytest.mark.slow)

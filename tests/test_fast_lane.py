@@ -1,6 +1,7 @@
 """The everyday lane (`pytest -m "not slow"`) still reaches every module of the package.
 
-A module counts as reached when a doc example of it runs (doc examples are never slow), or when a
+A module counts as reached when a doc example of it runs in the lane (one that does not train a
+run: the root conftest marks those slow), or when a
 test file imports it (or a name defined in it) at module level or inside a test that is not
 marked slow. `python -m tf_bigmodels` run by a fast test reaches `tf_bigmodels.__main__`, and a
 private helper module (`_checks`) is reached through a reached module that imports it.
@@ -9,6 +10,7 @@ private helper module (`_checks`) is reached through a reached module that impor
 import ast
 import doctest
 import importlib
+import importlib.util
 import inspect
 import pathlib
 import pkgutil
@@ -17,6 +19,9 @@ import re
 import tf_bigmodels
 
 TESTS = pathlib.Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("root_conftest", TESTS.parent / "conftest.py")
+_root_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root_conftest)
 
 
 def _modules():
@@ -33,6 +38,7 @@ def _has_doc_examples(name):
     return any(
         not example.options.get(doctest.SKIP)
         for test in doctest.DocTestFinder(exclude_empty=True).find(module, name)
+        if not any(_root_conftest.SLOW_DOC_EXAMPLE in e.source for e in test.examples)
         for example in test.examples
     )
 
