@@ -32,7 +32,7 @@ bandwidth / bytes-per-token. This script measures both sides on this machine, in
   Keras float32 tokens/s on the 124M shape; LiteRT float32 not slower than Keras float32 on the
   nano shape (`--shape nano`); int8 file <= 30% of the float32 file; conversion peak <= 8 GiB.
 
-Goals (issue 16): float32 decode >= 85% of its bound; bfloat16 >= 1.6x and int8 >= 2.5x float32
+Goals of the compressed-weight decoding: float32 decode >= 85% of its bound; bfloat16 >= 1.6x and int8 >= 2.5x float32
 tokens/s; validation loss within 1% (bfloat16) and 2% (int8) of float32.
 
 Usage:
