@@ -52,6 +52,7 @@ def _max_diff(a, b):
 
 
 @pytest.mark.parametrize("wrong", ["gelu", "relu"])
+@pytest.mark.slow
 def test_gpt2_parity_needs_the_tanh_gelu(wrong):
     # GPT-2 was trained with the tanh form of GELU. With it our logits equal keras-hub's; with
     # the exact form, or with the article's ReLU, the same weights give other logits.
@@ -68,6 +69,7 @@ def test_gpt2_parity_needs_the_tanh_gelu(wrong):
 
 
 @pytest.mark.parametrize("wrong", ["gelu", "relu"])
+@pytest.mark.slow
 def test_keras_hub_bert_parity_needs_its_gelu_form(wrong):
     # keras-hub's BertBackbone uses the tanh GELU in its blocks (the original BERT the exact
     # one); parity holds only with the form the weights were made with.
@@ -106,6 +108,7 @@ def test_one_layer_takes_name_and_dtype_and_reloads(tmp_path):
     np.testing.assert_allclose(np.asarray(reloaded(x)), np.asarray(model(x)), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_bert_pretrainer_learns_both_objectives():
     # The article names MLM and NSP but gives no code for either. Both heads learn here: on data
     # where each target can be read from the input, MLM and NSP accuracy both go from chance to
@@ -136,6 +139,7 @@ def test_bert_pretrainer_learns_both_objectives():
     assert history["mlm_accuracy"][-1] > 0.9 and history["nsp_accuracy"][-1] > 0.9
 
 
+@pytest.mark.slow
 def test_pytorch_is_not_needed():
     # The article tells readers to install TensorFlow and PyTorch. TensorFlow (which has had
     # MultiHeadAttention since 2.4) is all this package needs: it does not depend on PyTorch,

@@ -84,6 +84,7 @@ def test_train_help_names_the_preset_defaults():
         assert "".join(fragment.split()) in help_text, fragment
 
 
+@pytest.mark.slow
 def test_the_non_utf8_advice_names_a_flag_the_command_has(tmp_path):
     gbk = tmp_path / "gbk.txt"
     gbk.write_bytes("床前明月光，疑是地上霜。".encode("gbk"))
@@ -104,6 +105,7 @@ def test_the_non_utf8_advice_names_a_flag_the_command_has(tmp_path):
 _START_UP_LINES = ("oneDNN custom operations", "Could not find cuda drivers", "InitializeLog()")
 
 
+@pytest.mark.slow
 def test_tensorflow_start_up_lines_are_shown_only_with_verbose(tmp_path):
     environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     quiet, loud = (

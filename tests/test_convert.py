@@ -129,6 +129,7 @@ def test_bert_outputs_match_bert_backbone(vocab, width, heads, dff, layers, max_
 
 
 @pytest.mark.parametrize("vocab, width, heads, dff, layers, max_length", CONFIGS)
+@pytest.mark.slow
 def test_mlm_logits_match_bert_masked_lm_head(vocab, width, heads, dff, layers, max_length):
     masked_lm = keras_hub.models.BertMaskedLM(
         _bert_backbone(vocab, width, heads, dff, layers, max_length)

@@ -234,6 +234,7 @@ def shakespeare_word_piece():
     return WordPieceTokenizer.train(load_corpus("shakespeare")[:20], vocab_size=1000, verbose=False)
 
 
+@pytest.mark.slow
 def test_bert_masking_statistics(shakespeare_word_piece):
     tok = shakespeare_word_piece
     ds = bert_pretraining_dataset(
@@ -423,6 +424,7 @@ def test_lm_repeat_is_a_stream_of_new_epochs_independent_of_iteration():
     np.testing.assert_array_equal(resumed[0], first[per_epoch + 1][0])
 
 
+@pytest.mark.slow
 def test_bert_repeat_draws_new_masks_each_epoch_independent_of_iteration():
     docs = _synthetic_documents()[:40]
     stream = bert_pretraining_dataset(docs, SYNTHETIC, 32, 32, seed=5, repeat=True)

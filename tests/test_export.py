@@ -179,6 +179,7 @@ def test_saved_model_cli_lists_the_gpt_signatures(gpt_exports):
         pytest.param("prompts", [["hi"]], "prompts", marks=pytest.mark.slow),
     ],
 )
+@pytest.mark.slow
 def test_generate_signature_checks_its_inputs_in_graph(plain_loaded, name, value, argument):
     generate = plain_loaded.signatures["generate"]
     inputs = dict(
@@ -201,6 +202,7 @@ def test_logits_signature_checks_token_ids_in_graph(plain_loaded):
             logits(token_ids=tf.constant(bad, tf.int32))
 
 
+@pytest.mark.slow
 def test_gpt_signatures_answer_an_empty_batch_with_an_empty_result(plain_loaded):
     loaded = plain_loaded
     prompts = tf.constant([], tf.string)
@@ -246,6 +248,7 @@ def test_saved_model_samples_what_the_model_samples_for_one_seed(gpt_exports):
         assert "".join(stream_text((loaded, None), prompt, 20, temperature=1.0, seed=42)) == text
 
 
+@pytest.mark.slow
 def test_saved_model_completions_end_with_complete_characters(gpt_exports, plain_loaded):
     # Without XLA, which would compile once per length; the cut is the same code either way.
     model, loaded, tokenizer = gpt_exports[0], plain_loaded, ByteTokenizer()

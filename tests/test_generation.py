@@ -75,6 +75,7 @@ def test_cached_greedy_equals_repeated_full_forward(dtype):
     "length",
     [1, 5, pytest.param(16, marks=pytest.mark.slow), pytest.param(30, marks=pytest.mark.slow)],
 )
+@pytest.mark.slow
 def test_dense_prompts_of_several_lengths(length):
     model = _model()
     prompts = np.random.default_rng(length).integers(0, VOCAB, size=(2, length)).astype("int32")
@@ -243,6 +244,7 @@ def test_bad_settings_name_the_argument(kwargs, argument):
         ("end_id", VOCAB, "end_id"),
     ],
 )
+@pytest.mark.slow
 def test_in_graph_checks_name_the_input(name, value, argument):
     model = _model()  # the function holds its model weakly
     fn = generation.generate_function(model)

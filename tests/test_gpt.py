@@ -27,6 +27,7 @@ def _tokens(seed=0, batch=2, length=T):
         ),
     ],
 )
+@pytest.mark.slow
 def test_common_checks(options, tmp_path):
     assert_layer_contract(
         GPTModel,

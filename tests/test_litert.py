@@ -157,6 +157,7 @@ def test_the_description_says_how_to_run_the_file(exports):
     assert is_litert_source(path) and not is_litert_source(os.path.dirname(path))
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_refused_before_converting(tmp_path):
     model = GPTModel(VOCAB, D_MODEL, 2, 64, 1, max_length=MAX_LENGTH)
     model.build((None, None))

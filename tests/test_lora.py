@@ -55,6 +55,7 @@ def _lora_paths(model):
     return {w.path for w in model.weights if "lora_kernel" in w.path}
 
 
+@pytest.mark.slow
 def test_only_the_adapters_change_when_a_gpt_trains():
     model = _gpt()
     model.enable_lora(RANK)
@@ -63,6 +64,7 @@ def test_only_the_adapters_change_when_a_gpt_trains():
     assert _changed_after_fit(model, TOKENS, TOKENS) == lora
 
 
+@pytest.mark.slow
 def test_lora_on_a_trained_model_needs_a_new_compile_and_then_trains_the_adapters_only():
     model = _gpt()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -82,6 +84,7 @@ def test_lora_on_a_trained_model_needs_a_new_compile_and_then_trains_the_adapter
     assert not np.allclose(model.predict(TOKENS, verbose=0), before)
 
 
+@pytest.mark.slow
 def test_only_the_adapters_and_the_new_head_change_when_a_classifier_trains():
     classifier = _classifier()
     classifier.enable_lora(RANK)
@@ -130,6 +133,7 @@ def test_outputs_at_initialisation_equal_the_base_model():
     np.testing.assert_array_equal(classifier(BERT_INPUTS).numpy(), base)
 
 
+@pytest.mark.slow
 def test_keras_file_holds_the_merged_model(tmp_path):
     model = _gpt()
     base = model(TOKENS).numpy()

@@ -103,6 +103,7 @@ def test_attention_maps_name_bad_arguments():
         plot.attention_maps("model", [1, 2])
 
 
+@pytest.mark.slow
 def test_plot_run_gpt_writes_pngs_of_the_causal_maps(gpt_run, tmp_path):
     written = plot.plot_run(gpt_run, tmp_path / "pictures", text="To be, or not", layer=1)
     assert written["loss"] == tmp_path / "pictures" / "loss.png"
@@ -115,6 +116,7 @@ def test_plot_run_gpt_writes_pngs_of_the_causal_maps(gpt_run, tmp_path):
     assert not list((tmp_path / "pictures").glob(".*"))  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_plot_run_bert(bert_run):
     written = plot.plot_run(bert_run, text="to be or not")
     assert written["attention"] == bert_run / "plots" / "attention_layer0.png"

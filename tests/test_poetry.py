@@ -87,6 +87,7 @@ def test_bits_per_character():
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.slow
 def test_lm_split_counts_match_the_lm_dataset_stream(split):
     docs = load_corpus("tangshi")[:40] + ["", "no newline at the end", "ends with one\n"]
     tokens, characters = lm_split_counts(docs, ByteTokenizer(), split)

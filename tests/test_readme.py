@@ -90,6 +90,7 @@ def test_every_page_has_its_translation():
 
 
 @pytest.mark.parametrize("block", list(BLOCKS), ids=list(BLOCKS.values()))
+@pytest.mark.slow
 def test_python_example_runs(block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}

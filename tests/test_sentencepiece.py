@@ -83,6 +83,7 @@ def test_same_ids_inside_and_outside_tf_function_and_as_sentencepiece(tokenizer)
     assert tokenizer.tokenize(TEXTS[0]).numpy().tolist() == eager[0]  # a scalar string
 
 
+@pytest.mark.slow
 def test_lm_dataset_windows_spell_the_poems(tokenizer):
     poems = load_corpus("tangshi")[:40]
     stream = "".join(poem + "\n" for poem in poems)  # end-of-text ids detokenize to nothing

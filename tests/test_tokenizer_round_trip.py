@@ -97,6 +97,7 @@ def _texts(tensor):
 
 
 @pytest.mark.parametrize("name", LOSSLESS)
+@pytest.mark.slow
 def test_lossless_on_hard_cases_eagerly_and_in_graph(tokenizers, name):
     tokenizer = tokenizers[name]
     for mode, round_trip in _round_trips(tokenizer).items():
@@ -108,6 +109,7 @@ def test_lossless_on_hard_cases_eagerly_and_in_graph(tokenizers, name):
 @pytest.mark.parametrize("name", LOSSLESS)
 @settings(max_examples=20, deadline=None)
 @given(strings=_STRINGS)
+@pytest.mark.slow
 def test_lossless_on_random_text_eagerly_and_in_graph(tokenizers, name, strings):
     for mode, round_trip in _round_trips(tokenizers[name]).items():
         assert _texts(round_trip(tf.constant(strings))) == strings, mode

@@ -177,6 +177,7 @@ def test_keras_version_gate():
 # ---- the driver ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_gpt_writes_its_outputs_and_learns(tmp_path):
     result = train(RunConfig(**TINY_GPT, steps=30, eval_every=10, out=str(tmp_path)))
     run_dir = tmp_path / "gpt"
@@ -200,6 +201,7 @@ def test_train_gpt_writes_its_outputs_and_learns(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_trains_no_more(tmp_path):
     config = RunConfig(**TINY_GPT, steps=10, eval_every=10, out=str(tmp_path))
     first = train(config)
@@ -208,6 +210,7 @@ def test_rerun_of_a_finished_run_trains_no_more(tmp_path):
     np.testing.assert_array_equal(first.model.get_weights()[0], again.model.get_weights()[0])
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_no_resume_refuses_overwrite(tmp_path):
     train(RunConfig(**TINY_GPT, steps=10, eval_every=10, out=str(tmp_path)))
     before = (tmp_path / "gpt" / "model.keras").read_bytes()
@@ -269,6 +272,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(w)) for w in fresh.get_weights())
 
 
+@pytest.mark.slow
 def test_train_raises_training_diverged_with_the_checkpoint_named(tmp_path):
     with pytest.raises(TrainingDiverged, match="diverged at step"):
         train(
@@ -479,6 +483,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, model, extra):
         np.testing.assert_array_equal(y, x)  # exact, dropout included
 
 
+@pytest.mark.slow
 def test_a_run_without_model_file_is_rebuilt_from_its_checkpoint(tmp_path):
     result = train(RunConfig(**TINY_GPT, steps=20, eval_every=10, out=str(tmp_path)))
     run_dir = tmp_path / "gpt"
@@ -511,6 +516,7 @@ def test_a_run_without_model_file_is_rebuilt_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.slow
 def test_mixed_precision_training(tmp_path, precision):
     result = train(
         RunConfig(**TINY_GPT, steps=10, eval_every=10, precision=precision, out=str(tmp_path))
@@ -524,6 +530,7 @@ def test_mixed_precision_training(tmp_path, precision):
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_gives_the_full_batch_update(tmp_path):
     whole = train(RunConfig(**TINY_GPT, steps=6, eval_every=3, out=str(tmp_path / "a")))
     sliced = train(

@@ -120,6 +120,7 @@ def test_lm_training_texts_are_the_lines_lm_dataset_trains_on():
     assert whole.startswith("".join(training)) and all(t.endswith("\n") for t in training)
 
 
+@pytest.mark.slow
 def test_sentencepiece_run_logs_bits_per_character_of_its_validation_loss(poet):
     run_dir, corpus, _ = poet
     tokenizer = load_run_tokenizer(run_dir)
@@ -132,6 +133,7 @@ def test_sentencepiece_run_logs_bits_per_character_of_its_validation_loss(poet):
         assert record["val_bits_per_char"] == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_byte_run_bits_per_char_is_val_loss_in_bits_on_ascii(tmp_path, capsys):
     (tmp_path / "text.txt").write_text(
         "".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(300))
@@ -164,6 +166,7 @@ def test_byte_run_bits_per_char_is_val_loss_in_bits_on_ascii(tmp_path, capsys):
     assert "bits_per_char" in names
 
 
+@pytest.mark.slow
 def test_resume_reuses_the_run_s_tokenizer(poet, tmp_path, caplog):
     run_dir, corpus, argv = poet
     copy = tmp_path / "poet"
@@ -179,6 +182,7 @@ def test_resume_reuses_the_run_s_tokenizer(poet, tmp_path, caplog):
     assert [r["step"] for r in _validation_records(copy)] == [15, 30, 45]
 
 
+@pytest.mark.slow
 def test_generate_writes_chinese_with_the_run_s_tokenizer(poet, capsys):
     run_dir, _, _ = poet
     outputs = []
@@ -252,6 +256,7 @@ def test_exported_run_serves_chinese_in_a_fresh_process(poet, tmp_path):
     assert all(HAN.search(text) for text in served), served
 
 
+@pytest.mark.slow
 def test_plot_run_tokenizes_with_the_run_s_tokenizer(poet, tmp_path):
     pytest.importorskip("matplotlib")
     from tf_bigmodels import plot
@@ -264,6 +269,7 @@ def test_plot_run_tokenizes_with_the_run_s_tokenizer(poet, tmp_path):
     assert maps.shape[1:] == (len(pieces), len(pieces))
 
 
+@pytest.mark.slow
 def test_export_takes_a_sentencepiece_tokenizer_directory(poet, tmp_path):
     run_dir, _, _ = poet
     # A .keras file outside its run directory, with the tokenizer given by --tokenizer.
@@ -277,6 +283,7 @@ def test_export_takes_a_sentencepiece_tokenizer_directory(poet, tmp_path):
     assert ids.to_list() == expected.to_list()
 
 
+@pytest.mark.slow
 def test_train_reads_a_gbk_corpus_with_corpus_encoding(tmp_path, capsys):
     path = tmp_path / "poems-gbk.txt"
     path.write_bytes("\n\n".join(load_corpus("tangshi")[:60]).encode("gbk", errors="ignore"))

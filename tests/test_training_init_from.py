@@ -54,6 +54,7 @@ def _snapshot(directory):
     return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_first_step_loss_is_the_source_s_loss_on_that_batch(source, tmp_path):
     source_dir, corpus = source
     before = _snapshot(source_dir)
@@ -82,6 +83,7 @@ def test_first_step_loss_is_the_source_s_loss_on_that_batch(source, tmp_path):
     assert _snapshot(source_dir) == before  # the source is only read
 
 
+@pytest.mark.slow
 def test_a_keras_file_starts_a_run_too(source, tmp_path):
     source_dir, corpus = source
     config = RunConfig(
@@ -105,6 +107,7 @@ def test_a_keras_file_starts_a_run_too(source, tmp_path):
         (dict(tokenizer="byte"), ["`tokenizer` must be the tokenizer of `init_from`"]),
     ],
 )
+@pytest.mark.slow
 def test_a_shape_the_source_cannot_fill_is_refused(source, tmp_path, overrides, fragments):
     source_dir, corpus = source
     config = RunConfig(
@@ -123,6 +126,7 @@ def test_a_shape_the_source_cannot_fill_is_refused(source, tmp_path, overrides, 
     assert not (tmp_path / "ft" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_vocabulary_that_does_not_match_the_tokenizer_is_refused(tmp_path):
     model = GPTModel(300, 32, 2, 128, 2, rate=0.0, max_length=32)  # the byte tokenizer has 258
     model(np.zeros((1, 32), "int32"))
@@ -149,6 +153,7 @@ def test_another_model_kind_is_refused_in_one_line_by_the_command(source, tmp_pa
     assert "is a 'gpt' run; this run trains a 'bert' model." in error
 
 
+@pytest.mark.slow
 def test_rerunning_an_init_from_run_resumes_it_and_init_from_may_not_change(
     source, tmp_path, caplog
 ):
@@ -195,6 +200,7 @@ def _keras_hub_bert_preset(directory, words):
     return backbone, vocabulary
 
 
+@pytest.mark.slow
 def test_bert_starts_from_a_keras_hub_preset_directory(tmp_path):
     words = [
         "the",
@@ -268,6 +274,7 @@ def test_a_keras_hub_gpt_preset_is_refused_for_its_tokenizer(tmp_path):
         train(config)
 
 
+@pytest.mark.slow
 def test_lora_rank_trains_only_the_adapters_on_top_of_the_source(source, tmp_path, caplog):
     source_dir, corpus = source
     caplog.set_level(logging.INFO, logger="tf_bigmodels")

@@ -134,6 +134,7 @@ def test_tokenizer_registry_choices(monkeypatch):
     ],
     ids=["gpt-dropout", "bert"],
 )
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, overrides):
     config = dict(steps=30, **overrides)
     whole = train(_config(tmp_path / "a", **config))
@@ -207,6 +208,7 @@ def test_save_model_is_atomic_respects_the_umask_and_refuses_nan(tmp_path, monke
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_finite_but_huge_loss_is_divergence(tmp_path):
     from tf_bigmodels.training import TrainingDiverged
 
@@ -248,6 +250,7 @@ def test_registering_the_package_loads_a_runs_model_in_a_fresh_process(tmp_path)
 # ---- damaged files ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
     train(_config(tmp_path, steps=20))
     checkpoints = tmp_path / "gpt" / "checkpoints"
@@ -260,6 +263,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog
     assert len(result.history["loss"]) == 1  # steps 10-20 again, not 0-20
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoints_stop_the_run_naming_the_file(tmp_path):
     train(_config(tmp_path, steps=20))
     checkpoints = tmp_path / "gpt" / "checkpoints"
@@ -279,6 +283,7 @@ def test_a_config_json_that_is_not_settings_is_refused(tmp_path, content):
         train(_config(tmp_path))
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_run_are_removed(tmp_path):
     train(_config(tmp_path, steps=10))
     run_dir = tmp_path / "gpt"
@@ -295,6 +300,7 @@ def test_leftovers_of_a_killed_run_are_removed(tmp_path):
 # ---- re-runs ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_finished_run_re_run_writes_nothing(tmp_path):
     config = _config(tmp_path, steps=10, export=True)
     previous = os.umask(0o022)
@@ -313,6 +319,7 @@ def test_a_finished_run_re_run_writes_nothing(tmp_path):
     assert _files(tmp_path / "gpt") == before
 
 
+@pytest.mark.slow
 def test_re_run_rules(tmp_path):
     train(_config(tmp_path, steps=20))
     run_dir = tmp_path / "gpt"
@@ -336,6 +343,7 @@ def test_re_run_rules(tmp_path):
     assert cb.checkpoint_prefixes(run_dir / "checkpoints")[0].endswith("ckpt-30")
 
 
+@pytest.mark.slow
 def test_run_records_and_reloads_its_tokenizer(tmp_path):
     train(_config(tmp_path, steps=10))
     stored = json.loads((tmp_path / "gpt" / "config.json").read_text())

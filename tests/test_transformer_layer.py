@@ -29,6 +29,7 @@ def _padding(lengths):
         dict(rate=0.2, epsilon=1e-5, activation="relu", name="block"),
     ],
 )
+@pytest.mark.slow
 def test_common_checks(options, tmp_path):
     assert_layer_contract(
         TransformerLayer,

@@ -56,6 +56,7 @@ def _greedy(model):
 
 
 @pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+@pytest.mark.slow
 def test_compressed_model_decodes_the_float32_greedy_text(trained, weights):
     compressed = compress_weights(trained, weights)
     reference = trained(_prompt_ids()).numpy()
@@ -224,6 +225,7 @@ def test_decode_benchmark_smoke_reports_fewer_bytes_per_token(tmp_path):
 
 
 @pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+@pytest.mark.slow
 def test_a_mixed_precision_model_compresses_to_a_float32_policy_copy(weights):
     keras.utils.set_random_seed(2)
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32, dtype="mixed_bfloat16")
@@ -242,6 +244,7 @@ def test_a_mixed_precision_model_compresses_to_a_float32_policy_copy(weights):
 
 
 @pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+@pytest.mark.slow
 def test_untied_output_matrix_is_compressed_too(weights):
     keras.utils.set_random_seed(3)
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32, tie_embeddings=False)
@@ -254,6 +257,7 @@ def test_untied_output_matrix_is_compressed_too(weights):
 
 
 @pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+@pytest.mark.slow
 def test_a_compressed_copy_saved_as_keras_loads_back_compressed_with_equal_outputs(
     weights, tmp_path
 ):
@@ -283,6 +287,7 @@ def _softmax_warnings(action):
 
 
 @pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+@pytest.mark.slow
 def test_compressing_and_generating_warn_of_no_one_key_softmax(weights):
     """Building a model by a call on one token ran the attention softmax over a single key,
     which Keras reports as a likely mistake: compress_weights builds the copy instead."""
