@@ -148,3 +148,36 @@ def test_poetry_benchmark_smoke_run(tmp_path):
     # A Chinese character is three byte tokens, about one SentencePiece token.
     assert byte["val_tokens_per_character"] > 2 * sentence_piece["val_tokens_per_character"]
     assert 0.8 < results["held_out_real_poem_score"]["all_held_out"] <= 1.0
+
+
+@pytest.mark.slow
+def test_poet_score_scores_a_run_s_poems_and_reads_its_logged_bits_per_char(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    train = [sys.executable, "-m", "tf_bigmodels", "train", "gpt", "--corpus", "tangshi"]
+    train += ["--preset", "gpt-test", "--steps", "2", "--samples", "0", "--name", "poet"]
+    trained = subprocess.run(
+        train, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
+    )
+    assert trained.returncode == 0, trained.stderr[-4000:]
+    out = tmp_path / "score.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "poet_score.py"), "runs/poet", "runs/poet"]
+    command += ["--max-new-tokens", "16", "--max-poems", "3", "--out", str(out)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads(out.read_text(encoding="utf-8"))
+    logged = [json.loads(line) for line in (tmp_path / "runs/poet/metrics.jsonl").open()]
+    for row in results["rows"]:
+        # A 2-step model writes few whole lines: every allowed prompt is used.
+        assert row["poems_written"] == 3 and row["steps"] == 2
+        assert row["poem_format_score"] == poem_format_score(row["poems"])
+        assert row["lines_scored"] == sum(len(split_poem(p).lines) for p in row["poems"])
+        assert (
+            row["val_bits_per_char"]
+            == [m for m in logged if "val_bits_per_char" in m][-1]["val_bits_per_char"]
+        )
+    # The same run scored twice with one seed: the same poems, so the range is one value.
+    assert results["rows"][0]["poems"] == results["rows"][1]["poems"]
+    assert results["summary"]["worst"] == results["summary"]["best"] == results["summary"]["median"]
+    assert f"median {results['summary']['median']:.3f}" in result.stdout
