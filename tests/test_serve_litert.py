@@ -183,3 +183,33 @@ def test_model_list_status_and_metadata(client):
     )
     assert generate["outputs"]["completions"]["dtype"] == "DT_STRING"
     assert client.get("/").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_real_server_on_a_tflite_file_with_the_openai_client(exports, runner):
+    import openai
+    from serving_fixtures import ServerProcess
+
+    process = ServerProcess([f"gpt={exports['gpt']}", exports["sentiment"]])
+    try:
+        process.wait_ready()
+        assert "gpt: version 1 (gpt), signatures generate, logits" in process.output
+        client = openai.OpenAI(base_url=f"{process.url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["gpt", "sentiment"]
+        plain = client.completions.create(model="gpt", prompt="To be", max_tokens=24, seed=7)
+        expected = runner.generate_text("To be", 24, temperature=1.0, seed=7)
+        assert plain.choices[0].text == expected
+        greedy = client.completions.create(
+            model="gpt", prompt="你好", max_tokens=16, temperature=0, n=2
+        )
+        assert [c.text for c in greedy.choices] == [
+            runner.generate_text("你好", 16, temperature=0.0)
+        ] * 2
+        stream = client.completions.create(
+            model="gpt", prompt="To be", max_tokens=24, seed=7, stream=True
+        )
+        assert "".join(c.choices[0].text for c in stream if c.choices) == expected
+        with pytest.raises(openai.BadRequestError, match="max_tokens"):
+            client.completions.create(model="gpt", prompt="a", max_tokens=64)
+    finally:
+        assert process.stop() == 0
