@@ -6,6 +6,8 @@ exports; a real process with the official `openai` client is in test_serve.py.
 
 import json
 import os
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -118,6 +120,15 @@ def test_generate_takes_the_savedmodel_request_body(client, runner):
         json={"signature_name": "logits", "inputs": {"token_ids": [[1, 2, 3]]}},
     ).json()["outputs"]
     np.testing.assert_allclose(logits, runner.logits([[1, 2, 3]]), rtol=1e-6)
+
+    # The serving guide's `generate` request for a SavedModel, byte for byte.
+    guide = (pathlib.Path(__file__).parent.parent / "docs" / "serving.md").read_text("utf-8")
+    documented = re.search(r"-d '(\{\"signature_name\": \"generate\".*?)'", guide, re.S).group(1)
+    answer = client.post("/v1/models/poet:predict", content=documented)
+    assert answer.status_code == 200, answer.text
+    inputs = json.loads(documented)["inputs"]
+    prompt, tokens = inputs.pop("prompts")[0], inputs.pop("max_new_tokens")
+    assert answer.json()["outputs"] == [runner.generate_text(prompt, tokens, **inputs)]
 
     refused = client.post("/v1/models/poet:predict", json={"instances": ["ab"]})
     assert refused.status_code == 404 and "generate" in refused.json()["error"]
