@@ -104,6 +104,26 @@ def test_completions_equal_the_litert_runner(client, runner):
     assert "".join(pieces) == expected and len([p for p in pieces if p]) > 1
 
 
+def test_streams_at_once_each_decode_with_an_interpreter_of_their_own(exports, runner):
+    from tf_bigmodels.serving.litert_model import load_litert
+
+    model = load_litert("poet", exports["gpt"])
+    settings = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+    first = model.stream("To be", 30, seed=1, **settings)
+    second = model.stream("你好", 30, seed=2, **settings)
+    texts = ["", ""]
+    for step in range(30):  # interleaved, as two requests running at once call them
+        texts[0] += next(first, "")
+        texts[1] += next(second, "")
+        if step == 0:
+            assert model._free == []  # each open stream holds an interpreter
+    assert texts == [
+        runner.generate_text("To be", 30, temperature=1.0, seed=1),
+        runner.generate_text("你好", 30, temperature=1.0, seed=2),
+    ]
+    assert len(model._free) == 2  # given back when the streams ended
+
+
 def test_generate_takes_the_savedmodel_request_body(client, runner):
     settings = {"max_new_tokens": 12, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "seed": 4}
     body = {"signature_name": "generate", "inputs": {"prompts": ["ab", "ab", "你好"], **settings}}
