@@ -37,7 +37,7 @@ SPLIT_SEED = 0  # examples/finetune_classifier.py's split: a seeded permutation 
 
 def run(model_path, *, text="shakespeare", prompt="ROMEO:", new_tokens=200, windows=64):
     """Exports `model_path` as float32 and int8 LiteRT files and compares them; a dict."""
-    model = keras.saving.load_model(model_path)
+    model = keras.saving.load_model(model_path, compile=False)  # weights only
     run_dir = RunDirectory.containing(model_path)
     tokenizer = ByteTokenizer()  # a .keras file outside a run directory: a byte-level GPT
     if run_dir is not None:
@@ -68,7 +68,7 @@ def run(model_path, *, text="shakespeare", prompt="ROMEO:", new_tokens=200, wind
 
 def run_classifier(model_path, tokenizer_dir, *, batch_size=64):
     """Test accuracy of a review classifier: Keras, and its float32 and int8 LiteRT files."""
-    model = keras.saving.load_model(model_path)
+    model = keras.saving.load_model(model_path, compile=False)  # weights only
     tokenizer = WordPieceTokenizer.load(tokenizer_dir)
     reviews = load_labelled_corpus("chinese_reviews")
     order = np.random.default_rng(SPLIT_SEED).permutation(len(reviews.texts))
