@@ -10,6 +10,7 @@ import keras
 import pytest
 
 from tf_bigmodels.models import GPTModel
+from tf_bigmodels.training import build_optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,6 +50,11 @@ def test_litert_quality_script_reports_loss_and_first_difference(tmp_path):
     keras.utils.set_random_seed(0)
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=32)
     model.build((None, None))
+    # Compiled with the package's own optimizer, as a trained run's model.keras is: the script
+    # must load it without the training code.
+    model.compile(
+        optimizer=build_optimizer(model, learning_rate=1e-3, total_steps=10, warmup_steps=1)
+    )
     model.save(tmp_path / "model.keras")
     arguments = ["model.keras", "--windows", "4", "--new-tokens", "10", "--out", "q.json"]
     completed = _run("litert_quality.py", *arguments, cwd=tmp_path)

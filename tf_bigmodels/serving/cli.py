@@ -43,7 +43,9 @@ def add_parser(subparsers):
         "(/v1/models/NAME:predict), OpenAI's completions API (/v1/completions, streaming "
         "with server-sent events), a page at /, health (/healthz, /readyz) and Prometheus "
         "metrics (/monitoring/prometheus/metrics). Each PATH is an export directory (numbered "
-        "versions; the newest is served) or a run directory (its export/). Ctrl-C stops it.",
+        "versions; the newest is served) or a run directory (its export/, else its "
+        "litert/model.tflite), or a LiteRT .tflite file or its directory (run on CPU with "
+        "ai-edge-litert). Ctrl-C stops it.",
     )
     parser.add_argument(
         "models",

@@ -52,7 +52,9 @@ def find_export(spec):
 
     PATH is an export directory (numbered version directories, TF Serving's layout) or a run
     directory whose `export/` holds versions. The name is NAME, else PATH's last component
-    (`exports/gpt` serves as `gpt`, `runs/poet` as `poet`).
+    (`exports/gpt` serves as `gpt`, `runs/poet` as `poet`). A PATH without SavedModel versions
+    may name a LiteRT export instead (`litert_model.find_litert`: a `.tflite` file, its
+    directory, or a run's `litert/model.tflite`); the second value is then the `.tflite` file.
 
     Args:
         spec: str. `PATH` or `NAME=PATH`.
@@ -66,22 +68,26 @@ def find_export(spec):
     >>> find_export("runs/poet"), find_export("tang=runs/poet/export")
     (('poet', 'runs/poet/export'), ('tang', 'runs/poet/export'))
     """
+    from tf_bigmodels.serving.litert_model import find_litert
+
     name, separator, path = spec.partition("=")
     if not separator:
         name, path = "", spec
     path = os.path.normpath(path)
-    name = name or os.path.basename(os.path.abspath(path))
+    saved = [d for d in (path, os.fspath(RunDirectory(path).export_dir)) if export_versions(d)]
+    litert = None if saved else find_litert(path)  # a SavedModel comes first
+    name = name or (litert[0] if litert else os.path.basename(os.path.abspath(path)))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ValueError(
             f"`NAME` must be letters, digits, '.', '_' or '-' (it appears in URLs), got {name!r} "
             f"(from {spec!r}; write NAME=PATH to choose one)."
         )
-    for export_dir in (path, os.fspath(RunDirectory(path).export_dir)):
-        if export_versions(export_dir):
-            return name, export_dir
+    if saved or litert:
+        return name, saved[0] if saved else litert[1]
     raise ValueError(
-        f"`PATH` must be an export directory (numbered version directories such as {path}/1) "
-        f"or a run directory with an export/ of that kind, got {path!r}."
+        f"`PATH` must be an export directory (numbered version directories such as {path}/1), "
+        f"a run directory with an export/ of that kind or a litert/model.tflite, or a LiteRT "
+        f".tflite file (its .json beside it), got {path!r}."
     )
 
 
@@ -90,10 +96,11 @@ def load_model(name, export_dir):
 
     Args:
         name: str. The name clients use.
-        export_dir: str. A directory of numbered versions.
+        export_dir: str. A directory of numbered versions, or a `.tflite` file (then a
+            `LiteRTServedModel`, with the same methods, is returned).
 
     Returns:
-        `ServedModel`.
+        `ServedModel` (or `LiteRTServedModel`).
 
     Example:
 
@@ -114,6 +121,10 @@ def load_model(name, export_dir):
     ...
     tf_bigmodels.serving.models.RequestError: Shape of tensor text [] is not compatible with expected shape [?].
     """
+    if export_dir.endswith(".tflite"):
+        from tf_bigmodels.serving.litert_model import load_litert
+
+        return load_litert(name, export_dir)
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the ops of the WordPiece tokenizer)
 
