@@ -157,6 +157,7 @@ class FakeModel:
             "id": self.name,
             "object": "model",
             "kind": self.kind,
+            "version": str(self.version),
             "max_tokens": self.max_tokens,
         }
 

@@ -173,7 +173,7 @@ def test_max_tokens_is_capped_by_the_model_and_by_the_server(gpt):
 def test_health_readiness_and_metrics():
     loaded = threading.Event()
 
-    def load(name, export_dir):
+    def load(name, export_dir, version):
         loaded.wait(10)
         return FakeModel(name)
 

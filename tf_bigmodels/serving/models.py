@@ -85,12 +85,13 @@ def find_export(spec):
     )
 
 
-def load_model(name, export_dir):
-    """Loads the newest version in `export_dir` and returns it as a `ServedModel`.
+def load_model(name, export_dir, version=None):
+    """Loads a version in `export_dir` (the newest by default) and returns it as a `ServedModel`.
 
     Args:
         name: str. The name clients use.
         export_dir: str. A directory of numbered versions.
+        version: int or None. The version to load; None for the newest. Defaults to None.
 
     Returns:
         `ServedModel`.
@@ -117,7 +118,7 @@ def load_model(name, export_dir):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the ops of the WordPiece tokenizer)
 
-    path = newest_version(export_dir)
+    path = newest_version(export_dir) if version is None else os.path.join(export_dir, str(version))
     return ServedModel(name, int(os.path.basename(path)), path, tf.saved_model.load(path))
 
 
