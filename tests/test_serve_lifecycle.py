@@ -9,10 +9,13 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 
-from serving_fixtures import FakeModel
+import httpx
+import pytest
+from serving_fixtures import FakeModel, ServerProcess, export_tiny_gpt
 from starlette.testclient import TestClient
 
 from tf_bigmodels.serving import ServerSettings, create_app
@@ -270,3 +273,122 @@ def test_every_metric_is_exposed_at_tf_servings_path_and_moves():
     assert _sample(after, "tf_bigmodels_generations_total", model="gpt", outcome="completed") == 1
     assert _sample(after, "tf_bigmodels_queue_waiting") == 0.0
     client.__exit__(None, None, None)
+
+
+# Real processes: a tiny GPT served by `python -m tf_bigmodels serve`.
+
+
+def _xla_modules(directory):
+    """The XLA programs compiled so far (XLA dumps each one's HLO once, before optimizing)."""
+    return {n for n in os.listdir(directory) if n.endswith(".before_optimizations.txt")}
+
+
+@pytest.mark.slow
+def test_the_first_requests_after_ready_compile_nothing(tmp_path):
+    export_tiny_gpt(tmp_path / "gpt", 1, max_length=32, jit_compile=True)
+    dumps = tmp_path / "xla"
+    server = ServerProcess([str(tmp_path / "gpt")], env={"XLA_FLAGS": f"--xla_dump_to={dumps}"})
+    try:
+        server.wait_ready()
+        compiled = _xla_modules(dumps)
+        assert compiled  # the warm-up compiled the decode programs
+        url = f"{server.url}/v1/completions"
+        first = [
+            {"model": "gpt", "prompt": "To be"},  # OpenAI's defaults: 16 tokens
+            {"model": "gpt", "prompt": "", "max_tokens": 31, "stream": True, "temperature": 0},
+            {"model": "gpt", "prompt": "To be, or not to be, that is", "max_tokens": 3, "n": 2},
+            {"model": "gpt", "prompt": "To be, or not to be, that is the question", "stream": True},
+        ]
+        for body in first:
+            assert httpx.post(url, json=body, timeout=120).status_code == 200
+        for signature, inputs in [
+            ("serving_default", {"prompts": ["To be"]}),
+            ("generate", {"prompts": ["To be"], "max_new_tokens": 4, "temperature": 0.0}),
+        ]:
+            if signature == "generate":
+                inputs.update(top_k=0, top_p=1.0, seed=0)
+            answer = httpx.post(
+                f"{server.url}/v1/models/gpt:predict",
+                json={"signature_name": signature, "inputs": inputs},
+                timeout=120,
+            )
+            assert answer.status_code == 200, answer.text
+        assert _xla_modules(dumps) == compiled
+        # The measure sees a compilation: `logits` compiles once per input shape (it is not
+        # bucketed), and the warm-up ran one shape only.
+        logits = {"signature_name": "logits", "inputs": {"token_ids": [[1, 2, 3]]}}
+        httpx.post(f"{server.url}/v1/models/gpt:predict", json=logits, timeout=120)
+        assert _xla_modules(dumps) > compiled
+    finally:
+        server.stop()
+
+
+def _stream_texts(lines):
+    """Each choice's text from the `data:` lines of a completion stream, and whether it ended
+    with [DONE]."""
+    texts, done = {}, False
+    for line in lines:
+        if line == "data: [DONE]":
+            done = True
+        elif line.startswith("data: "):
+            for choice in json.loads(line[6:])["choices"]:
+                texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+    return texts, done
+
+
+# 16 choices of 255 tokens, one after the other: a request that runs for seconds.
+_LONG = {"model": "gpt", "prompt": "To be", "max_tokens": 255, "n": 16, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def long_gpt(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("served") / "gpt"
+    export_tiny_gpt(directory, 2, max_length=256)
+    return str(directory)
+
+
+@pytest.mark.slow
+def test_sigterm_lets_a_running_stream_finish_refuses_new_requests_and_exits_0(long_gpt):
+    server = ServerProcess([long_gpt])
+    try:
+        server.wait_ready()
+        url = f"{server.url}/v1/completions"
+        expected = httpx.post(url, json=_LONG, timeout=300).json()["choices"]
+        with httpx.stream("POST", url, json={**_LONG, "stream": True}, timeout=300) as stream:
+            lines = stream.iter_lines()
+            received = [next(line for line in lines if line.startswith("data: "))]
+            server.process.send_signal(signal.SIGTERM)
+            ready = httpx.get(f"{server.url}/readyz", timeout=30)
+            while ready.json()["status"] != "stopping":  # the signal is handled between ticks
+                ready = httpx.get(f"{server.url}/readyz", timeout=30)
+            assert ready.status_code == 503
+            refused = httpx.post(url, json={"model": "gpt", "max_tokens": 1}, timeout=30)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            received += list(lines)
+        texts, done = _stream_texts(received)
+        assert done and texts == {c["index"]: c["text"] for c in expected}
+        assert server.process.wait(60) == 0, server.output
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output, server.output
+
+
+@pytest.mark.slow
+def test_a_request_still_running_when_the_drain_time_ends_is_cut_and_the_exit_is_0(long_gpt):
+    server = ServerProcess([long_gpt], "--drain-seconds", "0.2")
+    try:
+        server.wait_ready()
+        received = []
+        body = {**_LONG, "stream": True}
+        with (
+            pytest.raises(httpx.HTTPError),  # the connection closes mid-stream
+            httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=300) as stream,
+        ):
+            for line in stream.iter_lines():
+                received.append(line)
+                if len(received) == 1:
+                    server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0, server.output
+        assert not _stream_texts(received)[1]  # no [DONE]: it was cut
+    finally:
+        server.stop()

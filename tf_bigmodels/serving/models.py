@@ -175,16 +175,36 @@ class ServedModel:
         }
 
     def warm_up(self):
-        """Runs every path once, so that the first request does not pay for it."""
+        """Runs every path a request takes once, so that the first request builds and compiles
+        nothing.
+
+        Replays the export's warm-up file (TF Serving's `assets.extra/tf_serving_warmup_requests`,
+        one request for each signature; any SavedModel may carry one); a GPT then streams once
+        for each decode shape of `tf_bigmodels.export.warmup.decode_shapes` (what a completion
+        runs: the prompt pass and the decode loop at the shapes of common prompts and
+        `max_tokens`).
+        """
+        from tf_bigmodels.export.warmup import decode_shapes, read_warmup_requests
+
+        for signature_name, inputs in read_warmup_requests(self.path):
+            self._signature(signature_name)(**inputs)
         if self.kind == GPT:
-            "".join(self.stream("warm up", 2, temperature=1.0, top_p=1.0, top_k=0, seed=0))
-            settings = {"max_new_tokens": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-            self.predict("generate", {"prompts": ["warm up"], "seed": 0, **settings})
-            self.predict("logits", {"token_ids": [[0]]})
-        elif self.kind != OTHER:  # another SavedModel's inputs are unknown: no warm-up
-            self.predict("serving_default", {"text": ["warm up"]})
-        if self.kind == BERT_PRETRAINER:
-            self.predict("fill_mask", {"text": ["warm [MASK] up"]})
+            for prompt_tokens, max_tokens in decode_shapes(self.max_tokens + 1):
+                prompt = self._prompt_of(prompt_tokens)
+                settings = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": 0}
+                "".join(self.stream(prompt, max_tokens, **settings))
+
+    def _prompt_of(self, tokens):
+        """A prompt of `tokens` tokens or a few less (one word at least): words, then letters
+        while the count still grows."""
+        prompt, count = "warm", self.count_tokens("warm")
+        for piece in (" warm", "m"):
+            while count < tokens:
+                longer = self.count_tokens(prompt + piece)
+                if not count < longer <= tokens:
+                    break
+                prompt, count = prompt + piece, longer
+        return prompt
 
     def metadata(self):
         """TF Serving's `GET /v1/models/{name}/metadata` answer: every signature's inputs and

@@ -109,7 +109,6 @@ class ModelVersions:
             self._states[model.version] = (AVAILABLE, _OK)
             if previous is not None:
                 self._states[previous.version] = (END, _OK)
-        log.info("%s: serving version %s", self.name, model.version)
         return model
 
     def _set(self, version, state, status):
