@@ -372,6 +372,7 @@ def test_json_values_become_tensors_of_the_signature_types_or_a_400():
         (1.5, tf.int32, "integers"),
         (True, tf.int32, "integers"),
         ([[1], [1, 2]], tf.int32, "not ragged"),
+        ([["a"], []], tf.string, "not ragged"),
         (2**40, tf.int32, "outside the range"),
         ([1], tf.string, "strings"),
         ({"b64": "%%"}, tf.string, "base64"),

@@ -345,6 +345,9 @@ def _tensor(name, value, dtype):
     try:
         converted = _map_leaves(value, check)
         array = np.array(converted, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+        # Ragged strings make an object array of lists, which NumPy accepts and TensorFlow
+        # refuses (a ValueError, as NumPy's for ragged numbers).
+        tensor = tf.constant(array, dtype)
     except OverflowError:
         raise RequestError(
             f"input `{name}` holds a value outside the range of {dtype.name}."
@@ -355,7 +358,7 @@ def _tensor(name, value, dtype):
             f"input `{name}` must be {kind}, or nested lists of them of one shape (not ragged), "
             f"for a {dtype.name} tensor{detail}."
         ) from None
-    return tf.constant(array, dtype)
+    return tensor
 
 
 class _Invalid(ValueError):
