@@ -51,7 +51,11 @@ def _started(sources, load, **settings):
 
 
 def _states(client, name="gpt"):
-    status = client.get(f"/v1/models/{name}").json()["model_version_status"]
+    """(version, state, error code) of each version; empty before the first load starts."""
+    answer = client.get(f"/v1/models/{name}")
+    if answer.status_code == 503:
+        return []
+    status = answer.json()["model_version_status"]
     return [(s["version"], s["state"], s["status"]["error_code"]) for s in status]
 
 
@@ -150,17 +154,38 @@ def test_the_scan_runs_by_itself_every_poll_seconds(tmp_path):
         assert _states(client)[0] == ("2", "AVAILABLE", "OK")
 
 
-def test_a_loading_version_shows_loading():
-    loading = threading.Event()
+def test_a_version_shows_loading_while_it_loads_and_readiness_waits_for_the_warm_up(tmp_path):
+    (tmp_path / "gpt/1").mkdir(parents=True)
+    release = {1: threading.Event(), 2: threading.Event()}
+    load, _ = _versioned_loader()
 
-    def load(name, export_dir, version):
-        loading.wait(10)
-        return FakeModel(name)
+    def slow_load(name, export_dir, version):
+        model = load(name, export_dir, version)
+        model.warm_up = lambda: release[version].wait(10)  # the warm-up holds the load
+        return model
 
-    with TestClient(create_app([("gpt", "/nowhere")], load=load)) as client:
-        assert client.get("/v1/models/gpt").status_code == 503  # no version known yet
-        loading.set()
-        assert client.app.state.registry.ready.wait(10)
+    client = TestClient(create_app([("gpt", str(tmp_path / "gpt"))], load=slow_load))
+    with client:
+        registry = client.app.state.registry
+        deadline = time.monotonic() + 10
+        while _states(client) != [("1", "LOADING", "OK")]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert client.get("/readyz").status_code == 503  # loaded, not yet warmed up
+        release[1].set()
+        assert registry.ready.wait(10)
+        assert client.get("/readyz").status_code == 200
+        (tmp_path / "gpt/2").mkdir()
+        poll = threading.Thread(target=registry.poll)
+        poll.start()
+        while _states(client)[0] != ("2", "LOADING", "OK"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert _states(client)[1] == ("1", "AVAILABLE", "OK")
+        assert client.get("/v1/models").json()["data"][0]["version"] == "1"
+        release[2].set()
+        poll.join(10)
+        assert _states(client) == [("2", "AVAILABLE", "OK"), ("1", "END", "OK")]
 
 
 def test_draining_turns_readiness_off_refuses_new_requests_and_lets_running_ones_finish():
