@@ -192,9 +192,8 @@ def run(args):
     from tf_bigmodels import _checks
 
     drain_seconds = _checks.number("--drain-seconds", args.drain_seconds, low=0)
-    app = create_app(
-        sources, settings, on_ready=ready, on_error=failed, poll_seconds=args.poll_seconds
-    )
+    poll_seconds = _checks.number("--poll-seconds", args.poll_seconds, low=0, low_open=True)
+    app = create_app(sources, settings, on_ready=ready, on_error=failed, poll_seconds=poll_seconds)
     config = uvicorn.Config(
         app,
         host=args.host,

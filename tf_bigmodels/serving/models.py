@@ -14,7 +14,12 @@ import json
 import os
 import re
 
-from tf_bigmodels.run_directory import RunDirectory, export_versions, newest_version
+from tf_bigmodels.run_directory import (
+    RunDirectory,
+    export_versions,
+    newest_version,
+    version_path,
+)
 
 GPT, BERT_PRETRAINER, BERT_CLASSIFIER = "gpt", "bert_pretrainer", "bert_classifier"
 OTHER = "saved_model"  # any other SavedModel: its signatures over TF Serving's routes
@@ -118,7 +123,7 @@ def load_model(name, export_dir, version=None):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the ops of the WordPiece tokenizer)
 
-    path = newest_version(export_dir) if version is None else os.path.join(export_dir, str(version))
+    path = newest_version(export_dir) if version is None else version_path(export_dir, version)
     return ServedModel(name, int(os.path.basename(path)), path, tf.saved_model.load(path))
 
 

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 
-from tf_bigmodels.run_directory import export_versions
+from tf_bigmodels.run_directory import export_versions, version_path
 
 log = logging.getLogger("tf_bigmodels.serving")
 
@@ -75,7 +75,7 @@ class ModelVersions:
         for version in reversed(export_versions(self.export_dir)):
             if version <= served:
                 return None
-            fingerprint = _fingerprint(os.path.join(self.export_dir, str(version)))
+            fingerprint = _fingerprint(version_path(self.export_dir, version))
             if self._refused.get(version) == fingerprint:
                 continue  # refused, and its files have not changed since
             model = self._load_version(version, fingerprint=fingerprint)
