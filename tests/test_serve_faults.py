@@ -1,10 +1,11 @@
-"""A real server under a storm: 32 clients, a new version mid-way, SIGTERM at the end.
+"""A real server under a storm: 32 clients, new versions mid-way, SIGTERM at the end.
 
 32 asyncio clients (httpx) send, in turns, greedy completions, greedy streams, TF Serving
 predicts of the `generate` signature, invalid requests, and streams they cut off after the
 first event. Once the server has answered a good many of them, version 2 of the model appears
-in its export directory (renamed in, as an export does). Once version 2 has answered a good
-many too, the server gets SIGTERM while the clients keep sending.
+in its export directory (renamed in, as an export does); later a damaged version 3, which must
+be refused (one log line, its error in the version status) while version 2 keeps serving. Once
+version 2 has answered a good many, the server gets SIGTERM while the clients keep sending.
 
 Every valid request must get the complete, correct answer of the version that served it (each
 answer names its version; greedy text is known in advance for each version) or a clean 503;
@@ -67,7 +68,10 @@ def versions(tmp_path_factory):
     )  # renamed into `served` as version 2
     expected = {1: _expected(first), 2: _expected(second)}
     assert expected[1] != expected[2]  # the versions' answers tell them apart
-    return served, second, expected
+    damaged = root / "damaged"  # renamed in as version 3: not a SavedModel
+    damaged.mkdir()
+    (damaged / "saved_model.pb").write_bytes(b"not a SavedModel")
+    return served, second, damaged, expected
 
 
 class _Storm:
@@ -103,7 +107,7 @@ class _Storm:
 
 def _version(fingerprint):
     name, _, version = fingerprint.rpartition("/versions/")
-    assert name == "gpt", fingerprint
+    assert name == "gpt" and version in ("1", "2"), fingerprint  # never the damaged 3
     return int(version)
 
 
@@ -171,7 +175,7 @@ async def _predict(client, storm, turn):
     if response.status_code != 200:
         storm.fail(f"predict {prompt!r}: {response.status_code} {response.text[:200]}")
         return False
-    version = int(response.headers["x-model-version"])
+    version = _version(f"gpt/versions/{response.headers['x-model-version']}")
     if response.json()["outputs"] != [storm.expected[version][1][prompt]]:
         storm.fail(f"predict {prompt!r} on version {version}: {response.text[:200]}")
     storm.answer(version)
@@ -230,40 +234,58 @@ async def _stream_cut(client, storm, turn):
     return await _stream(client, storm, turn, cut=True)
 
 
-async def _conductor(storm, new_version, served):
-    """Renames version 2 in once enough answers came, then sends SIGTERM once version 2 has
-    answered enough."""
+async def _conductor(storm, new_version, damaged, served):
+    """Renames version 2 in once enough answers came, then a damaged version 3 once version 2
+    has answered some, then sends SIGTERM once version 2 has answered enough."""
     while sum(storm.answered.values()) < BEFORE_SWAP and not storm.failures:
         await asyncio.sleep(0.05)
     os.rename(new_version, served / "2")
+    while storm.answered[2] < AFTER_SWAP // 2 and not storm.failures:
+        await asyncio.sleep(0.05)
+    os.rename(damaged, served / "3")
     while storm.answered[2] < AFTER_SWAP and not storm.failures:
         await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(base_url=storm.server.url) as client:
+        while not storm.failures:  # version 3 is refused, with its error, and 2 still serves
+            status = (await client.get("/v1/models/gpt")).json()["model_version_status"]
+            if status[0]["version"] == "3" and status[0]["state"] == "END":
+                break
+            await asyncio.sleep(0.05)
+        storm.status3 = status
     assert storm.server.process.poll() is None, storm.server.output  # alive until SIGTERM
     storm.sigterm_sent = True
     storm.server.process.send_signal(signal.SIGTERM)
 
 
-async def _storm(server, expected, new_version, served):
+async def _storm(server, expected, new_version, damaged, served):
     storm = _Storm(server, expected)
     clients = [asyncio.create_task(_client(i, storm)) for i in range(CLIENTS)]
-    await _conductor(storm, new_version, served)
+    await _conductor(storm, new_version, damaged, served)
     await asyncio.wait_for(asyncio.gather(*clients), 120)
     return storm
 
 
 def test_a_storm_of_clients_a_new_version_and_sigterm(versions):
-    served, new_version, expected = versions
+    served, new_version, damaged, expected = versions
     server = ServerProcess(
         [str(served)], "--poll-seconds", "0.2", "--max-queue", "64", "--drain-seconds", "30"
     )
     try:
         server.wait_ready()
-        storm = asyncio.run(_storm(server, expected, new_version, served))
+        storm = asyncio.run(_storm(server, expected, new_version, damaged, served))
         exit_status = server.process.wait(60)
     finally:
         server.stop()
     assert not storm.failures, storm.failures[:10]
     assert storm.answered[1] >= BEFORE_SWAP // 2 and storm.answered[2] >= AFTER_SWAP
+    assert [(s["version"], s["state"]) for s in storm.status3] == [
+        ("3", "END"),
+        ("2", "AVAILABLE"),
+        ("1", "END"),
+    ]
+    assert storm.status3[0]["status"]["error_code"] != "OK"
+    # Refused with one line, not one per scan (the server scanned every 0.2 s meanwhile).
+    assert server.output.count("version 3 in") == 1, server.output
     assert not [s for s in storm.statuses if s >= 500 and s != 503], storm.statuses
     assert storm.statuses.get(503), storm.statuses  # the drain refused new requests
     assert exit_status == 0, server.output
