@@ -7,6 +7,10 @@ TensorFlow calls: they run in worker threads, at most `max_concurrency` at once,
 chunk per thread call, so a request that times out or whose client disconnects stops within one
 chunk.
 
+Life cycle: the registry serves each model's newest version and picks up new ones
+(`tf_bigmodels.serving.versions`); a request keeps the version it started with. Stopping drains
+(`tf_bigmodels.serving.lifecycle`): the guard answers 503 to new requests while running ones end.
+
 Safety: every error a client causes is a 4xx with one message (TF Serving's `{"error": ...}` on
 its routes, OpenAI's error object on OpenAI's); an unexpected failure is a 500 that says only
 "internal error" (the traceback goes to the server's log, never to the client), and the server
