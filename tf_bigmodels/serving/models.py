@@ -194,10 +194,13 @@ class ServedModel:
         for signature_name, inputs in read_warmup_requests(self.path):
             self._signature(signature_name)(**inputs)
         if self.kind == GPT:
+            settings = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": 0}
             for prompt_tokens, max_tokens in decode_shapes(self.max_tokens + 1):
-                prompt = self._prompt_of(prompt_tokens)
-                settings = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": 0}
-                "".join(self.stream(prompt, max_tokens, **settings))
+                # The first piece has run the prompt pass and a decode chunk at this shape:
+                # compiled; the other chunks would only compute.
+                pieces = self.stream(self._prompt_of(prompt_tokens), max_tokens, **settings)
+                next(pieces, None)
+                pieces.close()
 
     def _prompt_of(self, tokens):
         """A prompt of `tokens` tokens or a few less (one word at least): words, then letters
