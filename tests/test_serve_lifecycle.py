@@ -140,6 +140,32 @@ def test_a_new_version_is_served_live_and_running_requests_finish_on_the_old(tmp
     client.__exit__(None, None, None)
 
 
+def test_an_export_directory_that_cannot_be_scanned_is_logged_once_and_scanned_again(
+    tmp_path, monkeypatch, caplog
+):
+    from tf_bigmodels.serving import versions
+
+    (tmp_path / "gpt/1").mkdir(parents=True)
+    load, loads = _versioned_loader()
+    client = _started([("gpt", str(tmp_path / "gpt"))], load)
+    registry = client.app.state.registry
+    scan = versions.export_versions
+
+    def unreadable(export_dir):
+        raise PermissionError(13, "Permission denied", export_dir)
+
+    monkeypatch.setattr(versions, "export_versions", unreadable)
+    with caplog.at_level(logging.ERROR, logger="tf_bigmodels.serving"):
+        for _ in range(3):
+            registry.poll()
+    assert len([r for r in caplog.records if "cannot scan" in r.getMessage()]) == 1
+    monkeypatch.setattr(versions, "export_versions", scan)
+    (tmp_path / "gpt/2").mkdir()
+    registry.poll()
+    assert registry.models["gpt"].version == 2 and loads == [1, 2]
+    client.__exit__(None, None, None)
+
+
 def test_the_scan_runs_by_itself_every_poll_seconds(tmp_path):
     (tmp_path / "gpt/1").mkdir(parents=True)
     load, loads = _versioned_loader()

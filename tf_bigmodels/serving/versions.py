@@ -57,6 +57,7 @@ class ModelVersions:
         self.served = None
         self._states = {}  # version -> (state, status)
         self._refused = {}  # version -> fingerprint of its files when it failed
+        self._scan_error = None  # the last scan's error, logged once
         self._lock = threading.Lock()
 
     def load_newest(self):
@@ -72,7 +73,17 @@ class ModelVersions:
             The newly served `ServedModel`, or None (nothing new, or it was refused).
         """
         served = self.served.version if self.served is not None else 0
-        for version in reversed(export_versions(self.export_dir)):
+        try:
+            versions = export_versions(self.export_dir)
+        except OSError as error:  # the directory unreadable for now: scan again later
+            if str(error) != self._scan_error:
+                log.error(
+                    "%s: cannot scan %s for new versions: %s", self.name, self.export_dir, error
+                )
+            self._scan_error = str(error)
+            return None
+        self._scan_error = None
+        for version in reversed(versions):
             if version <= served:
                 return None
             fingerprint = _fingerprint(version_path(self.export_dir, version))
