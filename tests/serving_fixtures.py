@@ -2,6 +2,7 @@
 
 - `export_tiny_models(root)`: a GPT (byte tokenizer, d_model 32, one layer, no XLA), a BERT
   pre-trainer and a BERT classifier, exported under `root` (`gpt/1`, `bert/1`, `sentiment/1`).
+- `export_tiny_gpt(export_dir, seed)`: one more version of a tiny GPT.
 - `ServerProcess`: `python -m tf_bigmodels serve ...` on a free port, waited for until `/readyz`
   says ready, always stopped (SIGTERM, then kill) by `stop()`.
 - `FakeModel`: the methods the app calls on a `ServedModel`, in plain Python, so the HTTP
@@ -54,6 +55,20 @@ def export_tiny_models(root):
         jit_compile=False,
     )
     return {name: os.path.join(root, name) for name in ("gpt", "bert", "sentiment")}
+
+
+def export_tiny_gpt(export_dir, seed, *, max_length=64, jit_compile=False):
+    """Exports a tiny byte-level GPT whose weights come from `seed` (another seed, another
+    text) as the next version of `export_dir`; returns the version's path."""
+    import keras
+
+    from tf_bigmodels.export import export_gpt
+    from tf_bigmodels.models import GPTModel
+    from tf_bigmodels.tokenizers import ByteTokenizer
+
+    keras.utils.set_random_seed(seed)
+    gpt = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=max_length, initializer_range=0.3)
+    return export_gpt(gpt, ByteTokenizer(), export_dir, max_new_tokens=8, jit_compile=jit_compile)
 
 
 def free_port():
@@ -157,6 +172,7 @@ class FakeModel:
             "id": self.name,
             "object": "model",
             "kind": self.kind,
+            "version": str(self.version),
             "max_tokens": self.max_tokens,
         }
 

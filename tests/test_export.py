@@ -597,3 +597,40 @@ def test_an_export_removes_what_killed_exports_left_and_nothing_else(tmp_path):
     kept = {key for key, name in left.items() if (tmp_path / name).is_dir()}
     assert kept == {"running", "this_process", "other_host", "user_file"}
     assert sorted(os.listdir(path)) == ["x"]
+
+
+def _replay_warmup_file(path, loaded):
+    """Reads TF Serving's warm-up file of the SavedModel at `path` with TF Serving's protos and
+    runs each request on `loaded`'s signature; returns the signature names in the file."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    names = []
+    file = os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
+    for record in tf.data.TFRecordDataset(file):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        signature = loaded.signatures[request.model_spec.signature_name]
+        inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+        outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
+        assert outputs and all(value.shape.rank is not None for value in outputs.values())
+        names.append(request.model_spec.signature_name)
+    return names
+
+
+def test_a_gpt_export_carries_tf_servings_warmup_requests_for_every_signature(
+    gpt_exports, plain_loaded
+):
+    names = _replay_warmup_file(gpt_exports[2], plain_loaded)
+    assert (
+        sorted(names)
+        == sorted(plain_loaded.signatures)
+        == ["generate", "logits", "serving_default"]
+    )
+
+
+@pytest.mark.slow  # its fixture exports two BERTs
+def test_bert_exports_carry_tf_servings_warmup_requests_for_every_signature(bert_exports):
+    for path in bert_exports[3:]:
+        loaded = tf.saved_model.load(path)
+        assert sorted(_replay_warmup_file(path, loaded)) == sorted(loaded.signatures)

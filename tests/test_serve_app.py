@@ -173,7 +173,7 @@ def test_max_tokens_is_capped_by_the_model_and_by_the_server(gpt):
 def test_health_readiness_and_metrics():
     loaded = threading.Event()
 
-    def load(name, export_dir):
+    def load(name, export_dir, version):
         loaded.wait(10)
         return FakeModel(name)
 
@@ -372,6 +372,7 @@ def test_json_values_become_tensors_of_the_signature_types_or_a_400():
         (1.5, tf.int32, "integers"),
         (True, tf.int32, "integers"),
         ([[1], [1, 2]], tf.int32, "not ragged"),
+        ([["a"], []], tf.string, "not ragged"),
         (2**40, tf.int32, "outside the range"),
         ([1], tf.string, "strings"),
         ({"b64": "%%"}, tf.string, "base64"),

@@ -71,6 +71,17 @@ def export_versions(export_dir):
     )
 
 
+def version_path(export_dir, version):
+    """The directory of version `version` in `export_dir` (it need not exist).
+
+    Example:
+
+    >>> version_path("models/gpt", 3)
+    'models/gpt/3'
+    """
+    return os.path.join(os.fspath(export_dir), str(version))
+
+
 def newest_version(export_dir):
     """The path of the newest version directory of `export_dir`, or None if there is none.
 
@@ -81,7 +92,7 @@ def newest_version(export_dir):
     ('models/gpt/2', None)
     """
     versions = export_versions(export_dir)
-    return os.path.join(os.fspath(export_dir), str(versions[-1])) if versions else None
+    return version_path(export_dir, versions[-1]) if versions else None
 
 
 class RunDirectory:

@@ -7,8 +7,9 @@
   SavedModel directory, a `.keras` file or a `GPTModel`, carrying the key/value cache from piece
   to piece; `generate_texts(...)`: several samples of one prompt at once.
 
-The SavedModels load with `tf.saved_model.load` in a process that imports only `tensorflow` and
-`tensorflow_text`.
+Every export holds TF Serving's warm-up file (`assets.extra/tf_serving_warmup_requests`, one
+request for each signature; `tf_bigmodels.export.warmup`). The SavedModels load with
+`tf.saved_model.load` in a process that imports only `tensorflow` and `tensorflow_text`.
 
 Example:
 

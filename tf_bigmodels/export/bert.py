@@ -7,6 +7,7 @@ import tensorflow_text as tf_text
 
 from tf_bigmodels import _checks
 from tf_bigmodels._version import __version__
+from tf_bigmodels.export import warmup
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import BERTClassifier, BERTPretrainer
 from tf_bigmodels.tokenizers import WordPieceTokenizer, check_tokenizer
@@ -102,6 +103,18 @@ class BERTServingModule(tf.Module):
                 "fill_mask": self.fill_mask,
             }
         return {"serving_default": self.serving_default}
+
+    def warmup_requests(self):
+        """One request for each signature, for TF Serving's warm-up file
+        (`tf_bigmodels.export.warmup`)."""
+        text = {"text": ["warm up"]}
+        if isinstance(self.model, BERTPretrainer):
+            return {
+                "serving_default": text,
+                "encode_pair": {**text, "text_pair": ["warm up"]},
+                "fill_mask": {"text": [f"warm {_MASK_TOKEN} up"]},
+            }
+        return {"serving_default": text}
 
     def _pack(self, segments):
         """Ragged wordpiece ids per segment -> the encoder's dense input dict."""
@@ -208,7 +221,7 @@ def export_bert(
     runs with `tensorflow` and `tensorflow_text` imported (tensorflow-text provides the
     tokenizer's ops); the signatures are described in `BERTServingModule`. Settings are recorded
     as the JSON string variable `export_config` of the loaded object. Written atomically like
-    `export_gpt`.
+    `export_gpt`, with TF Serving's warm-up file (one request for each signature) as well.
 
     Args:
         model: a `BERTPretrainer` (signatures `serving_default`, `encode_pair`, `fill_mask`) or a
@@ -295,5 +308,5 @@ def export_bert(
     return write_version(
         export_dir,
         version,
-        lambda path: tf.saved_model.save(module, path, signatures=module.signatures()),
+        lambda path: warmup.save(module, path, module.signatures()),
     )

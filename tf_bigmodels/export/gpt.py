@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tf_bigmodels import _checks
 from tf_bigmodels._version import __version__
+from tf_bigmodels.export import warmup
 from tf_bigmodels.export._layout import write_version
 from tf_bigmodels.models import GPTModel, generation
 from tf_bigmodels.models.compression import WEIGHTS, compress_weights, weights_format
@@ -129,6 +130,16 @@ class GPTServingModule(tf.Module):
             ],
         )
 
+    def warmup_requests(self):
+        """One request for each signature, for TF Serving's warm-up file
+        (`tf_bigmodels.export.warmup`)."""
+        settings = {"max_new_tokens": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+        return {
+            "serving_default": {"prompts": ["warm up"]},
+            "generate": {"prompts": ["warm up"], **settings},
+            "logits": {"token_ids": [[self.tokenizer.end_id]]},
+        }
+
     def _tokenize(self, prompts):
         prompts = _checked(prompts, 1, "prompts")
         ids = tf.cast(self.tokenizer.tokenize(prompts), tf.int32)
@@ -228,7 +239,9 @@ def export_gpt(
     settings of `serving_default` are `GenerationSettings` (documented there), recorded as the
     JSON string variable `generation_config` of the loaded object. The directory is written
     atomically: to a temporary directory inside `export_dir`, renamed into place when complete
-    (an interrupted export leaves no version directory).
+    (an interrupted export leaves no version directory). It holds TF Serving's warm-up file,
+    `assets.extra/tf_serving_warmup_requests`: one request for each signature, replayed by a
+    server at load (see `tf_bigmodels.export.warmup`).
 
     Args:
         model: a `GPTModel`.
@@ -283,6 +296,4 @@ def export_gpt(
         "generate": module.generate,
         "logits": module.logits,
     }
-    return write_version(
-        export_dir, version, lambda path: tf.saved_model.save(module, path, signatures=signatures)
-    )
+    return write_version(export_dir, version, lambda path: warmup.save(module, path, signatures))

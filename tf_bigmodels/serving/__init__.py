@@ -7,6 +7,10 @@
   as server-sent events with `"stream": true`).
 - `/` (a page to try the models), `/healthz`, `/readyz`, `/monitoring/prometheus/metrics`.
 
+A newer version that appears in an export directory is loaded, warmed up (TF Serving's warm-up
+file, then the decode shapes of common completions) and served without a restart
+(`versions.py`); SIGTERM drains: new requests get 503, running ones finish (`lifecycle.py`).
+
 The server loads exports only (`tf.saved_model.load` and `tensorflow_text`); it never imports
 the training code, so it runs wherever an export was copied.
 

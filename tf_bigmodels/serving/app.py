@@ -7,6 +7,10 @@ TensorFlow calls: they run in worker threads, at most `max_concurrency` at once,
 chunk per thread call, so a request that times out or whose client disconnects stops within one
 chunk.
 
+Life cycle: the registry serves each model's newest version and picks up new ones
+(`tf_bigmodels.serving.versions`); a request keeps the version it started with. Stopping drains
+(`tf_bigmodels.serving.lifecycle`): the guard answers 503 to new requests while running ones end.
+
 Safety: every error a client causes is a 4xx with one message (TF Serving's `{"error": ...}` on
 its routes, OpenAI's error object on OpenAI's); an unexpected failure is a 500 that says only
 "internal error" (the traceback goes to the server's log, never to the client), and the server
@@ -32,7 +36,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from tf_bigmodels import _checks
+from tf_bigmodels.serving.lifecycle import DRAIN_OPEN_PATHS, Drain
 from tf_bigmodels.serving.models import GPT, RequestError
+from tf_bigmodels.serving.versions import ModelVersions
 
 log = logging.getLogger("tf_bigmodels.serving")
 
@@ -175,14 +181,18 @@ class _Metrics:
 
 
 class ModelRegistry:
-    """The served models by name, loaded (and warmed up) in a background thread.
+    """The served models by name, loaded (and warmed up) in a background thread, then kept
+    up to date: every `poll_seconds` a new version in a model's export directory is loaded,
+    warmed up and served (see `tf_bigmodels.serving.versions`).
 
     Args:
         sources: list of `ServedModel` (already loaded) or `(name, export_dir)` pairs.
-        load: callable `(name, export_dir) -> ServedModel`. Defaults to None
-            (`tf_bigmodels.serving.models.load_model`).
-        on_ready: callable taking a `ServedModel`, called once it is loaded and warmed up.
-            Defaults to None.
+        load: callable `(name, export_dir, version) -> ServedModel` (version None: the
+            newest). Defaults to None (`tf_bigmodels.serving.models.load_model`).
+        on_ready: callable taking a `ServedModel`, called once it is loaded and warmed up
+            (each new version too). Defaults to None.
+        poll_seconds: float > 0 or None. Seconds between scans of the export directories;
+            None scans never. Defaults to None.
 
     Example:
 
@@ -191,58 +201,90 @@ class ModelRegistry:
     (True, {})
     """
 
-    def __init__(self, sources, *, load=None, on_ready=None):
+    def __init__(self, sources, *, load=None, on_ready=None, poll_seconds=None):
         self._sources = list(sources)
         self._load, self._on_ready = load, on_ready
+        self.poll_seconds = _checks.number(
+            "poll_seconds", poll_seconds, low=0, low_open=True, none_ok=True
+        )
         self.models = {}
+        self.versions = {
+            s[0]: ModelVersions(*s, self._load_version)
+            for s in self._sources
+            if isinstance(s, tuple)
+        }
         self.pending = {s[0] if isinstance(s, tuple) else s.name for s in self._sources}
         self.ready = threading.Event()
         self.error = None
         self._thread = None
+        self._stopped = threading.Event()
 
     def start(self):
         """Starts loading in a daemon thread (a stopping server never waits for a load)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._load_all, daemon=True, name="loader")
+            self._thread = threading.Thread(target=self._run, daemon=True, name="loader")
             self._thread.start()
 
-    def _load_all(self):
+    def stop(self):
+        """Ends the scans for new versions."""
+        self._stopped.set()
+
+    def _load_version(self, name, export_dir, version):
+        if self._load is None:
+            from tf_bigmodels.serving.models import load_model
+
+            self._load = load_model
+        return self._load(name, export_dir, version)
+
+    def _serve(self, model):
+        self.models[model.name] = model
+        self.pending.discard(model.name)
+        if self._on_ready:
+            self._on_ready(model)
+
+    def _run(self):
         try:
             for source in self._sources:
                 if isinstance(source, tuple):
-                    if self._load is None:
-                        from tf_bigmodels.serving.models import load_model
-
-                        self._load = load_model
-                    model = self._load(*source)
+                    model = self.versions[source[0]].load_newest()
                 else:
                     model = source
-                model.warm_up()
-                self.models[model.name] = model
-                self.pending.discard(model.name)
-                if self._on_ready:
-                    self._on_ready(model)
+                    model.warm_up()
+                self._serve(model)
             self.ready.set()
         except Exception as error:  # noqa: BLE001 (any load failure ends the server)
             log.exception("loading the models failed")
             self.error = error
+            return
+        while self.poll_seconds is not None and not self._stopped.wait(self.poll_seconds):
+            self.poll()
+
+    def poll(self):
+        """Scans every export directory once; serves each new version that loads."""
+        for versions in self.versions.values():
+            model = versions.poll()
+            if model is not None:
+                self._serve(model)
 
 
-def create_app(sources, settings=None, *, load=None, on_ready=None, on_error=None):
+def create_app(
+    sources, settings=None, *, load=None, on_ready=None, on_error=None, poll_seconds=None
+):
     """The Starlette application serving `sources`.
 
     Models load in the background when the app starts (its lifespan): `/healthz` answers at
-    once, `/readyz` says 200 once every model is loaded and warmed up.
+    once, `/readyz` says 200 once every model is loaded and warmed up, and 503 again once
+    `app.state.drain` drains (the server is stopping; see `tf_bigmodels.serving.lifecycle`).
 
     Args:
         sources: list of `ServedModel` or `(name, export_dir)` pairs.
         settings: `ServerSettings` or None (the defaults).
-        load, on_ready: as in `ModelRegistry`.
+        load, on_ready, poll_seconds: as in `ModelRegistry`.
         on_error: callable taking the exception when loading fails. Defaults to None.
 
     Returns:
         a `starlette.applications.Starlette` (an ASGI app; `app.state.registry` holds the
-        models, `app.state.metrics` the metrics).
+        models, `app.state.metrics` the metrics, `app.state.drain` the requests running).
 
     Example:
 
@@ -253,16 +295,20 @@ def create_app(sources, settings=None, *, load=None, on_ready=None, on_error=Non
     """
     settings = settings or ServerSettings()
     metrics = _Metrics()
-    registry = ModelRegistry(sources, load=load, on_ready=on_ready)
+    registry = ModelRegistry(sources, load=load, on_ready=on_ready, poll_seconds=poll_seconds)
     limiter = _Limiter(settings.max_concurrency, settings.max_queue, metrics.waiting)
-    handlers = _Handlers(registry, settings, metrics, limiter)
+    drain = Drain()
+    handlers = _Handlers(registry, settings, metrics, limiter, drain)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         registry.start()
         if on_error is not None:
             asyncio.get_running_loop().run_in_executor(None, _report_error, registry, on_error)
-        yield
+        try:
+            yield
+        finally:
+            registry.stop()
 
     routes = [
         Route("/", handlers.page),
@@ -285,7 +331,8 @@ def create_app(sources, settings=None, *, load=None, on_ready=None, on_error=Non
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
-    app.add_middleware(_Guard, settings=settings, metrics=metrics)
+    app.state.drain = drain
+    app.add_middleware(_Guard, settings=settings, metrics=metrics, drain=drain)
     return app
 
 
@@ -325,10 +372,11 @@ async def _internal_error(request, error):
 
 
 class _Guard:
-    """ASGI middleware: the API key, and request counts and latency by route and status."""
+    """ASGI middleware: the API key, the requests running (503 once draining), and request
+    counts and latency by route and status."""
 
-    def __init__(self, app, settings, metrics):
-        self.app, self.settings, self.metrics = app, settings, metrics
+    def __init__(self, app, settings, metrics, drain):
+        self.app, self.settings, self.metrics, self.drain = app, settings, metrics, drain
         key = settings.api_key
         self._expected = f"Bearer {key}".encode() if key else None
 
@@ -336,13 +384,24 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), [500]
+        counted = scope["path"] not in DRAIN_OPEN_PATHS
 
         async def send_status(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
 
+        if counted:
+            self.drain.enter()
         try:
+            if counted and self.drain.draining:
+                response = error_response(
+                    scope["path"],
+                    503,
+                    "the server is stopping; send the request again (to another replica)",
+                    headers={"Retry-After": "1", "Connection": "close"},
+                )
+                return await response(scope, receive, send_status)
             if self._expected and scope["path"] not in PUBLIC_PATHS:
                 given = dict(scope["headers"]).get(b"authorization", b"")
                 if not hmac.compare_digest(given, self._expected):
@@ -357,6 +416,8 @@ class _Guard:
                     return await response(scope, receive, send_status)
             await self.app(scope, receive, send_status)
         finally:
+            if counted:
+                self.drain.exit()
             route = scope.get("route")
             label = route.path if route is not None else "unmatched"
             self.metrics.requests.labels(label, str(status[0])).inc()
@@ -397,9 +458,9 @@ class _Choice:
 class _Handlers:
     """The route handlers, sharing the registry, the settings, the metrics and the limiter."""
 
-    def __init__(self, registry, settings, metrics, limiter):
+    def __init__(self, registry, settings, metrics, limiter, drain):
         self.registry, self.settings, self.metrics = registry, settings, metrics
-        self.limiter = limiter
+        self.limiter, self.drain = limiter, drain
 
     # Health, metrics, page.
 
@@ -410,6 +471,8 @@ class _Handlers:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request):
+        if self.drain.draining:
+            return JSONResponse({"status": "stopping"}, status_code=503)
         if self.registry.ready.is_set():
             return JSONResponse({"status": "ready", "models": sorted(self.registry.models)})
         if self.registry.error is not None:
@@ -445,18 +508,28 @@ class _Handlers:
         return model
 
     async def status(self, request):
-        try:
-            model = self._model(request)
-        except RequestError as error:
-            return error_response(request.url.path, error.status, str(error))
-        ok = {"error_code": "OK", "error_message": ""}
-        return JSONResponse(
-            {
-                "model_version_status": [
-                    {"version": str(model.version), "state": "AVAILABLE", "status": ok}
-                ]
-            }
-        )
+        """TF Serving's version status: every version seen (served, loading, replaced,
+        refused with its error), newest first."""
+        name, version = request.path_params["name"], request.path_params.get("version")
+        versions = self.registry.versions.get(name)
+        if versions is None:  # a model given loaded: its one version
+            try:
+                model = self._model(request)
+            except RequestError as error:
+                return error_response(request.url.path, error.status, str(error))
+            ok = {"error_code": "OK", "error_message": ""}
+            entries = [{"version": str(model.version), "state": "AVAILABLE", "status": ok}]
+        else:
+            entries = versions.status(version)
+            if not entries:
+                return error_response(
+                    request.url.path,
+                    404 if version is not None else 503,
+                    f"model {name!r} has no version {version!r}"
+                    if version is not None
+                    else f"model {name!r} is still loading",
+                )
+        return JSONResponse({"model_version_status": entries})
 
     async def metadata(self, request):
         try:
@@ -491,7 +564,10 @@ class _Handlers:
                     f"`inputs` must be an object naming the inputs {names}, got {inputs!r}"[:200]
                 )
             outputs = await self._call(model.predict, signature, inputs)
-            return JSONResponse(_predictions(outputs) if row_format else _outputs(outputs))
+            return JSONResponse(
+                _predictions(outputs) if row_format else _outputs(outputs),
+                headers={"X-Model-Version": str(model.version)},
+            )
         except RequestError as error:
             headers = {"Retry-After": "1"} if error.status == 503 else None
             return error_response(path, error.status, str(error), headers=headers)
@@ -540,7 +616,13 @@ class _Handlers:
             tokens = sum(min(_tokens(model, c.raw), params["max_tokens"]) for c in choices)
             self.metrics.tokens.labels(model.name).inc(tokens)
 
-        head = {"id": request_id, "object": "text_completion", "model": model.name}
+        # OpenAI's field for "the configuration the answer was made with": the version.
+        head = {
+            "id": request_id,
+            "object": "text_completion",
+            "model": model.name,
+            "system_fingerprint": f"{model.name}/versions/{model.version}",
+        }
         if params["stream"]:
             return _EventStream(
                 self._sse(events, head, model, prompts, choices, params, state), finish

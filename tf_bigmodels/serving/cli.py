@@ -43,9 +43,10 @@ def add_parser(subparsers):
         "(/v1/models/NAME:predict), OpenAI's completions API (/v1/completions, streaming "
         "with server-sent events), a page at /, health (/healthz, /readyz) and Prometheus "
         "metrics (/monitoring/prometheus/metrics). Each PATH is an export directory (numbered "
-        "versions; the newest is served) or a run directory (its export/, else its "
-        "litert/model.tflite), or a LiteRT .tflite file or its directory (run on CPU with "
-        "ai-edge-litert). Ctrl-C stops it.",
+        "versions; the newest is served, and a newer one that appears is loaded and served "
+        "without a restart) or a run directory (its export/, else its litert/model.tflite), "
+        "or a LiteRT .tflite file or its directory (run on CPU with ai-edge-litert). SIGTERM "
+        "or Ctrl-C drains (running requests finish, new ones get 503) and stops it.",
     )
     parser.add_argument(
         "models",
@@ -97,6 +98,20 @@ def add_parser(subparsers):
         default=16,
         help="requests waiting for a model call; one more gets 503 with Retry-After "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=1.0,
+        help="seconds between scans of each export directory for a new version, as TF "
+        "Serving's --file_system_poll_wait_seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=25.0,
+        help="on SIGTERM or Ctrl-C, seconds running requests get to finish before they are "
+        "cut; below Kubernetes' 30 s grace period (default: %(default)s)",
     )
     parser.set_defaults(handler=run)
     return parser
@@ -175,30 +190,52 @@ def run(args):
         state["failed"] = True
         server.should_exit = True
 
-    app = create_app(sources, settings, on_ready=ready, on_error=failed)
+    from tf_bigmodels import _checks
+
+    drain_seconds = _checks.number("--drain-seconds", args.drain_seconds, low=0)
+    poll_seconds = _checks.number("--poll-seconds", args.poll_seconds, low=0, low_open=True)
+    app = create_app(sources, settings, on_ready=ready, on_error=failed, poll_seconds=poll_seconds)
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         log_level="warning",
-        timeout_graceful_shutdown=5,
+        # The drain has given running requests their time; what is left is cut at once.
+        timeout_graceful_shutdown=1,
         lifespan="on",
     )
-    server = _stopped_by_signals(uvicorn.Server)(config)
+    server = _draining(uvicorn.Server)(config, app.state.drain, drain_seconds)
     print(f"Loading {', '.join(names)}; serving at {url}", flush=True)
     server.run()
     return 2 if state["failed"] else 0
 
 
-def _stopped_by_signals(server_class):
-    """`server_class` (uvicorn's `Server`) with SIGINT and SIGTERM ending `run` normally.
+def _draining(server_class):
+    """`server_class` (uvicorn's `Server`) that drains on SIGINT or SIGTERM, then ends `run`
+    normally.
 
-    uvicorn shuts down gracefully on either signal, then raises it again so that the default
-    handler ends the process (status 130 or -15). A server stopped on purpose has done its job,
-    so here the signals only start the graceful shutdown, and the command exits 0.
+    The first signal starts the drain (`tf_bigmodels.serving.lifecycle.Drain`): the server
+    keeps running, answering 503 to new requests, until no request runs or `drain_seconds`
+    pass; then uvicorn's own shutdown cuts what is left. A second signal stops at once.
+    uvicorn would raise the signal again once stopped, so that the default handler ends the
+    process (status 130 or -15); a server stopped on purpose has done its job, so the command
+    exits 0 instead.
     """
 
     class Server(server_class):
+        def __init__(self, config, drain, drain_seconds):
+            super().__init__(config)
+            self.drain, self.drain_seconds = drain, drain_seconds
+
+        def handle_exit(self, sig, frame):
+            if self.drain.draining:
+                self.should_exit = True
+            else:
+                self.drain.begin(self.drain_seconds)
+
+        async def on_tick(self, counter):
+            return self.drain.over() or await super().on_tick(counter)
+
         @contextlib.contextmanager
         def capture_signals(self):
             stops = (signal.SIGINT, signal.SIGTERM)

@@ -14,7 +14,12 @@ import json
 import os
 import re
 
-from tf_bigmodels.run_directory import RunDirectory, export_versions, newest_version
+from tf_bigmodels.run_directory import (
+    RunDirectory,
+    export_versions,
+    newest_version,
+    version_path,
+)
 
 GPT, BERT_PRETRAINER, BERT_CLASSIFIER = "gpt", "bert_pretrainer", "bert_classifier"
 OTHER = "saved_model"  # any other SavedModel: its signatures over TF Serving's routes
@@ -91,13 +96,15 @@ def find_export(spec):
     )
 
 
-def load_model(name, export_dir):
-    """Loads the newest version in `export_dir` and returns it as a `ServedModel`.
+def load_model(name, export_dir, version=None):
+    """Loads a version in `export_dir` (the newest by default) and returns it as a `ServedModel`.
 
     Args:
         name: str. The name clients use.
         export_dir: str. A directory of numbered versions, or a `.tflite` file (then a
             `LiteRTServedModel`, with the same methods, is returned).
+        version: int or None. The version to load; None for the newest (a `.tflite` file has
+            one version, 1). Defaults to None.
 
     Returns:
         `ServedModel` (or `LiteRTServedModel`).
@@ -128,7 +135,7 @@ def load_model(name, export_dir):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the ops of the WordPiece tokenizer)
 
-    path = newest_version(export_dir)
+    path = newest_version(export_dir) if version is None else version_path(export_dir, version)
     return ServedModel(name, int(os.path.basename(path)), path, tf.saved_model.load(path))
 
 
@@ -185,16 +192,39 @@ class ServedModel:
         }
 
     def warm_up(self):
-        """Runs every path once, so that the first request does not pay for it."""
+        """Runs every path a request takes once, so that the first request builds and compiles
+        nothing.
+
+        Replays the export's warm-up file (TF Serving's `assets.extra/tf_serving_warmup_requests`,
+        one request for each signature; any SavedModel may carry one); a GPT then streams once
+        for each decode shape of `tf_bigmodels.export.warmup.decode_shapes` (what a completion
+        runs: the prompt pass and the decode loop at the shapes of common prompts and
+        `max_tokens`).
+        """
+        from tf_bigmodels.export.warmup import decode_shapes, read_warmup_requests
+
+        for signature_name, inputs in read_warmup_requests(self.path):
+            self._signature(signature_name)(**inputs)
         if self.kind == GPT:
-            "".join(self.stream("warm up", 2, temperature=1.0, top_p=1.0, top_k=0, seed=0))
-            settings = {"max_new_tokens": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-            self.predict("generate", {"prompts": ["warm up"], "seed": 0, **settings})
-            self.predict("logits", {"token_ids": [[0]]})
-        elif self.kind != OTHER:  # another SavedModel's inputs are unknown: no warm-up
-            self.predict("serving_default", {"text": ["warm up"]})
-        if self.kind == BERT_PRETRAINER:
-            self.predict("fill_mask", {"text": ["warm [MASK] up"]})
+            settings = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": 0}
+            for prompt_tokens, max_tokens in decode_shapes(self.max_tokens + 1):
+                # The first piece has run the prompt pass and a decode chunk at this shape:
+                # compiled; the other chunks would only compute.
+                pieces = self.stream(self._prompt_of(prompt_tokens), max_tokens, **settings)
+                next(pieces, None)
+                pieces.close()
+
+    def _prompt_of(self, tokens):
+        """A prompt of `tokens` tokens or a few less (one word at least): words, then letters
+        while the count still grows."""
+        prompt, count = "warm", self.count_tokens("warm")
+        for piece in (" warm", "m"):
+            while count < tokens:
+                longer = self.count_tokens(prompt + piece)
+                if not count < longer <= tokens:
+                    break
+                prompt, count = prompt + piece, longer
+        return prompt
 
     def metadata(self):
         """TF Serving's `GET /v1/models/{name}/metadata` answer: every signature's inputs and
@@ -335,6 +365,9 @@ def _tensor(name, value, dtype):
     try:
         converted = _map_leaves(value, check)
         array = np.array(converted, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+        # Ragged strings make an object array of lists, which NumPy accepts and TensorFlow
+        # refuses (a ValueError, as NumPy's for ragged numbers).
+        tensor = tf.constant(array, dtype)
     except OverflowError:
         raise RequestError(
             f"input `{name}` holds a value outside the range of {dtype.name}."
@@ -345,7 +378,7 @@ def _tensor(name, value, dtype):
             f"input `{name}` must be {kind}, or nested lists of them of one shape (not ragged), "
             f"for a {dtype.name} tensor{detail}."
         ) from None
-    return tf.constant(array, dtype)
+    return tensor
 
 
 class _Invalid(ValueError):
