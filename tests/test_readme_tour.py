@@ -1,0 +1,119 @@
+"""The README's quick tour as a reader runs it: its commands in order, in one directory, after
+the main job has written `runs/gpt/`.
+
+Only the sizes change: both trainings get the tiny test preset, and the stand-in main job takes
+more steps than the tour, as the real one (2000) does against the tour's 1000, so a tour that
+trained into `runs/gpt/` would be refused as a shorter re-run of the main job.
+"""
+
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from serving_fixtures import free_port
+
+ROOT = pathlib.Path(__file__).parent.parent
+pytestmark = pytest.mark.slow
+
+
+def _tour_blocks():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tour = readme.split("## A quick tour", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", tour, re.S)
+
+
+def _run(command, cwd, env):
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done.stdout
+
+
+def test_the_quick_tour_runs_in_order_after_the_main_job(tmp_path):
+    env = {
+        **os.environ,
+        "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MPLBACKEND": "Agg",
+    }
+    # The reader runs the tour in the checkout: the examples are beside `runs/`.
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    # the main job
+    _run("tf-bigmodels train gpt --preset gpt-test --samples 0 --steps 4", tmp_path, env)
+    blocks = _tour_blocks()
+    assert "pip install" in blocks[0]
+    served = False
+    for block in blocks[1:]:
+        if block.startswith("tf-bigmodels serve"):
+            serve, curl = block.strip().splitlines()
+            _ask_the_server(shlex.split(serve), curl, tmp_path, env)
+            served = True
+            continue
+        _run(_shrunk(block, tmp_path), tmp_path, env)
+    assert served
+    assert (tmp_path / "runs" / "tour" / "plots" / "attention_layer1.png").is_file()
+    assert [p.name for p in sorted((tmp_path / "runs" / "tour" / "export").iterdir())] == ["1", "2"]
+    assert (tmp_path / "runs" / "tour-bert" / "model.keras").is_file()
+    assert (tmp_path / "finetune" / "results.json").is_file()
+
+
+# What each long command of the tour gets appended, so that it runs in seconds.
+_SHRINK = {
+    "tf-bigmodels train gpt": " --preset gpt-test --samples 0 --steps 2",
+    "tf-bigmodels train bert": " --preset bert-test --steps 2",
+    "python examples/finetune_classifier.py": " --smoke --out {tmp}/finetune",
+}
+
+
+def _shrunk(block, tmp_path):
+    """The block with each long command's sizes made tiny (its trailing comment dropped)."""
+    lines = []
+    for line in block.strip().splitlines():
+        command = line.split("  #", 1)[0].rstrip()
+        for start, extra in _SHRINK.items():
+            if command.startswith(start):
+                line = command + extra.format(tmp=tmp_path)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _ask_the_server(serve, curl, cwd, env):
+    """Starts the tour's `serve` on a free port and sends its `curl` request's body."""
+    port = free_port()
+    server = subprocess.Popen(
+        [*serve, "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = re.search(r"localhost:8501(/\S+)", curl).group(1)
+        body = json.loads(re.search(r"-d '(.*?)'", curl).group(1))
+        body["max_tokens"] = 8  # the tiny model's context is 32 tokens
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, "the server exited"
+            time.sleep(0.5)
+        answer = httpx.post(f"http://127.0.0.1:{port}{url}", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "tour"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
