@@ -20,13 +20,28 @@ import pytest
 from serving_fixtures import free_port
 
 ROOT = pathlib.Path(__file__).parent.parent
-pytestmark = pytest.mark.slow
 
 
-def _tour_blocks():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    tour = readme.split("## A quick tour", 1)[1].split("\n## ", 1)[0]
+def _tour_blocks(readme="README.md", heading="## A quick tour"):
+    text = (ROOT / readme).read_text(encoding="utf-8")
+    tour = text.split(heading, 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```bash\n(.*?)```", tour, re.S)
+
+
+def _commands(block):
+    """A block without its comments: what the shell runs."""
+    return [
+        line
+        for line in re.sub(r"(^|[ \t]+)#[^\n]*", "", block, flags=re.M).splitlines()
+        if line.strip()
+    ]
+
+
+def test_the_chinese_tour_runs_the_same_commands():
+    # So the English tour's run below proves the Chinese one too.
+    english = [_commands(b) for b in _tour_blocks()]
+    chinese = [_commands(b) for b in _tour_blocks("README.zh-CN.md", "## 快速上手")]
+    assert len(english) >= 6 and chinese == english
 
 
 def _run(command, cwd, env):
@@ -37,6 +52,7 @@ def _run(command, cwd, env):
     return done.stdout
 
 
+@pytest.mark.slow
 def test_the_quick_tour_runs_in_order_after_the_main_job(tmp_path):
     env = {
         **os.environ,
