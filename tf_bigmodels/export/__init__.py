@@ -6,6 +6,8 @@
 - `stream_text(source, prompt, max_new_tokens)`: text pieces as they are generated, from a
   SavedModel directory, a `.keras` file or a `GPTModel`, carrying the key/value cache from piece
   to piece; `generate_texts(...)`: several samples of one prompt at once.
+- `ContinuousBatcher(source)`: the texts of many requests decoded together, each row joining and
+  leaving the batch at chunk boundaries with its own settings (what the server batches with).
 
 The SavedModels load with `tf.saved_model.load` in a process that imports only `tensorflow` and
 `tensorflow_text`.
@@ -20,12 +22,15 @@ Example:
 'exports/gpt/1'
 """
 
+from tf_bigmodels.export.batching import BatcherFull, ContinuousBatcher
 from tf_bigmodels.export.bert import BERTServingModule, export_bert
 from tf_bigmodels.export.gpt import GPTServingModule, export_gpt
 from tf_bigmodels.export.streaming import generate_texts, load_generator, stream_text
 
 __all__ = [
     "BERTServingModule",
+    "BatcherFull",
+    "ContinuousBatcher",
     "GPTServingModule",
     "export_bert",
     "export_gpt",
