@@ -292,12 +292,12 @@ def test_a_full_batch_and_queue_answer_503_with_retry_after(export_path, loaded)
 def test_batching_options_are_in_the_help_and_the_docs_with_their_defaults():
     parser = cli.add_parser(argparse.ArgumentParser().add_subparsers())
     text = " ".join(parser.format_help().split())
-    for option, default in [("--max-batch-size", "16"), ("--batch-wait-ms", "5.0")]:
+    for option, default in [("--max-batch-size", "16"), ("--batch-wait-ms", "0.0")]:
         assert re.search(rf"{option} \S+ .*?\(default: {re.escape(default)}\)", text), option
         args = parser.parse_args(["gpt=exports/gpt", option, "3"])
         settings_name = option[2:].replace("-", "_")
         assert float(getattr(args, settings_name)) == 3
     for page in ("docs/serving.md", "docs/serving.zh-CN.md"):
         doc = pathlib.Path(__file__).parent.parent.joinpath(page).read_text("utf-8")
-        for option, default in [("--max-batch-size", "16"), ("--batch-wait-ms", "5")]:
+        for option, default in [("--max-batch-size", "16"), ("--batch-wait-ms", "0")]:
             assert re.search(rf"`{option}` \| {default} \|", doc), (page, option)

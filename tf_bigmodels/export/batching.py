@@ -100,7 +100,7 @@ class ContinuousBatcher:
         max_batch_size: int >= 1. Rows decoded together at most. Defaults to 16.
         max_queue: int >= 0. Rows that may wait beyond a full batch. Defaults to 16.
         batch_wait: float >= 0. Seconds an idle batcher waits for more requests before it starts.
-            Defaults to 0.005.
+            Defaults to 0 (start at once; newcomers join at the next chunk boundary).
         chunk_tokens: int >= 1. Decode steps between two boundaries. Defaults to 16.
         on_chunk: callable taking the number of rows of each decode chunk, or None. Defaults to
             None.
@@ -127,7 +127,7 @@ class ContinuousBatcher:
         *,
         max_batch_size=16,
         max_queue=16,
-        batch_wait=0.005,
+        batch_wait=0.0,
         chunk_tokens=16,
         on_chunk=None,
     ):

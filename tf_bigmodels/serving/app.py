@@ -94,7 +94,8 @@ class ServerSettings:
         max_batch_size: int >= 1. Completion rows (a prompt's choice each) one GPT decodes
             together. Defaults to 16.
         batch_wait_ms: float >= 0. Milliseconds an idle GPT waits for more requests before it
-            starts a batch. Defaults to 5.
+            starts a batch. Defaults to 0: rows join a running batch at its next chunk anyway,
+            so waiting only delays a lone request.
 
     Example:
 
@@ -114,7 +115,7 @@ class ServerSettings:
     max_queue: int = 16
     chunk_tokens: int = 16
     max_batch_size: int = 16
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 0.0
 
     def __post_init__(self):
         _checks.non_empty_str("api_key", self.api_key, none_ok=True)

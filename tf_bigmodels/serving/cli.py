@@ -108,9 +108,10 @@ def add_parser(subparsers):
     parser.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=5.0,
+        default=0.0,
         help="milliseconds an idle GPT waits for more requests before it starts a batch; a "
-        "busy one takes newcomers at its next chunk without waiting (default: %(default)s)",
+        "busy one takes newcomers at its next chunk without waiting, so the default starts "
+        "at once (default: %(default)s)",
     )
     parser.set_defaults(handler=run)
     return parser
