@@ -301,3 +301,55 @@ def test_batching_options_are_in_the_help_and_the_docs_with_their_defaults():
         doc = pathlib.Path(__file__).parent.parent.joinpath(page).read_text("utf-8")
         for option, default in [("--max-batch-size", "16"), ("--batch-wait-ms", "0")]:
             assert re.search(rf"`{option}` \| {default} \|", doc), (page, option)
+
+
+@pytest.mark.slow
+def test_a_real_server_batches_concurrent_requests_and_each_text_stays_its_own(export_path):
+    import concurrent.futures
+
+    import httpx
+    from serving_fixtures import ServerProcess
+
+    server = ServerProcess([f"gpt={pathlib.Path(export_path).parent}"], "--batch-wait-ms", "500")
+    try:
+        server.wait_ready()
+        url = f"{server.url}/v1/completions"
+        bodies = [
+            {
+                "model": "gpt",
+                "prompt": p,
+                "max_tokens": s.max_new_tokens,
+                "temperature": s.temperature,
+            }
+            | ({} if s.seed is None else {"seed": s.seed})
+            | ({} if s.top_k is None else {"top_k": s.top_k})
+            | ({} if s.top_p is None else {"top_p": s.top_p})
+            for p, s in REQUESTS
+        ]
+
+        def text(body):
+            answer = httpx.post(url, json=body, timeout=120)
+            assert answer.status_code == 200, answer.text
+            return answer.json()["choices"][0]["text"]
+
+        def histogram():
+            metrics = httpx.get(f"{server.url}/monitoring/prometheus/metrics").text
+            return [
+                float(
+                    re.search(
+                        rf'^tf_bigmodels_batch_rows_{n}{{model="gpt"}} (\S+)$', metrics, re.M
+                    )[1]
+                )
+                for n in ("sum", "count")
+            ]
+
+        alone = [text(body) for body in bodies]  # one after the other: batches of one row
+        total, chunks = histogram()
+        assert total == chunks
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            together = list(pool.map(text, bodies))
+        assert together == alone
+        total_after, chunks_after = histogram()
+        assert total_after - total > chunks_after - chunks  # some chunk decoded several rows
+    finally:
+        server.stop()
