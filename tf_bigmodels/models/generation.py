@@ -16,6 +16,14 @@ How a call runs:
    given step. Called once with `stop = max_new_tokens` it is `generate`; called once per chunk
    with the same state it is streaming, and gives exactly the same tokens, since each step's
    randomness depends on the step number, not on the chunk.
+4. Batched decoding of rows that arrive at different times (a server's concurrent requests):
+   `batch_state` turns a `start_function` state into a *batch state*, whose rows hold their own
+   settings (temperature, top-k, top-p, max_new_tokens as per-row vectors), step counters,
+   positions and first cache slot; `merge_batch_states` moves the caches of rows from several
+   batch states so that they all end at one shared cache slot (rows join and leave there); and
+   `batch_steps_function` runs the loop for them, every row sampling with its own settings and
+   step (`sample_next_token` takes per-row settings; the single-call loop above passes scalars,
+   which it broadcasts). A row so decodes the tokens it would decode alone.
 
 Left padding: row b's real tokens occupy cache slots `prompt_bucket - length_b ..`; a padding mask
 over the cache slots hides the slots before them, and each token's position is counted from the
