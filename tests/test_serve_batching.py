@@ -233,7 +233,7 @@ def test_concurrent_completions_and_streams_are_batched_and_the_histogram_moves(
 ):
     model = ServedModel("gpt", 1, export_path, loaded)
     # A long wait gathers concurrent requests into one batch, whatever the thread timing.
-    with _client([model], batch_wait_ms=2000, chunk_tokens=4) as client:
+    with _client([model], batch_wait_ms=1000, chunk_tokens=4) as client:
         assert "tf_bigmodels_batch_rows" in client.get("/monitoring/prometheus/metrics").text
         before = _histogram(client, "gpt")
         bodies = [
