@@ -34,7 +34,7 @@ ALLOWED = {
         "convert",
         "run_directory",
     },
-    "serving": {"export", "run_directory"},
+    "serving": {"export", "litert", "tokenizers", "run_directory"},
     "litert": {"layers", "models", "tokenizers", "run_directory"},
     "plot": {"models", "tokenizers", "training", "run_directory"},
     "run_directory": set(),

@@ -6,6 +6,9 @@
 - `stream_text(source, prompt, max_new_tokens)`: text pieces as they are generated, from a
   SavedModel directory, a `.keras` file or a `GPTModel`, carrying the key/value cache from piece
   to piece; `generate_texts(...)`: several samples of one prompt at once.
+- `GenerationSettings`: how to continue a prompt (the settings `export_gpt` and the batcher take).
+- `ContinuousBatcher(source)`: the texts of many requests decoded together, each row joining and
+  leaving the batch at chunk boundaries with its own settings (what the server batches with).
 
 Every export holds TF Serving's warm-up file (`assets.extra/tf_serving_warmup_requests`, one
 request for each signature; `tf_bigmodels.export.warmup`). The SavedModels load with
@@ -21,13 +24,18 @@ Example:
 'exports/gpt/1'
 """
 
+from tf_bigmodels.export.batching import BatcherFull, ContinuousBatcher
 from tf_bigmodels.export.bert import BERTServingModule, export_bert
 from tf_bigmodels.export.gpt import GPTServingModule, export_gpt
 from tf_bigmodels.export.streaming import generate_texts, load_generator, stream_text
+from tf_bigmodels.models.generation import GenerationSettings
 
 __all__ = [
     "BERTServingModule",
+    "BatcherFull",
+    "ContinuousBatcher",
     "GPTServingModule",
+    "GenerationSettings",
     "export_bert",
     "export_gpt",
     "generate_texts",

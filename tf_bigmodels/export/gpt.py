@@ -49,7 +49,9 @@ class GPTServingModule(tf.Module):
     int32`, `detokenize(ids) -> string`, `decode_start(ids, settings, window) -> (ids, state)` and
     `decode_steps(state, stop, settings) -> state`, with `settings` a dict as in
     `tf_bigmodels.models.generation.SETTINGS_SIGNATURE` (see `start_function` and
-    `steps_function` there).
+    `steps_function` there), and `decode_batch_steps(state, tokens) -> (state, tokens, counts)`,
+    the decode loop of rows with their own settings that join and leave a batch
+    (`batch_steps_function` there; `tf_bigmodels.export.batching.ContinuousBatcher` uses it).
 
     Args:
         model: a built `GPTModel`, or a copy from `tf_bigmodels.models.compress_weights` (its
@@ -92,6 +94,7 @@ class GPTServingModule(tf.Module):
         )
         self._start = generation.start_function(model, jit_compile=jit_compile)
         self._steps = generation.steps_function(model, jit_compile=jit_compile)
+        self._batch_steps = generation.batch_steps_function(model, jit_compile=jit_compile)
         self._generate_ids = generation.generate_function(model, jit_compile=jit_compile)
         self._forward = tf.function(lambda ids: model(ids), jit_compile=jit_compile)
 
@@ -127,6 +130,13 @@ class GPTServingModule(tf.Module):
                 generation.state_signature(model),
                 tf.TensorSpec([], tf.int32, name="stop"),
                 generation.SETTINGS_SIGNATURE,
+            ],
+        )
+        self.decode_batch_steps = tf.function(
+            self._batch_steps,
+            input_signature=[
+                generation.batch_state_signature(model),
+                tf.TensorSpec([None, None], tf.int32, name="tokens"),
             ],
         )
 

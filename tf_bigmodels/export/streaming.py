@@ -383,6 +383,7 @@ class _ModelDecoder:
         self._tokenizer = tokenizer
         self._start = generation.start_function(model)
         self._steps = generation.steps_function(model)
+        self.batch_steps = generation.batch_steps_function(model)
 
     def tokenize(self, prompt):
         ids = self._tokenizer.tokenize([prompt]).to_list()[0]
@@ -408,6 +409,8 @@ class _SavedModelDecoder(_ModelDecoder):
         self.end_id, self.pad_id = config["end_id"], config["pad_id"]
         self._loaded = loaded
         self._start, self._steps = loaded.decode_start, loaded.decode_steps
+        # Exports older than batched decoding lack it: they decode one request at a time.
+        self.batch_steps = getattr(loaded, "decode_batch_steps", None)
 
     def tokenize(self, prompt):
         return self._loaded.tokenize(tf.constant([prompt])).to_list()[0]

@@ -16,6 +16,14 @@ How a call runs:
    given step. Called once with `stop = max_new_tokens` it is `generate`; called once per chunk
    with the same state it is streaming, and gives exactly the same tokens, since each step's
    randomness depends on the step number, not on the chunk.
+4. Batched decoding of rows that arrive at different times (a server's concurrent requests):
+   `batch_state` turns a `start_function` state into a *batch state*, whose rows hold their own
+   settings (temperature, top-k, top-p, max_new_tokens as per-row vectors), step counters,
+   positions and first cache slot; `merge_batch_states` moves the caches of rows from several
+   batch states so that they all end at one shared cache slot (rows join and leave there); and
+   `batch_steps_function` runs the loop for them, every row sampling with its own settings and
+   step (`sample_next_token` takes per-row settings; the single-call loop above passes scalars,
+   which it broadcasts). A row so decodes the tokens it would decode alone.
 
 Left padding: row b's real tokens occupy cache slots `prompt_bucket - length_b ..`; a padding mask
 over the cache slots hides the slots before them, and each token's position is counted from the
@@ -41,6 +49,7 @@ are one sort and a threshold, so one compiled loop serves every setting.
 """
 
 import dataclasses
+import functools
 import math
 import weakref
 
@@ -63,6 +72,8 @@ SETTINGS_SIGNATURE = {
     "end_id": tf.TensorSpec([], tf.int32, name="end_id"),
     "pad_id": tf.TensorSpec([], tf.int32, name="pad_id"),
 }
+# The settings a row of a batch state holds as its own (one value per row).
+_ROW_SETTINGS = ("temperature", "top_k", "top_p", "max_new_tokens")
 _PROMPTS = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)
 
 
@@ -359,64 +370,262 @@ def state_signature(model):
     }
 
 
-def sample_next_token(logits, temperature, top_k, top_p, keys, step):
-    """Picks one token per row from float32 `logits` `(batch, vocab)`; every setting a tensor.
+def batch_steps_function(model, *, jit_compile=True):
+    """The decode loop of a batch whose rows joined at different times: a `tf.function`.
 
-    `temperature == 0` is greedy (argmax). Otherwise the logits are divided by `temperature`,
+    `(state, tokens) -> (state, tokens, counts)` with `state` a *batch state*
+    (`batch_state_signature`; made by `batch_state` and `merge_batch_states`) and `tokens` an
+    int32 buffer `(batch, chunk)` whose width is the number of steps to run (its shape, not a
+    value, so XLA sees a constant). Each step samples one token for every unfinished row with
+    the row's own settings and its own step number (`sample_next_token`), and writes every row's
+    key/value at the batch's shared cache slot `clock`. Each row keeps its own positions (its
+    prompt length plus its step), its own mask (the slots from its `starts` on) and its own
+    end: its end token or its `max_new_tokens`. So a row decodes as it would alone, whatever
+    rows share its batch. Stops early when every row has finished, or the cache is full.
+    Returns the state, the buffer (row b's new tokens in `tokens[b, :counts[b]]`, the end token
+    included; `pad_id` after) and `counts` `(batch,)`.
+
+    Args:
+        model: a built `GPTModel`.
+        jit_compile: bool. XLA-compile the loop. Defaults to True.
+
+    Example:
+
+    >>> from tf_bigmodels.models import GPTModel
+    >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    >>> settings = GenerationSettings(6, temperature=0.0).as_tensors()
+    >>> _, state = start_function(model)(tf.ragged.constant([[1, 2]]), settings, tf.constant(0))
+    >>> state = batch_state(state, settings)
+    >>> state, tokens, counts = batch_steps_function(model)(state, tf.zeros([1, 4], tf.int32))
+    >>> counts.numpy(), state["steps"].numpy()
+    (array([4], dtype=int32), array([4], dtype=int32))
+    """
+    functions = _FUNCTIONS.setdefault(model, {})
+    key = ("batch_steps", bool(jit_compile))
+    if key not in functions:
+        model_ref = weakref.ref(model)
+        functions[key] = tf.function(
+            lambda state, tokens: _batch_steps(model_ref(), state, tokens),
+            jit_compile=jit_compile,
+            reduce_retracing=True,
+        )
+    return functions[key]
+
+
+def batch_state_signature(model):
+    """The `tf.TensorSpec` structure of a batch state of `model` (any batch and cache length).
+
+    Per row: the cache, the next-token logits, `starts` (its first cache slot), `prompt_lengths`,
+    `keys`, `steps` (tokens made), `done`, and its settings `temperature`, `top_k`, `top_p`,
+    `max_new_tokens`. Shared: `clock` (the next cache slot written), `end_id`, `pad_id`.
+
+    Example:
+
+    >>> from tf_bigmodels.models import GPTModel
+    >>> sorted(batch_state_signature(GPTModel(258, 32, 2, 64, 1, max_length=64)))[:4]
+    ['cache', 'clock', 'done', 'end_id']
+    """
+    rows = functools.partial(tf.TensorSpec, [None])
+    scalar = functools.partial(tf.TensorSpec, [])
+    full = state_signature(model)
+    return {
+        "cache": full["cache"],
+        "logits": full["logits"],
+        "keys": full["keys"],
+        "starts": rows(tf.int32),
+        "prompt_lengths": rows(tf.int32),
+        "steps": rows(tf.int32),
+        "done": rows(tf.bool),
+        "temperature": rows(tf.float32),
+        "top_k": rows(tf.int32),
+        "top_p": rows(tf.float32),
+        "max_new_tokens": rows(tf.int32),
+        "clock": scalar(tf.int32),
+        "end_id": scalar(tf.int32),
+        "pad_id": scalar(tf.int32),
+    }
+
+
+def batch_state(state, settings):
+    """The batch state of the rows of a `start_function` state, all with `settings`.
+
+    The rows keep their cache layout (the prompts end at the shared slot `clock`), their keys
+    and their step, so they go on exactly as `steps_function` would take them on.
+
+    Args:
+        state: a decode state from `start_function` (or an export's `decode_start`).
+        settings: the dict of scalars `start_function` was given (`SETTINGS_SIGNATURE`).
+
+    Example:
+
+    >>> from tf_bigmodels.models import GPTModel
+    >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    >>> settings = GenerationSettings(6, temperature=0.0).as_tensors()
+    >>> _, state = start_function(model)(tf.ragged.constant([[1, 2, 3]]), settings, tf.constant(0))
+    >>> rows = batch_state(state, settings)
+    >>> int(rows["clock"]), rows["starts"].numpy(), rows["max_new_tokens"].numpy()
+    (16, array([13], dtype=int32), array([6], dtype=int32))
+    """
+    batch = tf.shape(state["done"])[0]
+    width = tf.shape(state["key_mask"])[1] - tf.shape(state["tokens"])[1]
+    steps = tf.fill([batch], state["step"])
+    rows = {name: tf.fill([batch], settings[name]) for name in _ROW_SETTINGS}
+    return {
+        "cache": state["cache"],
+        "logits": state["logits"],
+        "keys": state["keys"],
+        "starts": width - state["prompt_lengths"],
+        "prompt_lengths": state["prompt_lengths"],
+        "steps": steps,
+        "done": tf.logical_or(state["done"], steps >= rows["max_new_tokens"]),
+        **rows,
+        "clock": width + state["step"],
+        "end_id": settings["end_id"],
+        "pad_id": settings["pad_id"],
+    }
+
+
+def merge_batch_states(parts, batch_size=None):
+    """One batch state of the chosen rows of several batch states: rows join and leave here.
+
+    Every row is moved so that its cached tokens end at the new shared `clock` (the longest
+    span of cached tokens among the rows): a move of the same number of slots for all rows of a
+    part, so one gather per part. The cache gets `_bucket(clock + the most tokens a row still
+    needs)` slots, so the rows finish before it is full. Rows beyond the chosen ones, up to
+    `batch_size`, repeat the first row, marked done (a batch of a few fixed sizes compiles a few
+    times only). Eager: the sizes are read as numbers.
+
+    Args:
+        parts: list of `(state, rows)`: a batch state and the list of its row indices to keep.
+        batch_size: int >= the number of rows, or None (exactly the rows). Defaults to None.
+
+    Returns:
+        A batch state.
+
+    Example:
+
+    >>> from tf_bigmodels.models import GPTModel
+    >>> model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    >>> start = start_function(model)
+    >>> def rows(prompt, new):
+    ...     settings = GenerationSettings(new, temperature=0.0).as_tensors()
+    ...     return batch_state(start(tf.ragged.constant([prompt]), settings, tf.constant(0))[1],
+    ...                        settings)
+    >>> merged = merge_batch_states([(rows([1, 2, 3], 40), [0]), (rows([4], 4), [0])], 4)
+    >>> int(merged["clock"]), merged["starts"].numpy(), merged["done"].numpy()
+    (3, array([0, 2, 0, 0], dtype=int32), array([False, False,  True,  True]))
+    >>> merged["cache"][0].shape[3]  # 3 prompt slots + 40 new: the next bucket
+    64
+    """
+    count = sum(len(indices) for _, indices in parts)
+    batch_size = count if batch_size is None else batch_size
+    if not 0 < count <= batch_size:
+        raise ValueError(f"`parts` must hold 1 to `batch_size`={batch_size} rows, got {count}.")
+    first_row = parts[0][1][0]
+    parts = [*parts, (parts[0][0], [first_row] * (batch_size - count))]  # the padding rows
+    states = [state for state, _ in parts]
+    rows = [tf.constant(list(indices), tf.int32) for _, indices in parts]
+    spans = [tf.gather(s["clock"] - s["starts"], r) for s, r in zip(states, rows)]
+    needs = [tf.gather(s["max_new_tokens"] - s["steps"], r) for s, r in zip(states, rows)]
+    clock = int(tf.reduce_max(tf.concat(spans, 0)))
+    cache_length = int(_bucket(clock + max(int(tf.reduce_max(tf.concat(needs, 0))), 1)))
+    merged = {}
+    for name in ("logits", "keys", "prompt_lengths", "steps", "done", *_ROW_SETTINGS):
+        merged[name] = tf.concat([tf.gather(s[name], r) for s, r in zip(states, rows)], 0)
+    layers = []
+    for layer in range(len(parts[0][0]["cache"])):
+        moved = []
+        for state, r in zip(states, rows):
+            cache = state["cache"][layer]
+            # New slot j holds the part's slot j - clock + its clock (slots it never had are
+            # hidden by the row's mask or, after the clock, by the causal mask).
+            slots = tf.range(cache_length) - clock + state["clock"]
+            slots = tf.clip_by_value(slots, 0, tf.shape(cache)[3] - 1)
+            moved.append(tf.gather(tf.gather(cache, r), slots, axis=3))
+        layers.append(tf.concat(moved, 0))
+    merged["done"] = tf.logical_or(merged["done"], tf.range(batch_size) >= count)
+    first = states[0]
+    return {
+        **merged,
+        "cache": tuple(layers),
+        "starts": clock - tf.concat(spans, 0),
+        "clock": tf.constant(clock, tf.int32),
+        "end_id": first["end_id"],
+        "pad_id": first["pad_id"],
+    }
+
+
+def sample_next_token(logits, temperature, top_k, top_p, keys, step):
+    """Picks one token per row from float32 `logits` `(batch, vocab)`; each row its own settings.
+
+    Every setting is a tensor, either a scalar for the whole batch or a vector `(batch,)` of one
+    value per row (a scalar is broadcast, so both are this one code path). A row with
+    `temperature == 0` is greedy (argmax). Otherwise its logits are divided by its temperature,
     filtered (top-k: the `top_k` highest, 0 = all; top-p: the smallest prefix of the sorted
-    tokens whose probability reaches `top_p`, always at least one token), and row b draws one
-    token with `tf.random.stateless_categorical` seeded by `stateless_fold_in(keys[b], step)`.
+    tokens whose probability reaches `top_p`, always at least one token; a row with `top_k == 0`
+    and `top_p == 1` is left as it is), and row b draws one token with
+    `tf.random.stateless_categorical` seeded by `stateless_fold_in(keys[b], step[b])`. So a row's
+    token depends on its own logits, settings, key and step only, never on the other rows.
     Filtering uses one sort and a per-row threshold (no `tf.math.top_k`, whose k XLA needs as a
-    constant); it is skipped by `tf.cond` when `top_k == 0` and `top_p == 1`.
+    constant); `tf.cond` skips it when no row filters, and skips sampling when every row is
+    greedy.
 
     Args:
         logits: float32 tensor `(batch, vocab)`.
-        temperature: float32 scalar >= 0.
-        top_k: int32 scalar >= 0.
-        top_p: float32 scalar in (0, 1].
+        temperature: float32 scalar or `(batch,)`, >= 0.
+        top_k: int32 scalar or `(batch,)`, >= 0.
+        top_p: float32 scalar or `(batch,)`, in (0, 1].
         keys: int32 tensor `(batch, 2)`, one stateless key per row (XLA's kernels take int32
             seeds only).
-        step: int32 scalar, folded into each row's key.
+        step: int32 scalar or `(batch,)`, folded into each row's key: the row's own step.
 
     Returns:
         int32 tensor `(batch,)`.
 
     Example:
 
-    >>> sample_next_token(tf.constant([[0.0, 5.0, 1.0]]), tf.constant(0.0), tf.constant(0),
-    ...                   tf.constant(1.0), tf.constant([[1, 2]]), tf.constant(0)).numpy()
-    array([1], dtype=int32)
+    >>> sample_next_token(tf.constant([[0.0, 5.0, 1.0], [3.0, 0.0, 1.0]]),
+    ...                   tf.constant([0.0, 0.5]), tf.constant([0, 1]), tf.constant(1.0),
+    ...                   tf.constant([[1, 2], [3, 4]]), tf.constant([0, 7])).numpy()
+    array([1, 0], dtype=int32)
     """
-
-    def greedy():
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    batch = tf.shape(logits)[0]
+    temperature, top_k, top_p, step = (
+        tf.broadcast_to(value, [batch]) for value in (temperature, top_k, top_p, step)
+    )
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    sampling = temperature > 0.0
 
     def sample():
-        scaled = logits / temperature
+        scaled = logits / tf.where(sampling, temperature, 1.0)[:, tf.newaxis]
         filtered = tf.cond(
-            tf.logical_or(top_k > 0, top_p < 1.0),
+            tf.reduce_any(tf.logical_or(top_k > 0, top_p < 1.0)),
             lambda: _filter_top_k_top_p(scaled, top_k, top_p),
             lambda: scaled,
         )
 
         def one_row(row):
-            row_logits, key = row
-            seed = tf.random.experimental.stateless_fold_in(key, step)
+            row_logits, key, row_step = row
+            seed = tf.random.experimental.stateless_fold_in(key, row_step)
             return tf.random.stateless_categorical(row_logits[tf.newaxis], 1, seed, tf.int32)[0, 0]
 
-        return tf.map_fn(one_row, (filtered, keys), fn_output_signature=tf.int32)
+        drawn = tf.map_fn(one_row, (filtered, keys, step), fn_output_signature=tf.int32)
+        return tf.where(sampling, drawn, greedy)
 
-    return tf.cond(temperature > 0.0, sample, greedy)
+    return tf.cond(tf.reduce_any(sampling), sample, lambda: greedy)
 
 
 def _filter_top_k_top_p(logits, top_k, top_p):
+    """Per row (`top_k`, `top_p`: `(B,)`): -inf outside the top-k/top-p set, the rest as it is."""
     vocab = tf.shape(logits)[-1]
     sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")  # (B, V)
-    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
-    in_top_k = tf.range(vocab)[tf.newaxis] < k  # (1, V)
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)[:, tf.newaxis]  # (B, 1)
+    in_top_k = tf.range(vocab)[tf.newaxis] < k  # (B, V)
     probabilities = tf.nn.softmax(tf.where(in_top_k, sorted_logits, -math.inf), axis=-1)
     mass_before = tf.cumsum(probabilities, axis=-1, exclusive=True)
-    keep = tf.logical_and(in_top_k, mass_before < top_p)  # a prefix; never empty since top_p > 0
+    # top_p == 1 keeps the whole top-k set: rounding must not cut its tail for that row.
+    in_nucleus = tf.logical_or(mass_before < top_p[:, tf.newaxis], top_p[:, tf.newaxis] >= 1.0)
+    keep = tf.logical_and(in_top_k, in_nucleus)  # a prefix; never empty since top_p > 0
     kept = tf.reduce_sum(tf.cast(keep, tf.int32), axis=-1)  # (B,)
     threshold = tf.gather(sorted_logits, kept - 1, batch_dims=1)  # (B,)
     return tf.where(logits >= threshold[:, tf.newaxis], logits, -math.inf)
@@ -454,29 +663,29 @@ def _steps(model, state, stop, settings):
     batch, slots = tf.shape(key_mask)[0], tf.shape(state["tokens"])[1]
     width = tf.shape(key_mask)[1] - slots  # cache slots of the (padded) prompt
     stop = tf.minimum(stop, tf.minimum(settings["max_new_tokens"], slots))
-    pad_id, end_id = settings["pad_id"], settings["end_id"]
+    end_id = settings["end_id"]
 
     def keep_going(step, logits, cache, tokens, done, new_lengths):
         return tf.logical_and(step < stop, tf.logical_not(tf.reduce_all(done)))
 
     def one_token(step, logits, cache, tokens, done, new_lengths):
-        token = sample_next_token(
-            logits, settings["temperature"], settings["top_k"], settings["top_p"], keys, step
+        token, logits, cache = _decode_token(
+            model,
+            logits,
+            cache,
+            settings,
+            keys,
+            step,
+            done,
+            key_mask,
+            prompt_lengths + step,
+            width + step,
         )
-        token = tf.where(done, pad_id, token)
         tokens = tf.tensor_scatter_nd_update(
             tokens, tf.stack([tf.range(batch), tf.fill([batch], step)], axis=1), token
         )
         new_lengths += tf.cast(tf.logical_not(done), tf.int32)
         done = tf.logical_or(done, tf.equal(token, end_id))
-        hidden, cache = model.hidden_states(
-            token[:, tf.newaxis],
-            padding_mask=key_mask,
-            positions=(prompt_lengths + step)[:, tf.newaxis],
-            cache=cache,
-            cache_index=width + step,
-        )
-        logits = model.logits_from_hidden_states(hidden[:, 0])
         return step + 1, logits, cache, tokens, done, new_lengths
 
     step, logits, cache, tokens, done, new_lengths = tf.while_loop(
@@ -500,6 +709,79 @@ def _steps(model, state, stop, settings):
         "done": done,
         "step": step,
     }
+
+
+def _batch_steps(model, state, tokens):
+    batch, width = tf.shape(tokens)[0], tf.shape(tokens)[1]
+    cache_length = tf.shape(state["cache"][0])[3]
+    key_mask = tf.range(cache_length)[tf.newaxis] >= state["starts"][:, tf.newaxis]  # (B, T)
+    count = tf.minimum(width, cache_length - state["clock"])
+
+    def keep_going(i, clock, logits, cache, steps, done, tokens, counts):
+        return tf.logical_and(i < count, tf.logical_not(tf.reduce_all(done)))
+
+    def one_token(i, clock, logits, cache, steps, done, tokens, counts):
+        token, logits, cache = _decode_token(
+            model,
+            logits,
+            cache,
+            state,
+            state["keys"],
+            steps,
+            done,
+            key_mask,
+            state["prompt_lengths"] + steps,
+            clock,
+        )
+        tokens = tf.tensor_scatter_nd_update(
+            tokens, tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1), token
+        )
+        live = tf.cast(tf.logical_not(done), tf.int32)
+        steps, counts = steps + live, counts + live
+        ended = tf.logical_or(tf.equal(token, state["end_id"]), steps >= state["max_new_tokens"])
+        return i + 1, clock + 1, logits, cache, steps, tf.logical_or(done, ended), tokens, counts
+
+    tokens = tf.fill(tf.shape(tokens), state["pad_id"])
+    _, clock, logits, cache, steps, done, tokens, counts = tf.while_loop(
+        keep_going,
+        one_token,
+        (
+            tf.constant(0),
+            state["clock"],
+            state["logits"],
+            state["cache"],
+            state["steps"],
+            state["done"],
+            tokens,
+            tf.zeros([batch], tf.int32),
+        ),
+    )
+    state = {
+        **state,
+        "clock": clock,
+        "logits": logits,
+        "cache": cache,
+        "steps": steps,
+        "done": done,
+    }
+    return state, tokens, counts
+
+
+def _decode_token(model, logits, cache, settings, keys, steps, done, key_mask, positions, slot):
+    """One decode step of every row: the sampled tokens (`pad_id` for finished rows), the next
+    logits and the cache with the tokens written at cache slot `slot` (one slot for all rows)."""
+    token = sample_next_token(
+        logits, settings["temperature"], settings["top_k"], settings["top_p"], keys, steps
+    )
+    token = tf.where(done, settings["pad_id"], token)
+    hidden, cache = model.hidden_states(
+        token[:, tf.newaxis],
+        padding_mask=key_mask,
+        positions=positions[:, tf.newaxis],
+        cache=cache,
+        cache_index=slot,
+    )
+    return token, model.logits_from_hidden_states(hidden[:, 0]), cache
 
 
 def _row_keys(prompts, seed, window):

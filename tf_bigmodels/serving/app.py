@@ -3,9 +3,13 @@
 Built on Starlette (a small ASGI toolkit: routing, requests, `StreamingResponse` for server-sent
 events) and run by uvicorn, so this module parses no HTTP itself. Model calls are blocking
 TensorFlow calls: they run in worker threads, at most `max_concurrency` at once, with at most
-`max_queue` requests waiting (beyond that, 503 with `Retry-After`). Generation runs one decode
-chunk per thread call, so a request that times out or whose client disconnects stops within one
-chunk.
+`max_queue` requests waiting (beyond that, 503 with `Retry-After`). Completions of a GPT are
+batched: every choice of every request is a row of the model's `ContinuousBatcher`
+(`tf_bigmodels.export.batching`), which decodes up to `max_batch_size` rows together and lets
+rows join and leave at each decode chunk, so a short completion never waits for a long one; at
+most `max_queue` rows wait beyond a full batch (then 503). An export without batched decoding is
+served one request at a time, one decode chunk per thread call. Either way, a request that times
+out or whose client disconnects stops within one chunk.
 
 Life cycle: the registry serves each model's newest version and picks up new ones
 (`tf_bigmodels.serving.versions`); a request keeps the version it started with. Stopping drains
@@ -93,6 +97,11 @@ class ServerSettings:
         max_queue: int >= 0. Requests waiting for a model call; one more gets 503. Defaults
             to 16.
         chunk_tokens: int >= 1. Tokens per decode call when generating. Defaults to 16.
+        max_batch_size: int >= 1. Completion rows (a prompt's choice each) one GPT decodes
+            together. Defaults to 16.
+        batch_wait_ms: float >= 0. Milliseconds an idle GPT waits for more requests before it
+            starts a batch. Defaults to 0: rows join a running batch at its next chunk anyway,
+            so waiting only delays a lone request.
 
     Example:
 
@@ -111,6 +120,8 @@ class ServerSettings:
     max_concurrency: int = 2
     max_queue: int = 16
     chunk_tokens: int = 16
+    max_batch_size: int = 16
+    batch_wait_ms: float = 0.0
 
     def __post_init__(self):
         _checks.non_empty_str("api_key", self.api_key, none_ok=True)
@@ -120,6 +131,8 @@ class ServerSettings:
         _checks.integer("max_concurrency", self.max_concurrency, low=1)
         _checks.integer("max_queue", self.max_queue, low=0)
         _checks.integer("chunk_tokens", self.chunk_tokens, low=1)
+        _checks.integer("max_batch_size", self.max_batch_size, low=1)
+        _checks.number("batch_wait_ms", self.batch_wait_ms, low=0)
 
 
 class _Overloaded(Exception):
@@ -177,6 +190,13 @@ class _Metrics:
         )
         self.waiting = prometheus_client.Gauge(
             "queue_waiting", "Requests waiting for a model call slot", **kwargs
+        )
+        self.batch_rows = prometheus_client.Histogram(
+            "batch_rows",
+            "Rows decoded together per decode chunk of a batched GPT",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            **kwargs,
         )
 
 
@@ -592,7 +612,14 @@ class _Handlers:
         try:
             body = await self._json(request)
             model, prompts, params = self._completion_request(body)
-            await self._acquire()
+            choices = [
+                _Choice(p * params["n"] + i, prompt, _choice_seed(params["seed"], i))
+                for p, prompt in enumerate(prompts)
+                for i in range(params["n"])
+            ]
+            batched = self._submit(model, choices, params)
+            if batched is None:
+                await self._acquire()
         except RequestError as error:
             headers = {"Retry-After": "1"} if error.status == 503 else None
             code = "model_not_found" if error.param == "model" and error.status == 404 else None
@@ -600,17 +627,17 @@ class _Handlers:
                 path, error.status, str(error), param=error.param, code=code, headers=headers
             )
         request_id = f"cmpl-{uuid.uuid4().hex}"
-        choices = [
-            _Choice(p * params["n"] + i, prompt, _choice_seed(params["seed"], i))
-            for p, prompt in enumerate(prompts)
-            for i in range(params["n"])
-        ]
         state = {"outcome": None}
-        events = self._generate(request, model, choices, params, state)
+        if batched is None:
+            events = self._generate(request, model, choices, params, state)
+        else:
+            events = self._generate_batched(request, choices, params, state, *batched)
 
         async def finish():
             await events.aclose()
-            _after(state.get("running"), lambda: asyncio.ensure_future(self.limiter.release()))
+            if batched is None:
+                release = lambda: asyncio.ensure_future(self.limiter.release())  # noqa: E731
+                _after(state.get("running"), release)
             outcome = state["outcome"] or "disconnected"
             self.metrics.generations.labels(model.name, outcome).inc(len(choices))
             tokens = sum(min(_tokens(model, c.raw), params["max_tokens"]) for c in choices)
@@ -709,6 +736,73 @@ class _Handlers:
             finally:
                 _after(state.get("running"), pieces.close)
         state["outcome"] = "completed"
+
+    def _submit(self, model, choices, params):
+        """Queues the choices as rows of the model's batcher: `(ticket, updates)`, or None when
+        the model decodes one request at a time (an export without batched decoding).
+
+        `updates` is an `asyncio.Queue` of the batcher's `(index, piece, finished, error)`.
+        A full batcher answers 503 at once (`ServedModel.submit` raises it).
+        """
+        start = getattr(model, "start_batching", None)
+        if start is None or not start(
+            max_batch_size=self.settings.max_batch_size,
+            max_queue=self.settings.max_queue,
+            batch_wait=self.settings.batch_wait_ms / 1000,
+            chunk_tokens=self.settings.chunk_tokens,
+            on_chunk=self.metrics.batch_rows.labels(model.name).observe,
+        ):
+            return None
+        loop, updates = asyncio.get_running_loop(), asyncio.Queue()
+        settings = {name: params[name] for name in ("temperature", "top_p", "top_k")}
+        ticket = model.submit(
+            [(choice.prompt, choice.seed) for choice in choices],
+            params["max_tokens"],
+            on_update=lambda *update: loop.call_soon_threadsafe(updates.put_nowait, update),
+            **settings,
+        )
+        return ticket, updates
+
+    async def _generate_batched(self, request, choices, params, state, ticket, updates):
+        """Yields `(choice, new text)` as the batcher decodes the choices, interleaved.
+
+        Sets `state["outcome"]` as `_generate` does. The choices leave the batch (at its next
+        chunk boundary) when they end, when a stop string ends them, and when the request ends
+        for any reason (timeout, client gone).
+        """
+        deadline = time.monotonic() + self.settings.request_timeout
+        running = set(range(len(choices)))
+        try:
+            while running:
+                if await request.is_disconnected():
+                    state["outcome"] = "disconnected"
+                    return
+                remaining = max(deadline - time.monotonic(), 0)
+                try:
+                    index, piece, finished, error = await asyncio.wait_for(updates.get(), remaining)
+                except asyncio.TimeoutError:
+                    state["outcome"] = "timeout"
+                    return
+                if error is not None:
+                    raise error
+                if index not in running:  # sent before a stop string ended it
+                    continue
+                choice = choices[index]
+                choice.raw += piece
+                shown = _cut_at_stop(choice, piece, params["stop"])
+                if shown:
+                    yield choice, shown
+                if choice.stopped:
+                    ticket.cancel(index)
+                    running.discard(index)
+                elif finished:
+                    running.discard(index)
+                    if choice.pending:
+                        choice.shown += choice.pending
+                        yield choice, choice.pending
+            state["outcome"] = "completed"
+        finally:
+            ticket.cancel()
 
     def _final_choice(self, model, choice, params):
         if choice.stopped:

@@ -90,13 +90,15 @@ def add_parser(subparsers):
         "--max-concurrency",
         type=int,
         default=2,
-        help="model calls running at once (default: %(default)s)",
+        help="model calls running at once: TF Serving routes, and completions of a GPT "
+        "exported before batching (default: %(default)s)",
     )
     parser.add_argument(
         "--max-queue",
         type=int,
         default=16,
-        help="requests waiting for a model call; one more gets 503 with Retry-After "
+        help="requests waiting for a model call, and completion rows (one per prompt and "
+        "choice) waiting beyond a GPT's full batch; one more gets 503 with Retry-After "
         "(default: %(default)s)",
     )
     parser.add_argument(
@@ -112,6 +114,21 @@ def add_parser(subparsers):
         default=25.0,
         help="on SIGTERM or Ctrl-C, seconds running requests get to finish before they are "
         "cut; below Kubernetes' 30 s grace period (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=16,
+        help="completion rows one GPT decodes together; rows join and leave the batch at every "
+        "decode chunk, so a short completion never waits for a long one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="milliseconds an idle GPT waits for more requests before it starts a batch; a "
+        "busy one takes newcomers at its next chunk without waiting, so the default starts "
+        "at once (default: %(default)s)",
     )
     parser.set_defaults(handler=run)
     return parser
@@ -163,6 +180,8 @@ def run(args):
         request_timeout=args.request_timeout,
         max_concurrency=args.max_concurrency,
         max_queue=args.max_queue,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
     )
     if not is_loopback(args.host) and settings.api_key is None:
         print(

@@ -329,7 +329,7 @@ class LiteRTServedModel:
         return self._bert(signature_name, texts)
 
     def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
-        from tf_bigmodels.models.generation import GenerationSettings
+        from tf_bigmodels.export import GenerationSettings
 
         prompts = [p.decode("utf-8", "replace") for p in _rank(prompts, 1, "prompts")]
         scalars = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)

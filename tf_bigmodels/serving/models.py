@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import threading
 
 from tf_bigmodels.run_directory import (
     RunDirectory,
@@ -164,6 +165,9 @@ class ServedModel:
     def __init__(self, name, version, path, loaded):
         self.name, self.version, self.path = name, version, path
         self._loaded = loaded
+        self._batcher = None
+        # Exports written before batched decoding lack its function: one request at a time.
+        self.batchable = hasattr(loaded, "decode_batch_steps")
         self.signatures = dict(loaded.signatures)
         if hasattr(loaded, "generation_config"):
             self.config = json.loads(loaded.generation_config.numpy())
@@ -206,13 +210,36 @@ class ServedModel:
         for signature_name, inputs in read_warmup_requests(self.path):
             self._signature(signature_name)(**inputs)
         if self.kind == GPT:
+            shapes = [
+                (self._prompt_of(prompt_tokens), max_tokens)
+                for prompt_tokens, max_tokens in decode_shapes(self.max_tokens + 1)
+            ]
+            # The first piece has run the prompt pass and a decode chunk at this shape:
+            # compiled; the other chunks would only compute.
             settings = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": 0}
-            for prompt_tokens, max_tokens in decode_shapes(self.max_tokens + 1):
-                # The first piece has run the prompt pass and a decode chunk at this shape:
-                # compiled; the other chunks would only compute.
-                pieces = self.stream(self._prompt_of(prompt_tokens), max_tokens, **settings)
+            for prompt, max_tokens in shapes:
+                pieces = self.stream(prompt, max_tokens, **settings)
                 next(pieces, None)
                 pieces.close()
+            if self.batchable:  # completions decode in the batched loop: compile it too
+                self._warm_up_batching(shapes)
+
+    def _warm_up_batching(self, shapes):
+        """One row per shape through a batcher, stopped after its first chunk."""
+        from tf_bigmodels.export import ContinuousBatcher, GenerationSettings
+
+        batcher = ContinuousBatcher((self._loaded, None), batch_wait=0)
+        try:
+            for prompt, max_tokens in shapes:
+                first = threading.Event()
+                ticket = batcher.submit(
+                    [(prompt, GenerationSettings(max_tokens, seed=0))],
+                    lambda *_, first=first: first.set(),
+                )
+                first.wait()
+                ticket.cancel()
+        finally:
+            batcher.close()
 
     def _prompt_of(self, tokens):
         """A prompt of `tokens` tokens or a few less (one word at least): words, then letters
@@ -310,6 +337,68 @@ class ServedModel:
         import tensorflow as tf
 
         return int(self._loaded.tokenize(tf.constant([text])).row_lengths()[0])
+
+    def start_batching(self, *, max_batch_size, max_queue, batch_wait, chunk_tokens, on_chunk):
+        """Starts this GPT's `ContinuousBatcher` once; whether its completions are batched.
+
+        False for a model that is not a GPT and for an export written before batched decoding
+        (no `decode_batch_steps`): those decode one request at a time (`stream`). The arguments
+        are `ContinuousBatcher`'s; a second call returns at once.
+        """
+        if self._batcher is None and self.kind == GPT and self.batchable:
+            from tf_bigmodels.export import ContinuousBatcher
+
+            self._batcher = ContinuousBatcher(
+                (self._loaded, None),
+                max_batch_size=max_batch_size,
+                max_queue=max_queue,
+                batch_wait=batch_wait,
+                chunk_tokens=chunk_tokens,
+                on_chunk=on_chunk,
+            )
+        return self._batcher is not None
+
+    def submit(self, rows, max_tokens, *, temperature, top_p, top_k, on_update):
+        """Queues completions in the batcher (`start_batching` first); returns their `Ticket`.
+
+        Args:
+            rows: list of `(prompt, seed)`: str, and int in [0, 2**31 - 1] or None (random).
+            max_tokens, temperature, top_p, top_k: as in `stream`, the same for every row.
+            on_update: callable `(index, piece, finished, error)`, called from the batcher's
+                thread (see `ContinuousBatcher.submit`).
+
+        Raises:
+            RequestError: 503 when the batch and its queue are full.
+        """
+        from tf_bigmodels.export import BatcherFull, GenerationSettings
+
+        requests = [
+            (
+                prompt,
+                GenerationSettings(
+                    max_tokens,
+                    temperature=temperature,
+                    top_k=top_k or None,
+                    top_p=None if top_p == 1 else top_p,
+                    seed=seed,
+                ),
+            )
+            for prompt, seed in rows
+        ]
+        try:
+            return self._batcher.submit(requests, on_update)
+        except BatcherFull as error:
+            raise RequestError(
+                f"the server is busy (the model's batch and its queue are full: {error}); "
+                "retry later",
+                status=503,
+            ) from None
+
+    def stop_batching(self):
+        """Stops the batcher's thread (rows still in it get an error); for a model taken out of
+        service."""
+        if self._batcher is not None:
+            self._batcher.close()
 
     def stream(self, prompt, max_tokens, *, temperature, top_p, top_k, seed, chunk_tokens=16):
         """Yields the continuation of `prompt` in pieces as it is generated (GPT only).
