@@ -408,3 +408,24 @@ def test_max_new_chars_counts_characters(byte_model):
     assert generate_texts(model, "你", None, max_new_chars=6, temperature=1.0, seed=2) == [text]
     with pytest.raises(ValueError, match="`max_new_tokens`"):
         next(stream_text(model, "a", None))
+
+
+def test_a_row_that_ends_at_the_last_position_does_not_stop_its_batch():
+    # 12 prompt tokens + 4 new fill the 16 positions; the row that shares the batch goes on
+    # after it, so the finished row keeps running with it past the position table's end.
+    model = GPTModel(258, 16, 2, 32, 1, rate=0.0, max_length=16)
+    start = generation.start_function(model, jit_compile=False)
+
+    def rows(prompt, new):
+        settings = generation.GenerationSettings(new, temperature=0.0).as_tensors()
+        state = start(tf.ragged.constant([prompt]), settings, tf.constant(0))[1]
+        return generation.batch_state(state, settings)
+
+    merged = generation.merge_batch_states(
+        [(rows(list(range(1, 13)), 4), [0]), (rows([1], 14), [0])]
+    )
+    steps = generation.batch_steps_function(model, jit_compile=False)
+    _, tokens, counts = steps(merged, tf.zeros([2, 10], tf.int32))
+    assert counts.numpy().tolist() == [4, 10]
+    alone = model.generate(tf.constant([[1]]), max_new_tokens=10, temperature=0.0)
+    assert tokens.numpy()[1].tolist() == alone.numpy()[0, 1:].tolist()

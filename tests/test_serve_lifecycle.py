@@ -347,7 +347,8 @@ def test_the_first_requests_after_ready_compile_nothing(tmp_path):
         first = [
             {"model": "gpt", "prompt": "To be"},  # OpenAI's defaults: 16 tokens
             {"model": "gpt", "prompt": "", "max_tokens": 31, "stream": True, "temperature": 0},
-            {"model": "gpt", "prompt": "To be, or not to be, that is", "max_tokens": 3, "n": 2},
+            {"model": "gpt", "prompt": "To be", "n": 2},  # two rows: a batch of 2
+            {"model": "gpt", "prompt": "To be, or not to be, that is", "max_tokens": 3},
             {"model": "gpt", "prompt": "To be, or not to be, that is the question", "stream": True},
         ]
         for body in first:
@@ -426,7 +427,8 @@ def test_sigterm_lets_a_running_stream_finish_refuses_new_requests_and_exits_0(l
 
 @pytest.mark.slow
 def test_a_request_still_running_when_the_drain_time_ends_is_cut_and_the_exit_is_0(long_gpt):
-    server = ServerProcess([long_gpt], "--drain-seconds", "0.2")
+    # One row at a time, as before batching: 16 rows of 255 tokens outlast the 0.2 s by far.
+    server = ServerProcess([long_gpt], "--drain-seconds", "0.2", "--max-batch-size", "1")
     try:
         server.wait_ready()
         received = []

@@ -716,6 +716,11 @@ def _batch_steps(model, state, tokens):
     cache_length = tf.shape(state["cache"][0])[3]
     key_mask = tf.range(cache_length)[tf.newaxis] >= state["starts"][:, tf.newaxis]  # (B, T)
     count = tf.minimum(width, cache_length - state["clock"])
+    # A finished row still runs through the model with the others (its token is discarded); its
+    # position, prompt plus max_new_tokens, may be one past the position table. Live rows stay
+    # below it (a prompt keeps at most max_length - max_new_tokens tokens), so this clamp only
+    # touches finished rows.
+    last_position = model.max_length - 1
 
     def keep_going(i, clock, logits, cache, steps, done, tokens, counts):
         return tf.logical_and(i < count, tf.logical_not(tf.reduce_all(done)))
@@ -730,7 +735,7 @@ def _batch_steps(model, state, tokens):
             steps,
             done,
             key_mask,
-            state["prompt_lengths"] + steps,
+            tf.minimum(state["prompt_lengths"] + steps, last_position),
             clock,
         )
         tokens = tf.tensor_scatter_nd_update(

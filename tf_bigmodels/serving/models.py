@@ -225,16 +225,22 @@ class ServedModel:
                 self._warm_up_batching(shapes)
 
     def _warm_up_batching(self, shapes):
-        """One row per shape through a batcher, stopped after its first chunk."""
+        """One row per shape through a batcher, stopped after its first chunk; then the first
+        shape (a short prompt, OpenAI's default 16 tokens) at every batch size the batcher
+        uses (powers of two up to its default `max_batch_size`, 16). Other batch sizes at
+        other cache lengths compile once, on first use: all pairs would take minutes of
+        compiling for a long context."""
         from tf_bigmodels.export import ContinuousBatcher, GenerationSettings
 
         batcher = ContinuousBatcher((self._loaded, None), batch_wait=0)
+        rows = [(shape, 1) for shape in shapes]
+        rows += [(shapes[0], size) for size in (2, 4, 8, 16)]
         try:
-            for prompt, max_tokens in shapes:
+            for (prompt, max_tokens), size in rows:
                 first = threading.Event()
+                settings = GenerationSettings(max_tokens, seed=0)
                 ticket = batcher.submit(
-                    [(prompt, GenerationSettings(max_tokens, seed=0))],
-                    lambda *_, first=first: first.set(),
+                    [(prompt, settings)] * size, lambda *_, first=first: first.set()
                 )
                 first.wait()
                 ticket.cancel()
