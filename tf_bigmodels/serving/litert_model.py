@@ -36,7 +36,7 @@ import os
 import threading
 
 from tf_bigmodels.run_directory import RunDirectory
-from tf_bigmodels.serving.models import (
+from tf_bigmodels.serving.request_values import (
     BERT_CLASSIFIER,
     GPT,
     RequestError,
@@ -137,7 +137,7 @@ def load_litert(name, path):
     >>> model.predict("serving_default", {"prompts": ["hi"]})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    tf_bigmodels.serving.models.RequestError: `signature_name` must be one of ['generate', ...
+    tf_bigmodels.serving.request_values.RequestError: `signature_name` must be one of ['generate', ...
     """
     return LiteRTServedModel(name, path)
 

@@ -9,7 +9,6 @@ Only `tf_bigmodels.export` is used, never training code, so a server runs where 
 exists.
 """
 
-import base64
 import json
 import os
 import re
@@ -21,36 +20,26 @@ from tf_bigmodels.run_directory import (
     newest_version,
     version_path,
 )
+from tf_bigmodels.serving.request_values import (
+    BERT_CLASSIFIER,
+    BERT_PRETRAINER,
+    GPT,
+    OTHER,
+    RequestError,
+    _integer_leaf,
+    _Invalid,
+    _json_value,
+    _map_leaves,
+    _number_leaf,
+    _string_leaf,
+)
 
-GPT, BERT_PRETRAINER, BERT_CLASSIFIER = "gpt", "bert_pretrainer", "bert_classifier"
-OTHER = "saved_model"  # any other SavedModel: its signatures over TF Serving's routes
 # TensorFlow's error text around the message a client can act on: the node that raised it and
 # the op, which describe our graph, not the request.
 _ERROR_NOISE = re.compile(
     r"Graph execution error:|Detected at node .*? defined at \(most recent call last\):"
     r"|<stack traces unavailable>|\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\]"
 )
-
-
-class RequestError(ValueError):
-    """A request the model cannot serve, with the HTTP status that says why.
-
-    Args:
-        message: str. What is wrong, for the client.
-        status: int. 400 (bad input) or 404 (unknown signature or version). Defaults to 400.
-        param: str or None. The request field at fault. Defaults to None.
-
-    Example:
-
-    >>> error = RequestError("`n` must be an integer >= 1, got 0.", param="n")
-    >>> error.status, error.param
-    (400, 'n')
-    """
-
-    def __init__(self, message, status=400, param=None):
-        super().__init__(message)
-        self.status = status
-        self.param = param
 
 
 def find_export(spec):
@@ -127,7 +116,7 @@ def load_model(name, export_dir, version=None):
     >>> model.predict("serving_default", {"text": "good"})
     Traceback (most recent call last):
     ...
-    tf_bigmodels.serving.models.RequestError: Shape of tensor text [] is not compatible with expected shape [?].
+    tf_bigmodels.serving.request_values.RequestError: Shape of tensor text [] is not compatible with expected shape [?].
     """
     if export_dir.endswith(".tflite"):
         from tf_bigmodels.serving.litert_model import load_litert
@@ -474,45 +463,3 @@ def _tensor(name, value, dtype):
             f"for a {dtype.name} tensor{detail}."
         ) from None
     return tensor
-
-
-class _Invalid(ValueError):
-    """A JSON leaf of the wrong type."""
-
-
-def _map_leaves(value, function):
-    if isinstance(value, list):
-        return [_map_leaves(item, function) for item in value]
-    return function(value)
-
-
-def _string_leaf(leaf):
-    if isinstance(leaf, str):
-        return leaf.encode("utf-8")
-    if isinstance(leaf, dict) and set(leaf) == {"b64"} and isinstance(leaf["b64"], str):
-        try:
-            return base64.b64decode(leaf["b64"], validate=True)
-        except ValueError:
-            raise _Invalid("a b64 value is not base64") from None
-    raise _Invalid(f"got {json.dumps(leaf)[:40]}")
-
-
-def _integer_leaf(leaf):
-    if isinstance(leaf, bool) or not isinstance(leaf, int):
-        raise _Invalid(f"got {json.dumps(leaf)[:40]}")
-    return leaf
-
-
-def _number_leaf(leaf):
-    if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
-        raise _Invalid(f"got {json.dumps(leaf)[:40]}")
-    return leaf
-
-
-def _json_value(array):
-    """A NumPy output as JSON values: bytes become text (invalid UTF-8 replaced)."""
-    if array.dtype == object:
-        return _map_leaves(
-            array.tolist(), lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b
-        )
-    return array.tolist()
