@@ -45,6 +45,8 @@ from tf_bigmodels.serving.request_values import (
     _map_leaves,
     _number_leaf,
     _string_leaf,
+    describe,
+    signature_metadata,
 )
 
 BERT_ENCODER = "bert_encoder"
@@ -224,19 +226,7 @@ class LiteRTServedModel:
 
     def describe(self):
         """What the OpenAI model list and the page show about this model (a JSON-ready dict)."""
-        return {
-            "id": self.name,
-            "object": "model",
-            "created": int(os.path.getmtime(self.path)),
-            "owned_by": "tf-bigmodels",
-            "kind": self.kind,
-            "version": str(self.version),
-            "signatures": sorted(self.signatures),
-            "max_tokens": self.max_tokens,
-            "class_names": None,
-            "format": "litert",
-            "weights": self.config["weights"],
-        }
+        return describe(self, class_names=None, format="litert", weights=self.config["weights"])
 
     def warm_up(self):
         """Runs every signature once (each interpreter allocates its tensors on first use)."""
@@ -250,27 +240,7 @@ class LiteRTServedModel:
 
     def metadata(self):
         """TF Serving's `GET /v1/models/{name}/metadata` answer, in the SavedModel's form."""
-
-        def tensor_info(name, spec):
-            dtype, shape = spec
-            if shape is None:
-                tensor_shape = {"unknown_rank": True}
-            else:
-                tensor_shape = {"dim": [{"size": str(size)} for size in shape]}
-            return {"dtype": dtype, "tensor_shape": tensor_shape, "name": name}
-
-        definitions = {
-            signature: {
-                "inputs": {k: tensor_info(k, v) for k, v in sorted(inputs.items())},
-                "outputs": {k: tensor_info(k, v) for k, v in sorted(outputs.items())},
-                "method_name": "tensorflow/serving/predict",
-            }
-            for signature, (inputs, outputs) in sorted(self._specs.items())
-        }
-        return {
-            "model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
-            "metadata": {"signature_def": {"signature_def": definitions}},
-        }
+        return signature_metadata(self.name, self.version, self._specs)
 
     def input_names(self, signature_name):
         """The input names of a signature; RequestError 404 if there is no such signature."""

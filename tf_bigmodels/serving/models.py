@@ -32,6 +32,8 @@ from tf_bigmodels.serving.request_values import (
     _map_leaves,
     _number_leaf,
     _string_leaf,
+    describe,
+    signature_metadata,
 )
 
 # TensorFlow's error text around the message a client can act on: the node that raised it and
@@ -172,17 +174,7 @@ class ServedModel:
 
     def describe(self):
         """What the OpenAI model list and the page show about this model (a JSON-ready dict)."""
-        return {
-            "id": self.name,
-            "object": "model",
-            "created": int(os.path.getmtime(self.path)),
-            "owned_by": "tf-bigmodels",
-            "kind": self.kind,
-            "version": str(self.version),
-            "signatures": sorted(self.signatures),
-            "max_tokens": self.max_tokens,
-            "class_names": self.config.get("class_names"),
-        }
+        return describe(self, class_names=self.config.get("class_names"))
 
     def warm_up(self):
         """Runs every path a request takes once, so that the first request builds and compiles
@@ -253,29 +245,19 @@ class ServedModel:
         outputs with their dtypes and shapes."""
         from tensorflow.core.framework import types_pb2
 
-        def tensor_info(spec):
-            shape = spec.shape
-            if shape.rank is None:
-                tensor_shape = {"unknown_rank": True}
-            else:
-                tensor_shape = {"dim": [{"size": str(-1 if d is None else d)} for d in shape]}
+        def spec_of(spec):
             dtype = types_pb2.DataType.Name(spec.dtype.as_datatype_enum)
-            return {"dtype": dtype, "tensor_shape": tensor_shape, "name": spec.name or ""}
+            dims = None if spec.shape.rank is None else [-1 if d is None else d for d in spec.shape]
+            return dtype, dims, spec.name or ""
 
-        definitions = {}
-        for signature, function in sorted(self.signatures.items()):
-            inputs = function.structured_input_signature[1]
-            definitions[signature] = {
-                "inputs": {k: tensor_info(v) for k, v in sorted(inputs.items())},
-                "outputs": {
-                    k: tensor_info(v) for k, v in sorted(function.structured_outputs.items())
-                },
-                "method_name": "tensorflow/serving/predict",
-            }
-        return {
-            "model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
-            "metadata": {"signature_def": {"signature_def": definitions}},
+        signatures = {
+            signature: tuple(
+                {k: spec_of(v) for k, v in specs.items()}
+                for specs in (function.structured_input_signature[1], function.structured_outputs)
+            )
+            for signature, function in self.signatures.items()
         }
+        return signature_metadata(self.name, self.version, signatures)
 
     def input_names(self, signature_name):
         """The input names of a signature; RequestError 404 if there is no such signature."""

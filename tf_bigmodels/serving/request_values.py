@@ -8,6 +8,7 @@ Both kinds of served model (a SavedModel's `ServedModel`, a `.tflite` file's
 
 import base64
 import json
+import os
 
 GPT, BERT_PRETRAINER, BERT_CLASSIFIER = "gpt", "bert_pretrainer", "bert_classifier"
 OTHER = "saved_model"  # any other SavedModel: its signatures over TF Serving's routes
@@ -74,3 +75,72 @@ def _json_value(array):
             array.tolist(), lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b
         )
     return array.tolist()
+
+
+def describe(model, **extra):
+    """What the OpenAI model list and the page show about a served model (a JSON-ready dict).
+
+    Args:
+        model: a served model (`name`, `path`, `kind`, `version`, `signatures`, `max_tokens`).
+        **extra: further fields (a `.tflite` model adds its format and weights).
+
+    Example:
+
+    >>> import types
+    >>> model = types.SimpleNamespace(name="gpt", path=".", kind=GPT, version=2,
+    ...                               signatures={"generate": None}, max_tokens=63)
+    >>> described = describe(model, class_names=None)
+    >>> described["id"], described["version"], described["signatures"]
+    ('gpt', '2', ['generate'])
+    """
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(os.path.getmtime(model.path)),
+        "owned_by": "tf-bigmodels",
+        "kind": model.kind,
+        "version": str(model.version),
+        "signatures": sorted(model.signatures),
+        "max_tokens": model.max_tokens,
+        **extra,
+    }
+
+
+def signature_metadata(name, version, signatures):
+    """TF Serving's `GET /v1/models/{name}/metadata` answer.
+
+    Args:
+        name: str. The model's name.
+        version: int. The version served.
+        signatures: dict of signature name to `(inputs, outputs)`, each a dict of tensor key
+            to `(dtype name, dims)` or `(dtype name, dims, tensor name)`: dims a list of ints
+            (-1 for any size) or None (any rank); the tensor name defaults to the key.
+
+    Example:
+
+    >>> answer = signature_metadata("gpt", 1, {"logits": ({"token_ids": ("DT_INT32", None)},
+    ...                                                     {"logits": ("DT_FLOAT", [-1, 8])})})
+    >>> answer["metadata"]["signature_def"]["signature_def"]["logits"]["outputs"]["logits"]
+    {'dtype': 'DT_FLOAT', 'tensor_shape': {'dim': [{'size': '-1'}, {'size': '8'}]}, 'name': 'logits'}
+    """
+
+    def tensor_info(key, spec):
+        dtype, dims, tensor = (*spec, key)[:3]
+        if dims is None:
+            shape = {"unknown_rank": True}
+        else:
+            shape = {"dim": [{"size": str(size)} for size in dims]}
+        return {"dtype": dtype, "tensor_shape": shape, "name": tensor}
+
+    definitions = {
+        signature: {
+            "inputs": {k: tensor_info(k, v) for k, v in sorted(inputs.items())},
+            "outputs": {k: tensor_info(k, v) for k, v in sorted(outputs.items())},
+            "method_name": "tensorflow/serving/predict",
+        }
+        for signature, (inputs, outputs) in sorted(signatures.items())
+    }
+    return {
+        "model_spec": {"name": name, "signature_name": "", "version": str(version)},
+        "metadata": {"signature_def": {"signature_def": definitions}},
+    }
