@@ -181,10 +181,11 @@ class ServedModel:
         nothing.
 
         Replays the export's warm-up file (TF Serving's `assets.extra/tf_serving_warmup_requests`,
-        one request for each signature; any SavedModel may carry one); a GPT then streams once
-        for each decode shape of `tf_bigmodels.export.warmup.decode_shapes` (what a completion
-        runs: the prompt pass and the decode loop at the shapes of common prompts and
-        `max_tokens`).
+        one request for each signature; any SavedModel may carry one); a GPT then decodes a
+        first chunk at each decode shape of `tf_bigmodels.export.warmup.decode_shapes` (what a
+        completion runs: the prompt pass and the decode loop at the shapes of common prompts
+        and `max_tokens`), in the batched loop when the export has one (completions then use
+        only it), else in the one-request loop.
         """
         from tf_bigmodels.export.warmup import decode_shapes, read_warmup_requests
 
@@ -195,6 +196,9 @@ class ServedModel:
                 (self._prompt_of(prompt_tokens), max_tokens)
                 for prompt_tokens, max_tokens in decode_shapes(self.max_tokens + 1)
             ]
+            if self.batchable:  # completions decode in the batched loop only
+                self._warm_up_batching(shapes)
+                return
             # The first piece has run the prompt pass and a decode chunk at this shape:
             # compiled; the other chunks would only compute.
             settings = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": 0}
@@ -202,8 +206,6 @@ class ServedModel:
                 pieces = self.stream(prompt, max_tokens, **settings)
                 next(pieces, None)
                 pieces.close()
-            if self.batchable:  # completions decode in the batched loop: compile it too
-                self._warm_up_batching(shapes)
 
     def _warm_up_batching(self, shapes):
         """One row per shape through a batcher, stopped after its first chunk; then the first
