@@ -1,5 +1,6 @@
 """GPT pipeline: text -> token ids -> packed (x, y) windows shifted by one."""
 
+import itertools
 import os
 
 import tensorflow as tf
@@ -94,7 +95,7 @@ def lm_dataset(
     else:
         sizes = [os.path.getsize(f) for f in files]
         sources, read_lines = files, tf.data.TextLineDataset
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    starts = list(itertools.accumulate(sizes, initial=0))[:-1]  # each document's first byte
     split_at = int(TRAIN_FRACTION * sum(sizes))
     records = tf.data.Dataset.from_tensor_slices(
         (sources, tf.constant(starts, tf.int64), tf.constant(sizes, tf.int64))
