@@ -18,6 +18,7 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 
 from tf_bigmodels.data import load_corpus
+from tf_bigmodels.export import stream_text
 from tf_bigmodels.litert import (
     LiteRTEncoder,
     LiteRTGenerator,
@@ -26,7 +27,7 @@ from tf_bigmodels.litert import (
     is_litert_source,
     sample_next_token,
 )
-from tf_bigmodels.litert.quality import compare
+from tf_bigmodels.litert.quality import compare, greedy_ids
 from tf_bigmodels.models import BERTClassifier, BERTEncoder, GPTModel, compress_weights
 from tf_bigmodels.tokenizers import ByteTokenizer, SentencePieceTokenizer, WordPieceTokenizer
 
@@ -180,10 +181,20 @@ def test_the_quality_check_reports_loss_and_first_difference(trained, exports):
     losses = result["val_loss"]
     assert 0 < losses["float32"] < np.log(VOCAB)  # trained: better than uniform
     assert abs(result["relative_change"]) < 0.05
-    assert result["new_tokens"] == MAX_LENGTH - 1
+    assert result["new_tokens"] == 200  # beyond the context of 64: in windows
     first = result["first_difference"]
     assert first is None or 0 <= first < result["new_tokens"]
     assert result["greedy_text"]["float32"]
+
+
+@pytest.mark.slow
+def test_greedy_text_past_the_context_slides_as_stream_text_does(trained, exports):
+    model, _ = trained
+    generator = LiteRTGenerator(exports["float32"])
+    ids = greedy_ids(generator, list(PROMPT.encode()), 150)
+    assert len(ids) == 150 and generator.end_id not in ids
+    expected = "".join(stream_text(model, PROMPT, 150, temperature=0.0))
+    assert generator.tokenizer.decode(ids) == expected
 
 
 @pytest.mark.slow

@@ -44,6 +44,43 @@ def validation_loss(generator, token_ids, windows, *, batch_size=8):
     return float(np.mean(np.concatenate(losses)))
 
 
+def greedy_ids(generator, prompt_ids, new_tokens):
+    """The greedy continuation of `prompt_ids`, `new_tokens` long, past the context if need be.
+
+    Windows as `tf_bigmodels.export.stream_text` decodes them: one decode when the tokens fit
+    in the context (the prompt keeps its last `max_length - new_tokens` ids); otherwise each
+    window keeps the last `max_length // 2` ids of the text so far and decodes until the
+    context is full. Stops after the end token.
+
+    Args:
+        generator: a `LiteRTGenerator`.
+        prompt_ids: list of int, at least one id.
+        new_tokens: int >= 0.
+
+    Returns:
+        list of int, the new ids (the end token last if one was decoded).
+
+    Example:
+
+    >>> len(greedy_ids(generator, [104, 105], 200))  # doctest: +SKIP
+    200
+    """
+    max_length = generator.max_length
+    slide = max(1, max_length // 2)
+    keep = max_length - new_tokens if new_tokens < max_length else slide
+    history, new = list(prompt_ids), []
+    while len(new) < new_tokens:
+        context = history[-keep:]
+        count = min(new_tokens - len(new), max_length - len(context))
+        window = list(generator.stream_ids(context, count, temperature=0.0))
+        new += window
+        if window and window[-1] == generator.end_id:
+            break
+        history += window
+        keep = slide
+    return new
+
+
 def compare(float32_path, int8_path, text, *, prompt, new_tokens=200, windows=64):
     """Validation loss of both exports on `text` and where their greedy continuations part.
 
@@ -52,7 +89,8 @@ def compare(float32_path, int8_path, text, *, prompt, new_tokens=200, windows=64
         int8_path: str. The int8 `.tflite` export of the same model.
         text: str. Validation text (tokenized with the export's tokenizer).
         prompt: str. The prompt of the greedy comparison.
-        new_tokens: int. Greedy tokens to compare (at most max_length - 1). Defaults to 200.
+        new_tokens: int. Greedy tokens to compare (beyond the context, in the windows of
+            `greedy_ids`). Defaults to 200.
         windows: int. Validation windows. Defaults to 64.
 
     Returns:
@@ -66,13 +104,9 @@ def compare(float32_path, int8_path, text, *, prompt, new_tokens=200, windows=64
     """
     generators = {"float32": LiteRTGenerator(float32_path), "int8": LiteRTGenerator(int8_path)}
     ids = generators["float32"].tokenizer.encode(text)
-    new_tokens = min(new_tokens, generators["float32"].max_length - 1)
     losses = {w: validation_loss(g, ids, windows) for w, g in generators.items()}
     prompt_ids = generators["float32"].tokenizer.encode(prompt) or [generators["float32"].end_id]
-    greedy = {
-        w: list(g.stream_ids(prompt_ids, new_tokens, temperature=0.0))
-        for w, g in generators.items()
-    }
+    greedy = {w: greedy_ids(g, prompt_ids, new_tokens) for w, g in generators.items()}
     first = next(
         (i for i, (a, b) in enumerate(zip(greedy["float32"], greedy["int8"])) if a != b),
         None if len(greedy["float32"]) == len(greedy["int8"]) else min(map(len, greedy.values())),
