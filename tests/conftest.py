@@ -13,3 +13,19 @@ def _float32_policy_and_seed():
     keras.utils.set_random_seed(1234)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """A corpus file of the first 40,000 characters of the bundled tiny Shakespeare (1.1 MB).
+
+    For training runs whose corpus is not what a test is about: a BERT run learns its WordPiece
+    vocabulary and cuts its sentence pairs from all of its corpus, which takes over a minute on
+    the whole text and about a second on this part.
+    """
+    import importlib.resources
+
+    text = importlib.resources.files("tf_bigmodels.data").joinpath("tinyshakespeare.txt")
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-40k.txt"
+    path.write_text(text.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return path

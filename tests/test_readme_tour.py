@@ -53,7 +53,7 @@ def _run(command, cwd, env):
 
 
 @pytest.mark.slow
-def test_the_quick_tour_runs_in_order_after_the_main_job(tmp_path):
+def test_the_quick_tour_runs_in_order_after_the_main_job(tmp_path, small_corpus):
     env = {
         **os.environ,
         "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -73,7 +73,7 @@ def test_the_quick_tour_runs_in_order_after_the_main_job(tmp_path):
             _ask_the_server(shlex.split(serve), curl, tmp_path, env)
             served = True
             continue
-        _run(_shrunk(block, tmp_path), tmp_path, env)
+        _run(_shrunk(block, tmp_path, small_corpus), tmp_path, env)
     assert served
     assert (tmp_path / "runs" / "tour" / "plots" / "attention_layer1.png").is_file()
     assert [p.name for p in sorted((tmp_path / "runs" / "tour" / "export").iterdir())] == ["1", "2"]
@@ -84,19 +84,20 @@ def test_the_quick_tour_runs_in_order_after_the_main_job(tmp_path):
 # What each long command of the tour gets appended, so that it runs in seconds.
 _SHRINK = {
     "tf-bigmodels train gpt": " --preset gpt-test --samples 0 --steps 2",
-    "tf-bigmodels train bert": " --preset bert-test --steps 2",
+    # A BERT run learns its vocabulary and cuts its sentence pairs from all of its corpus.
+    "tf-bigmodels train bert": " --preset bert-test --steps 2 --corpus {corpus}",
     "python examples/finetune_classifier.py": " --smoke --out {tmp}/finetune",
 }
 
 
-def _shrunk(block, tmp_path):
+def _shrunk(block, tmp_path, corpus):
     """The block with each long command's sizes made tiny (its trailing comment dropped)."""
     lines = []
     for line in block.strip().splitlines():
         command = line.split("  #", 1)[0].rstrip()
         for start, extra in _SHRINK.items():
             if command.startswith(start):
-                line = command + extra.format(tmp=tmp_path)
+                line = command + extra.format(tmp=tmp_path, corpus=corpus)
         lines.append(line)
     return "\n".join(lines) + "\n"
 

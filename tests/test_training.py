@@ -306,7 +306,7 @@ def test_train_raises_training_diverged_with_the_checkpoint_named(tmp_path):
         ("gpt", {"gradient_accumulation_steps": 2}),
     ],
 )
-def test_mirrored_two_cpus_equals_one_device(tmp_path, model, extra):
+def test_mirrored_two_cpus_equals_one_device(tmp_path, small_corpus, model, extra):
     # XLA is off: it cannot place a mirrored variable on a second *logical* CPU device.
     # A small clip norm makes clipping act on every step: Keras's own AdamW would clip each
     # replica's half-batch gradient separately and drift from one device.
@@ -314,6 +314,7 @@ def test_mirrored_two_cpus_equals_one_device(tmp_path, model, extra):
         **TINY_GPT,
         "model": model,
         "preset": f"{model}-test",
+        "corpus": str(small_corpus),
         "steps": 6,
         "eval_every": 3,
         "batch_size": 8,
@@ -425,7 +426,7 @@ def test_multi_worker_fit_still_needs_the_keras_fix(tmp_path):
         ("bert", ["--vocab-size", "300", "--seq-len", "24"]),  # bert-test has dropout 0.1
     ],
 )
-def test_killed_run_resumes_to_the_same_weights(tmp_path, model, extra):
+def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus, model, extra):
     command = [
         sys.executable,
         "-m",
@@ -434,6 +435,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, model, extra):
         model,
         "--preset",
         f"{model}-test",
+        "--corpus",
+        str(small_corpus),
         "--steps",
         "60",  # killed after its first checkpoint (step 10): 50 steps left to resume
         "--eval-every",

@@ -135,8 +135,10 @@ def test_tokenizer_registry_choices(monkeypatch):
     ids=["gpt-dropout", "bert"],
 )
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, overrides):
-    config = dict(steps=30, **overrides)
+def test_interrupted_run_resumes_to_the_same_weights(
+    tmp_path, monkeypatch, small_corpus, overrides
+):
+    config = dict(steps=30, corpus=str(small_corpus), **overrides)
     whole = train(_config(tmp_path / "a", **config))
     with monkeypatch.context() as patch:
         _interrupt_after_checkpoints(patch, 1)
