@@ -34,8 +34,15 @@ SPECS = {
                 "BERT 预训练，2 层，宽度 128（每秒 token 数）",
                 "主命令 2000 步后的验证损失",
                 "达到 nanoGPT 2000 步验证损失所需的训练秒数（3 个种子的中位数）",
+                "服务，GPT-2 124M 形状，16 个并发客户端（每秒新 token 数）",
+                "服务，nanoGPT 形状，64 个并发客户端，批处理（每秒新 token 数）",
             ],
-            "cells": {"nanoGPT's published": "nanoGPT 公布的", "not reached": "未达到"},
+            "cells": {
+                "nanoGPT's published": "nanoGPT 公布的",
+                "not reached": "未达到",
+                "1 client": "1 个客户端",
+                "one at a time": "逐个处理",
+            },
         },
     },
     "poetry": {
