@@ -91,9 +91,11 @@ class _DecodeStep:
     `SignatureRunner.__call__` copies every input on every call, the whole cache included; the
     interpreter's public `tensor()` reaches only the first subgraph. So this class uses the
     interpreter wrapper's own calls (`ResizeInputTensor`, `AllocateTensors`, `tensor`, `Invoke`
-    with a subgraph index), which `SignatureRunner` itself uses. Views of the buffers are taken
-    afresh after each allocation and never held across one. If a later `ai_edge_litert` renames
-    these, `_copying` is the fallback (the same results, one cache copy per step).
+    with a subgraph index), which `SignatureRunner` itself uses. Views of the input and output
+    buffers are taken once after each allocation (`start`) and used until the next one: only an
+    allocation moves the buffers, and a view per step costs more than a small model's step. If a
+    later `ai_edge_litert` renames these calls, plain copies are the fallback (the same results,
+    one cache copy per step).
     """
 
     def __init__(self, interpreter, num_layers):
@@ -126,34 +128,34 @@ class _DecodeStep:
                     self._inputs[name], np.array(shape, np.int32), False, self._subgraph
                 )
             self._wrapper.AllocateTensors(self._subgraph)
+            self._arrays = {name: self._buffer(index) for name, index in self._inputs.items()}
+            self._output_views = {
+                name: self._buffer(index) for name, index in self._outputs.items()
+            }
         for name in self._names:
-            view = self._view(name)
+            view = self._arrays[name]
             length = prompt_cache[name].shape[2]
             view[:, :, :length] = prompt_cache[name]
             view[:, :, length:] = 0
-        self._view("key_mask")[...] = key_mask
+        self._arrays["key_mask"][...] = key_mask
 
-    def _view(self, name):
-        if self._wrapper is None:
-            return self._arrays[name]
-        return self._wrapper.tensor(self._interpreter, self._inputs[name], self._subgraph)
+    def _buffer(self, index):
+        return self._wrapper.tensor(self._interpreter, index, self._subgraph)
 
     def __call__(self, token_ids, positions, slot):
         """Runs one step; writes its key/value rows at `slot`; returns logits `[B, vocab]`."""
-        self._view("token_ids")[...] = token_ids
-        self._view("positions")[...] = positions
+        arrays = self._arrays
+        arrays["token_ids"][...] = token_ids
+        arrays["positions"][...] = positions
         if self._wrapper is None:
-            outputs = self._runner(**self._arrays)
+            outputs = self._runner(**arrays)
         else:
             self._wrapper.Invoke(self._subgraph)
-            outputs = {
-                name: self._wrapper.GetTensor(index, self._subgraph)
-                for name, index in self._outputs.items()
-            }
+            outputs = self._output_views
         for name in self._names:
-            self._view(name)[:, :, slot] = outputs[f"new_{name}"][:, :, 0]
-        self._view("key_mask")[:, slot] = 1
-        return outputs["logits"]
+            arrays[name][:, :, slot] = outputs[f"new_{name}"][:, :, 0]
+        arrays["key_mask"][:, slot] = 1
+        return outputs["logits"].copy()
 
 
 def sample_next_token(logits, temperature, top_k, top_p, rng):
