@@ -36,6 +36,7 @@ SPECS = {
                 "达到 nanoGPT 2000 步验证损失所需的训练秒数（3 个种子的中位数）",
                 "服务，GPT-2 124M 形状，16 个并发客户端（每秒新 token 数）",
                 "服务，nanoGPT 形状，64 个并发客户端，批处理（每秒新 token 数）",
+                "LiteRT int8 解码，GPT-2 124M 形状，批大小 1（每秒 token 数）",
             ],
             "cells": {
                 "nanoGPT's published": "nanoGPT 公布的",
