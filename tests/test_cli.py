@@ -124,6 +124,17 @@ def test_train_bad_corpus_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.bin", "empty.txt"]
 
 
+def test_bert_on_too_few_documents_says_so_before_learning_a_vocabulary(tmp_path):
+    (tmp_path / "one.txt").write_text("To be, or not to be, that is the question.\n" * 200)
+    command = ["train", "bert", "--preset", "bert-test", "--corpus", tmp_path / "one.txt"]
+    (result,) = run_all([*command, "--out", tmp_path / "runs"])
+    # The run has logged its strategy; the error is its last line, before any vocabulary.
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "`corpus` must hold at least 4 documents" in last and "got 1" in last, last
+    assert "WordPiece" not in result.stderr
+
+
 BAD_TRAIN_SETTINGS = [
     (["--warmup-steps", "-5"], ["`--warmup-steps`", "-5"]),
     (["--dropout", "1.5"], ["`--dropout`", "1.5"]),

@@ -30,15 +30,12 @@ class BERTTask(Task):
 
     def training_texts(self, texts):
         """All documents but the last tenth (at least 2), which validate."""
+        _check_documents(texts)  # before a vocabulary is learned from them
         return texts[: -_bert_validation_documents(texts)]
 
     def datasets(self, texts, tokenizer):
         config = self.config
-        if len(texts) < 4:
-            raise ValueError(
-                f"`corpus` must hold at least 4 documents for BERT pre-training (2 for "
-                f"validation), got {len(texts)}."
-            )
+        _check_documents(texts)
         cut = _bert_validation_documents(texts)
         train = bert_pretraining_dataset(
             texts[:-cut],
@@ -118,6 +115,14 @@ class BERTTask(Task):
         pieces = tokenizer.tokenize(text).numpy().tolist()[: length - 2]
         ids = np.array([tokenizer.cls_id] + pieces + [tokenizer.sep_id], "int32")
         return {"token_ids": ids[None, :]}, ids
+
+
+def _check_documents(texts):
+    if len(texts) < 4:
+        raise ValueError(
+            f"`corpus` must hold at least 4 documents for BERT pre-training (2 for validation; "
+            f"a file is one document, the bundled corpora are cut into many), got {len(texts)}."
+        )
 
 
 def _bert_validation_documents(texts):
