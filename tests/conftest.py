@@ -17,7 +17,8 @@ def _float32_policy_and_seed():
 
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
-    """A corpus file of the first 40,000 characters of the bundled tiny Shakespeare (1.1 MB).
+    """A corpus of the first 40,000 characters of the bundled tiny Shakespeare (1.1 MB), as a
+    glob of 10 files (a file is one document; BERT pairs sentences across documents).
 
     For training runs whose corpus is not what a test is about: a BERT run learns its WordPiece
     vocabulary and cuts its sentence pairs from all of its corpus, which takes over a minute on
@@ -26,6 +27,9 @@ def small_corpus(tmp_path_factory):
     import importlib.resources
 
     text = importlib.resources.files("tf_bigmodels.data").joinpath("tinyshakespeare.txt")
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare-40k.txt"
-    path.write_text(text.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
-    return path
+    text = text.read_text(encoding="utf-8")[:40_000]
+    directory = tmp_path_factory.mktemp("corpus")
+    for index in range(10):
+        part = text[index * 4_000 : (index + 1) * 4_000]
+        (directory / f"part{index}.txt").write_text(part, encoding="utf-8")
+    return str(directory / "*.txt")

@@ -85,7 +85,7 @@ def test_the_quick_tour_runs_in_order_after_the_main_job(tmp_path, small_corpus)
 _SHRINK = {
     "tf-bigmodels train gpt": " --preset gpt-test --samples 0 --steps 2",
     # A BERT run learns its vocabulary and cuts its sentence pairs from all of its corpus.
-    "tf-bigmodels train bert": " --preset bert-test --steps 2 --corpus {corpus}",
+    "tf-bigmodels train bert": " --preset bert-test --steps 2 --corpus '{corpus}'",
     "python examples/finetune_classifier.py": " --smoke --out {tmp}/finetune",
 }
 
