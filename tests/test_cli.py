@@ -131,7 +131,7 @@ def test_bert_on_too_few_documents_says_so_before_learning_a_vocabulary(tmp_path
     # The run has logged its strategy; the error is its last line, before any vocabulary.
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert "`corpus` must hold at least 4 documents" in last and "got 1" in last, last
+    assert "`--corpus` must hold at least 4 documents" in last and "got 1" in last, last
     assert "WordPiece" not in result.stderr
 
 
