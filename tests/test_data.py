@@ -150,6 +150,21 @@ def test_lm_streams_files_with_end_of_text_between_documents(tmp_path):
         assert {tuple(r) for r in x_paths} == {tuple(r) for r in x_docs}
 
 
+def test_lm_documents_are_read_exactly_as_the_same_text_in_files(tmp_path):
+    # Documents are split into lines in Python, files by tf.data: the two must give one stream,
+    # window for window and in the same shuffled order, blank lines and multi-byte text included.
+    documents = [f"第{i}首\n\n床前明月光，疑是地上霜。\nline {i}\n" * (i % 3 + 1) for i in range(60)]
+    paths = []
+    for i, document in enumerate(documents):
+        paths.append(tmp_path / f"{i:02d}.txt")
+        paths[-1].write_text(document, encoding="utf-8")
+    for split in ("train", "val"):
+        from_files = _all(lm_dataset(paths, BYTES, 16, 4, split=split, seed=5))
+        from_documents = _all(lm_dataset(documents, BYTES, 16, 4, split=split, seed=5))
+        np.testing.assert_array_equal(from_files[0], from_documents[0])
+        np.testing.assert_array_equal(from_files[1], from_documents[1])
+
+
 def test_lm_with_word_piece_uses_sep_between_documents():
     tok = WordPieceTokenizer.train(load_corpus("shakespeare")[:3], vocab_size=300, verbose=False)
     x, _ = _all(lm_dataset(load_corpus("shakespeare")[:3], tok, seq_len=32, batch_size=4))

@@ -89,21 +89,23 @@ def lm_dataset(
         batch_size, seed, input_context
     )
     if documents is not None:
-        # Every line gets its "\n" back (as from a file), so a document without one grows by 1.
-        sizes = [len(d.encode("utf-8")) + (not d.endswith("\n")) for d in documents]
-        sources, read_lines = documents, _lines_of_string
+        # Split and cut into lines here, once: a dataset of the split's own lines, so that neither
+        # counting its tokens nor reading "val" walks through the rest of the corpus.
+        lines, offsets, is_end = split_records(documents, split)
+        records = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(lines, tf.string), tf.constant(offsets, tf.int64), tf.constant(is_end))
+        )
     else:
         sizes = [os.path.getsize(f) for f in files]
-        sources, read_lines = files, tf.data.TextLineDataset
-    starts = list(itertools.accumulate(sizes, initial=0))[:-1]  # each document's first byte
-    split_at = int(TRAIN_FRACTION * sum(sizes))
-    records = tf.data.Dataset.from_tensor_slices(
-        (sources, tf.constant(starts, tf.int64), tf.constant(sizes, tf.int64))
-    ).flat_map(lambda source, start, size: _line_records(read_lines(source), start, size))
-    if split == "train":
-        records = records.take_while(lambda line, offset, is_end: offset < split_at)
-    else:
-        records = records.filter(lambda line, offset, is_end: offset >= split_at)
+        starts = list(itertools.accumulate(sizes, initial=0))[:-1]  # each file's first byte
+        split_at = int(TRAIN_FRACTION * sum(sizes))
+        records = tf.data.Dataset.from_tensor_slices(
+            (files, tf.constant(starts, tf.int64), tf.constant(sizes, tf.int64))
+        ).flat_map(_line_records)
+        if split == "train":
+            records = records.take_while(lambda line, offset, is_end: offset < split_at)
+        else:
+            records = records.filter(lambda line, offset, is_end: offset >= split_at)
     end_id = tokenizer.end_id
     tokens = records.batch(_LINES_PER_STEP).map(
         lambda lines, offsets, is_end: _tokenize_lines(tokenizer, end_id, lines, is_end),
@@ -147,21 +149,48 @@ def lm_dataset(
     return epochs(one_epoch, repeat).prefetch(tf.data.AUTOTUNE)
 
 
-def _lines_of_string(document):
-    """The lines of a string, as `tf.data.TextLineDataset` reads them from a file."""
-    document = tf.strings.regex_replace(document, "\n$", "")
-    return tf.data.Dataset.from_tensor_slices(tf.strings.split(document, "\n"))
+def split_records(documents, split):
+    """The records of one split of a list of documents: `(lines, offsets, is_end)`.
+
+    Each line comes with its "\\n" and its byte offset in the documents joined, each document with
+    a final end record `("", offset of its last byte, True)`, as `tf.data.TextLineDataset` reads a
+    file (a document without a final "\\n" is read as if it had one). A record is "train" when its
+    offset is in the first `TRAIN_FRACTION` of the bytes, else "val".
+
+    Example:
+
+    >>> split_records(["ab\\ncd"] * 10, "val")
+    (['ab\\n', 'cd\\n', ''], [54, 57, 59], [False, False, True])
+    """
+    documents = [d if d.endswith("\n") else d + "\n" for d in documents]
+    split_at = int(TRAIN_FRACTION * sum(len(d.encode("utf-8")) for d in documents))
+    keep = split == "train"
+    lines, offsets, is_end = [], [], []
+    offset = 0
+    for document in documents:
+        for line in document[:-1].split("\n"):
+            line += "\n"
+            if (offset < split_at) == keep:
+                lines.append(line)
+                offsets.append(offset)
+                is_end.append(False)
+            offset += len(line.encode("utf-8"))
+        if (offset - 1 < split_at) == keep:
+            lines.append("")
+            offsets.append(offset - 1)
+            is_end.append(True)
+    return lines, offsets, is_end
 
 
-def _line_records(lines, start, size):
-    """(line + "\\n", its byte offset, False) per line, then ("", last offset, True) as the end."""
+def _line_records(path, start, size):
+    """(line + "\\n", its byte offset, False) per line of a file, then ("", last offset, True)."""
 
     def step(offset, line):
         line = line + "\n"
         return offset + tf.cast(tf.strings.length(line), tf.int64), (line, offset, False)
 
     end = tf.data.Dataset.from_tensors((tf.constant(""), start + size - 1, tf.constant(True)))
-    return lines.scan(start, step).concatenate(end)
+    return tf.data.TextLineDataset(path).scan(start, step).concatenate(end)
 
 
 def _tokenize_lines(tokenizer, end_id, lines, is_end):

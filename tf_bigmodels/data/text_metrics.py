@@ -5,7 +5,7 @@ import math
 import tensorflow as tf
 
 from tf_bigmodels import _checks
-from tf_bigmodels.data.lm_dataset import TRAIN_FRACTION
+from tf_bigmodels.data.lm_dataset import split_records
 
 _BATCH = 1024  # lines tokenized per call
 
@@ -66,19 +66,8 @@ def lm_split_counts(texts, tokenizer, split="val"):
     _checks.one_of("split", split, ("train", "val"))
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise TypeError("`texts` must be a list of str (documents).")
-    # The same records as lm_dataset: each line with its "\n" at its byte offset, and the end of
-    # each document at the offset of its last byte.
-    documents = [d if d.endswith("\n") else d + "\n" for d in texts]
-    split_at = int(TRAIN_FRACTION * sum(len(d.encode("utf-8")) for d in documents))
-    lines, ends, offset = [], 0, 0
-    for document in documents:
-        for line in document[:-1].split("\n"):
-            line += "\n"
-            if (offset < split_at) == (split == "train"):
-                lines.append(line)
-            offset += len(line.encode("utf-8"))
-        if (offset - 1 < split_at) == (split == "train"):
-            ends += 1
+    lines, _, is_end = split_records(texts, split)  # the records lm_dataset tokenizes
+    ends = sum(is_end)
     tokens = ends + sum(
         int(tf.reduce_sum(tokenizer.tokenize(lines[i : i + _BATCH]).row_lengths()))
         for i in range(0, len(lines), _BATCH)
