@@ -153,7 +153,9 @@ def test_lm_streams_files_with_end_of_text_between_documents(tmp_path):
 def test_lm_documents_are_read_exactly_as_the_same_text_in_files(tmp_path):
     # Documents are split into lines in Python, files by tf.data: the two must give one stream,
     # window for window and in the same shuffled order, blank lines and multi-byte text included.
-    documents = [f"第{i}首\n\n床前明月光，疑是地上霜。\nline {i}\n" * (i % 3 + 1) for i in range(60)]
+    documents = [
+        f"第{i}首\n\n床前明月光，疑是地上霜。\nline {i}\n" * (i % 3 + 1) for i in range(60)
+    ]
     paths = []
     for i, document in enumerate(documents):
         paths.append(tmp_path / f"{i:02d}.txt")
