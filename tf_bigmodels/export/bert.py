@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tf_bigmodels import _checks
+from tf_bigmodels._tracing import graph_function
 from tf_bigmodels._version import __version__
 from tf_bigmodels.export import warmup
 from tf_bigmodels.export._layout import write_version
@@ -71,17 +72,17 @@ class BERTServingModule(tf.Module):
         )
         self._config = config
         self._vocabulary = tf.constant(list(tokenizer.vocabulary))
-        self._run = tf.function(lambda inputs: model(inputs), jit_compile=config["jit_compile"])
+        self._run = graph_function(lambda inputs: model(inputs), jit_compile=config["jit_compile"])
         if isinstance(model, BERTPretrainer):
-            self.serving_default = tf.function(self._encode, input_signature=[_TEXT])
-            self.encode_pair = tf.function(self._encode, input_signature=[_TEXT, _TEXT_PAIR])
-            self.fill_mask = tf.function(self._fill_mask, input_signature=[_TEXT])
-            self._encoder = tf.function(
+            self.serving_default = graph_function(self._encode, input_signature=[_TEXT])
+            self.encode_pair = graph_function(self._encode, input_signature=[_TEXT, _TEXT_PAIR])
+            self.fill_mask = graph_function(self._fill_mask, input_signature=[_TEXT])
+            self._encoder = graph_function(
                 lambda inputs: model.encoder(inputs), jit_compile=config["jit_compile"]
             )
         else:
             self._class_names = tf.constant(config["class_names"])
-            self.serving_default = tf.function(self._classify, input_signature=[_TEXT])
+            self.serving_default = graph_function(self._classify, input_signature=[_TEXT])
 
     def signatures(self):
         """The signature functions by name, as given to `tf.saved_model.save`.

@@ -6,6 +6,7 @@ import json
 import tensorflow as tf
 
 from tf_bigmodels import _checks
+from tf_bigmodels._tracing import graph_function
 from tf_bigmodels._version import __version__
 from tf_bigmodels.export import warmup
 from tf_bigmodels.export._layout import write_version
@@ -96,11 +97,11 @@ class GPTServingModule(tf.Module):
         self._steps = generation.steps_function(model, jit_compile=jit_compile)
         self._batch_steps = generation.batch_steps_function(model, jit_compile=jit_compile)
         self._generate_ids = generation.generate_function(model, jit_compile=jit_compile)
-        self._forward = tf.function(lambda ids: model(ids), jit_compile=jit_compile)
+        self._forward = graph_function(lambda ids: model(ids), jit_compile=jit_compile)
 
         scalar = tf.TensorSpec
-        self.serving_default = tf.function(self._serving_default, input_signature=[_ANY_STRINGS])
-        self.generate = tf.function(
+        self.serving_default = graph_function(self._serving_default, input_signature=[_ANY_STRINGS])
+        self.generate = graph_function(
             self._generate,
             input_signature=[
                 _ANY_STRINGS,
@@ -111,12 +112,12 @@ class GPTServingModule(tf.Module):
                 scalar(None, tf.int32, name="seed"),
             ],
         )
-        self.logits = tf.function(
+        self.logits = graph_function(
             self._logits, input_signature=[tf.TensorSpec(None, tf.int32, name="token_ids")]
         )
-        self.tokenize = tf.function(self._tokenize, input_signature=[_ANY_STRINGS])
-        self.detokenize = tf.function(self.tokenizer.detokenize, input_signature=[_IDS])
-        self.decode_start = tf.function(
+        self.tokenize = graph_function(self._tokenize, input_signature=[_ANY_STRINGS])
+        self.detokenize = graph_function(self.tokenizer.detokenize, input_signature=[_IDS])
+        self.decode_start = graph_function(
             self._start,
             input_signature=[
                 _IDS,
@@ -124,7 +125,7 @@ class GPTServingModule(tf.Module):
                 tf.TensorSpec([], tf.int32, name="window"),
             ],
         )
-        self.decode_steps = tf.function(
+        self.decode_steps = graph_function(
             self._steps,
             input_signature=[
                 generation.state_signature(model),
@@ -132,7 +133,7 @@ class GPTServingModule(tf.Module):
                 generation.SETTINGS_SIGNATURE,
             ],
         )
-        self.decode_batch_steps = tf.function(
+        self.decode_batch_steps = graph_function(
             self._batch_steps,
             input_signature=[
                 generation.batch_state_signature(model),

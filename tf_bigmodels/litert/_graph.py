@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tf_bigmodels._tracing import graph_function
+
 _MASKED_SCORE = -1e9  # as the Keras attention: set, not added
 _INT8_MAX = 127.0
 
@@ -225,8 +227,8 @@ class GPTGraph(tf.Module):
         def decode(token_ids, positions, key_mask, *caches):
             return self._decode(token_ids, positions, key_mask, *caches)
 
-        self.prefill = tf.function(prefill, input_signature=[ids, mask])
-        self.logits = tf.function(logits, input_signature=[ids])
+        self.prefill = graph_function(prefill, input_signature=[ids, mask])
+        self.logits = graph_function(logits, input_signature=[ids])
         step = [
             tf.TensorSpec([None, 1], tf.int32, name="token_ids"),
             tf.TensorSpec([None, 1], tf.int32, name="positions"),
@@ -237,7 +239,7 @@ class GPTGraph(tf.Module):
             for i in range(self.num_layers)
             for kind in ("key", "value")
         ]
-        self.decode = tf.function(decode, input_signature=step + caches)
+        self.decode = graph_function(decode, input_signature=step + caches)
 
     def _embed(self, token_ids, positions):
         return self._embedding.lookup(token_ids) + tf.gather(self._positions, positions)
@@ -316,9 +318,9 @@ class BERTGraph(tf.Module):
         def classify(token_ids, segment_ids, padding_mask):
             return self._classify(token_ids, segment_ids, padding_mask)
 
-        self.encode = tf.function(encode, input_signature=signature)
+        self.encode = graph_function(encode, input_signature=signature)
         if self._classifier is not None:
-            self.classify = tf.function(classify, input_signature=signature)
+            self.classify = graph_function(classify, input_signature=signature)
 
     def _encode(self, token_ids, segment_ids, padding_mask):
         length = tf.shape(token_ids)[1]

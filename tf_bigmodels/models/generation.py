@@ -56,6 +56,7 @@ import weakref
 import tensorflow as tf
 
 from tf_bigmodels import _checks
+from tf_bigmodels._tracing import graph_function
 
 _MIN_BUCKET = 16
 _FUNCTIONS = weakref.WeakKeyDictionary()  # model -> {(kind, jit_compile): tf.function}
@@ -245,7 +246,7 @@ def generate_function(model, *, jit_compile=True):
         start = start_function(model, jit_compile=jit_compile)
         steps = steps_function(model, jit_compile=jit_compile)
 
-        @tf.function(input_signature=[_PROMPTS, SETTINGS_SIGNATURE])
+        @graph_function(input_signature=[_PROMPTS, SETTINGS_SIGNATURE])
         def generate_in_graph(prompts, settings):
             prompts, state = start(prompts, settings, tf.constant(0))
             state = tf.cond(  # an empty batch skips the loop (XLA cannot compile it for 0 rows)
@@ -287,13 +288,13 @@ def start_function(model, *, jit_compile=True):
     key = ("start", bool(jit_compile))
     if key not in functions:
         model_ref = weakref.ref(model)
-        prefill = tf.function(
+        prefill = graph_function(
             lambda *args: _prefill(model_ref(), *args),
             jit_compile=jit_compile,
             reduce_retracing=True,
         )
 
-        @tf.function(
+        @graph_function(
             input_signature=[_PROMPTS, SETTINGS_SIGNATURE, tf.TensorSpec([], tf.int32, "window")]
         )
         def start(prompts, settings, window):
@@ -338,7 +339,7 @@ def steps_function(model, *, jit_compile=True):
     key = ("steps", bool(jit_compile))
     if key not in functions:
         model_ref = weakref.ref(model)
-        functions[key] = tf.function(
+        functions[key] = graph_function(
             lambda state, stop, settings: _steps(model_ref(), state, stop, settings),
             jit_compile=jit_compile,
             reduce_retracing=True,
@@ -404,7 +405,7 @@ def batch_steps_function(model, *, jit_compile=True):
     key = ("batch_steps", bool(jit_compile))
     if key not in functions:
         model_ref = weakref.ref(model)
-        functions[key] = tf.function(
+        functions[key] = graph_function(
             lambda state, tokens: _batch_steps(model_ref(), state, tokens),
             jit_compile=jit_compile,
             reduce_retracing=True,
