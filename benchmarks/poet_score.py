@@ -26,6 +26,7 @@ import json
 import pathlib
 import random
 import statistics
+import sys
 
 from _timing import machine
 from poetry import SETTINGS, held_out_poems, prompt_of, write_poems
@@ -47,6 +48,10 @@ def score_run(run_dir, held_out, lines, sampling):
         poems = write_poems(model, tokenizer, prompts, sampling)
         written += poems
         counted += sum(len(split_poem(p).lines) for p in poems)
+        # A few minutes per run on a CPU: each batch of prompts says how far the run is.
+        print(
+            f"{run_dir}: {counted:,} of {lines:,} lines, {used} poems", file=sys.stderr, flush=True
+        )
     log = RunDirectory(run_dir).metrics.read_text(encoding="utf-8").splitlines()
     evaluations = [m for m in map(json.loads, log) if "val_bits_per_char" in m]
     last = evaluations[-1] if evaluations else {}

@@ -166,6 +166,7 @@ def test_poet_score_scores_a_run_s_poems_and_reads_its_logged_bits_per_char(tmp_
         command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("runs/poet: ") == 2 and "of 1,000 lines, 3 poems" in result.stderr
     results = json.loads(out.read_text(encoding="utf-8"))
     logged = [json.loads(line) for line in (tmp_path / "runs/poet/metrics.jsonl").open()]
     for row in results["rows"]:
