@@ -13,9 +13,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tf_bigmodels"
 
-# Allowed to be imported by every part: the argument checks and the package root's version.
-# The root's own names and the private leaf modules every part may use.
-EVERYWHERE = {"_checks", "", "__version__", "_version", "register_keras_objects"}
+# Allowed to be imported by every part: the argument checks, `tf.function` without AutoGraph and
+# the package root's version. The root's own names and the private leaf modules every part may use.
+EVERYWHERE = {"_checks", "_tracing", "", "__version__", "_version", "register_keras_objects"}
 # part -> the other parts of tf_bigmodels its modules may import.
 ALLOWED = {
     "layers": set(),
@@ -39,6 +39,7 @@ ALLOWED = {
     "plot": {"models", "tokenizers", "training", "run_directory"},
     "run_directory": set(),
     "_checks": set(),
+    "_tracing": set(),
     "_version": set(),
     "_flags": set(),
     "_startup": set(),
