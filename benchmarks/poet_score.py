@@ -75,6 +75,18 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens per poem")
     parser.add_argument(
+        "--temperature",
+        type=float,
+        default=SETTINGS["sampling"]["temperature"],
+        help="sampling temperature (default: the benchmark's)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=SETTINGS["sampling"]["top_k"],
+        help="sample among the k likeliest tokens (default: the benchmark's)",
+    )
+    parser.add_argument(
         "--max-poems", type=int, help="most held-out prompts to use (default: all 5,542)"
     )
     parser.add_argument("--out", help="write the results as JSON here")
@@ -86,7 +98,13 @@ def main():
     random.Random(SETTINGS["seed"]).shuffle(poems)
     _, held_out = held_out_poems(poems)
     prompted = held_out[: args.max_poems]
-    sampling = dict(SETTINGS["sampling"], seed=args.seed, max_new_tokens=args.max_new_tokens)
+    sampling = dict(
+        SETTINGS["sampling"],
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+    )
     rows = [score_run(pathlib.Path(run), prompted, args.lines, sampling) for run in args.runs]
 
     print("| run | steps | val bits/char | format score | lines scored | lines/poem |")
@@ -115,6 +133,7 @@ def main():
             "command": "python benchmarks/poet_score.py "
             + " ".join(args.runs)
             + f" --lines {args.lines} --seed {args.seed} --max-new-tokens {args.max_new_tokens}"
+            + f" --temperature {args.temperature} --top-k {args.top_k}"
             + (f" --max-poems {args.max_poems}" if args.max_poems else ""),
             "machine": machine(),
             "sampling": sampling,
