@@ -1,17 +1,18 @@
-"""`graph_function`: `tf.function` without AutoGraph, for the package's own graph code."""
+"""The package's graph code is traced without AutoGraph: `graph_function` and `graph_code`.
+
+The package writes its control flow as TensorFlow ops (`tf.cond`, `tf.while_loop`), so
+AutoGraph, which rewrites Python `if`/`for`/`while` on tensors into those ops, has nothing to
+convert. Its rewriting still parses and transforms the source of every function reached while
+tracing, and that was most of the time of tracing an export or building a BERT input pipeline.
+Without it, a Python `if` on a tensor is an error at tracing time, never a silent change.
+"""
 
 import tensorflow as tf
 
 
 def graph_function(python_function=None, **options):
-    """`tf.function(python_function, autograph=False, **options)`.
-
-    The package's graph code (generation loops, export signatures, LiteRT graphs) writes its
-    control flow as TensorFlow ops (`tf.cond`, `tf.while_loop`), so AutoGraph, which rewrites
-    Python `if`/`for`/`while` on tensors into those ops, has nothing to convert. Its rewriting
-    still parses and transforms the source of every function reached while tracing, which was
-    most of the time of tracing an export. Without it, a Python `if` on a tensor is an error at
-    tracing time, never a silent change.
+    """`tf.function(python_function, autograph=False, **options)`: generation loops, export
+    signatures, LiteRT graphs.
 
     Also usable as a decorator, with or without options, as `tf.function` is.
 
@@ -27,3 +28,18 @@ def graph_function(python_function=None, **options):
     1.5
     """
     return tf.function(python_function, autograph=False, **options)  # None: a decorator
+
+
+def graph_code(python_function):
+    """`python_function`, marked so that AutoGraph leaves it as written.
+
+    For the functions given to `tf.data` (`map`, `flat_map`, `filter`, `scan`, ...), which
+    convert them with AutoGraph by default, as `tf.function` does.
+
+    Example:
+
+    >>> ds = tf.data.Dataset.range(3).map(graph_code(lambda x: x * 10))
+    >>> [int(x) for x in ds]
+    [0, 10, 20]
+    """
+    return tf.autograph.experimental.do_not_convert(python_function)

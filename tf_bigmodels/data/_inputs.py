@@ -5,6 +5,7 @@ import os
 import tensorflow as tf
 
 from tf_bigmodels import _checks
+from tf_bigmodels._tracing import graph_code
 from tf_bigmodels.data.corpus import corpus_files
 
 # Folded into the seed per input pipeline so that replicas draw different shuffles and masks.
@@ -74,4 +75,4 @@ def epochs(one_epoch, repeat):
     """
     if not repeat:
         return one_epoch()
-    return tf.data.Dataset.range(1).flat_map(lambda _: one_epoch().repeat())
+    return tf.data.Dataset.range(1).flat_map(graph_code(lambda _: one_epoch().repeat()))

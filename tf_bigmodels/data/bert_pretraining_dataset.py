@@ -9,6 +9,7 @@ import tensorflow_text as tf_text
 from tensorflow_text.python.ops.item_selector_ops import ItemSelector
 
 from tf_bigmodels import _checks
+from tf_bigmodels._tracing import graph_code
 from tf_bigmodels.data._inputs import epochs, shard_settings, split_texts
 from tf_bigmodels.data.corpus import load_corpus
 from tf_bigmodels.tokenizers import WordPieceTokenizer, check_tokenizer
@@ -169,7 +170,7 @@ def bert_pretraining_dataset(
         ).ragged_batch(per_replica_batch, drop_remainder=True)
         batch_seeds = tf.data.Dataset.random(seed=pipeline_seed, rerandomize_each_iteration=True)
         return tf.data.Dataset.zip(batches, batch_seeds).map(
-            masker, num_parallel_calls=tf.data.AUTOTUNE
+            graph_code(masker.__call__), num_parallel_calls=tf.data.AUTOTUNE
         )
 
     return epochs(one_epoch, repeat).prefetch(tf.data.AUTOTUNE)

@@ -6,6 +6,7 @@ import os
 import tensorflow as tf
 
 from tf_bigmodels import _checks
+from tf_bigmodels._tracing import graph_code
 from tf_bigmodels.data._inputs import epochs, shard_settings, split_texts
 from tf_bigmodels.tokenizers import check_tokenizer
 
@@ -101,19 +102,21 @@ def lm_dataset(
         split_at = int(TRAIN_FRACTION * sum(sizes))
         records = tf.data.Dataset.from_tensor_slices(
             (files, tf.constant(starts, tf.int64), tf.constant(sizes, tf.int64))
-        ).flat_map(_line_records)
+        ).flat_map(graph_code(_line_records))
         if split == "train":
-            records = records.take_while(lambda line, offset, is_end: offset < split_at)
+            records = records.take_while(graph_code(lambda line, offset, is_end: offset < split_at))
         else:
-            records = records.filter(lambda line, offset, is_end: offset >= split_at)
+            records = records.filter(graph_code(lambda line, offset, is_end: offset >= split_at))
     end_id = tokenizer.end_id
     tokens = records.batch(_LINES_PER_STEP).map(
-        lambda lines, offsets, is_end: _tokenize_lines(tokenizer, end_id, lines, is_end),
+        graph_code(
+            lambda lines, offsets, is_end: _tokenize_lines(tokenizer, end_id, lines, is_end)
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )  # 1-D chunks of the token stream
 
     num_tokens = (
-        int(tokens.reduce(tf.constant(0, tf.int64), lambda n, chunk: n + tf.size(chunk, tf.int64)))
+        int(tokens.reduce(tf.constant(0, tf.int64), graph_code(_add_size)))
         if documents is not None
         else (split_at if split == "train" else sum(sizes) - split_at) + len(files)
     )
@@ -132,9 +135,9 @@ def lm_dataset(
 
     windows = (
         tokens.rebatch(seq_len)
-        .scan((tf.zeros([seq_len], tf.int32), False), _shift_by_one)
-        .filter(_is_complete)
-        .map(_window)
+        .scan((tf.zeros([seq_len], tf.int32), False), graph_code(_shift_by_one))
+        .filter(graph_code(_is_complete))
+        .map(graph_code(_window))
     )
     windows = windows.shard(num_pipelines, pipeline_id)
 
@@ -190,7 +193,7 @@ def _line_records(path, start, size):
         return offset + tf.cast(tf.strings.length(line), tf.int64), (line, offset, False)
 
     end = tf.data.Dataset.from_tensors((tf.constant(""), start + size - 1, tf.constant(True)))
-    return tf.data.TextLineDataset(path).scan(start, step).concatenate(end)
+    return tf.data.TextLineDataset(path).scan(start, graph_code(step)).concatenate(end)
 
 
 def _tokenize_lines(tokenizer, end_id, lines, is_end):
@@ -200,6 +203,10 @@ def _tokenize_lines(tokenizer, end_id, lines, is_end):
         tf.fill([tf.reduce_sum(ends)], tf.constant(end_id, ids.dtype)), ends
     )
     return tf.cast(tf.concat([ids, end_tokens], axis=1).flat_values, tf.int32)
+
+
+def _add_size(count, chunk):
+    return count + tf.size(chunk, tf.int64)
 
 
 def _shift_by_one(state, chunk):

@@ -11,6 +11,7 @@ from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as vocab_learner
 
 from tf_bigmodels import _checks
+from tf_bigmodels._tracing import graph_code
 from tf_bigmodels.tokenizers._files import write_atomically
 from tf_bigmodels.tokenizers._ids import checked_ids, valid_utf8
 from tf_bigmodels.tokenizers.base import Tokenizer
@@ -259,8 +260,10 @@ class WordPieceTokenizer(Tokenizer):
             dataset, num_texts = tf.data.Dataset.from_tensor_slices(texts), len(texts)
         splitter = BasicTokenizer(lower_case=lowercase)
         words = dataset.batch(_TRAIN_BATCH).map(
-            lambda t: splitter.tokenize(
-                tf.strings.unicode_transcode(t, "UTF-8", "UTF-8", errors="replace")
+            graph_code(
+                lambda t: splitter.tokenize(
+                    tf.strings.unicode_transcode(t, "UTF-8", "UTF-8", errors="replace")
+                )
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
