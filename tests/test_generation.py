@@ -1,6 +1,13 @@
-"""Key/value-cached generation: equal to full forward passes, correct sampling, no retracing."""
+"""Key/value-cached generation: equal to full forward passes, correct sampling, no retracing.
+
+XLA-compiled decoding, the default, is tested against full forward passes, against the plain
+graph, for seeds and for retracing, and through the streaming functions the server uses. The
+other properties are the sampler's and the cache's, the same code in both; they are tested on the
+plain graph (`jit_compile=False`), where a new prompt shape costs no XLA compilation.
+"""
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -23,12 +30,23 @@ TINY = dict(
     initializer_range=0.3,
 )
 PROMPTS = [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11], [4], list(range(1, 18))]  # 17 crosses a bucket
+PLAIN = dict(jit_compile=False)  # the plain graph: no XLA compilation per shape
 
 
 def _model(**options):
+    """A tiny GPT. Without options, the one model the tests share: its generation functions are
+    traced (and XLA-compiled) once per shape for the module, not once per test. Every test
+    starts from the same seed, so whichever test builds it first builds the same weights."""
+    if not options:
+        return _shared_model()
     model = GPTModel(**{**TINY, **options})
     model(np.zeros((1, 4), "int32"))
     return model
+
+
+@functools.cache
+def _shared_model():
+    return _model(dtype="float32")
 
 
 def _greedy_by_full_forward(model, prompt, steps):
@@ -75,11 +93,10 @@ def test_cached_greedy_equals_repeated_full_forward(dtype):
     "length",
     [1, 5, pytest.param(16, marks=pytest.mark.slow), pytest.param(30, marks=pytest.mark.slow)],
 )
-@pytest.mark.slow
 def test_dense_prompts_of_several_lengths(length):
     model = _model()
     prompts = np.random.default_rng(length).integers(0, VOCAB, size=(2, length)).astype("int32")
-    out = model.generate(prompts, 6, temperature=0.0)
+    out = model.generate(prompts, 6, temperature=0.0, **PLAIN)
     assert out.shape == (2, length + 6) and out.dtype == tf.int32
     for row, prompt in zip(np.asarray(out).tolist(), prompts.tolist()):
         assert row == _greedy_by_full_forward(model, prompt, 6)
@@ -103,22 +120,23 @@ def test_same_seed_same_tokens_other_seed_other_tokens():
 
 def test_top_k_one_and_tiny_top_p_are_greedy():
     model = _model()
-    greedy = model.generate(PROMPTS, 8, temperature=0.0).to_list()
-    assert model.generate(PROMPTS, 8, temperature=1.0, top_k=1, seed=3).to_list() == greedy
-    assert model.generate(PROMPTS, 8, temperature=1.0, top_p=1e-6, seed=3).to_list() == greedy
-    assert (
-        model.generate(PROMPTS, 8, temperature=5.0, top_p=1e-6, top_k=9, seed=4).to_list() == greedy
-    )
+    greedy = model.generate(PROMPTS, 8, temperature=0.0, **PLAIN).to_list()
+    for settings in (
+        dict(temperature=1.0, top_k=1, seed=3),
+        dict(temperature=1.0, top_p=1e-6, seed=3),
+        dict(temperature=5.0, top_p=1e-6, top_k=9, seed=4),
+    ):
+        assert model.generate(PROMPTS, 8, **settings, **PLAIN).to_list() == greedy, settings
 
 
 def _first_token_frequencies(model, prompt, samples, **settings):
     out = model.generate(
-        np.tile(np.array([prompt], "int32"), (samples, 1)), 1, seed=2024, **settings
+        np.tile(np.array([prompt], "int32"), (samples, 1)), 1, seed=2024, **settings, **PLAIN
     )
     return np.bincount(np.asarray(out)[:, -1], minlength=VOCAB) / samples
 
 
-@pytest.mark.slow  # XLA compiles the decode loop for several shapes
+@pytest.mark.slow  # 40,000 draws
 def test_sampled_frequencies_match_the_softmax():
     # 20,000 draws over 37 tokens: the expected total-variation distance of the empirical
     # distribution is about 0.02; 0.05 leaves > 5 standard deviations (and the seed is fixed).
@@ -159,35 +177,35 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert seen == {1, 2}  # 0.5 < 0.75 <= 0.5 + 0.3
 
 
-@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_end_id_stops_a_row_and_pads_the_rest():
     model = _model()
-    greedy = model.generate(PROMPTS[:2], 8, temperature=0.0).to_list()
+    greedy = model.generate(PROMPTS[:2], 8, temperature=0.0, **PLAIN).to_list()
     end_id = greedy[0][len(PROMPTS[0]) + 2]  # the third new token of row 0
     stops = [
         len(p) + row[len(p) :].index(end_id) + 1 if end_id in row[len(p) :] else len(row)
         for p, row in zip(PROMPTS[:2], greedy)
     ]
-    ragged = model.generate(PROMPTS[:2], 8, temperature=0.0, end_id=end_id).to_list()
+    ragged = model.generate(PROMPTS[:2], 8, temperature=0.0, end_id=end_id, **PLAIN).to_list()
     assert ragged == [row[:stop] for row, stop in zip(greedy, stops)]
     dense = np.asarray(
-        model.generate(np.array([PROMPTS[0]]), 8, temperature=0.0, end_id=end_id, pad_id=36)
+        model.generate(
+            np.array([PROMPTS[0]]), 8, temperature=0.0, end_id=end_id, pad_id=36, **PLAIN
+        )
     )
     assert dense.tolist() == [greedy[0][: stops[0]] + [36] * (len(greedy[0]) - stops[0])]
 
 
-@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_long_prompts_are_truncated_from_the_left():
     model = _model()
     prompt = list(np.random.default_rng(0).integers(0, VOCAB, 60))
-    out = model.generate([prompt], 8, temperature=0.0).to_list()[0]
+    out = model.generate([prompt], 8, temperature=0.0, **PLAIN).to_list()[0]
     kept = prompt[-(TINY["max_length"] - 8) :]
     assert out == _greedy_by_full_forward(model, kept, 8)
 
 
 def test_zero_new_tokens_returns_the_prompts():
     model = _model()
-    assert model.generate(PROMPTS, 0).to_list() == PROMPTS
+    assert model.generate(PROMPTS, 0, **PLAIN).to_list() == PROMPTS
 
 
 @pytest.mark.slow  # XLA compiles the decode loop for several shapes
@@ -303,7 +321,7 @@ def test_one_seed_gives_different_prompts_independent_draws():
     model = _model()
     rng = np.random.default_rng(1)
     prompts = [list(rng.integers(0, VOCAB, 6)) for _ in range(8)]
-    texts = [_continuations(model, [p], temperature=1e4, seed=11)[0] for p in prompts]
+    texts = [_continuations(model, [p], temperature=1e4, seed=11, **PLAIN)[0] for p in prompts]
     first, *others = texts
     agreement = np.mean([a == b for other in others for a, b in zip(first, other)])
     assert agreement < 0.2  # independent uniform draws agree with probability 1 / 37
@@ -312,7 +330,7 @@ def test_one_seed_gives_different_prompts_independent_draws():
 
 def test_rows_of_one_batch_draw_independently():
     model = _model()
-    copies = _continuations(model, [[1, 2, 3]] * 6, temperature=1e4, seed=5)
+    copies = _continuations(model, [[1, 2, 3]] * 6, temperature=1e4, seed=5, **PLAIN)
     assert len({tuple(c) for c in copies}) == 6
 
 
@@ -333,18 +351,17 @@ def byte_model():
     return _model(vocab_size=258, num_layers=1)
 
 
-@pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_decoding_in_chunks_equals_one_call():
     model = _model()
     settings = generation.GenerationSettings(20, temperature=1.0, top_k=9, seed=3)
     tensors = settings.as_tensors()
-    prompts, state = generation.start_function(model)(
+    prompts, state = generation.start_function(model, **PLAIN)(
         tf.ragged.constant(PROMPTS), tensors, tf.constant(0)
     )
     for stop in (1, 2, 9, 16, 20):
-        state = generation.steps_function(model)(state, tf.constant(stop), tensors)
+        state = generation.steps_function(model, **PLAIN)(state, tf.constant(stop), tensors)
         assert int(state["step"]) == stop
-    one_call = generation.generate(model, PROMPTS, settings).to_list()
+    one_call = generation.generate(model, PROMPTS, settings, **PLAIN).to_list()
     chunked = tf.concat(
         [prompts, tf.RaggedTensor.from_tensor(state["tokens"][:, :20])], axis=1
     ).to_list()
@@ -414,7 +431,7 @@ def test_a_row_that_ends_at_the_last_position_does_not_stop_its_batch():
     # 12 prompt tokens + 4 new fill the 16 positions; the row that shares the batch goes on
     # after it, so the finished row keeps running with it past the position table's end.
     model = GPTModel(258, 16, 2, 32, 1, rate=0.0, max_length=16)
-    start = generation.start_function(model, jit_compile=False)
+    start = generation.start_function(model, **PLAIN)
 
     def rows(prompt, new):
         settings = generation.GenerationSettings(new, temperature=0.0).as_tensors()
@@ -424,8 +441,8 @@ def test_a_row_that_ends_at_the_last_position_does_not_stop_its_batch():
     merged = generation.merge_batch_states(
         [(rows(list(range(1, 13)), 4), [0]), (rows([1], 14), [0])]
     )
-    steps = generation.batch_steps_function(model, jit_compile=False)
+    steps = generation.batch_steps_function(model, **PLAIN)
     _, tokens, counts = steps(merged, tf.zeros([2, 10], tf.int32))
     assert counts.numpy().tolist() == [4, 10]
-    alone = model.generate(tf.constant([[1]]), max_new_tokens=10, temperature=0.0)
+    alone = model.generate(tf.constant([[1]]), max_new_tokens=10, temperature=0.0, **PLAIN)
     assert tokens.numpy()[1].tolist() == alone.numpy()[0, 1:].tolist()
