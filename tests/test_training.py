@@ -33,7 +33,18 @@ from tf_bigmodels.training.multi_worker import keras_is_affected
 
 WORKER = pathlib.Path(__file__).with_name("training_worker.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-TINY_GPT = dict(model="gpt", preset="gpt-test", samples=0, export=False, verbose=0, log_every=1)
+# Without XLA: for models this small, compiling costs more than it saves. The first test below
+# and the mixed-precision ones train as a user's run does, with the execution training chooses.
+TINY_GPT = dict(
+    model="gpt",
+    preset="gpt-test",
+    samples=0,
+    export=False,
+    verbose=0,
+    log_every=1,
+    jit_compile=False,
+)
+CHOSEN_EXECUTION = dict(jit_compile=None)
 
 
 def _run_worker(settings, output, env=None, timeout=600):
@@ -179,7 +190,9 @@ def test_keras_version_gate():
 
 @pytest.mark.slow
 def test_train_gpt_writes_its_outputs_and_learns(tmp_path):
-    result = train(RunConfig(**TINY_GPT, steps=30, eval_every=10, out=str(tmp_path)))
+    result = train(
+        RunConfig(**{**TINY_GPT, **CHOSEN_EXECUTION}, steps=30, eval_every=10, out=str(tmp_path))
+    )
     run_dir = tmp_path / "gpt"
     for name in ("config.json", "best.keras", "model.keras", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name
@@ -522,7 +535,13 @@ def test_a_run_without_model_file_is_rebuilt_from_its_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_mixed_precision_training(tmp_path, precision):
     result = train(
-        RunConfig(**TINY_GPT, steps=10, eval_every=10, precision=precision, out=str(tmp_path))
+        RunConfig(
+            **{**TINY_GPT, **CHOSEN_EXECUTION},
+            steps=10,
+            eval_every=10,
+            precision=precision,
+            out=str(tmp_path),
+        )
     )
     block = result.model.blocks[0]
     assert block.compute_dtype == precision.split("_")[1] and block.variable_dtype == "float32"
