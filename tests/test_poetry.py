@@ -155,6 +155,7 @@ def test_poet_score_scores_a_run_s_poems_and_reads_its_logged_bits_per_char(tmp_
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     train = [sys.executable, "-m", "tf_bigmodels", "train", "gpt", "--corpus", "tangshi"]
     train += ["--preset", "gpt-test", "--steps", "2", "--samples", "0", "--name", "poet"]
+    train += ["--no-export", "--no-jit"]  # the score reads the run's model and its log only
     trained = subprocess.run(
         train, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
     )
