@@ -1,4 +1,5 @@
-"""Checks every layer and model must pass, so each test file states only what is special to it.
+"""Checks every layer and model must pass, so each test file states only what is special to it;
+and `TINY_GPT`, the settings of the training tests' tiny GPT runs.
 
 `assert_layer_contract` verifies, for one class and one set of constructor arguments:
   * `get_config()` names every constructor argument, and `from_config` rebuilds an equal config;
@@ -23,6 +24,18 @@ import textwrap
 import keras
 import numpy as np
 from keras import tree
+
+# The training tests' tiny GPT run: the test preset, quiet, no samples or export, and without XLA
+# (for models this small, compiling costs more than it saves).
+TINY_GPT = dict(
+    model="gpt",
+    preset="gpt-test",
+    samples=0,
+    export=False,
+    verbose=0,
+    log_every=1,
+    jit_compile=False,
+)
 
 _RELOAD_SCRIPT = textwrap.dedent("""
     import pickle

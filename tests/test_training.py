@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import TINY_GPT
 
 from tf_bigmodels.models import GPTModel
 from tf_bigmodels.training import (
@@ -33,17 +34,8 @@ from tf_bigmodels.training.multi_worker import keras_is_affected
 
 WORKER = pathlib.Path(__file__).with_name("training_worker.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-# Without XLA: for models this small, compiling costs more than it saves. The first test below
-# and the mixed-precision ones train as a user's run does, with the execution training chooses.
-TINY_GPT = dict(
-    model="gpt",
-    preset="gpt-test",
-    samples=0,
-    export=False,
-    verbose=0,
-    log_every=1,
-    jit_compile=False,
-)
+# The first test below and the mixed-precision ones train as a user's run does, with the
+# execution (XLA or not) that training chooses.
 CHOSEN_EXECUTION = dict(jit_compile=None)
 
 

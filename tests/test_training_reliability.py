@@ -11,21 +11,11 @@ import types
 import keras
 import numpy as np
 import pytest
+from helpers import TINY_GPT
 
 from tf_bigmodels.training import RunConfig, load_run_tokenizer, storage, train
 from tf_bigmodels.training import callbacks as cb
 from tf_bigmodels.training.config import tokenizer_choices
-
-# Without XLA: for models this small, compiling costs more than it saves.
-TINY_GPT = dict(
-    model="gpt",
-    preset="gpt-test",
-    samples=0,
-    export=False,
-    verbose=0,
-    log_every=1,
-    jit_compile=False,
-)
 
 
 def _config(tmp_path, **overrides):
