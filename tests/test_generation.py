@@ -37,16 +37,18 @@ def _model(**options):
     """A tiny GPT. Without options, the one model the tests share: its generation functions are
     traced (and XLA-compiled) once per shape for the module, not once per test. Every test
     starts from the same seed, so whichever test builds it first builds the same weights."""
-    if not options:
-        return _shared_model()
-    model = GPTModel(**{**TINY, **options})
-    model(np.zeros((1, 4), "int32"))
-    return model
+    return _new_model(**options) if options else _shared_model()
 
 
 @functools.cache
 def _shared_model():
-    return _model(dtype="float32")
+    return _new_model()
+
+
+def _new_model(**options):
+    model = GPTModel(**{**TINY, **options})
+    model(np.zeros((1, 4), "int32"))
+    return model
 
 
 def _greedy_by_full_forward(model, prompt, steps):

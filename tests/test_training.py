@@ -36,7 +36,7 @@ WORKER = pathlib.Path(__file__).with_name("training_worker.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 # The first test below and the mixed-precision ones train as a user's run does, with the
 # execution (XLA or not) that training chooses.
-CHOSEN_EXECUTION = dict(jit_compile=None)
+TINY_GPT_CHOSEN_EXECUTION = dict(TINY_GPT, jit_compile=None)
 
 
 def _run_worker(settings, output, env=None, timeout=600):
@@ -182,9 +182,8 @@ def test_keras_version_gate():
 
 @pytest.mark.slow
 def test_train_gpt_writes_its_outputs_and_learns(tmp_path):
-    result = train(
-        RunConfig(**{**TINY_GPT, **CHOSEN_EXECUTION}, steps=30, eval_every=10, out=str(tmp_path))
-    )
+    config = RunConfig(**TINY_GPT_CHOSEN_EXECUTION, steps=30, eval_every=10, out=str(tmp_path))
+    result = train(config)
     run_dir = tmp_path / "gpt"
     for name in ("config.json", "best.keras", "model.keras", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name
@@ -528,7 +527,7 @@ def test_a_run_without_model_file_is_rebuilt_from_its_checkpoint(tmp_path):
 def test_mixed_precision_training(tmp_path, precision):
     result = train(
         RunConfig(
-            **{**TINY_GPT, **CHOSEN_EXECUTION},
+            **TINY_GPT_CHOSEN_EXECUTION,
             steps=10,
             eval_every=10,
             precision=precision,
