@@ -14,9 +14,14 @@ The data are the bundled Chinese product reviews, `load_labelled_corpus("chinese
 3. BERT. A WordPiece vocabulary is learned from the training reviews (BERT's basic tokenizer
    puts every Chinese character on its own, so the vocabulary is the characters plus pieces of
    the Latin words), and a small BERT is pre-trained on the training reviews alone with masked
-   language modelling and next sentence prediction (`BERTPretrainer.fit`). `--pretrained RUN`
-   skips this and takes a run directory (`model.keras` and `tokenizer/`), such as the
-   `pretrained/` directory this script writes.
+   language modelling and next sentence prediction (`BERTPretrainer.fit`).
+   With `--general-steps N`, pre-training has two stages, as in domain- and task-adaptive
+   pre-training (Gururangan et al. 2020, "Don't Stop Pretraining"): first N steps on all the
+   Chinese text the package ships (全唐诗 and the training reviews; the vocabulary is learned
+   from both), then `--pretrain-steps` on the training reviews alone, each stage with its own
+   warm-up and decay. Validation and test reviews are never pre-trained on.
+   `--pretrained RUN` skips this and takes a run directory (`model.keras` and `tokenizer/`),
+   such as the `pretrained/` directory this script writes.
 4. Fine-tune `BERTClassifier` on the training split, keeping the epoch with the best validation
    accuracy; every weight trains, or with `--lora-rank R` only rank-R adapters on the attention
    projections and the new output layer.
@@ -29,6 +34,8 @@ The data are the bundled Chinese product reviews, `load_labelled_corpus("chinese
    strings and returns probabilities and the labels 负面/正面, served here once.
 
 Run:  python examples/finetune_classifier.py                 (the full run; see BENCHMARKS.md)
+      python examples/finetune_classifier.py --general-steps 5000 --seed 1
+                                                           (two-stage pre-training, another seed)
       python examples/finetune_classifier.py --lora-rank 8   (LoRA fine-tuning)
       python examples/finetune_classifier.py --pretrained example_outputs/finetune_classifier/pretrained
       python examples/finetune_classifier.py --smoke         (seconds: 600 reviews, a tiny BERT)
@@ -66,6 +73,15 @@ parser.add_argument(
     "--pretrained", help="run directory with model.keras and tokenizer/ (default: pre-train here)"
 )
 parser.add_argument("--pretrain-steps", type=at_least(1), help="pre-training steps (default 5000)")
+parser.add_argument(
+    "--general-steps",
+    type=at_least(0),
+    default=0,
+    help="first pre-train this many steps on all the bundled Chinese text (default 0: none)",
+)
+parser.add_argument(
+    "--seed", type=at_least(0), default=0, help="seed of weights, masks and shuffling (default 0)"
+)
 parser.add_argument("--epochs", type=at_least(1), help="most fine-tuning epochs (default 5)")
 parser.add_argument(
     "--lr", type=float, help="peak fine-tuning learning rate (default 2e-4; 1e-3 with LoRA)"
@@ -80,7 +96,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_bigmodels.data import bert_pretraining_dataset, load_labelled_corpus  # noqa: E402
+from tf_bigmodels.data import bert_pretraining_dataset, load_corpus, load_labelled_corpus  # noqa: E402
 from tf_bigmodels.export import export_bert  # noqa: E402
 from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer  # noqa: E402
 from tf_bigmodels.tokenizers import WordPieceTokenizer  # noqa: E402
@@ -90,9 +106,11 @@ out = pathlib.Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 
 SPLIT_SEED = 0  # the train/validation/test split: the same reviews in each split, always
-SEED = 0  # weights, masks and shuffling
+SEED = args.seed  # weights, masks and shuffling
 SEQ_LEN = 32 if args.smoke else 128  # characters; 85% of the reviews fit in 126
-VOCAB_SIZE = 500 if args.smoke else 6000  # the training reviews have about 4,500 characters
+# The training reviews have about 4,500 distinct characters; with 全唐诗, 9,800, and the 8,000
+# most frequent cover 99.98% of the poems' text.
+VOCAB_SIZE = 500 if args.smoke else (8000 if args.general_steps else 6000)
 MODEL = (
     dict(d_model=32, num_heads=2, dff=64, num_layers=1)
     if args.smoke
@@ -102,8 +120,6 @@ BATCH_SIZE = 32
 # With 1,000 pre-training steps and 3 epochs (learning rate 2e-4) BERT reached 0.823 test accuracy
 # against the n-gram baseline's 0.837; pre-training is the lever, so the default is 5x longer.
 PRETRAIN_STEPS = args.pretrain_steps or (20 if args.smoke else 5000)
-REPORTS = max(1, round(PRETRAIN_STEPS / 500))  # a progress line about every 500 steps
-PRETRAIN_STEPS -= PRETRAIN_STEPS % REPORTS
 PRETRAIN_LR = 1e-3
 EPOCHS = args.epochs or (1 if args.smoke else 5)
 LR = args.lr or (1e-3 if args.lora_rank else 2e-4)  # adapters start at zero: a larger step
@@ -229,34 +245,52 @@ if args.pretrained:
     print(f"Encoder from {run_dir} (its pre-training time is not counted below)")
 else:
     start = time.perf_counter()
-    tokenizer = WordPieceTokenizer.train(texts["train"], VOCAB_SIZE, verbose=False)
+    if args.general_steps:
+        # One poem per document, as one review is.
+        poems = load_corpus("tangshi")
+        general_texts = poems[:2000] if args.smoke else poems
+        general_texts = general_texts + texts["train"]
+        tokenizer = WordPieceTokenizer.train(general_texts, VOCAB_SIZE, verbose=False)
+    else:
+        tokenizer = WordPieceTokenizer.train(texts["train"], VOCAB_SIZE, verbose=False)
     encoder = BERTEncoder(tokenizer.vocab_size, **MODEL, max_length=SEQ_LEN)
     pretrainer = BERTPretrainer(encoder)
-    # Each review is one document; NSP pairs are cut from it or drawn from another review.
-    pretraining = bert_pretraining_dataset(
-        texts["train"], tokenizer, SEQ_LEN, BATCH_SIZE, seed=SEED, repeat=True
-    )
-    pretrainer(next(iter(pretraining))[0])  # build, so the optimizer sees every weight
-    pretrainer.compile(
-        optimizer=build_optimizer(
-            pretrainer,
-            learning_rate=PRETRAIN_LR,
-            total_steps=PRETRAIN_STEPS,
-            warmup_steps=PRETRAIN_STEPS // 10,
-            decay="linear",
-            weight_decay=0.01,
-            beta_2=0.999,
-            epsilon=1e-6,
+
+    def pretrain(documents, steps, stage):
+        """MLM + NSP for `steps` steps on `documents`, with a fresh warm-up and linear decay."""
+        # The dataset repeats and shuffles itself; "epochs" are only reporting intervals, about
+        # every 500 steps, so `steps` is rounded down to a whole number of them.
+        reports = max(1, round(steps / 500))
+        steps -= steps % reports
+        print(f"Pre-training on {stage}: {len(documents):,} documents, {steps:,} steps")
+        # Each text is one document; NSP pairs are cut from it or drawn from another one.
+        batches = bert_pretraining_dataset(
+            documents, tokenizer, SEQ_LEN, BATCH_SIZE, seed=SEED, repeat=True
         )
-    )
-    # The dataset repeats and shuffles itself; "epochs" here are only reporting intervals.
-    pretrainer.fit(
-        pretraining,
-        steps_per_epoch=PRETRAIN_STEPS // REPORTS,
-        epochs=REPORTS,
-        shuffle=False,
-        verbose=2,
-    )
+        pretrainer(next(iter(batches))[0])  # build, so the optimizer sees every weight
+        pretrainer.compile(
+            optimizer=build_optimizer(
+                pretrainer,
+                learning_rate=PRETRAIN_LR,
+                total_steps=steps,
+                warmup_steps=steps // 10,
+                decay="linear",
+                weight_decay=0.01,
+                beta_2=0.999,
+                epsilon=1e-6,
+            )
+        )
+        pretrainer.fit(
+            batches,
+            steps_per_epoch=steps // reports,
+            epochs=reports,
+            shuffle=False,
+            verbose=2,
+        )
+
+    if args.general_steps:
+        pretrain(general_texts, args.general_steps, "all the bundled Chinese text")
+    pretrain(texts["train"], PRETRAIN_STEPS, "the training reviews")
     pretrain_seconds = time.perf_counter() - start
     run_dir = out / "pretrained"  # reusable: --pretrained example_outputs/.../pretrained
     run_dir.mkdir(exist_ok=True)
@@ -326,7 +360,10 @@ report(bert, predicted, time.perf_counter() - start, trained_parameters(classifi
 results[bert]["pretrain_seconds"] = round(pretrain_seconds, 1)
 
 # ---------------------------------------------------------------- 5. the table
-print(f"\nTest split: {len(labels['test'])} reviews (seeded 80/10/10 split, seed {SPLIT_SEED})")
+print(
+    f"\nTest split: {len(labels['test'])} reviews (seeded 80/10/10 split, seed {SPLIT_SEED}); "
+    f"weights, masks and shuffling seed {SEED}"
+)
 print("| model | accuracy | macro-F1 | wall time (s) | parameters trained |")
 print("|---|---|---|---|---|")
 for name, r in results.items():
@@ -338,6 +375,11 @@ for name, r in results.items():
     )
 summary = {
     "split_seed": SPLIT_SEED,
+    "seed": SEED,
+    "pretraining_steps": None if args.pretrained else {
+        "all bundled Chinese text": args.general_steps,
+        "training reviews": PRETRAIN_STEPS,
+    },
     "split_sizes": {name: len(index) for name, index in splits.items()},
     "test_label_counts": np.bincount(labels["test"], minlength=NUM_CLASSES).tolist(),
     "train_majority_label": int(majority),

@@ -45,7 +45,11 @@ def _run(*command, cwd):
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("finetune_classifier")
-    stdout = _run(EXAMPLES / "finetune_classifier.py", "--smoke", "--lora-rank", "2", cwd=cwd)
+    stdout = _run(
+        EXAMPLES / "finetune_classifier.py",
+        *("--smoke", "--lora-rank", "2", "--general-steps", "10", "--seed", "1"),
+        cwd=cwd,
+    )
     out = cwd / "example_outputs" / "finetune_classifier"
     return stdout, out, json.loads((out / "results.json").read_text(encoding="utf-8"))
 
@@ -71,6 +75,20 @@ def test_baselines_are_scored_on_the_same_test_split(classifier_run):
     assert majority["parameters_trained"] == 0
     for result in results.values():
         assert 0 <= result["macro_f1"] <= 1 and 0 <= result["accuracy"] <= 1
+
+
+def test_two_stage_pre_training_learns_its_vocabulary_from_the_poems_too(classifier_run):
+    from tf_bigmodels.data import load_corpus, load_labelled_corpus
+
+    stdout, out, summary = classifier_run
+    assert summary["seed"] == 1
+    assert summary["pretraining_steps"] == {"all bundled Chinese text": 10, "training reviews": 20}
+    general = stdout.index("Pre-training on all the bundled Chinese text")
+    assert general < stdout.index("Pre-training on the training reviews")
+    vocab = (out / "pretrained" / "tokenizer" / "vocab.txt").read_text(encoding="utf-8").split()
+    review_characters = set("".join(load_labelled_corpus("chinese_reviews").texts))
+    from_poems = {piece for piece in vocab if len(piece) == 1 and piece not in review_characters}
+    assert from_poems and from_poems <= set("".join(load_corpus("tangshi")[:2000]))
 
 
 def test_parameters_trained_are_those_of_each_model(classifier_run):
