@@ -373,13 +373,14 @@ for name, r in results.items():
     print(
         f"| {name} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {seconds} | {r['parameters_trained']:,} |"
     )
+pretraining_steps = {
+    "all bundled Chinese text": args.general_steps,
+    "training reviews": PRETRAIN_STEPS,
+}
 summary = {
     "split_seed": SPLIT_SEED,
     "seed": SEED,
-    "pretraining_steps": None if args.pretrained else {
-        "all bundled Chinese text": args.general_steps,
-        "training reviews": PRETRAIN_STEPS,
-    },
+    "pretraining_steps": None if args.pretrained else pretraining_steps,
     "split_sizes": {name: len(index) for name, index in splits.items()},
     "test_label_counts": np.bincount(labels["test"], minlength=NUM_CLASSES).tolist(),
     "train_majority_label": int(majority),
