@@ -141,18 +141,23 @@ async def _stream(client, storm, turn, *, cut=False):
             storm.fail(f"stream {body}: {response.status_code}")
             return False
         text, fingerprints, done = "", set(), False
-        async for line in response.aiter_lines():
-            if cut:
-                return False  # leaves after the first line: the server must stop generating
-            if line == "data: [DONE]":
-                done = True
-            elif line.startswith("data: "):
-                event = json.loads(line[6:])
-                if "error" in event:
-                    storm.fail(f"stream {body}: {event}")
-                    return False
-                fingerprints.add(event["system_fingerprint"])
-                text += event["choices"][0]["text"] if event["choices"] else ""
+        try:
+            async for line in response.aiter_lines():
+                if cut:
+                    return False  # leaves after the first line: the server must stop generating
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        storm.fail(f"stream {body}: {event}")
+                        return False
+                    fingerprints.add(event["system_fingerprint"])
+                    text += event["choices"][0]["text"] if event["choices"] else ""
+        except httpx.TransportError as error:
+            # A stream the server has begun is never cut, not even by the drain.
+            storm.fail(f"stream {body}: cut after its status line: {error!r}")
+            return False
     if not done or len(fingerprints) != 1:
         storm.fail(f"stream {body}: done={done}, versions {fingerprints}")
         return False
@@ -215,11 +220,13 @@ async def _client(number, storm):
             try:
                 if await kinds[turn % len(kinds)](client, storm, turn // len(kinds)):
                     return  # the server is draining: this client is done
-            except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as error:
                 # Once the drain is over the server closes its connections: a request sent
-                # then is refused unread, which is no answer at all (not a wrong one).
+                # then is refused unread, which is no answer at all (not a wrong one). The
+                # client sees the close as a refused connection, a reset one (ReadError), or a
+                # disconnection before any response; an answer cut once begun fails above.
                 unread = isinstance(
-                    error, httpx.ConnectError
+                    error, (httpx.ConnectError, httpx.ReadError)
                 ) or "without sending a response" in str(error)
                 if not (storm.sigterm_sent and unread):
                     storm.fail(f"{kinds[turn % len(kinds)].__name__}: {error!r}")
