@@ -1,14 +1,20 @@
 """User mistakes at the command line: one clear line on stderr, a non-zero exit, no damage.
 
-Every case runs `python -m tf_bigmodels ...` in a subprocess and checks that the exit status is
-2 (a usage error), that stderr holds exactly one line (TensorFlow's start-up notices aside) and no
-traceback, that the line names what was wrong, and that files already there are unchanged.
+Each case checks that the exit status is 2 (a usage error), that stderr holds exactly one line
+(TensorFlow's start-up notices aside) and no traceback, that the line names what was wrong, and
+that files already there are unchanged. Mistakes found before TensorFlow loads, and the cases
+about the process itself (its log lines, its arguments' bytes, a patched module, a mount), run
+`python -m tf_bigmodels ...` in a subprocess. Mistakes found after TensorFlow loads run the same
+`main` in this process (`run_here`): `python -m tf_bigmodels` exits with what `main` returns, and
+a fresh process would add only TensorFlow's import, about 4 s of CPU per case.
 Note: the tests run as root, for whom permissions never block a write, so an unwritable output
 location is simulated by a path below a regular file (`--out somefile/sub`).
 """
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -23,6 +29,7 @@ import numpy as np
 import pytest
 
 import tf_bigmodels
+from tf_bigmodels import cli
 from tf_bigmodels.models import GPTModel
 
 pytestmark = pytest.mark.slow
@@ -39,6 +46,25 @@ def run(*args, cwd=None):
         timeout=300,
         env=environment,
     )
+
+
+def run_here(*args):
+    """`tf-bigmodels ARGS` run by `main` in this process, with its stdout and stderr captured.
+
+    Returns a `CompletedProcess` as `run` does: the status is what `main` returns, or the code
+    of the `SystemExit` argparse raises for a usage error.
+    """
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = cli.main([str(arg) for arg in args])
+        except SystemExit as exit:
+            status = exit.code
+    return subprocess.CompletedProcess(args, status, stdout.getvalue(), stderr.getvalue())
+
+
+def run_all_here(*commands):
+    return [run_here(*args) for args in commands]
 
 
 def run_all(*commands):
@@ -112,7 +138,7 @@ def test_bad_flags():
 def test_train_bad_corpus_files(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 10)
-    missing, empty, binary = run_all(
+    missing, empty, binary = run_all_here(
         *(
             ["train", "gpt", "--corpus", tmp_path / name, "--out", tmp_path]
             for name in ("missing.txt", "empty.txt", "binary.bin")
@@ -353,7 +379,7 @@ def test_generate_bad_sources(tmp_path, gpt_run):
     (tmp_path / "garbage.keras").write_bytes(b"\x00\x01 not a zip")
     (tmp_path / "empty_run").mkdir()
     (tmp_path / "empty_run" / "config.json").write_text("{}")
-    missing, notes, garbage, empty_run = run_all(
+    missing, notes, garbage, empty_run = run_all_here(
         *(
             ["generate", tmp_path / name]
             for name in ("missing", "notes.txt", "garbage.keras", "empty_run")
@@ -375,7 +401,7 @@ BAD_GENERATE_SETTINGS = [
 
 def test_generate_out_of_range_settings(gpt_run):
     commands = [["generate", gpt_run, "--prompt", "Hi", *args] for args, _ in BAD_GENERATE_SETTINGS]
-    for result, (_, fragment) in zip(run_all(*commands), BAD_GENERATE_SETTINGS):
+    for result, (_, fragment) in zip(run_all_here(*commands), BAD_GENERATE_SETTINGS):
         assert_user_error(result, fragment)
 
 
@@ -394,7 +420,7 @@ def test_generate_from_an_older_incompatible_run(gpt_run, tmp_path):
                 data = data.replace(b"GPTModel", b"GPTModelV0")  # class and registered name
             target.writestr(item, data)
     before = snapshot(old)
-    generate, export = run_all(["generate", old], ["export", old, "--no-xla"])
+    generate, export = run_all_here(["generate", old], ["export", old, "--no-xla"])
     assert_user_error(generate, "cannot load", "0.0.1")
     assert_user_error(export, "cannot load", "0.0.1")
     assert snapshot(old) == before
@@ -403,10 +429,10 @@ def test_generate_from_an_older_incompatible_run(gpt_run, tmp_path):
 # ---------------------------------------------------------------- export
 def test_export_errors_never_touch_existing_versions(gpt_run, tmp_path, a_file):
     out = tmp_path / "export"
-    result = run("export", gpt_run, "--out", out, "--no-xla", "--version", "1")
+    result = run_here("export", gpt_run, "--out", out, "--no-xla", "--version", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     before = snapshot(out)
-    again, long, cold, unwritable, missing = run_all(
+    again, long, cold, unwritable, missing = run_all_here(
         ["export", gpt_run, "--out", out, "--no-xla", "--version", "1"],
         ["export", gpt_run, "--out", out, "--no-xla", "--max-new-tokens", "1000"],
         ["export", gpt_run, "--out", out, "--no-xla", "--temperature", "-2"],
@@ -440,7 +466,7 @@ def test_plot_bad_inputs(gpt_run, tmp_path, a_file):
     for broken, content in ((binary, b"\x00\xff\x00"), (empty, b"")):
         shutil.copytree(gpt_run, broken)
         (broken / "metrics.jsonl").write_bytes(content)
-    results = run_all(
+    results = run_all_here(
         ["plot", tmp_path / "missing"],
         ["plot", binary],
         ["plot", empty],
@@ -471,7 +497,7 @@ def test_generate_checks_settings_before_loading_anything(tmp_path):
     garbage = tmp_path / "garbage.keras"
     garbage.write_bytes(b"not a model")
     commands = [["generate", garbage, *args] for args, _ in GENERATE_SETTINGS_ERRORS]
-    for result, (_, fragment) in zip(run_all(*commands), GENERATE_SETTINGS_ERRORS):
+    for result, (_, fragment) in zip(run_all_here(*commands), GENERATE_SETTINGS_ERRORS):
         assert_user_error(result, fragment)
         assert result.stdout == ""
 
