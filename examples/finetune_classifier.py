@@ -236,7 +236,23 @@ report(
     trained_parameters(logistic),
 )
 
+
 # ---------------------------------------------------------------- 3. a pre-trained BERT
+def bert_optimizer(model, learning_rate, steps):
+    """BERT's recipe, for pre-training and fine-tuning alike: AdamW (weight decay 0.01, beta_2
+    0.999, epsilon 1e-6), linear warm-up over the first tenth of `steps`, then linear decay."""
+    return build_optimizer(
+        model,
+        learning_rate=learning_rate,
+        total_steps=steps,
+        warmup_steps=steps // 10,
+        decay="linear",
+        weight_decay=0.01,
+        beta_2=0.999,
+        epsilon=1e-6,
+    )
+
+
 pretrain_seconds = 0.0
 if args.pretrained:
     run_dir = pathlib.Path(args.pretrained)
@@ -268,18 +284,7 @@ else:
             documents, tokenizer, SEQ_LEN, BATCH_SIZE, seed=SEED, repeat=True
         )
         pretrainer(next(iter(batches))[0])  # build, so the optimizer sees every weight
-        pretrainer.compile(
-            optimizer=build_optimizer(
-                pretrainer,
-                learning_rate=PRETRAIN_LR,
-                total_steps=steps,
-                warmup_steps=steps // 10,
-                decay="linear",
-                weight_decay=0.01,
-                beta_2=0.999,
-                epsilon=1e-6,
-            )
-        )
+        pretrainer.compile(optimizer=bert_optimizer(pretrainer, PRETRAIN_LR, steps))
         pretrainer.fit(
             batches,
             steps_per_epoch=steps // reports,
@@ -328,16 +333,7 @@ if args.lora_rank:
     classifier.enable_lora(args.lora_rank)
 steps = EPOCHS * -(-len(labels["train"]) // BATCH_SIZE)
 classifier.compile(
-    optimizer=build_optimizer(
-        classifier,
-        learning_rate=LR,
-        total_steps=steps,
-        warmup_steps=steps // 10,
-        decay="linear",
-        weight_decay=0.01,
-        beta_2=0.999,
-        epsilon=1e-6,
-    ),
+    optimizer=bert_optimizer(classifier, LR, steps),
     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     metrics=["accuracy"],
 )
