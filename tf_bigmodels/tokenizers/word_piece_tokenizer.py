@@ -221,7 +221,10 @@ class WordPieceTokenizer(Tokenizer):
         progress bar over batches of texts), then tensorflow-text's WordPiece learner
         (`wordpiece_tokenizer_learner_lib.learn`) picks the vocabulary by a binary search over
         frequency thresholds. The result has between 95% and 100% of `vocab_size` tokens when the
-        corpus supports it; it always holds the special tokens first and every character seen.
+        corpus supports it; it always holds the special tokens first. Of the characters it holds
+        only the most frequent 1,000 (the learner's `max_unique_chars`, which `learn_params` can
+        raise): in Chinese text, where BERT's basic tokenizer makes each character a word, the
+        rest become `[UNK]` and the vocabulary stays far below `vocab_size`.
 
         Args:
             texts: list of str, or a `tf.data.Dataset` of scalar strings.
