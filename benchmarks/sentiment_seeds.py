@@ -62,10 +62,9 @@ def summarize(runs):
     bert = _bert_name(runs[0]["results"])
     models = {}
     for run in runs:
-        if _bert_name(run["results"]) != bert:
+        if (other := _bert_name(run["results"])) != bert:
             raise ValueError(
-                f"the runs must fine-tune BERT the same way, got {bert!r} and "
-                f"{_bert_name(run['results'])!r}"
+                f"the runs must fine-tune BERT the same way, got {bert!r} and {other!r}"
             )
         for name, result in run["results"].items():
             scores = models.setdefault(name, {"accuracy": [], "macro_f1": []})

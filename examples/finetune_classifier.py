@@ -254,7 +254,7 @@ def bert_optimizer(model, learning_rate, steps):
     )
 
 
-pretrain_seconds = 0.0
+pretrain_seconds, pretraining_steps = 0.0, None
 if args.pretrained:
     run_dir = pathlib.Path(args.pretrained)
     encoder = keras.saving.load_model(run_dir / "model.keras").encoder
@@ -262,19 +262,17 @@ if args.pretrained:
     print(f"Encoder from {run_dir} (its pre-training time is not counted below)")
 else:
     start = time.perf_counter()
+    general_texts = None
     if args.general_steps:
-        # One poem per document, as one review is.
-        poems = load_corpus("tangshi")
-        general_texts = poems[:2000] if args.smoke else poems
-        general_texts = general_texts + texts["train"]
-        tokenizer = WordPieceTokenizer.train(general_texts, VOCAB_SIZE, verbose=False)
-    else:
-        tokenizer = WordPieceTokenizer.train(texts["train"], VOCAB_SIZE, verbose=False)
+        poems = load_corpus("tangshi")  # one poem per document, as one review is
+        general_texts = (poems[:2000] if args.smoke else poems) + texts["train"]
+    tokenizer = WordPieceTokenizer.train(general_texts or texts["train"], VOCAB_SIZE, verbose=False)
     encoder = BERTEncoder(tokenizer.vocab_size, **MODEL, max_length=SEQ_LEN)
     pretrainer = BERTPretrainer(encoder)
 
     def pretrain(documents, steps, stage):
-        """MLM + NSP for `steps` steps on `documents`, with a fresh warm-up and linear decay."""
+        """MLM + NSP for `steps` steps on `documents`, with a fresh warm-up and linear decay;
+        returns the steps run."""
         # The dataset repeats and shuffles itself; "epochs" are only reporting intervals, about
         # every 500 steps, so `steps` is rounded down to a whole number of them.
         reports = max(1, round(steps / 500))
@@ -293,10 +291,18 @@ else:
             shuffle=False,
             verbose=2,
         )
+        return steps
 
-    if args.general_steps:
+    general_steps = (
         pretrain(general_texts, args.general_steps, "all the bundled Chinese text")
-    pretrain(texts["train"], PRETRAIN_STEPS, "the training reviews")
+        if args.general_steps
+        else 0
+    )
+    review_steps = pretrain(texts["train"], PRETRAIN_STEPS, "the training reviews")
+    pretraining_steps = {
+        "all bundled Chinese text": general_steps,
+        "training reviews": review_steps,
+    }
     pretrain_seconds = time.perf_counter() - start
     run_dir = out / "pretrained"  # reusable: --pretrained example_outputs/.../pretrained
     run_dir.mkdir(exist_ok=True)
@@ -370,14 +376,10 @@ for name, r in results.items():
     print(
         f"| {name} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {seconds} | {r['parameters_trained']:,} |"
     )
-pretraining_steps = {
-    "all bundled Chinese text": args.general_steps,
-    "training reviews": PRETRAIN_STEPS,
-}
 summary = {
     "split_seed": SPLIT_SEED,
     "seed": SEED,
-    "pretraining_steps": None if args.pretrained else pretraining_steps,
+    "pretraining_steps": pretraining_steps,
     "split_sizes": {name: len(index) for name, index in splits.items()},
     "test_label_counts": np.bincount(labels["test"], minlength=NUM_CLASSES).tolist(),
     "train_majority_label": int(majority),
