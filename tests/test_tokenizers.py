@@ -112,6 +112,33 @@ def test_word_piece_splits_cjk_and_respects_lowercase():
     assert cased.tokenize("Hello").numpy().tolist() != cased.tokenize("hello").numpy().tolist()
 
 
+@pytest.fixture(scope="module")
+def tang_poems():
+    from tf_bigmodels.data import load_corpus
+
+    return load_corpus("tangshi")[:5000]  # about 4,000 distinct characters
+
+
+def test_word_piece_keeps_as_many_chinese_characters_as_the_size_allows(tang_poems):
+    # Each Chinese character is a word to BERT's basic tokenizer; keeping only tensorflow-text's
+    # default 1,000 characters left this vocabulary at about 2,000 tokens, with more [UNK].
+    tokenizer = WordPieceTokenizer.train(tang_poems, vocab_size=6000, verbose=False)
+    assert tokenizer.vocab_size >= 4000
+    ids = tokenizer.tokenize(tang_poems[:500]).flat_values.numpy()
+    assert np.mean(ids == tokenizer.unk_id) < 0.05
+
+
+def test_word_piece_stays_within_the_size_asked_when_characters_abound(tang_poems):
+    tokenizer = WordPieceTokenizer.train(tang_poems, vocab_size=300, verbose=False)
+    assert (
+        200 <= tokenizer.vocab_size <= 300
+    )  # Chinese words are single characters: no longer pieces
+    keep_all = WordPieceTokenizer.train(
+        tang_poems[:50], vocab_size=300, verbose=False, max_unique_chars=10_000
+    )
+    assert keep_all.vocab_size > 300  # the learner's own limit is then the only one
+
+
 def test_word_piece_save_load(word_piece, tmp_path):
     word_piece.save(tmp_path / "tok")
     loaded = WordPieceTokenizer.load(tmp_path / "tok")

@@ -221,17 +221,23 @@ class WordPieceTokenizer(Tokenizer):
         progress bar over batches of texts), then tensorflow-text's WordPiece learner
         (`wordpiece_tokenizer_learner_lib.learn`) picks the vocabulary by a binary search over
         frequency thresholds. The result has between 95% and 100% of `vocab_size` tokens when the
-        corpus supports it; it always holds the special tokens first. Of the characters it holds
-        only the most frequent 1,000 (the learner's `max_unique_chars`, which `learn_params` can
-        raise): in Chinese text, where BERT's basic tokenizer makes each character a word, the
-        rest become `[UNK]` and the vocabulary stays far below `vocab_size`.
+        corpus supports it; it always holds the special tokens first.
+
+        Every character kept takes two entries, itself and its `##` form, and a character left
+        out becomes `[UNK]` wherever it appears. So the most frequent characters are kept, as
+        many as fill two-fifths of `vocab_size`, leaving at least a fifth for longer pieces.
+        tensorflow-text's own default, 1,000 characters whatever the size, suits alphabets but
+        not Chinese: BERT's basic tokenizer makes each Chinese character a word, so a vocabulary
+        asked for 8,000 tokens came back with about 2,000, and one Chinese token in eight was
+        `[UNK]`. Pass `max_unique_chars` to choose another number.
 
         Args:
             texts: list of str, or a `tf.data.Dataset` of scalar strings.
             vocab_size: int. Target vocabulary size, larger than the 5 special tokens.
             lowercase: bool. As in the constructor. Defaults to `True`.
             verbose: bool. Show a progress bar while counting words. Defaults to `True`.
-            **learn_params: passed on to tensorflow-text's learner (e.g. `max_unique_chars`).
+            **learn_params: passed on to tensorflow-text's learner (e.g. `max_unique_chars`,
+                `lower_thresh`).
 
         Returns:
             A `WordPieceTokenizer`.
@@ -242,6 +248,10 @@ class WordPieceTokenizer(Tokenizer):
         ...                                      vocab_size=40, verbose=False)
         >>> tokenizer.vocabulary[:5]
         ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
+        >>> chinese = WordPieceTokenizer.train(["春眠不觉晓，处处闻啼鸟。"] * 20, vocab_size=40,
+        ...                                    verbose=False)
+        >>> chinese.tokenize("春眠不觉晓，处处闻啼鸟。").shape[0]  # 12 characters, none [UNK]
+        12
 
         On the whole bundled corpus, `WordPieceTokenizer.train(load_corpus("shakespeare"),
         vocab_size=8000)` takes tens of seconds.
@@ -289,6 +299,9 @@ class WordPieceTokenizer(Tokenizer):
                 f"Learning a WordPiece vocabulary of about {vocab_size} tokens from "
                 f"{len(word_counts)} distinct words..."
             )
+        learn_params.setdefault(
+            "max_unique_chars", max(1, 2 * (vocab_size - len(SPECIAL_TOKENS)) // 5)
+        )
         vocabulary = vocab_learner.learn(
             word_counts, vocab_size, list(SPECIAL_TOKENS), **learn_params
         )
