@@ -1,5 +1,6 @@
 """Checks every layer and model must pass, so each test file states only what is special to it;
-and `TINY_GPT`, the settings of the training tests' tiny GPT runs.
+`TINY_GPT`, the settings of the training tests' tiny GPT runs; and `run_here`, the command line
+run by `main` in the test's own process.
 
 `assert_layer_contract` verifies, for one class and one set of constructor arguments:
   * `get_config()` names every constructor argument, and `from_config` rebuilds an equal config;
@@ -12,7 +13,9 @@ and `TINY_GPT`, the settings of the training tests' tiny GPT runs.
 """
 
 import atexit
+import contextlib
 import inspect
+import io
 import os
 import pathlib
 import pickle
@@ -36,6 +39,32 @@ TINY_GPT = dict(
     log_every=1,
     jit_compile=False,
 )
+
+
+def run_here(*args):
+    """`tf-bigmodels ARGS` run by `main` in this process, with its stdout and stderr captured.
+
+    Returns a `CompletedProcess` as `subprocess.run` would for `python -m tf_bigmodels ARGS`:
+    the status is what `main` returns (the process exits with it), or the code of the
+    `SystemExit` argparse raises for a usage error. A fresh process would add only TensorFlow's
+    import, about 4 s of CPU, so tests run the command here unless the process itself is what
+    they check.
+    """
+    from tf_bigmodels import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = cli.main([str(arg) for arg in args])
+        except SystemExit as exit:
+            status = exit.code
+    return subprocess.CompletedProcess(args, status, stdout.getvalue(), stderr.getvalue())
+
+
+def run_all_here(*commands):
+    """`run_here` for each command, in order."""
+    return [run_here(*args) for args in commands]
+
 
 _RELOAD_SCRIPT = textwrap.dedent("""
     import pickle

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import run_here
 
 import tf_bigmodels
 from tf_bigmodels import plot
@@ -140,14 +141,16 @@ def test_read_metrics_series_and_bad_files(gpt_run, tmp_path):
         plot.read_metrics(tmp_path / "missing")
 
 
-def run_cli(*args, code=None):
+def run_python(code, *args):
+    """`python -c code ARGS` in a fresh process (quiet TensorFlow), its `CompletedProcess`."""
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    command = (
-        [sys.executable, "-c", code, *args]
-        if code
-        else [sys.executable, "-m", "tf_bigmodels", *args]
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
     )
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
 
 
 def error_line(result):
@@ -165,14 +168,14 @@ def error_line(result):
 
 @pytest.mark.slow
 def test_cli_plot(gpt_run, tmp_path):
-    result = run_cli("plot", str(gpt_run), "--out", str(tmp_path), "--layer", "1")
+    result = run_here("plot", gpt_run, "--out", tmp_path, "--layer", "1")
     assert result.returncode == 0, result.stderr
     assert "attention_layer1.png" in result.stdout
     png_size(tmp_path / "loss.png")
     png_size(tmp_path / "attention_layer1.png")
     before = (tmp_path / "loss.png").read_bytes()
 
-    result = run_cli("plot", str(gpt_run), "--out", str(tmp_path), "--layer", "7")
+    result = run_here("plot", gpt_run, "--out", tmp_path, "--layer", "7")
     assert result.returncode == 2
     assert "`layer` must be an integer in [0, 1], got 7." in error_line(result)
     assert (tmp_path / "loss.png").read_bytes() == before
@@ -184,7 +187,7 @@ def test_cli_plot_without_matplotlib_is_a_one_line_error(gpt_run):
         "import sys; sys.modules['matplotlib'] = None\n"
         "from tf_bigmodels.cli import main; sys.exit(main(sys.argv[1:]))"
     )
-    result = run_cli("plot", str(gpt_run), code=blocked)
+    result = run_python(blocked, "plot", str(gpt_run))
     assert result.returncode == 2
     assert "pip install" in error_line(result) and "matplotlib" in error_line(result)
 

@@ -1,16 +1,12 @@
-"""SentencePieceTokenizer: lossless round trips, in-graph ids, save/load, SavedModel, GPT export.
+"""SentencePieceTokenizer: lossless round trips, in-graph ids, save/load, SavedModel.
 
 Round trips of random text (eager, in-graph, fresh-process SavedModel) for every tokenizer are in
-test_tokenizer_round_trip.py.
+test_tokenizer_round_trip.py; a SentencePiece GPT exported and served Chinese in a fresh process,
+equal to the model's own generation, in test_training_chinese.py.
 """
 
 import io
-import json
 import os
-import re
-import subprocess
-import sys
-import textwrap
 import unicodedata
 
 import pytest
@@ -18,8 +14,6 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from tf_bigmodels.data import lm_dataset, load_corpus
-from tf_bigmodels.export import export_gpt
-from tf_bigmodels.models import GPTModel
 from tf_bigmodels.tokenizers import SentencePieceTokenizer
 
 ENGLISH = [
@@ -230,56 +224,6 @@ def test_bad_arguments():
         SentencePieceTokenizer.train(["", "\n\n"], 4000)
     with pytest.raises(ValueError, match="do not parse as one"):
         SentencePieceTokenizer(b"not a model")
-
-
-def _fresh_process(script, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-
-
-_SERVE_GPT = textwrap.dedent("""
-    import json, sys
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
-    serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-    assert not any(name.startswith("tf_bigmodels") for name in sys.modules)
-    completions = serve(prompts=tf.constant(json.loads(sys.argv[2])))["completions"]
-    with open(sys.argv[3], "w") as f:
-        json.dump([s.decode("utf-8") for s in completions.numpy()], f, ensure_ascii=False)
-""")
-
-
-@pytest.mark.slow
-def test_exported_gpt_takes_and_returns_chinese_in_a_fresh_process(tokenizer, tmp_path):
-    tf.keras.utils.set_random_seed(3)
-    model = GPTModel(tokenizer.vocab_size, 32, 2, 64, 1, rate=0.0, max_length=64)
-    # A few steps on poems, so that greedy decoding writes poem text rather than noise.
-    ids = tokenizer.tokenize(load_corpus("tangshi")[:64]).to_tensor(tokenizer.pad_id)[:, :33]
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(1e-2),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    model.fit(ids[:, :-1], ids[:, 1:], batch_size=16, epochs=15, verbose=0)
-    path = export_gpt(model, tokenizer, tmp_path / "gpt", max_new_tokens=12, temperature=0.0)
-    prompts = ["静夜思\n李白\n", "春晓\n孟浩然\n"]
-    out = tmp_path / "served.json"
-    _fresh_process(_SERVE_GPT, path, json.dumps(prompts, ensure_ascii=False), out)
-    served = json.loads(out.read_text(encoding="utf-8"))
-    prompt_ids = tokenizer.tokenize(prompts).to_list()
-    generated = model.generate(
-        prompt_ids, 12, temperature=0.0, end_id=tokenizer.end_id, pad_id=tokenizer.pad_id
-    ).to_list()
-    new = [row[len(p) :] for row, p in zip(generated, prompt_ids)]
-    expected = [tokenizer.detokenize([row]).numpy()[0].decode("utf-8") for row in new]
-    assert served == expected
-    assert all(re.search(r"[\u4e00-\u9fff]", text) for text in served), served
 
 
 def test_tokenizer_survives_resetting_the_random_seed(tokenizer):

@@ -423,14 +423,11 @@ def test_multi_worker_fit_still_needs_the_keras_fix(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "model, extra",
-    [
-        ("gpt", ["--dropout", "0.1"]),
-        ("bert", ["--vocab-size", "300", "--seq-len", "24"]),  # bert-test has dropout 0.1
-    ],
-)
-def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus, model, extra):
+def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus):
+    # A real SIGKILL, at whatever point the run has reached after its first checkpoint. What a
+    # kill can leave behind does not depend on the model; BERT's exact resume (its masks and
+    # sentence pairs) is tested in-process in test_training_reliability.py.
+    model, extra = "gpt", ["--dropout", "0.1"]
     command = [
         sys.executable,
         "-m",

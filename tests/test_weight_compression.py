@@ -5,12 +5,12 @@ import os
 import subprocess
 import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_all_here
 
 from tf_bigmodels.export import export_gpt, load_generator
 from tf_bigmodels.models import GPTModel, compress_weights
@@ -109,17 +109,6 @@ def test_bad_weights_are_refused(trained, tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def _cli_all(*commands):
-    """Runs `python -m tf_bigmodels` commands side by side; their `CompletedProcess`es."""
-
-    def cli(args):
-        command = [sys.executable, "-m", "tf_bigmodels", *map(str, args)]
-        return subprocess.run(command, capture_output=True, text=True, check=False)
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return list(pool.map(cli, commands))
-
-
 def _weight_bytes(version_dir):
     """Bytes of the numeric variables of a SavedModel, from its checkpoint."""
     reader = tf.train.load_checkpoint(os.path.join(version_dir, "variables", "variables"))
@@ -158,7 +147,7 @@ def test_compressed_exports_serve_in_a_fresh_process_like_the_compressed_model(t
     # int8 through the command line, with `generate --weights` and a refused format beside it.
     trained.save(tmp_path / "model.keras")
     keras_file = str(tmp_path / "model.keras")
-    exported, generated, refused = _cli_all(
+    exported, generated, refused = run_all_here(
         ["export", keras_file, "--out", tmp_path / "int8", "--weights", "int8"]
         + ["--temperature", "0", "--max-new-tokens", NEW_TOKENS],
         ["generate", keras_file, "--weights", "int8", "--prompt", PROMPT]
