@@ -75,13 +75,19 @@ SPECS = {
             "cells": {"below bytes'": "低于字节级的", "median": "中位数", "worst": "最差"},
         },
     },
-    "sentiment": {
-        "columns": [0, 1, 2, 3, 4],
+    "sentiment_seeds": {
+        "columns": [0, 1, 2, 3, 4, 5],
         "en": None,
         "zh": {
-            "headers": ["模型", "测试准确率", "macro-F1", "耗时（秒）", "训练的参数量"],
+            "headers": [
+                "模型",
+                "测试准确率，种子 0",
+                "种子 1",
+                "种子 2",
+                "准确率中位数（范围）",
+                "macro-F1 中位数（范围）",
+            ],
             "rows": ["多数类基线", "字符 1–2 元语法逻辑回归", "BERT，全参数微调"],
-            "cells": {"pre-training": "预训练", "fine-tuning": "微调"},
         },
     },
     "finetune_gpt": {
@@ -141,8 +147,8 @@ def render(name, tables, language):
         language: str. "en" or "zh".
 
     Example:
-        >>> t = {"sentiment": (list("abcde"), [list("12345"), list("67890"), list("vwxyz")])}
-        >>> print(render("sentiment", t, "en").splitlines()[2])
+        >>> t = {"finetune_gpt": (list("abcde"), [list("12345"), list("67890"), list("vwxyz")])}
+        >>> print(render("finetune_gpt", t, "en").splitlines()[2])
         | 1 | 2 | 3 | 4 | 5 |
     """
     spec = SPECS[name]
@@ -170,14 +176,14 @@ def regenerate(text, tables, language):
         language: str. "en" or "zh".
 
     Example:
-        >>> t = {"sentiment": (list("abcde"), [list("12345")] * 3)}
-        >>> guide = "<!-- begin table: sentiment -->\\nold\\n<!-- end table -->\\n"
+        >>> t = {"finetune_gpt": (list("abcde"), [list("12345")] * 3)}
+        >>> guide = "<!-- begin table: finetune_gpt -->\\nold\\n<!-- end table -->\\n"
         >>> print(regenerate(guide, t, "en").splitlines()[1])
         | a | b | c | d | e |
 
         Two empty blocks with text between them: the text stays.
 
-        >>> two = "<!-- begin table: sentiment -->\\n<!-- end table -->\\n"
+        >>> two = "<!-- begin table: finetune_gpt -->\\n<!-- end table -->\\n"
         >>> regenerate(two + "text\\n" + two, t, "en").count("text")
         1
     """
