@@ -130,9 +130,8 @@ def test_word_piece_keeps_as_many_chinese_characters_as_the_size_allows(tang_poe
 
 def test_word_piece_stays_within_the_size_asked_when_characters_abound(tang_poems):
     tokenizer = WordPieceTokenizer.train(tang_poems, vocab_size=300, verbose=False)
-    assert (
-        200 <= tokenizer.vocab_size <= 300
-    )  # Chinese words are single characters: no longer pieces
+    # Chinese words are single characters, so there are no longer pieces to fill the rest.
+    assert 200 <= tokenizer.vocab_size <= 300
     keep_all = WordPieceTokenizer.train(
         tang_poems[:50], vocab_size=300, verbose=False, max_unique_chars=10_000
     )

@@ -427,15 +427,14 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus):
     # A real SIGKILL, at whatever point the run has reached after its first checkpoint. What a
     # kill can leave behind does not depend on the model; BERT's exact resume (its masks and
     # sentence pairs) is tested in-process in test_training_reliability.py.
-    model, extra = "gpt", ["--dropout", "0.1"]
     command = [
         sys.executable,
         "-m",
         "tf_bigmodels",
         "train",
-        model,
+        "gpt",
         "--preset",
-        f"{model}-test",
+        "gpt-test",
         "--corpus",
         str(small_corpus),
         "--steps",
@@ -446,7 +445,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus):
         "0",
         "--no-export",
         "--no-jit",
-        *extra,
+        "--dropout",
+        "0.1",
     ]
     uninterrupted = subprocess.run(
         command + ["--out", str(tmp_path / "a")],
@@ -457,7 +457,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus):
     )
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
 
-    checkpoints = tmp_path / "b" / model / "checkpoints"
+    checkpoints = tmp_path / "b" / "gpt" / "checkpoints"
     victim = subprocess.Popen(
         command + ["--out", str(tmp_path / "b")],
         env=ENV,
@@ -481,8 +481,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming" in resumed.stderr
-    a = keras.saving.load_model(tmp_path / "a" / model / "model.keras").get_weights()
-    b = keras.saving.load_model(tmp_path / "b" / model / "model.keras").get_weights()
+    a = keras.saving.load_model(tmp_path / "a" / "gpt" / "model.keras").get_weights()
+    b = keras.saving.load_model(tmp_path / "b" / "gpt" / "model.keras").get_weights()
     for x, y in zip(a, b):
         np.testing.assert_array_equal(y, x)  # exact, dropout included
 
