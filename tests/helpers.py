@@ -1,6 +1,7 @@
 """Checks every layer and model must pass, so each test file states only what is special to it;
-`TINY_GPT`, the settings of the training tests' tiny GPT runs; and `run_here`, the command line
-run by `main` in the test's own process.
+`TINY_GPT`, the settings of the training tests' tiny GPT runs; `run_here`, the command line
+run by `main` in the test's own process; and `run_script_here`, a script (an example, a
+benchmark) run in the test's own process as `python SCRIPT ARGS` would run it.
 
 `assert_layer_contract` verifies, for one class and one set of constructor arguments:
   * `get_config()` names every constructor argument, and `from_config` rebuilds an equal config;
@@ -19,10 +20,12 @@ import io
 import os
 import pathlib
 import pickle
+import runpy
 import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
 
 import keras
 import numpy as np
@@ -64,6 +67,42 @@ def run_here(*args):
 def run_all_here(*commands):
     """`run_here` for each command, in order."""
     return [run_here(*args) for args in commands]
+
+
+def run_script_here(script, *args, cwd):
+    """`python SCRIPT ARGS` in the working directory `cwd`, run in this process.
+
+    Returns a `CompletedProcess` as `subprocess.run` would: status 0 when the script ends, the
+    code of its `SystemExit` (1, with the message on stderr, for `sys.exit("message")`), or 1
+    with the traceback on stderr for an uncaught exception. A fresh process would add
+    TensorFlow's import and its first tracing, several seconds of CPU per script, so tests run
+    scripts here unless the process itself is what they check; `tests/test_example_help.py`
+    starts every example in a process of its own.
+    """
+    argv, path, directory = sys.argv, list(sys.path), os.getcwd()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    sys.argv = [str(script), *map(str, args)]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python SCRIPT` does
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+                status = 0
+            except SystemExit as exit:
+                status = exit.code
+                if not isinstance(status, int) and status is not None:
+                    print(status, file=sys.stderr)  # as Python prints sys.exit("message")
+                    status = 1
+            except Exception:
+                status = 1
+                traceback.print_exc()
+    finally:
+        sys.argv, sys.path[:] = argv, path
+        os.chdir(directory)
+    return subprocess.CompletedProcess(
+        [script, *args], status or 0, stdout.getvalue(), stderr.getvalue()
+    )
 
 
 _RELOAD_SCRIPT = textwrap.dedent("""

@@ -1,4 +1,7 @@
-"""The fine-tuning examples run with `--smoke`, and their numbers are consistent with their data."""
+"""The fine-tuning examples run with `--smoke`, and their numbers are consistent with their data.
+
+The examples run in the test's process (`run_script_here`); the exported classifier is served in a
+fresh one, which imports only TensorFlow and tensorflow-text."""
 
 import json
 import os
@@ -9,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import run_script_here
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.slow
@@ -42,11 +46,17 @@ def _run(*command, cwd):
     return result.stdout
 
 
+def _example(name, *arguments, cwd):
+    result = run_script_here(EXAMPLES / f"{name}.py", *arguments, cwd=cwd)
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"  # fmt: skip
+    return result.stdout
+
+
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("finetune_classifier")
-    stdout = _run(
-        EXAMPLES / "finetune_classifier.py",
+    stdout = _example(
+        "finetune_classifier",
         *("--smoke", "--lora-rank", "2", "--general-steps", "10", "--seed", "1"),
         cwd=cwd,
     )
@@ -116,7 +126,7 @@ def test_classifier_savedmodel_serves_chinese_labels_in_a_fresh_process(classifi
 
 
 def test_finetune_gpt_compares_full_fine_tuning_and_lora(tmp_path):
-    stdout = _run(EXAMPLES / "finetune_gpt.py", "--smoke", cwd=tmp_path)
+    stdout = _example("finetune_gpt", "--smoke", cwd=tmp_path)
     assert "FINETUNE_GPT DONE" in stdout
     rows = re.findall(r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d,]+) \| \d+ \|$", stdout, re.M)
     assert [row[0] for row in rows] == [

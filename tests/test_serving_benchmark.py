@@ -6,12 +6,10 @@ check that each verdict follows them; the slow test runs `--smoke` against real 
 
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from helpers import run_script_here
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "serving.py"
@@ -91,14 +89,8 @@ def test_the_workload_mixes_languages_lengths_and_max_tokens(bench):
 @pytest.mark.slow
 def test_the_smoke_run_reports_every_level_and_goal(tmp_path):
     out = tmp_path / "serving.json"
-    completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=900,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT)),
-    )
+    # The script runs here; its servers are processes of their own.
+    completed = run_script_here(SCRIPT, "--smoke", "--out", out, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
     levels = result["config"]["levels"]
