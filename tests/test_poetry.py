@@ -2,12 +2,10 @@
 
 import json
 import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from helpers import run_here, run_script_here
 
 from tf_bigmodels.data import (
     bits_per_character,
@@ -123,13 +121,8 @@ def test_an_empty_sample_is_printed_with_a_note(monkeypatch):
 @pytest.mark.slow
 def test_poetry_benchmark_smoke_run(tmp_path):
     out = tmp_path / "poetry.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "poetry.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        cwd=tmp_path,
+    result = run_script_here(
+        ROOT / "benchmarks" / "poetry.py", "--smoke", "--out", out, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-4000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
@@ -151,21 +144,17 @@ def test_poetry_benchmark_smoke_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_poet_score_scores_a_run_s_poems_and_reads_its_logged_bits_per_char(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    train = [sys.executable, "-m", "tf_bigmodels", "train", "gpt", "--corpus", "tangshi"]
-    train += ["--preset", "gpt-test", "--steps", "2", "--samples", "0", "--name", "poet"]
+def test_poet_score_scores_a_run_s_poems_and_reads_its_logged_bits_per_char(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "gpt", "--corpus", "tangshi", "--preset", "gpt-test", "--steps", "2"]
+    train += ["--samples", "0", "--name", "poet"]
     train += ["--no-export", "--no-jit"]  # the score reads the run's model and its log only
-    trained = subprocess.run(
-        train, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
-    )
+    trained = run_here(*train)
     assert trained.returncode == 0, trained.stderr[-4000:]
     out = tmp_path / "score.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "poet_score.py"), "runs/poet", "runs/poet"]
+    command = [ROOT / "benchmarks" / "poet_score.py", "runs/poet", "runs/poet"]
     command += ["--max-new-tokens", "16", "--max-poems", "3", "--out", str(out)]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
-    )
+    result = run_script_here(*command, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stderr.count("runs/poet: ") == 2 and "of 1,000 lines, 3 poems" in result.stderr
     results = json.loads(out.read_text(encoding="utf-8"))
