@@ -37,6 +37,7 @@ Run:  python examples/finetune_classifier.py                 (the full run; see 
       python examples/finetune_classifier.py --general-steps 5000 --seed 1
                                                            (two-stage pre-training, another seed)
       python examples/finetune_classifier.py --lora-rank 8   (LoRA fine-tuning)
+      python examples/finetune_classifier.py --width 256     (a wider encoder: 4 heads, 1024)
       python examples/finetune_classifier.py --pretrained example_outputs/finetune_classifier/pretrained
       python examples/finetune_classifier.py --smoke         (seconds: 600 reviews, a tiny BERT)
 
@@ -87,7 +88,18 @@ parser.add_argument(
     "--lr", type=float, help="peak fine-tuning learning rate (default 2e-4; 1e-3 with LoRA)"
 )
 parser.add_argument("--lora-rank", type=at_least(1), help="fine-tune rank-R LoRA adapters only")
+parser.add_argument(
+    "--width",
+    type=at_least(64),
+    help="the encoder's width, a multiple of 64: heads of 64, feed-forward 4x the width "
+    "(default 128, BERT-Tiny's; not with --smoke or --pretrained)",
+)
 args = parser.parse_args()
+if args.width is not None and (args.width % 64 or args.smoke or args.pretrained):
+    parser.error(
+        f"--width must be a multiple of 64, without --smoke or --pretrained (which set the "
+        f"encoder), got {args.width}"
+    )
 
 # TensorFlow loads only now, so that --help answers at once, without it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -112,10 +124,11 @@ SEQ_LEN = 32 if args.smoke else 128  # characters; 85% of the reviews fit in 126
 # the most frequent characters that fit in two-fifths of the size (each is also a ##-piece), so
 # the rarest become [UNK].
 VOCAB_SIZE = 2000 if args.smoke else (8000 if args.general_steps else 6000)
+WIDTH = args.width or 128  # 128: BERT-Tiny (2 layers, 2 heads, feed-forward 512)
 MODEL = (
     dict(d_model=32, num_heads=2, dff=64, num_layers=1)
     if args.smoke
-    else dict(d_model=128, num_heads=2, dff=512, num_layers=2)  # BERT-Tiny
+    else dict(d_model=WIDTH, num_heads=WIDTH // 64, dff=4 * WIDTH, num_layers=2)
 )
 BATCH_SIZE = 32
 # With 1,000 pre-training steps and 3 epochs (learning rate 2e-4) BERT reached 0.823 test accuracy
@@ -380,6 +393,9 @@ summary = {
     "split_seed": SPLIT_SEED,
     "seed": SEED,
     "pretraining_steps": pretraining_steps,
+    "encoder": {
+        name: getattr(encoder, name) for name in ("d_model", "num_heads", "dff", "num_layers")
+    },
     "split_sizes": {name: len(index) for name, index in splits.items()},
     "test_label_counts": np.bincount(labels["test"], minlength=NUM_CLASSES).tolist(),
     "train_majority_label": int(majority),

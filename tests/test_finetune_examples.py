@@ -110,8 +110,31 @@ def test_parameters_trained_are_those_of_each_model(classifier_run):
     # Smoke BERT: 1 block of width 32, rank-2 adapters on qkv (32 -> 96) and output (32 -> 32),
     # and the new head (32 x 2 + 2).
     assert results["BERT, LoRA rank 2"]["parameters_trained"] == (32 + 96) * 2 + 64 * 2 + 66
+    assert summary["encoder"] == {"d_model": 32, "num_heads": 2, "dff": 64, "num_layers": 1}
     for name in results:
         assert f"| {name} |" in stdout  # the table has a row for each
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--width", "100"], "--width must be a multiple of 64, without --smoke or --pretrained"),
+        (["--width", "256", "--smoke"], "without --smoke or --pretrained (which set the encoder)"),
+        (["--width", "32"], "--width: must be an integer >= 64, got '32'"),
+    ],
+)
+def test_width_is_a_multiple_of_64_for_a_full_run_only(arguments, message, tmp_path):
+    # Refused while the arguments are read, before TensorFlow loads.
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "finetune_classifier.py"), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    last = result.stderr.splitlines()[-1]
+    assert result.returncode == 2 and message in last and arguments[1] in last, result.stderr
+    assert not (tmp_path / "example_outputs").exists()
 
 
 def test_classifier_savedmodel_serves_chinese_labels_in_a_fresh_process(classifier_run, tmp_path):
