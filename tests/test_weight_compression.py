@@ -138,11 +138,11 @@ print(json.dumps(out))
 def test_compressed_exports_serve_in_a_fresh_process_like_the_compressed_model(trained, tmp_path):
     tokenizer = ByteTokenizer()
     settings = dict(max_new_tokens=NEW_TOKENS, temperature=0.0)
+    # float32 exports are served in a fresh process by the export tests; here, the compressed.
     paths = {
-        weights: export_gpt(
-            trained, tokenizer, str(tmp_path / weights), weights=weights, **settings
+        "bfloat16": export_gpt(
+            trained, tokenizer, str(tmp_path / "bfloat16"), weights="bfloat16", **settings
         )
-        for weights in ("float32", "bfloat16")
     }
     # int8 through the command line, with `generate --weights` and a refused format beside it.
     trained.save(tmp_path / "model.keras")
@@ -174,8 +174,10 @@ def test_compressed_exports_serve_in_a_fresh_process_like_the_compressed_model(t
     matrices = 4 * trained.num_layers + 1  # four Dense kernels per block and the embedding
     assert sum(dtype == tf.int8 for dtype in int8_dtypes.values()) == matrices
     sizes = {weights: _weight_bytes(path) for weights, path in paths.items()}
-    assert sizes["bfloat16"] / sizes["float32"] < 0.55
-    assert sizes["int8"] / sizes["float32"] < 0.30
+    # A float32 export stores the model's weights and nothing else numeric: 4 bytes a number.
+    float32_bytes = sum(4 * int(np.prod(w.shape)) for w in trained.weights)
+    assert sizes["bfloat16"] / float32_bytes < 0.55
+    assert sizes["int8"] / float32_bytes < 0.30
     for weights, path in paths.items():
         result = served[path]
         assert result["weights"] == weights
