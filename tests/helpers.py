@@ -69,6 +69,18 @@ def run_all_here(*commands):
     return [run_here(*args) for args in commands]
 
 
+def run_script(script, *args, cwd, timeout=900):
+    """`python SCRIPT ARGS` in a fresh process from `cwd`: its `CompletedProcess`."""
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+
+
 def run_script_here(script, *args, cwd):
     """`python SCRIPT ARGS` in the working directory `cwd`, run in this process.
 

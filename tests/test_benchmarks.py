@@ -1,12 +1,10 @@
 """The benchmark command's smoke mode produces its table and JSON (no timing is asserted)."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from helpers import run_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,21 +19,10 @@ def smoke(tmp_path_factory):
     for all of them, as a full measurement runs (the optional sections after the default ones)."""
     cwd = tmp_path_factory.mktemp("benchmarks")
     sections = (*DEFAULT_SECTIONS[1:], "bf16_execution", "decode", "time_to_quality")
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--smoke",
-            "--sections",
-            ",".join(sections),
-            "--out",
-            "results.json",
-        ],
-        capture_output=True,
-        text=True,
+    completed = run_script(
+        ROOT / "benchmarks" / "run.py",
+        *("--smoke", "--sections", ",".join(sections), "--out", "results.json"),
         cwd=cwd,
-        timeout=900,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed.stdout, json.loads((cwd / "results.json").read_text())

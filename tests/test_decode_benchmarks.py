@@ -4,32 +4,16 @@
 code), compares the LiteRT exports' validation loss."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import keras
 import pytest
-from helpers import run_script_here
+from helpers import run_script, run_script_here
 
 from tf_bigmodels.models import GPTModel
 from tf_bigmodels.training import build_optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _run(script, *arguments, cwd):
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *arguments],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=900,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return completed
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +70,8 @@ def test_litert_quality_script_reports_loss_and_first_difference(tmp_path):
     )
     model.save(tmp_path / "model.keras")
     arguments = ["model.keras", "--windows", "4", "--new-tokens", "10", "--out", "q.json"]
-    completed = _run("litert_quality.py", *arguments, cwd=tmp_path)
+    completed = run_script(ROOT / "benchmarks" / "litert_quality.py", *arguments, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads((tmp_path / "q.json").read_text())
     assert set(result["val_loss"]) == {"float32", "int8"}
     assert result["new_tokens"] == 10 and "first greedy difference" in completed.stdout

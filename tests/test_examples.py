@@ -9,13 +9,10 @@ the examples that start from a trained model.
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
-from helpers import run_script_here
+from helpers import run_script, run_script_here
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.slow
@@ -25,14 +22,7 @@ def run_example(name, cwd, *args, fresh_process=False):
     """Runs `examples/<name>.py --smoke *args` in `cwd`; returns its stdout, asserting success."""
     script, arguments = EXAMPLES / f"{name}.py", ["--smoke", *map(str, args)]
     if fresh_process:
-        result = subprocess.run(
-            [sys.executable, str(script), *arguments],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        )
+        result = run_script(script, *arguments, cwd=cwd, timeout=300)
     else:
         result = run_script_here(script, *arguments, cwd=cwd)
     assert result.returncode == 0, (
