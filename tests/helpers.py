@@ -1,7 +1,8 @@
 """Checks every layer and model must pass, so each test file states only what is special to it;
-`TINY_GPT`, the settings of the training tests' tiny GPT runs; `run_here`, the command line
-run by `main` in the test's own process; and `run_script_here`, a script (an example, a
-benchmark) run in the test's own process as `python SCRIPT ARGS` would run it.
+`TINY_GPT`, the settings of the training tests' tiny GPT runs, and `run_arrays`, what a run
+ends with as arrays; `run_here`, the command line run by `main` in the test's own process;
+`run_script` and `run_script_here`, a script (an example, a benchmark) run in a fresh process or
+in the test's own one, and `run_example`, an example's `--smoke` run.
 
 `assert_layer_contract` verifies, for one class and one set of constructor arguments:
   * `get_config()` names every constructor argument, and `from_config` rebuilds an equal config;
@@ -44,6 +45,14 @@ TINY_GPT = dict(
 )
 
 
+def run_arrays(result):
+    """A `RunResult`'s final weights (`w0`, `w1`, ...) and history (`history_<metric>`), as
+    numpy arrays under the names the training worker saves them with."""
+    arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(result.model.get_weights())}
+    arrays.update({f"history_{k}": np.array(v) for k, v in result.history.items()})
+    return arrays
+
+
 def run_here(*args):
     """`tf-bigmodels ARGS` run by `main` in this process, with its stdout and stderr captured.
 
@@ -70,7 +79,8 @@ def run_all_here(*commands):
 
 
 def run_script(script, *args, cwd, timeout=900):
-    """`python SCRIPT ARGS` in a fresh process from `cwd`: its `CompletedProcess`."""
+    """`python SCRIPT ARGS` in a fresh process from `cwd` (SCRIPT may also be `-c` and the
+    program's text): its `CompletedProcess`."""
     return subprocess.run(
         [sys.executable, str(script), *map(str, args)],
         capture_output=True,
@@ -115,6 +125,23 @@ def run_script_here(script, *args, cwd):
     return subprocess.CompletedProcess(
         [script, *args], status or 0, stdout.getvalue(), stderr.getvalue()
     )
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name, cwd, *args, fresh_process=False):
+    """Runs `examples/<name>.py --smoke *args` in `cwd`, in this process unless `fresh_process`;
+    returns its stdout, asserting success."""
+    script, arguments = EXAMPLES / f"{name}.py", ["--smoke", *map(str, args)]
+    if fresh_process:
+        result = run_script(script, *arguments, cwd=cwd, timeout=300)
+    else:
+        result = run_script_here(script, *arguments, cwd=cwd)
+    assert result.returncode == 0, (
+        f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout
 
 
 _RELOAD_SCRIPT = textwrap.dedent("""

@@ -9,26 +9,11 @@ the examples that start from a trained model.
 """
 
 import json
-import pathlib
 
 import pytest
-from helpers import run_script, run_script_here
+from helpers import EXAMPLES, run_example
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.slow
-
-
-def run_example(name, cwd, *args, fresh_process=False):
-    """Runs `examples/<name>.py --smoke *args` in `cwd`; returns its stdout, asserting success."""
-    script, arguments = EXAMPLES / f"{name}.py", ["--smoke", *map(str, args)]
-    if fresh_process:
-        result = run_script(script, *arguments, cwd=cwd, timeout=300)
-    else:
-        result = run_script_here(script, *arguments, cwd=cwd)
-    assert result.returncode == 0, (
-        f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    )
-    return result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,12 @@ The examples run in the test's process (`run_script_here`); the exported classif
 fresh one, which imports only TensorFlow and tensorflow-text."""
 
 import json
-import os
-import pathlib
 import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from helpers import run_script_here
+from helpers import EXAMPLES, run_example, run_script
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.slow
 
 # Runs in a fresh interpreter: only tensorflow and tensorflow_text are imported.
@@ -33,32 +28,11 @@ _SERVE_CLASSIFIER = textwrap.dedent("""
 """)
 
 
-def _run(*command, cwd):
-    result = subprocess.run(
-        [sys.executable, *map(str, command)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"  # fmt: skip
-    return result.stdout
-
-
-def _example(name, *arguments, cwd):
-    result = run_script_here(EXAMPLES / f"{name}.py", *arguments, cwd=cwd)
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"  # fmt: skip
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("finetune_classifier")
-    stdout = _example(
-        "finetune_classifier",
-        *("--smoke", "--lora-rank", "2", "--general-steps", "10", "--seed", "1"),
-        cwd=cwd,
+    stdout = run_example(
+        "finetune_classifier", cwd, "--lora-rank", "2", "--general-steps", "10", "--seed", "1"
     )
     out = cwd / "example_outputs" / "finetune_classifier"
     return stdout, out, json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -125,13 +99,7 @@ def test_parameters_trained_are_those_of_each_model(classifier_run):
 )
 def test_width_is_a_multiple_of_64_for_a_full_run_only(arguments, message, tmp_path):
     # Refused while the arguments are read, before TensorFlow loads.
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "finetune_classifier.py"), *arguments],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = run_script(EXAMPLES / "finetune_classifier.py", *arguments, cwd=tmp_path, timeout=60)
     last = result.stderr.splitlines()[-1]
     assert result.returncode == 2 and message in last and arguments[1] in last, result.stderr
     assert not (tmp_path / "example_outputs").exists()
@@ -140,16 +108,16 @@ def test_width_is_a_multiple_of_64_for_a_full_run_only(arguments, message, tmp_p
 def test_classifier_savedmodel_serves_chinese_labels_in_a_fresh_process(classifier_run, tmp_path):
     _, out, _ = classifier_run
     assert (out / "classifier.keras").is_file()
-    served = json.loads(
-        _run("-c", _SERVE_CLASSIFIER, out / "export" / "1", cwd=tmp_path).splitlines()[-1]
-    )
+    served = run_script("-c", _SERVE_CLASSIFIER, out / "export" / "1", cwd=tmp_path)
+    assert served.returncode == 0, served.stderr[-3000:]
+    served = json.loads(served.stdout.splitlines()[-1])
     assert served["label_name"] == [["负面", "正面"][label] for label in served["label"]]
     for row in served["probabilities"]:
         assert sum(row) == pytest.approx(1, abs=1e-5)
 
 
 def test_finetune_gpt_compares_full_fine_tuning_and_lora(tmp_path):
-    stdout = _example("finetune_gpt", "--smoke", cwd=tmp_path)
+    stdout = run_example("finetune_gpt", tmp_path)
     assert "FINETUNE_GPT DONE" in stdout
     rows = re.findall(r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d,]+) \| \d+ \|$", stdout, re.M)
     assert [row[0] for row in rows] == [

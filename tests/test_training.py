@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TINY_GPT
+from helpers import TINY_GPT, run_arrays
 
 from tf_bigmodels.models import GPTModel
 from tf_bigmodels.training import (
@@ -336,9 +336,7 @@ def test_mirrored_two_cpus_equals_one_device(tmp_path, small_corpus, model, extr
         tmp_path / "two.npz",
     )
     # One device: here, while the mirrored run's process trains (this process has one CPU device).
-    result = train(RunConfig(**base, out=str(tmp_path / "one")))
-    single = {f"w{i}": np.asarray(w) for i, w in enumerate(result.model.get_weights())}
-    single.update({f"history_{k}": np.array(v) for k, v in result.history.items()})
+    single = run_arrays(train(RunConfig(**base, out=str(tmp_path / "one"))))
     code, out, err = _finish(two)
     assert code == 0, err[-3000:]
     assert "Strategy: MirroredStrategy with 2 replica(s)." in out

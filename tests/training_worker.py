@@ -20,10 +20,10 @@ if settings.get("logical_cpus"):
     )
 
 import numpy as np  # noqa: E402
+from helpers import run_arrays  # noqa: E402  (this script's directory, tests/, is on the path)
 
 from tf_bigmodels.training import RunConfig, train  # noqa: E402
 
 result = train(RunConfig(**settings["config"]))
-weights = {f"w{i}": np.asarray(w) for i, w in enumerate(result.model.get_weights())}
-np.savez(sys.argv[2], **weights, **{f"history_{k}": np.array(v) for k, v in result.history.items()})
+np.savez(sys.argv[2], **run_arrays(result))
 print("WORKER_DONE", result.step)
