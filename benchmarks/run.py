@@ -390,26 +390,34 @@ def section_matmul(shape, repeats):
     return {dtype: best for dtype, (best, _) in measured.items()}, rows
 
 
+def _xla(args, jit=True):
+    """`jit`, or False in smoke mode, where compiling each tiny model with XLA (seconds each)
+    would be most of the run: the smoke run checks the command and its table, not timings. The
+    `bf16_execution` section does not ask: XLA against TensorFlow's kernels is what it measures."""
+    return jit and not args.smoke
+
+
 def section_gpt_nano(shape, args, ceilings):
     vocab_size = ByteTokenizer().vocab_size
     parameters, flops = _gpt_flops(shape, vocab_size)
     spe = args.steps_per_execution
-    settings = dict(precision="float32", jit_compile=True)
+    jit = _xla(args)
+    settings = dict(precision="float32", jit_compile=jit)
     builders = {
         "ours": (
-            build_gpt("ours", shape, vocab_size, True, spe),
+            build_gpt("ours", shape, vocab_size, jit, spe),
             gpt_data("ours", shape, "corpus", vocab_size),
             dict(settings, steps_per_execution=spe),
         ),
         "keras_hub": (
-            build_gpt("keras_hub", shape, vocab_size, True, 1),
+            build_gpt("keras_hub", shape, vocab_size, jit, 1),
             gpt_data("keras_hub", shape, "corpus", vocab_size),
             dict(settings, steps_per_execution=1),
         ),
     }
     if spe > 1:  # the peer with our lever too, for the record
         builders[f"keras_hub_spe{spe}"] = (
-            build_gpt("keras_hub", shape, vocab_size, True, spe),
+            build_gpt("keras_hub", shape, vocab_size, jit, spe),
             gpt_data("keras_hub", shape, "corpus", vocab_size),
             dict(settings, steps_per_execution=spe),
         )
@@ -419,9 +427,13 @@ def section_gpt_nano(shape, args, ceilings):
     return _ratios(rows, "keras_hub")
 
 
-def _bf16_jit(shape, args):
-    # Both libraries get the same setting: `--bf16-jit`, or else what our training would choose.
-    return jit_compile_for("mixed_bfloat16", args.bf16_jit, d_model=shape["d_model"])
+def _jit_124m(precision, args):
+    # float32 compiles. For mixed_bfloat16 both libraries get the same setting: `--bf16-jit`, or
+    # else what our training would choose.
+    if precision == "float32":
+        return _xla(args)
+    d_model = FULL["gpt_124m"]["d_model"]
+    return _xla(args, jit_compile_for("mixed_bfloat16", args.bf16_jit, d_model=d_model))
 
 
 def section_gpt_124m(shape, args, ceilings):
@@ -434,7 +446,7 @@ def section_gpt_124m(shape, args, ceilings):
     for precision in PRECISIONS:
         builders = {}
         for library in ("ours", "keras_hub"):
-            jit = True if precision == "float32" else _bf16_jit(shape, args)
+            jit = _jit_124m(precision, args)
             with _policy(precision):
                 model = build_gpt(library, shape, vocab_size, jit, 1)
             builders[library] = (
@@ -509,9 +521,9 @@ def section_bert(shape, args, ceilings):
         variants[f"keras_hub_spe{spe}"] = ("keras_hub", spe)
     builders = {
         name: (
-            build_bert(library, shape, True, steps),
+            build_bert(library, shape, _xla(args), steps),
             bert_data(library, shape),
-            dict(precision="float32", jit_compile=True, steps_per_execution=steps),
+            dict(precision="float32", jit_compile=_xla(args), steps_per_execution=steps),
         )
         for name, (library, steps) in variants.items()
     }
@@ -577,7 +589,7 @@ def _start_memory_workers(args):
     workers = {}
     for precision in PRECISIONS:
         for library in ("ours", "keras_hub"):
-            jit = True if precision == "float32" else _bf16_jit(FULL["gpt_124m"], args)
+            jit = _jit_124m(precision, args)
             spec = dict(library=library, precision=precision, jit_compile=jit, smoke=args.smoke)
             workers[library, precision] = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--memory-worker", json.dumps(spec)],
@@ -737,7 +749,11 @@ def main():
         help="decode: a trained byte-level GPT .keras file (e.g. runs/gpt/model.keras) for the "
         "validation-loss rows",
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes and 1 round (CI)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shapes, 1 round, XLA only where bf16_execution compares it (CI)",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     time_to_quality.add_arguments(parser.add_argument_group("time_to_quality"))

@@ -58,6 +58,8 @@ def test_run_smoke_writes_table_and_json(smoke):
     for row in (r for r in result["rows"] if r["section"] in DEFAULT_SECTIONS):
         rate = row["gflops"] if row["section"] == "matmul" else row["tokens_per_second"]
         assert rate > 0
+        if row["section"] in ("gpt_nano", "gpt_124m", "bert"):
+            assert row["jit_compile"] is False  # smoke mode: no seconds of XLA per tiny model
         if row["section"] == "gpt_124m":
             assert row["peak_rss_mb"] > 0 and 0 < row["mfu"] < 1
     assert set(result["ceilings_gflops"]) == {"float32", "bfloat16", "bfloat16_xla"}
