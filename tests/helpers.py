@@ -32,8 +32,8 @@ import keras
 import numpy as np
 from keras import tree
 
-# The training tests' tiny GPT run: the test preset, quiet, no samples or export, and without XLA
-# (for models this small, compiling costs more than it saves).
+# The training tests' tiny GPT run: the test preset (which trains without XLA), quiet, no samples
+# or export.
 TINY_GPT = dict(
     model="gpt",
     preset="gpt-test",
@@ -41,7 +41,6 @@ TINY_GPT = dict(
     export=False,
     verbose=0,
     log_every=1,
-    jit_compile=False,
 )
 
 

@@ -258,7 +258,7 @@ def test_every_failure_of_a_run_is_one_line(tmp_path, gpt_run):
     """A full disk at a checkpoint, at an export, at the tokenizer's save; a diverged run (a
     finite but huge loss); a run directory another process writes: one line, status 2, and
     nothing half-written left behind."""
-    tiny = ["--preset", "gpt-test", "--steps", "20", "--eval-every", "10", "--no-jit"]
+    tiny = ["--preset", "gpt-test", "--steps", "20", "--eval-every", "10"]
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for index in range(8):

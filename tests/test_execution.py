@@ -56,10 +56,19 @@ def test_run_config_leaves_the_choice_to_training_and_checks_a_given_one():
         RunConfig(jit_compile=1).resolved()
 
 
+def test_the_test_presets_train_without_xla_unless_asked():
+    # A few steps of a 32-wide model: XLA's compilation would take longer than all of them.
+    for kind, preset in (("gpt", "gpt-test"), ("bert", "bert-test")):
+        assert RunConfig(model=kind, preset=preset).resolved().jit_compile is False
+        asked = RunConfig(model=kind, preset=preset, jit_compile=True).resolved()
+        assert asked.jit_compile is True
+    assert RunConfig(preset="gpt-nano").resolved().jit_compile is None  # left to the choice
+
+
 def test_the_task_asks_jit_compile_for(monkeypatch):
     from tf_bigmodels.training import execution, task_for
 
-    config = RunConfig(preset="gpt-test", precision="mixed_bfloat16", d_model=512, num_heads=8)
+    config = RunConfig(precision="mixed_bfloat16", d_model=512, num_heads=8)
     monkeypatch.setattr(execution, "on_cpu_only", lambda: True)
     monkeypatch.setattr(execution, "cpu_has_bf16", lambda: True)
     assert task_for(config.resolved()).jit_compile() is False

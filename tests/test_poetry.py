@@ -148,7 +148,7 @@ def test_poet_score_scores_a_run_s_poems_and_reads_its_logged_bits_per_char(tmp_
     monkeypatch.chdir(tmp_path)
     train = ["train", "gpt", "--corpus", "tangshi", "--preset", "gpt-test", "--steps", "2"]
     train += ["--samples", "0", "--name", "poet"]
-    train += ["--no-export", "--no-jit"]  # the score reads the run's model and its log only
+    train += ["--no-export"]  # the score reads the run's model and its log only
     trained = run_here(*train)
     assert trained.returncode == 0, trained.stderr[-4000:]
     out = tmp_path / "score.json"

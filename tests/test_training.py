@@ -34,9 +34,9 @@ from tf_bigmodels.training.multi_worker import keras_is_affected
 
 WORKER = pathlib.Path(__file__).with_name("training_worker.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-# The first test below and the mixed-precision ones train as a user's run does, with the
-# execution (XLA or not) that training chooses.
-TINY_GPT_CHOSEN_EXECUTION = dict(TINY_GPT, jit_compile=None)
+# The test preset trains without XLA. The first test below and the mixed-precision ones train
+# through XLA, as a run of any other preset does on a CPU.
+TINY_GPT_XLA = dict(TINY_GPT, jit_compile=True)
 
 
 def _run_worker(settings, output, env=None, timeout=600):
@@ -182,7 +182,7 @@ def test_keras_version_gate():
 
 @pytest.mark.slow
 def test_train_gpt_writes_its_outputs_and_learns(tmp_path):
-    config = RunConfig(**TINY_GPT_CHOSEN_EXECUTION, steps=30, eval_every=10, out=str(tmp_path))
+    config = RunConfig(**TINY_GPT_XLA, steps=30, eval_every=10, out=str(tmp_path))
     result = train(config)
     run_dir = tmp_path / "gpt"
     for name in ("config.json", "best.keras", "model.keras", "metrics.jsonl"):
@@ -445,7 +445,6 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus):
         "--samples",
         "0",
         "--no-export",
-        "--no-jit",
         "--dropout",
         "0.1",
     ]
@@ -525,7 +524,7 @@ def test_a_run_without_model_file_is_rebuilt_from_its_checkpoint(tmp_path):
 def test_mixed_precision_training(tmp_path, precision):
     result = train(
         RunConfig(
-            **TINY_GPT_CHOSEN_EXECUTION,
+            **TINY_GPT_XLA,
             steps=10,
             eval_every=10,
             precision=precision,

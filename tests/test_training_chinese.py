@@ -25,7 +25,7 @@ TRAIN_POET = [
     "train", "gpt", "--preset", "gpt-test", "--tokenizer", "sentencepiece", "--vocab-size",
     "3000", "--steps", "30", "--eval-every", "15", "--eval-steps", "2", "--lr", "5e-3",
     "--samples", "1",
-    "--sample-tokens", "16", "--no-jit", "--quiet",
+    "--sample-tokens", "16", "--quiet",
 ]  # fmt: skip
 
 
@@ -141,7 +141,7 @@ def test_byte_run_bits_per_char_is_val_loss_in_bits_on_ascii(tmp_path, capsys):
     argv = [
         "train", "gpt", "--preset", "gpt-test", "--corpus", str(tmp_path / "text.txt"),
         "--steps", "4", "--eval-every", "2", "--eval-steps", "2", "--samples", "0",
-        "--no-export", "--no-jit", "--log-every", "2", "--out", str(tmp_path),
+        "--no-export", "--log-every", "2", "--out", str(tmp_path),
     ]  # fmt: skip
     assert cli.main(argv) == 0
     records = _validation_records(tmp_path / "gpt")
@@ -289,7 +289,7 @@ def test_train_reads_a_gbk_corpus_with_corpus_encoding(tmp_path, capsys):
     path.write_bytes("\n\n".join(load_corpus("tangshi")[:60]).encode("gbk", errors="ignore"))
     argv = [
         "train", "gpt", "--preset", "gpt-test", "--corpus", str(path), "--steps", "2",
-        "--eval-every", "2", "--eval-steps", "1", "--samples", "0", "--no-export", "--no-jit",
+        "--eval-every", "2", "--eval-steps", "1", "--samples", "0", "--no-export",
         "--quiet", "--out", str(tmp_path),
     ]  # fmt: skip
     assert cli.main(argv) == 2

@@ -17,7 +17,6 @@ SMALL = dict(
     eval_steps=2,
     samples=0,
     export=False,
-    jit_compile=False,
     verbose=0,
     log_every=1,
 )
@@ -146,7 +145,7 @@ def test_a_vocabulary_that_does_not_match_the_tokenizer_is_refused(tmp_path):
 def test_another_model_kind_is_refused_in_one_line_by_the_command(source, tmp_path, capsys):
     source_dir, corpus = source
     argv = ["train", "bert", "--preset", "bert-test", "--corpus", corpus, "--steps", "2"]
-    argv += ["--init-from", str(source_dir), "--out", str(tmp_path), "--no-jit", "--quiet"]
+    argv += ["--init-from", str(source_dir), "--out", str(tmp_path), "--quiet"]
     assert cli.main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error

@@ -190,7 +190,6 @@ def test_training_on_a_tiny_corpus_warns_before_the_first_step(tmp_path, caplog,
         samples=0,
         export=False,
         verbose=0,
-        jit_compile=False,
         out=str(tmp_path),
     )
     begin = cb.TrainingLog.on_train_begin

@@ -257,8 +257,9 @@ class RunConfig:
     )
     jit_compile: bool = _setting(
         "compile the train step with XLA",
-        default_help="chosen: on, except with --precision mixed_bfloat16 on a CPU with bf16 "
-        "instructions and a model at least 512 wide, where TensorFlow's oneDNN kernels are faster",
+        default_help="the preset's (off for the test presets), else chosen: on, except with "
+        "--precision mixed_bfloat16 on a CPU with bf16 instructions and a model at least 512 "
+        "wide, where TensorFlow's oneDNN kernels are faster",
         parse="bool",
         flag="--jit",
     )
@@ -337,7 +338,7 @@ class RunConfig:
         steps = values["steps"] = _checks.positive_int(
             "steps", preset.steps if self.steps is None else self.steps
         )
-        for field in ("batch_size", "seq_len", "learning_rate"):
+        for field in ("batch_size", "seq_len", "learning_rate", "jit_compile"):
             if values[field] is None:
                 values[field] = getattr(preset, field)
         if values["warmup_steps"] is None:

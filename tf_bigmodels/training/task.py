@@ -381,9 +381,10 @@ class Task:
         Example:
 
         >>> from tf_bigmodels.training import RunConfig, task_for
-        >>> task = task_for(RunConfig(preset="gpt-test").resolved())
-        >>> task.jit_compile()
+        >>> task_for(RunConfig(preset="gpt-nano").resolved()).jit_compile()
         True
+        >>> task_for(RunConfig(preset="gpt-test").resolved()).jit_compile()  # the preset's
+        False
         """
         return jit_compile_for(
             self.config.precision, self.config.jit_compile, d_model=self.config.d_model
