@@ -2,7 +2,8 @@
 `TINY_GPT`, the settings of the training tests' tiny GPT runs, and `run_arrays`, what a run
 ends with as arrays; `run_here`, the command line run by `main` in the test's own process;
 `run_script` and `run_script_here`, a script (an example, a benchmark) run in a fresh process or
-in the test's own one, and `run_example`, an example's `--smoke` run.
+in the test's own one, and `run_example`, an example's `--smoke` run; `root_conftest`, the
+repository's root `conftest.py` as a module.
 
 `assert_layer_contract` verifies, for one class and one set of constructor arguments:
   * `get_config()` names every constructor argument, and `from_config` rebuilds an equal config;
@@ -16,6 +17,8 @@ in the test's own one, and `run_example`, an example's `--smoke` run.
 
 import atexit
 import contextlib
+import functools
+import importlib.util
 import inspect
 import io
 import os
@@ -50,6 +53,16 @@ def run_arrays(result):
     arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(result.model.get_weights())}
     arrays.update({f"history_{k}": np.array(v) for k, v in result.history.items()})
     return arrays
+
+
+@functools.cache
+def root_conftest():
+    """The root `conftest.py` as a module: pytest loads it, but not under an importable name."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("root_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_here(*args):

@@ -10,18 +10,16 @@ private helper module (`_checks`) is reached through a reached module that impor
 import ast
 import doctest
 import importlib
-import importlib.util
 import inspect
 import pathlib
 import pkgutil
 import re
 
+from helpers import root_conftest
+
 import tf_bigmodels
 
 TESTS = pathlib.Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("root_conftest", TESTS.parent / "conftest.py")
-_root_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root_conftest)
 
 
 def _modules():
@@ -38,7 +36,7 @@ def _has_doc_examples(name):
     return any(
         not example.options.get(doctest.SKIP)
         for test in doctest.DocTestFinder(exclude_empty=True).find(module, name)
-        if not any(_root_conftest.SLOW_DOC_EXAMPLE in e.source for e in test.examples)
+        if not any(root_conftest().SLOW_DOC_EXAMPLE in e.source for e in test.examples)
         for example in test.examples
     )
 
