@@ -22,6 +22,7 @@ Run:  python examples/article_walkthrough.py            (about 1.5 minutes on a 
 """
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -44,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 import tf_bigmodels as tfb  # noqa: E402
@@ -258,12 +260,22 @@ def make_gpt(causal):
     return model
 
 
+@functools.cache
+def forward(model):
+    """The model's logits as one graph for every batch size and length: the hundreds of full
+    forward passes below then cost what this small model computes, not an eager call each."""
+    return tf.function(
+        model, input_signature=[tf.TensorSpec([None, None], tf.int32)], autograph=False
+    )
+
+
 def prefix_only_logits(model, token_ids):
     """Logits at each position i computed from token_ids[:, :i + 1] alone."""
     # A one-token prefix makes Keras warn about a softmax over one key; that is intended here.
     warnings.filterwarnings("ignore", message="You are using a softmax over axis -1")
     return np.stack(
-        [numpy(model(token_ids[:, : i + 1]))[:, -1] for i in range(token_ids.shape[1])], axis=1
+        [numpy(forward(model)(token_ids[:, : i + 1]))[:, -1] for i in range(token_ids.shape[1])],
+        axis=1,
     )
 
 
@@ -271,7 +283,7 @@ def greedy(model, prompt, length):
     """Greedy decoding by full forward passes over the last SEQ_LEN tokens (works without a mask)."""
     ids = list(numpy(tokenizer.tokenize([prompt])[0]))
     for _ in range(length):
-        logits = numpy(model(np.array([ids[-SEQ_LEN:]], "int32")))[0, -1]
+        logits = numpy(forward(model)(np.array([ids[-SEQ_LEN:]], "int32")))[0, -1]
         ids.append(int(np.argmax(logits[:256])))  # bytes only: no end/pad token mid-sample
     return ids
 

@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import inspect
 import io
+import logging
 import os
 import pathlib
 import pickle
@@ -77,11 +78,23 @@ def run_here(*args):
     from tf_bigmodels import cli
 
     stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            status = cli.main([str(arg) for arg in args])
-        except SystemExit as exit:
-            status = exit.code
+    # The log lines a fresh process prints on stderr: `main`'s `logging.basicConfig` adds no
+    # handler here, where pytest's are already on the root logger.
+    handler = logging.StreamHandler(stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = cli.main([str(arg) for arg in args])
+            except SystemExit as exit:
+                status = exit.code
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
     return subprocess.CompletedProcess(args, status, stdout.getvalue(), stderr.getvalue())
 
 

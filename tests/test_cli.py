@@ -3,7 +3,7 @@
 Each case checks that the exit status is 2 (a usage error), that stderr holds exactly one line
 (TensorFlow's start-up notices aside) and no traceback, that the line names what was wrong, and
 that files already there are unchanged. Mistakes found before TensorFlow loads, and the cases
-about the process itself (its log lines, its arguments' bytes, a patched module, a mount), run
+about the process itself (its log lines, its arguments' bytes, a mount), run
 `python -m tf_bigmodels ...` in a subprocess. Mistakes found after TensorFlow loads run the same
 `main` in this process (`run_here`): `python -m tf_bigmodels` exits with what `main` returns, and
 a fresh process would add only TensorFlow's import, about 4 s of CPU per case.
@@ -25,10 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers import run_all_here, run_here
 
 import tf_bigmodels
 from tf_bigmodels.models import GPTModel
+from tf_bigmodels.tokenizers import WordPieceTokenizer
 
 pytestmark = pytest.mark.slow
 _STARTUP_NOISE = ("WARNING: All log messages", "I0000", "E0000", "W0000")
@@ -206,40 +208,18 @@ def test_train_into_an_unwritable_place(a_file):
 
 
 # ---------------------------------------------------------------- a run that fails
-def run_patched(patch, *args):
-    """Runs the command in a process where `patch` (Python source) first breaks something."""
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    code = f"{patch}\nimport sys\nfrom tf_bigmodels.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=environment,
-    )
-
-
-_DISK_FULL_CHECKPOINT = """
-import tensorflow as tf
-def full(self, *args, **kwargs):
+def _disk_full_at_checkpoint(self, *args, **kwargs):
     raise tf.errors.ResourceExhaustedError(None, None, "ckpt-10_temp/part: No space left on device")
-tf.train.CheckpointManager.save = full
-"""
-_DISK_FULL_EXPORT = """
-import tensorflow as tf
-def full(*args, **kwargs):
+
+
+def _disk_full_at_export(*args, **kwargs):
     raise OSError(28, "No space left on device")
-tf.saved_model.save = full
-"""
-_DISK_FULL_TOKENIZER = """
-import os
-from tf_bigmodels.tokenizers import WordPieceTokenizer
-def full(self, directory):
+
+
+def _disk_full_at_tokenizer(self, directory):
     os.makedirs(directory, exist_ok=True)
     open(os.path.join(directory, "tokenizer.json"), "w").close()
     raise OSError(28, "No space left on device")
-WordPieceTokenizer.save = full
-"""
 
 
 def assert_run_error(result, *fragments):
@@ -254,7 +234,7 @@ def assert_run_error(result, *fragments):
         assert fragment in errors[0], errors[0]
 
 
-def test_every_failure_of_a_run_is_one_line(tmp_path, gpt_run):
+def test_every_failure_of_a_run_is_one_line(tmp_path, gpt_run, monkeypatch):
     """A full disk at a checkpoint, at an export, at the tokenizer's save; a diverged run (a
     finite but huge loss); a run directory another process writes: one line, status 2, and
     nothing half-written left behind."""
@@ -279,17 +259,19 @@ def test_every_failure_of_a_run_is_one_line(tmp_path, gpt_run):
     assert holder.stdout.readline().strip() == "locked"
     bert = ["--preset", "bert-test", "--corpus", corpus / "*.txt", "--vocab-size", "200"]
     try:
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            checkpoint, export, tokenizer, diverged, locked = pool.map(
-                lambda job: run_patched(*job),
-                [
-                    (_DISK_FULL_CHECKPOINT, "train", "gpt", *tiny, "--out", tmp_path / "a"),
-                    (_DISK_FULL_EXPORT, "export", gpt_run, "--out", tmp_path / "e", "--no-xla"),
-                    (_DISK_FULL_TOKENIZER, "train", "bert", *bert, "--out", tmp_path / "b"),
-                    ("", "train", "gpt", *tiny, "--lr", "5", "--out", tmp_path / "d"),
-                    ("", "train", "gpt", *tiny, "--out", busy),
-                ],
-            )
+        with monkeypatch.context() as patched:
+            patched.setattr(tf.train.CheckpointManager, "save", _disk_full_at_checkpoint)
+            checkpoint = run_here("train", "gpt", *tiny, "--out", tmp_path / "a")
+        with monkeypatch.context() as patched:
+            patched.setattr(tf.saved_model, "save", _disk_full_at_export)
+            export = run_here("export", gpt_run, "--out", tmp_path / "e", "--no-xla")
+        with monkeypatch.context() as patched:
+            patched.setattr(WordPieceTokenizer, "save", _disk_full_at_tokenizer)
+            tokenizer = run_here("train", "bert", *bert, "--out", tmp_path / "b")
+        diverged, locked = run_all_here(
+            ["train", "gpt", *tiny, "--lr", "5", "--out", tmp_path / "d"],
+            ["train", "gpt", *tiny, "--out", busy],
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -529,8 +511,6 @@ def test_generate_samples_streams_and_counts_characters(gpt_run):
 
 
 def test_generate_reports_an_in_graph_check_in_one_line():
-    import tensorflow as tf
-
     from tf_bigmodels.export import streaming
     from tf_bigmodels.models import generation
 

@@ -138,10 +138,17 @@ print(json.dumps(out))
 def test_compressed_exports_serve_in_a_fresh_process_like_the_compressed_model(trained, tmp_path):
     tokenizer = ByteTokenizer()
     settings = dict(max_new_tokens=NEW_TOKENS, temperature=0.0)
-    # float32 exports are served in a fresh process by the export tests; here, the compressed.
+    # float32 exports are served in a fresh process by the export tests; here, the compressed:
+    # bfloat16 on the plain graph (no XLA compilation when served), int8 as the command line
+    # exports it by default (through XLA).
     paths = {
         "bfloat16": export_gpt(
-            trained, tokenizer, str(tmp_path / "bfloat16"), weights="bfloat16", **settings
+            trained,
+            tokenizer,
+            str(tmp_path / "bfloat16"),
+            weights="bfloat16",
+            jit_compile=False,
+            **settings,
         )
     }
     # int8 through the command line, with `generate --weights` and a refused format beside it.
