@@ -516,14 +516,15 @@ def section_bf16_execution(shape, args, ceilings):
 
 def section_bert(shape, args, ceilings):
     spe = args.steps_per_execution
+    jit = _xla(args)
     variants = {"ours": ("ours", spe), "keras_hub": ("keras_hub", 1)}
     if spe > 1:  # the peer with our lever too, for the record
         variants[f"keras_hub_spe{spe}"] = ("keras_hub", spe)
     builders = {
         name: (
-            build_bert(library, shape, _xla(args), steps),
+            build_bert(library, shape, jit, steps),
             bert_data(library, shape),
-            dict(precision="float32", jit_compile=_xla(args), steps_per_execution=steps),
+            dict(precision="float32", jit_compile=jit, steps_per_execution=steps),
         )
         for name, (library, steps) in variants.items()
     }
