@@ -586,40 +586,61 @@ def _ratios(rows, peer):
 
 
 def _start_memory_workers(args):
-    """(library, precision) -> a subprocess training that 124M-shaped model (`memory_worker`)."""
-    workers = {}
+    """(library, precision) -> the subprocess training that 124M-shaped model (`memory_worker`).
+
+    One subprocess per configuration, so that each high-water mark is that configuration's
+    alone. In smoke mode one subprocess trains the four in turn: its marks only grow, and the
+    run checks the code path and the table, not the figures (saving three starts of
+    TensorFlow and keras-hub)."""
+    specs = []
     for precision in PRECISIONS:
         for library in ("ours", "keras_hub"):
             jit = _jit_124m(precision, args)
-            spec = dict(library=library, precision=precision, jit_compile=jit, smoke=args.smoke)
-            workers[library, precision] = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "--memory-worker", json.dumps(spec)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            specs.append(
+                dict(library=library, precision=precision, jit_compile=jit, smoke=args.smoke)
             )
+    groups = [specs] if args.smoke else [[spec] for spec in specs]
+    workers = {}
+    for group in groups:
+        worker = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--memory-worker", json.dumps(group)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        )
+        workers.update({(spec["library"], spec["precision"]): worker for spec in group})
     return workers
 
 
 def _collect(workers):
-    """(library, precision) -> peak RSS in MiB reported by each memory worker."""
+    """(library, precision) -> peak RSS in MiB reported by the memory workers."""
     peaks = {}
-    for key, worker in workers.items():
+    for worker in dict.fromkeys(workers.values()):
         stdout, stderr = worker.communicate()
         if worker.returncode:
-            raise RuntimeError(f"memory worker {key} failed:\n{stderr[-2000:]}")
-        peaks[key] = json.loads(stdout.strip().splitlines()[-1])["peak_rss_mb"]
+            keys = [key for key, w in workers.items() if w is worker]
+            raise RuntimeError(f"memory worker {keys} failed:\n{stderr[-2000:]}")
+        for line in stdout.strip().splitlines():
+            if line.startswith("{"):
+                report = json.loads(line)
+                peaks[tuple(report["key"])] = report["peak_rss_mb"]
     return peaks
 
 
-def memory_worker(spec):
-    """Builds, compiles and trains one 124M-shaped configuration for 3 steps; prints peak RSS."""
-    shape = (SMOKE if spec["smoke"] else FULL)["gpt_124m"]
-    with _policy(spec["precision"]):
-        model = build_gpt(spec["library"], shape, shape["vocab_size"], spec["jit_compile"], 1)
-    train_steps(model, iter(gpt_data(spec["library"], shape, "random", shape["vocab_size"])), 3)()
-    print(json.dumps({"peak_rss_mb": _high_water_mib()}))
+def memory_worker(specs):
+    """Builds, compiles and trains each 124M-shaped configuration of `specs` for 3 steps, in
+    turn; prints the process's peak RSS after each, one JSON line per configuration."""
+    for spec in specs:
+        shape = (SMOKE if spec["smoke"] else FULL)["gpt_124m"]
+        with _policy(spec["precision"]):
+            model = build_gpt(spec["library"], shape, shape["vocab_size"], spec["jit_compile"], 1)
+        data = gpt_data(spec["library"], shape, "random", shape["vocab_size"])
+        train_steps(model, iter(data), 3)()
+        key = [spec["library"], spec["precision"]]
+        print(json.dumps({"key": key, "peak_rss_mb": _high_water_mib()}), flush=True)
+        del model
+        keras.backend.clear_session()
 
 
 def _high_water_mib():
@@ -753,7 +774,8 @@ def main():
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny shapes, 1 round, XLA only where bf16_execution compares it (CI)",
+        help="tiny shapes, 1 round, XLA only where bf16_execution compares it, one memory "
+        "worker for the four gpt_124m configurations (CI)",
     )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)

@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import sys
+from types import SimpleNamespace
 
 import pytest
 from helpers import run_script
@@ -16,9 +18,13 @@ DEFAULT_SECTIONS = ("matmul", "gpt_nano", "gpt_124m", "bert", "generation")
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """`benchmarks/run.py --smoke` over every section, once: (stdout, result dict). One process
-    for all of them, as a full measurement runs (the optional sections after the default ones)."""
+    for all of them, as a full measurement runs (the optional sections after the default ones).
+
+    All but `decode`: `benchmarks/decode.py`'s own smoke run is tested in
+    test_decode_benchmarks.py, and how this command reports it in
+    `test_the_decode_section_reports_decode_py_s_result` below."""
     cwd = tmp_path_factory.mktemp("benchmarks")
-    sections = (*DEFAULT_SECTIONS[1:], "bf16_execution", "decode", "time_to_quality")
+    sections = (*DEFAULT_SECTIONS[1:], "bf16_execution", "time_to_quality")
     completed = run_script(
         ROOT / "benchmarks" / "run.py",
         *("--smoke", "--sections", ",".join(sections), "--out", "results.json"),
@@ -179,13 +185,8 @@ def test_time_to_quality_median_counts_unreached_seeds_as_late(monkeypatch):
 
 
 @pytest.mark.slow
-def test_bf16_execution_and_decode_smoke_from_the_one_command(smoke):
+def test_bf16_execution_smoke_from_the_one_command(smoke):
     stdout, result = smoke
-    decode_rows = [r for r in result["rows"] if r["section"] == "decode"]
-    assert [r["weights"] for r in decode_rows] == ["float32", "bfloat16", "int8"]
-    assert all(r["tokens_per_second"] > 0 for r in decode_rows)
-    assert result["decode"]["gemv_bandwidth_gb_per_s"] > 0
-    assert "GEMV bandwidth" in stdout
     rows = [r for r in result["rows"] if r["section"] == "bf16_execution"]
     assert [(r["variant"], r["precision"], r["jit_compile"]) for r in rows] == [
         ("float32_xla", "float32", True),
@@ -200,6 +201,64 @@ def test_bf16_execution_and_decode_smoke_from_the_one_command(smoke):
     table = stdout[stdout.rindex("| width |") :].strip().splitlines()
     assert table[2].startswith("| 64 |") and table[2].endswith(
         f"| {'yes' if faster_is_xla else 'no'} |"
+    )
+
+
+def _run_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import run
+
+    return run
+
+
+def test_the_decode_section_reports_decode_py_s_result(monkeypatch, tmp_path, capsys):
+    # The command's part: decode.run called as named, its rows in the table's JSON under
+    # "decode", its other figures beside them, and decode.print_result printing it.
+    run = _run_module(monkeypatch)
+    measured = {"rows": [{"weights": "int8", "tokens_per_second": 9.0}], "gemv": 1.5}
+    calls = []
+    monkeypatch.setattr(run.decode, "run", lambda **kw: calls.append(kw) or measured)
+    monkeypatch.setattr(run.decode, "print_result", lambda result: print("printed", result))
+    monkeypatch.setattr(run, "section_matmul", lambda shape, repeats: ({}, []))
+    out = tmp_path / "r.json"
+    argv = ["run.py", "--smoke", "--sections", "decode", "--nano-model", "m.keras"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out)])
+    run.main()
+    assert calls == [{"smoke": True, "nano_model": "m.keras"}]
+    result = json.loads(out.read_text())
+    assert result["rows"] == [{"weights": "int8", "tokens_per_second": 9.0, "section": "decode"}]
+    assert result["decode"] == {"gemv": 1.5}
+    assert f"printed {measured}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("smoke, processes", [(False, 4), (True, 1)])
+def test_memory_workers_are_one_process_per_configuration_but_one_in_smoke_mode(
+    monkeypatch, smoke, processes
+):
+    run = _run_module(monkeypatch)
+    started = []
+
+    class Worker:
+        def __init__(self, command, **_):
+            self.specs = json.loads(command[-1])
+            self.returncode = 0
+            started.append(self)
+
+        def communicate(self):
+            lines = [
+                json.dumps({"key": [s["library"], s["precision"]], "peak_rss_mb": 1.0})
+                for s in self.specs
+            ]
+            return "TensorFlow's noise\n" + "\n".join(lines), ""
+
+    monkeypatch.setattr(run.subprocess, "Popen", Worker)
+    args = SimpleNamespace(smoke=smoke, bf16_jit=None)
+    peaks = run._collect(run._start_memory_workers(args))
+    assert len(started) == processes
+    assert sorted(peaks) == sorted(
+        (library, precision)
+        for library in ("ours", "keras_hub")
+        for precision in ("float32", "mixed_bfloat16")
     )
 
 
