@@ -270,6 +270,42 @@ def test_export_gpt_defaults_fit_a_small_model(tmp_path):
     assert config["max_new_tokens"] == 32  # half the context
 
 
+def _compiled(model):
+    """`model` as training leaves it: compiled, its AdamW's moments built."""
+    import keras
+
+    model.compile(keras.optimizers.AdamW(1e-3), "mse")
+    model.optimizer.build(model.trainable_variables)
+    assert len(model.optimizer.variables) > 2 * len(model.trainable_variables)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["gpt", "bert"])
+def test_an_export_saves_the_weights_not_the_optimizer_s_state(tmp_path, kind):
+    # A compiled model tracks its optimizer: its two moments per weight would triple the
+    # SavedModel, and every server would load them.
+    from tf_bigmodels.export import export_bert
+    from tf_bigmodels.models import BERTEncoder, BERTPretrainer
+    from tf_bigmodels.tokenizers import WordPieceTokenizer
+
+    if kind == "gpt":
+        model = GPTModel(258, 16, 2, 32, 1, max_length=16)
+        model(np.zeros((1, 16), "int32"))
+        path = export_gpt(_compiled(model), ByteTokenizer(), tmp_path, jit_compile=False)
+    else:
+        tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"])
+        model = BERTPretrainer(BERTEncoder(tokenizer.vocab_size, 16, 2, 32, 1, max_length=16))
+        model({"token_ids": np.zeros((1, 16), "int32"), "mask_positions": np.ones((1, 1), "int32")})
+        path = export_bert(_compiled(model), tokenizer, tmp_path, jit_compile=False)
+    saved = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    numbers = [
+        int(np.prod(saved.get_variable_to_shape_map()[name]))
+        for name, dtype in saved.get_variable_to_dtype_map().items()
+        if dtype != tf.string  # the recorded settings
+    ]
+    assert sum(numbers) == sum(int(np.prod(v.shape)) for v in model.variables)
+
+
 @pytest.mark.slow  # three exports
 def test_export_is_atomic_and_never_overwrites(gpt_exports, tmp_path, monkeypatch):
     model = gpt_exports[0]

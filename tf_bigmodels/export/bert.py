@@ -65,7 +65,10 @@ class BERTServingModule(tf.Module):
 
     def __init__(self, model, tokenizer, config):
         super().__init__(name="bert_serving")
-        self.model = model
+        # The model's variables, not the model: a compiled model tracks its optimizer, whose
+        # state (two moments per weight) would be saved too, and loaded by every server.
+        self.model_variables = list(model.variables)
+        self._pretrainer = isinstance(model, BERTPretrainer)
         self.tokenizer = tokenizer
         self.export_config = tf.Variable(
             json.dumps(config, sort_keys=True), trainable=False, name="export_config"
@@ -73,7 +76,7 @@ class BERTServingModule(tf.Module):
         self._config = config
         self._vocabulary = tf.constant(list(tokenizer.vocabulary))
         self._run = graph_function(lambda inputs: model(inputs), jit_compile=config["jit_compile"])
-        if isinstance(model, BERTPretrainer):
+        if self._pretrainer:
             self.serving_default = graph_function(self._encode, input_signature=[_TEXT])
             self.encode_pair = graph_function(self._encode, input_signature=[_TEXT, _TEXT_PAIR])
             self.fill_mask = graph_function(self._fill_mask, input_signature=[_TEXT])
@@ -97,7 +100,7 @@ class BERTServingModule(tf.Module):
         >>> sorted(BERTServingModule(classifier, tokenizer, config).signatures())
         ['serving_default']
         """
-        if isinstance(self.model, BERTPretrainer):
+        if self._pretrainer:
             return {
                 "serving_default": self.serving_default,
                 "encode_pair": self.encode_pair,
@@ -109,7 +112,7 @@ class BERTServingModule(tf.Module):
         """One request for each signature, for TF Serving's warm-up file
         (`tf_bigmodels.export.warmup`)."""
         text = {"text": ["warm up"]}
-        if isinstance(self.model, BERTPretrainer):
+        if self._pretrainer:
             return {
                 "serving_default": text,
                 "encode_pair": {**text, "text_pair": ["warm up"]},

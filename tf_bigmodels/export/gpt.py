@@ -77,7 +77,10 @@ class GPTServingModule(tf.Module):
     def __init__(self, model, tokenizer, settings, *, jit_compile=True):
         super().__init__(name="gpt_serving")
         _check_vocabulary(model, tokenizer)
-        self.model = model
+        # The model's variables, not the model: a compiled model tracks its optimizer, whose
+        # state (two moments per weight) would be saved too, and loaded by every server.
+        self.model_variables = list(model.variables)
+        self._vocab_size, self._max_length = model.vocab_size, model.max_length
         self.tokenizer = tokenizer
         self._settings = settings
         config = {
@@ -185,7 +188,7 @@ class GPTServingModule(tf.Module):
 
     def _logits(self, token_ids):
         token_ids = _checked(token_ids, 2, "token_ids")
-        vocab, max_length = self.model.vocab_size, self.model.max_length
+        vocab, max_length = self._vocab_size, self._max_length
         checks = [
             tf.debugging.assert_less_equal(
                 tf.shape(token_ids)[1],
