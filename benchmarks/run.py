@@ -783,8 +783,10 @@ def main():
     args = parser.parse_args()
     if args.memory_worker:
         return memory_worker(json.loads(args.memory_worker))
-    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    if args.intra_op_threads:  # 0 leaves TensorFlow's choice (and TensorFlow may have started)
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     if args.smoke:
         args.repeats, args.train_steps = 1, 2 * args.steps_per_execution
     shapes = SMOKE if args.smoke else FULL
