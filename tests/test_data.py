@@ -187,6 +187,27 @@ def test_lm_input_context_shards_disjoint_windows():
     assert len(shards[0] | shards[1]) >= len(whole) - 8
 
 
+def test_lm_dataset_reads_only_what_one_batch_needs_before_it_returns():
+    # The check that the split holds one batch tokenizes it until it does, not to its end: a
+    # long corpus starts training at once (a short split is counted whole, for its error).
+    tokenized = []
+
+    class Counting(ByteTokenizer):
+        def tokenize(self, texts):
+            count = tf.py_function(
+                lambda n: tokenized.append(int(n)) or 0, [tf.size(texts)], tf.int32
+            )
+            with tf.control_dependencies([count]):
+                return super().tokenize(tf.identity(texts))
+
+    docs = load_corpus("shakespeare")
+    lines = sum(doc.count("\n") + 1 for doc in docs)  # about 40,000, 36,000 of them "train"
+    dataset = lm_dataset(docs, Counting(), seq_len=64, batch_size=12)
+    assert 0 < sum(tokenized) < lines // 10
+    x, _ = next(iter(dataset))
+    assert x.shape == (12, 64)
+
+
 def test_lm_bad_input(tmp_path):
     with pytest.raises(ValueError, match="^`texts` must hold .* got an empty list.$"):
         lm_dataset([], BYTES, 8, 2)

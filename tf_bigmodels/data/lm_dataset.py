@@ -42,8 +42,8 @@ def lm_dataset(
 
     Streaming: given file paths, the files are read with `tf.data.TextLineDataset` and tokenized on
     the fly, so a corpus larger than memory works (only `shuffle_buffer` windows are held). For a
-    list of strings the pipeline first counts the split's tokens once, so that a corpus too short
-    for one batch is a `ValueError` here and not an empty dataset later; for files the check uses
+    list of strings the pipeline first tokenizes the split until it holds one batch, so that a
+    corpus too short for one batch is a `ValueError` here and not an empty dataset later; for files the check uses
     the file sizes (exact for the byte tokenizer, an upper bound for others).
 
     Under `tf.distribute`, pass the `input_context` that `strategy.distribute_datasets_from_function`
@@ -115,8 +115,9 @@ def lm_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
     )  # 1-D chunks of the token stream
 
+    enough = num_pipelines * per_replica_batch * seq_len + 1  # one batch for each pipeline
     num_tokens = (
-        int(tokens.reduce(tf.constant(0, tf.int64), graph_code(_add_size)))
+        _count_tokens(tokens, enough)
         if documents is not None
         else (split_at if split == "train" else sum(sizes) - split_at) + len(files)
     )
@@ -205,8 +206,14 @@ def _tokenize_lines(tokenizer, end_id, lines, is_end):
     return tf.cast(tf.concat([ids, end_tokens], axis=1).flat_values, tf.int32)
 
 
-def _add_size(count, chunk):
-    return count + tf.size(chunk, tf.int64)
+def _count_tokens(chunks, enough):
+    """The tokens of the chunks, counted until there are `enough`: exact when fewer."""
+    total = 0
+    for chunk in chunks:  # the rest of the split is not read: a long corpus starts at once
+        total += int(tf.size(chunk))
+        if total >= enough:
+            break
+    return total
 
 
 def _shift_by_one(state, chunk):
