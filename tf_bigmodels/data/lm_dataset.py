@@ -43,8 +43,8 @@ def lm_dataset(
     Streaming: given file paths, the files are read with `tf.data.TextLineDataset` and tokenized on
     the fly, so a corpus larger than memory works (only `shuffle_buffer` windows are held). For a
     list of strings the pipeline first tokenizes the split until it holds one batch, so that a
-    corpus too short for one batch is a `ValueError` here and not an empty dataset later; for files the check uses
-    the file sizes (exact for the byte tokenizer, an upper bound for others).
+    corpus too short for one batch is a `ValueError` here and not an empty dataset later; for
+    files the check uses the file sizes (exact for the byte tokenizer, an upper bound for others).
 
     Under `tf.distribute`, pass the `input_context` that `strategy.distribute_datasets_from_function`
     hands to your function: each input pipeline then takes every `num_input_pipelines`-th window
