@@ -251,7 +251,8 @@ def test_memory_workers_are_one_process_per_configuration_but_one_in_smoke_mode(
             ]
             return "TensorFlow's noise\n" + "\n".join(lines), ""
 
-    monkeypatch.setattr(run.subprocess, "Popen", Worker)
+    # The script's own name for the module, so that no other Popen in this process is touched.
+    monkeypatch.setattr(run, "subprocess", SimpleNamespace(Popen=Worker, PIPE=None))
     args = SimpleNamespace(smoke=smoke, bf16_jit=None)
     peaks = run._collect(run._start_memory_workers(args))
     assert len(started) == processes
