@@ -25,6 +25,7 @@ import logging
 import os
 import pathlib
 import pickle
+import re
 import runpy
 import subprocess
 import sys
@@ -64,6 +65,16 @@ def root_conftest():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# A line of TensorFlow's C++ logging ("E0000 00:00:1796441382.619346 7788 util.cc:131] ..."), or
+# absl's note that comes before them: what a process prints that is not the command's own.
+_TENSORFLOW_LOG_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:|WARNING: All log messages before")
+
+
+def is_tensorflow_log_line(line):
+    """Whether `line` is one of TensorFlow's C++ log lines (or absl's note before them)."""
+    return bool(_TENSORFLOW_LOG_LINE.match(line))
 
 
 def run_here(*args):

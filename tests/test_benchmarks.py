@@ -1,5 +1,6 @@
 """The benchmark command's smoke mode produces its table and JSON (no timing is asserted)."""
 
+import importlib
 import json
 import pathlib
 import sys
@@ -77,11 +78,10 @@ def test_run_smoke_writes_table_and_json(smoke):
     assert "| gpt_nano | ours |" in table and "| generation | keras_hub |" in table
 
 
-def _time_to_quality_module(monkeypatch):
+def _benchmark(monkeypatch, name):
+    """The module `benchmarks/<name>.py`, imported as the scripts import each other."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import time_to_quality
-
-    return time_to_quality
+    return importlib.import_module(name)
 
 
 def _first_at_or_below(curve, target):
@@ -125,7 +125,7 @@ def test_time_to_quality_smoke_times_come_from_the_eval_curve(smoke):
 
 
 def test_nanogpt_curve_counts_training_time_only(monkeypatch):
-    ttq = _time_to_quality_module(monkeypatch)
+    ttq = _benchmark(monkeypatch, "time_to_quality")
     lines = [
         (0.0, "tokens per iteration will be: 768"),
         (5.0, "step 0: train loss 5.5000, val loss 5.5100"),  # start-up before this
@@ -148,7 +148,7 @@ def test_nanogpt_curve_counts_training_time_only(monkeypatch):
 
 
 def test_time_to_quality_goals_are_judged_from_the_numbers(monkeypatch):
-    ttq = _time_to_quality_module(monkeypatch)
+    ttq = _benchmark(monkeypatch, "time_to_quality")
 
     def row(system, to_first, to_second):
         return {
@@ -179,7 +179,7 @@ def test_time_to_quality_goals_are_judged_from_the_numbers(monkeypatch):
 
 
 def test_time_to_quality_median_counts_unreached_seeds_as_late(monkeypatch):
-    ttq = _time_to_quality_module(monkeypatch)
+    ttq = _benchmark(monkeypatch, "time_to_quality")
     assert ttq._median([3.0, None, 1.0]) == 3.0
     assert ttq._median([3.0, None, None]) is None
 
@@ -204,17 +204,10 @@ def test_bf16_execution_smoke_from_the_one_command(smoke):
     )
 
 
-def _run_module(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import run
-
-    return run
-
-
 def test_the_decode_section_reports_decode_py_s_result(monkeypatch, tmp_path, capsys):
     # The command's part: decode.run called as named, its rows in the table's JSON under
     # "decode", its other figures beside them, and decode.print_result printing it.
-    run = _run_module(monkeypatch)
+    run = _benchmark(monkeypatch, "run")
     measured = {"rows": [{"weights": "int8", "tokens_per_second": 9.0}], "gemv": 1.5}
     calls = []
     monkeypatch.setattr(run.decode, "run", lambda **kw: calls.append(kw) or measured)
@@ -235,7 +228,7 @@ def test_the_decode_section_reports_decode_py_s_result(monkeypatch, tmp_path, ca
 def test_memory_workers_are_one_process_per_configuration_but_one_in_smoke_mode(
     monkeypatch, smoke, processes
 ):
-    run = _run_module(monkeypatch)
+    run = _benchmark(monkeypatch, "run")
     started = []
 
     class Worker:
@@ -264,9 +257,9 @@ def test_memory_workers_are_one_process_per_configuration_but_one_in_smoke_mode(
 
 
 def test_speaker_rule_predicts_next_when_a_speaker_name_is_shared(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import bert_nsp
     import tensorflow as tf
+
+    bert_nsp = _benchmark(monkeypatch, "bert_nsp")
 
     class Vocabulary:  # ids: 0 [PAD], 1 [CLS], 2 [SEP], 3 [MASK], 4 ":", 5 romeo, 6 juliet, 7 love
         vocabulary = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", ":", "romeo", "juliet", "love")

@@ -3,8 +3,8 @@
 Each case checks that the exit status is 2 (a usage error), that stderr holds exactly one line
 (TensorFlow's start-up notices aside) and no traceback, that the line names what was wrong, and
 that files already there are unchanged. Mistakes found before TensorFlow loads, and the cases
-about the process itself (its log lines, its arguments' bytes, a mount), run
-`python -m tf_bigmodels ...` in a subprocess. Mistakes found after TensorFlow loads run the same
+about the process itself (its log lines, its arguments' bytes, a mount), run `python -m
+tf_bigmodels ...` in a subprocess. Mistakes found after TensorFlow loads run the same
 `main` in this process (`run_here`): `python -m tf_bigmodels` exits with what `main` returns, and
 a fresh process would add only TensorFlow's import, about 4 s of CPU per case.
 Note: the tests run as root, for whom permissions never block a write, so an unwritable output
@@ -26,14 +26,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_all_here, run_here
+from helpers import is_tensorflow_log_line, run_all_here, run_here
 
 import tf_bigmodels
 from tf_bigmodels.models import GPTModel
 from tf_bigmodels.tokenizers import WordPieceTokenizer
 
 pytestmark = pytest.mark.slow
-_STARTUP_NOISE = ("WARNING: All log messages", "I0000", "E0000", "W0000")
 
 
 def run(*args, cwd=None):
@@ -60,7 +59,7 @@ def assert_user_error(result, *fragments):
     lines = [
         line
         for line in result.stderr.splitlines()
-        if line.strip() and not line.startswith(_STARTUP_NOISE)
+        if line.strip() and not is_tensorflow_log_line(line)
     ]
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert len(lines) == 1, result.stderr[-2000:]

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import run_here
+from helpers import is_tensorflow_log_line, run_here
 
 import tf_bigmodels
 from tf_bigmodels import plot
@@ -158,8 +158,7 @@ def error_line(result):
     lines = [
         line
         for line in result.stderr.splitlines()
-        if line.strip()
-        and not line.startswith(("WARNING: All log messages", "I0000", "E0000", "W0000"))
+        if line.strip() and not is_tensorflow_log_line(line)
     ]
     assert "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1, result.stderr

@@ -19,6 +19,7 @@ import time
 import httpx
 import pytest
 import tensorflow as tf
+from helpers import is_tensorflow_log_line
 from serving_fixtures import free_port
 
 from tf_bigmodels.data import load_corpus
@@ -63,13 +64,8 @@ def _run(command, cwd, env):
     assert "Assets written" not in done.stderr  # TensorFlow's INFO names a temporary path
     if all(line.startswith("tf-bigmodels ") for line in _commands(command)):
         # The command line's own lines only: none of TensorFlow's C++ log lines.
-        assert not _CPP_LOG_LINE.search(done.stderr), done.stderr[-2000:]
+        assert not any(map(is_tensorflow_log_line, done.stderr.splitlines())), done.stderr[-2000:]
     return done.stdout
-
-
-# A line of TensorFlow's C++ logging ("E0000 00:00:1796441382.619346 7788 util.cc:131] ..."),
-# or absl's note that comes before them.
-_CPP_LOG_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:|WARNING: All log messages before)", re.M)
 
 
 def _check_the_main_job(stdout, run_dir):
