@@ -39,13 +39,13 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 TINY_GPT_XLA = dict(TINY_GPT, jit_compile=True)
 
 
-def _run_worker(settings, output, env=None, timeout=600):
+def _run_worker(settings, env=None, **pipes):
+    """`training_worker.py` with `settings`; its output is piped unless `pipes` say otherwise."""
     return subprocess.Popen(
-        [sys.executable, str(WORKER), json.dumps(settings), str(output)],
+        [sys.executable, str(WORKER), json.dumps(settings)],
         env=env or ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
         text=True,
+        **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **pipes},
     )
 
 
@@ -298,27 +298,27 @@ def test_train_raises_training_diverged_with_the_checkpoint_named(tmp_path):
 # ---- several devices and processes --------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "model, extra",
-    [
-        ("gpt", {}),
-        # Replicas sum gradients in another order: equal to ~1e-7 relative. Adam turns an entry's
-        # gradient into its sign, so an entry whose gradient is rounding noise moves by up to
-        # +-learning_rate either way; BERT has many such entries, hence its small rate here.
-        ("bert", {"rate": 0.0, "vocab_size": 400, "seq_len": 24, "learning_rate": 1e-6}),
-        ("gpt", {"gradient_accumulation_steps": 2}),
-    ],
-)
-def test_mirrored_two_cpus_equals_one_device(tmp_path, small_corpus, model, extra):
+# Replicas sum gradients in another order: equal to ~1e-7 relative. Adam turns an entry's gradient
+# into its sign, so an entry whose gradient is rounding noise moves by up to +-learning_rate
+# either way; BERT has many such entries, hence its small rate here.
+_MIRRORED = {
+    "gpt": ("gpt", {}),
+    "bert": ("bert", {"rate": 0.0, "vocab_size": 400, "seq_len": 24, "learning_rate": 1e-6}),
+    "gpt-accumulation": ("gpt", {"gradient_accumulation_steps": 2}),
+}
+_TWO_CPUS = dict(strategy="mirrored", devices=["/cpu:0", "/cpu:1"])
+
+
+def _mirrored_settings(case, corpus):
     # XLA is off: it cannot place a mirrored variable on a second *logical* CPU device.
     # A small clip norm makes clipping act on every step: Keras's own AdamW would clip each
     # replica's half-batch gradient separately and drift from one device.
-    base = {
+    model, extra = _MIRRORED[case]
+    return {
         **TINY_GPT,
         "model": model,
         "preset": f"{model}-test",
-        "corpus": str(small_corpus),
+        "corpus": corpus,
         "steps": 6,
         "eval_every": 3,
         "batch_size": 8,
@@ -326,27 +326,72 @@ def test_mirrored_two_cpus_equals_one_device(tmp_path, small_corpus, model, extr
         "clipnorm": 0.05,
         **extra,
     }
-    two = _run_worker(
+
+
+@pytest.fixture(scope="module")
+def two_cpus(tmp_path_factory, small_corpus):
+    """One process with two logical CPU devices that trains, in turn, each mirrored case and a
+    batch the two replicas cannot split, while the tests train their one-device runs here.
+    Yields (process, directory): `<case>.npz` appears in it once that case is done.
+
+    Several mirrored runs in one process, as in a notebook, need `get_strategy` to reuse its
+    strategy: with a new one per run, the second run's first step fails."""
+    directory = tmp_path_factory.mktemp("two_cpus")
+    jobs = [
         {
-            "logical_cpus": 2,
             "config": dict(
-                base, out=str(tmp_path / "two"), strategy="mirrored", devices=["/cpu:0", "/cpu:1"]
+                _mirrored_settings(case, small_corpus), out=str(directory / case), **_TWO_CPUS
             ),
-        },
-        tmp_path / "two.npz",
-    )
-    # One device: here, while the mirrored run's process trains (this process has one CPU device).
+            "output": str(directory / f"{case}.npz"),
+        }
+        for case in _MIRRORED
+    ]
+    indivisible = dict(TINY_GPT, batch_size=3, out=str(directory / "indivisible"), **_TWO_CPUS)
+    jobs.append({"config": indivisible, "output": str(directory / "indivisible.npz")})
+    with open(directory / "stdout", "w") as stdout, open(directory / "stderr", "w") as stderr:
+        process = _run_worker({"logical_cpus": 2, "jobs": jobs}, stdout=stdout, stderr=stderr)
+    yield process, directory
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _job_result(two_cpus, case, timeout=600):
+    """The path `case` wrote in the two-CPU process (its NPZ or its ".error"), once it exists."""
+    process, directory = two_cpus
+    paths = directory / f"{case}.npz", directory / f"{case}.npz.error"
+    deadline = time.time() + timeout
+    while not any(path.exists() for path in paths):
+        stderr = (directory / "stderr").read_text()[-3000:]
+        assert process.poll() is None, f"the two-CPU process ended before {case}:\n{stderr}"
+        assert time.time() < deadline, f"{case} took over {timeout} s"
+        time.sleep(0.1)
+    return next(path for path in paths if path.exists())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(_MIRRORED))
+def test_mirrored_two_cpus_equals_one_device(tmp_path, small_corpus, two_cpus, case):
+    base = _mirrored_settings(case, small_corpus)
+    # One device: here, while the other process trains (this process has one CPU device).
     single = run_arrays(train(RunConfig(**base, out=str(tmp_path / "one"))))
-    code, out, err = _finish(two)
-    assert code == 0, err[-3000:]
-    assert "Strategy: MirroredStrategy with 2 replica(s)." in out
-    mirrored = np.load(tmp_path / "two.npz")
+    output = _job_result(two_cpus, case)
+    assert output.suffix == ".npz", output.read_text()
+    stdout = (two_cpus[1] / "stdout").read_text()
+    assert stdout.count("Strategy: MirroredStrategy with 2 replica(s).") > list(_MIRRORED).index(
+        case
+    )
+    mirrored = np.load(output)
     assert sorted(mirrored.files) == sorted(single)
     for key in single:
         if "perplexity" not in key:  # exp(loss): equal losses, but not to 1e-5 absolute
             np.testing.assert_allclose(mirrored[key], single[key], atol=1e-5, rtol=0, err_msg=key)
+    model = base["model"]
     one_losses = _losses(tmp_path / "one" / model)
-    two_losses = _losses(tmp_path / "two" / model)
+    two_losses = _losses(two_cpus[1] / case / model)
     assert sorted(one_losses) == list(range(1, 7))
     np.testing.assert_allclose(
         [two_losses[s] for s in one_losses], [one_losses[s] for s in one_losses], atol=1e-5, rtol=0
@@ -354,22 +399,10 @@ def test_mirrored_two_cpus_equals_one_device(tmp_path, small_corpus, model, extr
 
 
 @pytest.mark.slow
-def test_mirrored_batch_not_divisible_by_replicas(tmp_path):
-    process = _run_worker(
-        {
-            "logical_cpus": 2,
-            "config": dict(
-                TINY_GPT,
-                batch_size=3,
-                strategy="mirrored",
-                devices=["/cpu:0", "/cpu:1"],
-                out=str(tmp_path),
-            ),
-        },
-        tmp_path / "x.npz",
-    )
-    code, out, err = _finish(process)
-    assert code != 0 and "`batch_size`=3 must be divisible by the 2 replicas" in err
+def test_mirrored_batch_not_divisible_by_replicas(two_cpus):
+    output = _job_result(two_cpus, "indivisible")
+    assert output.name == "indivisible.npz.error"
+    assert "`batch_size`=3 must be divisible by the 2 replicas" in output.read_text()
 
 
 def _free_ports(count):
@@ -400,7 +433,8 @@ def _two_workers(tmp_path, env_extra=None):
             jit_compile=False,
             out=str(tmp_path / f"out{index}"),
         )
-        processes.append(_run_worker({"config": config}, tmp_path / f"w{index}.npz", env=env))
+        job = {"config": config, "output": str(tmp_path / f"w{index}.npz")}
+        processes.append(_run_worker({"jobs": [job]}, env=env))
     return [_finish(process, timeout=300) for process in processes]
 
 
@@ -424,42 +458,18 @@ def test_multi_worker_fit_still_needs_the_keras_fix(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus):
+def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus, caplog):
     # A real SIGKILL, at whatever point the run has reached after its first checkpoint. What a
     # kill can leave behind does not depend on the model; BERT's exact resume (its masks and
     # sentence pairs) is tested in-process in test_training_reliability.py.
-    command = [
-        sys.executable,
-        "-m",
-        "tf_bigmodels",
-        "train",
-        "gpt",
-        "--preset",
-        "gpt-test",
-        "--corpus",
-        str(small_corpus),
-        "--steps",
-        "60",  # killed after its first checkpoint (step 10): 50 steps left to resume
-        "--eval-every",
-        "10",
-        "--samples",
-        "0",
-        "--no-export",
-        "--dropout",
-        "0.1",
-    ]
-    uninterrupted = subprocess.run(
-        command + ["--out", str(tmp_path / "a")],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    settings = dict(TINY_GPT, corpus=str(small_corpus), steps=60, eval_every=10, rate=0.1)
+    train(RunConfig(**settings, out=str(tmp_path / "a")))
 
     checkpoints = tmp_path / "b" / "gpt" / "checkpoints"
     victim = subprocess.Popen(
-        command + ["--out", str(tmp_path / "b")],
+        [sys.executable, "-m", "tf_bigmodels", "train", "gpt", "--preset", "gpt-test"]
+        + ["--corpus", str(small_corpus), "--steps", "60", "--eval-every", "10", "--dropout"]
+        + ["0.1", "--samples", "0", "--no-export", "--out", str(tmp_path / "b")],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -470,17 +480,13 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, small_corpus):
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
     saved = tf.train.latest_checkpoint(str(checkpoints))
+    # Killed after its first checkpoint (step 10), with steps left to resume.
     assert saved is not None and not saved.endswith("-60"), "the kill came too late to test"
 
-    resumed = subprocess.run(
-        command + ["--out", str(tmp_path / "b")],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming" in resumed.stderr
+    # The resume reads only what the killed process left on disk: it runs here.
+    with caplog.at_level("INFO", logger="tf_bigmodels"):
+        resumed = train(RunConfig(**settings, out=str(tmp_path / "b")))
+    assert f"at step {saved.rsplit('-', 1)[1]}." in caplog.text and resumed.history
     a = keras.saving.load_model(tmp_path / "a" / "gpt" / "model.keras").get_weights()
     b = keras.saving.load_model(tmp_path / "b" / "gpt" / "model.keras").get_weights()
     for x, y in zip(a, b):

@@ -57,7 +57,9 @@ def get_strategy(name="auto", *, devices=None, tpu=None):
 
     Returns:
         A `tf.distribute.Strategy`. Build the model and `compile` inside `strategy.scope()`; the
-        global batch is the per-replica batch times `strategy.num_replicas_in_sync`.
+        global batch is the per-replica batch times `strategy.num_replicas_in_sync`. A process
+        gets one mirrored, multi-worker or TPU strategy per set of devices: asking again returns
+        the same one, so that training twice in a process works.
 
     Example:
 
@@ -65,6 +67,9 @@ def get_strategy(name="auto", *, devices=None, tpu=None):
     >>> strategy = get_strategy("auto")
     >>> with strategy.scope():
     ...     model = GPTModel(vocab_size=259, d_model=128, num_heads=4, dff=512, num_layers=4)
+    >>> mirrored = get_strategy("mirrored", devices=["/cpu:0"])
+    >>> get_strategy("mirrored", devices=["/cpu:0"]) is mirrored
+    True
     """
     _checks.one_of("strategy", name, STRATEGIES)
     workers = _tf_config_workers()
@@ -78,26 +83,42 @@ def get_strategy(name="auto", *, devices=None, tpu=None):
         else:
             name = "default"
 
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        strategy = tf.distribute.TPUStrategy(resolver)
-    elif name == "multi_worker":
-        if workers < 1:
-            raise ValueError(
-                "`strategy`='multi_worker' needs the environment variable TF_CONFIG to describe "
-                "the cluster and this worker's task; it is not set."
-            )
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    elif name == "mirrored":
-        strategy = tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker" and workers < 1:
+        raise ValueError(
+            "`strategy`='multi_worker' needs the environment variable TF_CONFIG to describe "
+            "the cluster and this worker's task; it is not set."
+        )
+    if name in ("tpu", "multi_worker", "mirrored"):
+        key = (name, tuple(devices or ()), tpu)
+        if key not in _CREATED:
+            _CREATED[key] = _create(name, devices, tpu)
+        strategy = _CREATED[key]
     else:
         strategy = tf.distribute.get_strategy()
     logger.info(
         "Strategy: %s with %d replica(s).", type(strategy).__name__, strategy.num_replicas_in_sync
     )
     return strategy
+
+
+# The strategies made so far, by kind, devices and TPU: a process makes each one once. A second
+# MirroredStrategy numbers its collective all-reduces from the same keys as the first, and
+# TensorFlow's collective executor keeps those keys for the life of the process, so a second run's
+# first step would fail ("Shape mismatch in the collective instance 100"). A process also sets up
+# multi-worker collectives and a TPU system only once. Reusing the strategy, as a notebook that
+# trains twice does, avoids all three.
+_CREATED = {}
+
+
+def _create(name, devices, tpu):
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy(devices=devices)
 
 
 def is_chief(strategy):
