@@ -50,19 +50,35 @@ def _gpt(vocab_size):
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """A working directory holding exports/gpt (SentencePiece), exports/bert (WordPiece) and the
-    quick tour's runs/tour/export (byte level), each tiny."""
+    quick tour's runs/tour/export (byte level), each tiny.
+
+    Without XLA: a snippet loads and calls an export the same way either way, and compiling
+    would only slow its process down. The quick tour's test runs the README's snippet on an
+    export made with XLA, as the command line makes it."""
     directory = tmp_path_factory.mktemp("loading")
     poems = load_corpus("tangshi")[:300]
     pieces = SentencePieceTokenizer.train(poems, vocab_size=4000)  # at most; fewer are learned
-    export_gpt(_gpt(pieces.vocab_size), pieces, directory / "exports" / "gpt", max_new_tokens=8)
+    export_gpt(
+        _gpt(pieces.vocab_size),
+        pieces,
+        directory / "exports" / "gpt",
+        max_new_tokens=8,
+        jit_compile=False,
+    )
     words = WordPieceTokenizer.train(
         ["the king wore the crown .", "a dog ran in the park ."] * 30, vocab_size=60, verbose=False
     )
     encoder = BERTEncoder(words.vocab_size, 32, 2, 64, 1, rate=0.0, max_length=32)
-    export_bert(BERTPretrainer(encoder), words, directory / "exports" / "bert", top_k=3)
+    export_bert(
+        BERTPretrainer(encoder), words, directory / "exports" / "bert", top_k=3, jit_compile=False
+    )
     byte = ByteTokenizer()
     export_gpt(
-        _gpt(byte.vocab_size), byte, directory / "runs" / "tour" / "export", max_new_tokens=8
+        _gpt(byte.vocab_size),
+        byte,
+        directory / "runs" / "tour" / "export",
+        max_new_tokens=8,
+        jit_compile=False,
     )
     return directory
 
