@@ -2,7 +2,7 @@
 directory, after the main job has written `runs/gpt/`.
 
 Only the sizes change. The main job keeps its preset (nanoGPT's CPU configuration) with 20
-steps; the tour's trainings get the tiny test preset and 2 steps. The main job takes more steps
+steps and a 20-token sample; the tour's trainings get the tiny test preset and 2 steps. The main job takes more steps
 than the tour, as the real one (2000) does against the tour's 1000, so a tour that trained into
 `runs/gpt/` would be refused as a shorter re-run of the main job.
 """
@@ -96,7 +96,9 @@ def test_the_quick_tour_runs_in_order_after_the_main_job(tmp_path, small_corpus)
     }
     # The reader runs the tour in the checkout: the examples are beside `runs/`.
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    main_job = _run(f"{_main_job()} --steps 20 --eval-every 10 --samples 1", tmp_path, env)
+    main_job = _run(
+        f"{_main_job()} --steps 20 --eval-every 10 --samples 1 --sample-tokens 20", tmp_path, env
+    )
     _check_the_main_job(main_job, tmp_path / "runs" / "gpt")
     blocks = _tour_blocks()
     assert "pip install" in blocks[0]
@@ -118,6 +120,8 @@ def test_the_quick_tour_runs_in_order_after_the_main_job(tmp_path, small_corpus)
 # What each long command of the tour gets appended, so that it runs in seconds.
 _SHRINK = {
     "tf-bigmodels train gpt": " --preset gpt-test --samples 0 --steps 2",
+    # Still past the tiny model's 32-token context, so the window slides as in the real tour.
+    "tf-bigmodels generate": " --max-new-tokens 40",
     # A BERT run learns its vocabulary and cuts its sentence pairs from all of its corpus.
     "tf-bigmodels train bert": " --preset bert-test --steps 2 --corpus '{corpus}'",
     "python examples/finetune_classifier.py": " --smoke --out {tmp}/finetune",
