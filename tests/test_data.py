@@ -366,7 +366,7 @@ def test_bert_dupe_factor_cuts_the_corpus_again_with_new_partners():
 
 
 def test_bert_masks_are_dynamic_and_seeded():
-    docs = _synthetic_documents()[:40]
+    docs = _synthetic_documents()[:10]
     make = lambda seed: bert_pretraining_dataset(docs, SYNTHETIC, 32, 32, seed=seed)  # noqa: E731
     positions = lambda ds: np.concatenate(  # noqa: E731
         [f["mask_positions"].numpy() for f, _ in ds]
@@ -464,7 +464,7 @@ def test_lm_repeat_is_a_stream_of_new_epochs_independent_of_iteration():
 
 @pytest.mark.slow
 def test_bert_repeat_draws_new_masks_each_epoch_independent_of_iteration():
-    docs = _synthetic_documents()[:40]
+    docs = _synthetic_documents()[:10]
     stream = bert_pretraining_dataset(docs, SYNTHETIC, 32, 32, seed=5, repeat=True)
     per_epoch = sum(1 for _ in bert_pretraining_dataset(docs, SYNTHETIC, 32, 32, seed=5))
     first = _first_batches(stream, 2 * per_epoch)
