@@ -18,7 +18,7 @@ expression, printed exactly as it is evaluated), and the verdict the rule gives.
 defect, the verdict says so. Everything also goes to `walkthrough.json`, which the tests read.
 
 Run:  python examples/article_walkthrough.py            (about 1.5 minutes on a 2-core CPU)
-      python examples/article_walkthrough.py --smoke    (about 1 minute; fewer training steps)
+      python examples/article_walkthrough.py --smoke    (80 training steps instead of 600)
 """
 
 import argparse
@@ -58,7 +58,7 @@ from tf_bigmodels.tokenizers import ByteTokenizer  # noqa: E402
 # needs several hundred steps before it learns anything beyond letter frequencies.
 D_MODEL, NUM_HEADS, DFF, NUM_LAYERS, INIT_STD = 64, 4, 256, 2, 0.1
 SEQ_LEN, BATCH_SIZE, LEARNING_RATE = 32, 32, 3e-3
-STEPS = args.steps or (150 if args.smoke else 600)
+STEPS = args.steps or (80 if args.smoke else 600)
 SAMPLE_PROMPT, SAMPLE_LENGTH = "KING RICHARD", 80
 out_dir = pathlib.Path(args.out)
 out_dir.mkdir(parents=True, exist_ok=True)
