@@ -27,6 +27,7 @@ import pathlib
 import pickle
 import re
 import runpy
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,19 @@ def run_here(*args):
 def run_all_here(*commands):
     """`run_here` for each command, in order."""
     return [run_here(*args) for args in commands]
+
+
+def stop_process(process, timeout=30, sig=signal.SIGTERM):
+    """Ends `process`: `sig` (SIGTERM by default), then a kill if it still runs after `timeout`
+    seconds. Returns its exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def run_script(script, *args, cwd, timeout=900):

@@ -20,6 +20,7 @@ import threading
 import time
 
 import httpx
+from helpers import stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPT_MAX_LENGTH = 256
@@ -133,15 +134,9 @@ class ServerProcess:
 
     def stop(self, sig=signal.SIGTERM):
         """Sends `sig` (SIGTERM, then a kill after 20 s); returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        status = stop_process(self.process, 20, sig)
         self._reader.join(5)
-        return self.process.returncode
+        return status
 
 
 class FakeModel:

@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 import tensorflow as tf
-from helpers import is_tensorflow_log_line
+from helpers import is_tensorflow_log_line, stop_process
 from serving_fixtures import free_port
 
 from tf_bigmodels.data import load_corpus
@@ -166,9 +166,4 @@ def _ask_the_server(serve, curl, cwd, env):
         assert answer.status_code == 200, answer.text
         assert answer.json()["model"] == "tour"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)

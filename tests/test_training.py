@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TINY_GPT, run_arrays
+from helpers import TINY_GPT, run_arrays, stop_process
 
 from tf_bigmodels.models import GPTModel
 from tf_bigmodels.training import (
@@ -351,12 +351,7 @@ def two_cpus(tmp_path_factory, small_corpus):
     with open(directory / "stdout", "w") as stdout, open(directory / "stderr", "w") as stderr:
         process = _run_worker({"logical_cpus": 2, "jobs": jobs}, stdout=stdout, stderr=stderr)
     yield process, directory
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process)
 
 
 def _job_result(two_cpus, case, timeout=600):
