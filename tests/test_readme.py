@@ -188,6 +188,7 @@ def _outside_generated_tables(text):
 # Settings and constants that also occur in BENCHMARKS.md but are not measured there.
 NOT_MEASURED = {"0.95", "0.99", "0.999", "0.02", "0.15", "2.21", "1.0", "0.0", "0.8", "3.10"}
 NOT_MEASURED |= {"10%", "15%", "50%", "80%", "90%", "15 minutes"}
+NOT_MEASURED |= {"30 s"}  # Kubernetes' grace period, which the serving guide names
 # A measured figure: a number with two or more decimals, a ratio (1.5x), a time, a size, a share.
 FIGURE = (
     r"(?<![\w.])\d+\.\d{2,}(?![\w.])|(?<![\w.])\d+(?:\.\d+)?x(?!\w)"
