@@ -56,15 +56,10 @@ def exports(tmp_path_factory):
     would only slow its process down. The quick tour's test runs the README's snippet on an
     export made with XLA, as the command line makes it."""
     directory = tmp_path_factory.mktemp("loading")
+    gpt_options = dict(max_new_tokens=8, jit_compile=False)
     poems = load_corpus("tangshi")[:300]
     pieces = SentencePieceTokenizer.train(poems, vocab_size=4000)  # at most; fewer are learned
-    export_gpt(
-        _gpt(pieces.vocab_size),
-        pieces,
-        directory / "exports" / "gpt",
-        max_new_tokens=8,
-        jit_compile=False,
-    )
+    export_gpt(_gpt(pieces.vocab_size), pieces, directory / "exports" / "gpt", **gpt_options)
     words = WordPieceTokenizer.train(
         ["the king wore the crown .", "a dog ran in the park ."] * 30, vocab_size=60, verbose=False
     )
@@ -73,13 +68,7 @@ def exports(tmp_path_factory):
         BERTPretrainer(encoder), words, directory / "exports" / "bert", top_k=3, jit_compile=False
     )
     byte = ByteTokenizer()
-    export_gpt(
-        _gpt(byte.vocab_size),
-        byte,
-        directory / "runs" / "tour" / "export",
-        max_new_tokens=8,
-        jit_compile=False,
-    )
+    export_gpt(_gpt(byte.vocab_size), byte, directory / "runs" / "tour" / "export", **gpt_options)
     return directory
 
 

@@ -2,9 +2,9 @@
 directory, after the main job has written `runs/gpt/`.
 
 Only the sizes change. The main job keeps its preset (nanoGPT's CPU configuration) with 20
-steps and a 20-token sample; the tour's trainings get the tiny test preset and 2 steps. The main job takes more steps
-than the tour, as the real one (2000) does against the tour's 1000, so a tour that trained into
-`runs/gpt/` would be refused as a shorter re-run of the main job.
+steps and a 20-token sample; the tour's trainings get the tiny test preset and 2 steps. The main
+job takes more steps than the tour, as the real one (2000) does against the tour's 1000, so a
+tour that trained into `runs/gpt/` would be refused as a shorter re-run of the main job.
 """
 
 import json

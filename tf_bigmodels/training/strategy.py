@@ -1,5 +1,6 @@
 """Choosing the `tf.distribute` strategy: one function, from a laptop CPU to a TPU pod."""
 
+import functools
 import json
 import logging
 import os
@@ -89,10 +90,7 @@ def get_strategy(name="auto", *, devices=None, tpu=None):
             "the cluster and this worker's task; it is not set."
         )
     if name in ("tpu", "multi_worker", "mirrored"):
-        key = (name, tuple(devices or ()), tpu)
-        if key not in _CREATED:
-            _CREATED[key] = _create(name, devices, tpu)
-        strategy = _CREATED[key]
+        strategy = _created(name, tuple(devices or ()), tpu)
     else:
         strategy = tf.distribute.get_strategy()
     logger.info(
@@ -101,16 +99,14 @@ def get_strategy(name="auto", *, devices=None, tpu=None):
     return strategy
 
 
-# The strategies made so far, by kind, devices and TPU: a process makes each one once. A second
-# MirroredStrategy numbers its collective all-reduces from the same keys as the first, and
-# TensorFlow's collective executor keeps those keys for the life of the process, so a second run's
-# first step would fail ("Shape mismatch in the collective instance 100"). A process also sets up
-# multi-worker collectives and a TPU system only once. Reusing the strategy, as a notebook that
-# trains twice does, avoids all three.
-_CREATED = {}
-
-
-def _create(name, devices, tpu):
+# Cached: a process makes each strategy (kind, devices, TPU) once. A second MirroredStrategy
+# numbers its collective all-reduces from the same keys as the first, and TensorFlow's collective
+# executor keeps those keys for the life of the process, so a second run's first step would fail
+# ("Shape mismatch in the collective instance 100"). A process also sets up multi-worker
+# collectives and a TPU system only once. Reusing the strategy, as a notebook that trains twice
+# does, avoids all three.
+@functools.cache
+def _created(name, devices, tpu):
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
@@ -118,7 +114,7 @@ def _create(name, devices, tpu):
         return tf.distribute.TPUStrategy(resolver)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.MirroredStrategy(devices=devices)
+    return tf.distribute.MirroredStrategy(devices=list(devices) or None)
 
 
 def is_chief(strategy):
