@@ -123,3 +123,28 @@ def test_tensorflow_start_up_lines_are_shown_only_with_verbose(tmp_path):
         f"tf-bigmodels plot: error: No such run directory: {tmp_path / 'none'}"
     ]
     assert any(line in loud.stderr for line in _START_UP_LINES), loud.stderr  # they exist
+
+
+def test_every_subcommand_has_verbose_and_serve_passes_it_to_tensorflow_s_load(
+    tmp_path, monkeypatch
+):
+    # The real server's output, without the lines, is checked in test_serve.py.
+    from tf_bigmodels.serving import cli as serving_cli
+
+    assert all("--verbose" in parser.format_help() for parser in _subcommands().values())
+    (tmp_path / "gpt" / "1").mkdir(parents=True)
+    asked = []
+
+    class Loaded(Exception):
+        pass
+
+    def load_tensorflow(show):
+        asked.append(show)
+        raise Loaded  # instead of starting a server
+
+    monkeypatch.setattr(serving_cli, "load_tensorflow", load_tensorflow)
+    for extra in ([], ["--verbose"]):
+        args = cli.build_parser().parse_args(["serve", str(tmp_path / "gpt"), *extra])
+        with pytest.raises(Loaded):
+            serving_cli.run(args)
+    assert asked == [False, True]

@@ -13,9 +13,18 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tf_bigmodels"
 
-# Allowed to be imported by every part: the argument checks, `tf.function` without AutoGraph and
+# Allowed to be imported by every part: the argument checks, `tf.function` without AutoGraph,
+# TensorFlow loaded with its start-up lines hidden (the command lines of `cli` and `serving`) and
 # the package root's version. The root's own names and the private leaf modules every part may use.
-EVERYWHERE = {"_checks", "_tracing", "", "__version__", "_version", "register_keras_objects"}
+EVERYWHERE = {
+    "_checks",
+    "_tracing",
+    "_startup",
+    "",
+    "__version__",
+    "_version",
+    "register_keras_objects",
+}
 # part -> the other parts of tf_bigmodels its modules may import.
 ALLOWED = {
     "layers": set(),

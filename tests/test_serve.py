@@ -19,6 +19,7 @@ import tempfile
 import httpx
 import openai
 import pytest
+from helpers import is_tensorflow_log_line
 from serving_fixtures import ServerProcess, export_tiny_models
 
 pytestmark = pytest.mark.slow
@@ -63,6 +64,8 @@ def test_startup_prints_each_model_and_the_url_on_loopback(server):
         re.M,
     )
     assert f"Ready: http://127.0.0.1:{server.port}/" in server.output
+    # Its stderr is in the output too: none of TensorFlow's start-up lines (without --verbose).
+    assert not any(map(is_tensorflow_log_line, server.output.splitlines())), server.output
     # Bound to the loopback address only: another address of this machine refuses.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:

@@ -6,12 +6,33 @@ absl::InitializeLog()"), straight to the process's stderr and before its log lev
 `TF_CPP_MIN_LOG_LEVEL` cannot hide them. One more comes later, at an error level, the first time
 the process transposes an int64 tensor ("oneDNN supports DT_INT64 only on platforms with
 AVX-512"), which training and generation both do; it is printed once per process, so it is
-brought forward here and hidden with the rest. The command shows them only with `--verbose`.
+brought forward here and hidden with the rest. Every subcommand shows them only with
+`--verbose` (`add_verbose_flag`).
 """
 
 import contextlib
 import os
 import sys
+
+
+def add_verbose_flag(parser):
+    """Adds `--verbose` to a subcommand's `parser`: its value, `show_tf`, is what the command
+    passes to `load_tensorflow`.
+
+    Example:
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_verbose_flag(parser)
+    >>> parser.parse_args([]).show_tf, parser.parse_args(["--verbose"]).show_tf
+    (False, True)
+    """
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        dest="show_tf",
+        help="show TensorFlow's start-up lines (which devices it found, its CPU kernels)",
+    )
 
 
 def load_tensorflow(show=False):

@@ -23,7 +23,7 @@ import sys
 
 from tf_bigmodels import _flags
 from tf_bigmodels._flags import READERS, HelpFormatter, Parser, add_setting
-from tf_bigmodels._startup import load_tensorflow
+from tf_bigmodels._startup import add_verbose_flag, load_tensorflow
 from tf_bigmodels._version import __version__
 from tf_bigmodels.run_directory import RunDirectory
 from tf_bigmodels.serving import cli as serving_cli
@@ -313,8 +313,7 @@ def _subparser(subparsers, name, summary, description):
     parser = subparsers.add_parser(
         name, help=summary, description=description, formatter_class=HelpFormatter
     )
-    verbose = "show TensorFlow's start-up lines (which devices it found, its CPU kernels)"
-    parser.add_argument("--verbose", action="store_true", dest="show_tf", help=verbose)
+    add_verbose_flag(parser)
     return parser
 
 

@@ -1,7 +1,10 @@
 """`tf-bigmodels serve`: the command line of the HTTP server (also `python -m tf_bigmodels.serving`).
 
 `add_parser(subparsers)` adds the `serve` subcommand to a parser; `run(args)` runs it. Paths are
-checked before TensorFlow loads, so a wrong path answers at once.
+checked before TensorFlow loads, so a wrong path answers at once. TensorFlow then loads before the
+server starts, its start-up lines hidden unless `--verbose` is given, as for the other commands:
+hiding them means pointing the process's stderr elsewhere for a moment, which must not happen
+while the server runs and may report an error there (a port already in use).
 
 Example:
 
@@ -15,6 +18,8 @@ import ipaddress
 import os
 import signal
 import sys
+
+from tf_bigmodels._startup import add_verbose_flag, load_tensorflow
 
 API_KEY_ENV = "TF_BIGMODELS_API_KEY"
 
@@ -130,6 +135,7 @@ def add_parser(subparsers):
         "busy one takes newcomers at its next chunk without waiting, so the default starts "
         "at once (default: %(default)s)",
     )
+    add_verbose_flag(parser)
     parser.set_defaults(handler=run)
     return parser
 
@@ -213,6 +219,7 @@ def run(args):
 
     drain_seconds = _checks.number("--drain-seconds", args.drain_seconds, low=0)
     poll_seconds = _checks.number("--poll-seconds", args.poll_seconds, low=0, low_open=True)
+    load_tensorflow(args.show_tf)  # SavedModels and LiteRT files alike are served with it
     app = create_app(sources, settings, on_ready=ready, on_error=failed, poll_seconds=poll_seconds)
     config = uvicorn.Config(
         app,
