@@ -281,3 +281,42 @@ def test_speaker_rule_predicts_next_when_a_speaker_name_is_shared(monkeypatch):
     ]
     labels = [{"next_sentence_labels": tf.constant([r[2] for r in rows])}]
     assert bert_nsp.speaker_rule(features, labels, Vocabulary()) == pytest.approx(2 / 3)
+
+
+def test_startup_times_fresh_processes_for_ours_and_the_peer(monkeypatch, tmp_path):
+    import ml_dtypes
+
+    startup = _benchmark(monkeypatch, "startup")
+    # The peer: a directory put first on PYTHONPATH, here holding a stand-in ml_dtypes.
+    (tmp_path / "ml_dtypes").mkdir()
+    (tmp_path / "ml_dtypes" / "__init__.py").write_text('__version__ = "9.9.9"\n')
+    # TensorFlow's import is left out: its seconds would only make this test slower.
+    commands = {k: v for k, v in startup.COMMANDS.items() if k != "import tensorflow"}
+    monkeypatch.setattr(startup, "COMMANDS", commands)
+    result = startup.run(2, str(tmp_path))
+
+    rows = {(row["setup"], row["command"]): row for row in result["rows"]}
+    assert set(rows) == {(setup, command) for setup in ("ours", "peer") for command in commands}
+    for (setup, _), row in rows.items():
+        assert row["ml_dtypes"] == {"ours": ml_dtypes.__version__, "peer": "9.9.9"}[setup]
+        assert len(row["cpu_rounds"]) == 2 and row["cpu_s"] == sum(row["cpu_rounds"]) / 2
+        assert row["cpu_s"] > 0 and row["wall_s"] > 0
+    for command in commands:
+        ratio = rows["peer", command]["cpu_s"] / rows["ours", command]["cpu_s"]
+        assert result["peer_cpu_ratio"][command] == pytest.approx(ratio)
+    table = startup.table(result).splitlines()
+    assert len(table) == 2 + len(rows) and table[-1].startswith("| peer | 9.9.9 |")
+
+    env = startup._environment(None)
+    with pytest.raises(RuntimeError, match="failed"):
+        startup.time_command([sys.executable, "-c", "raise SystemExit(3)"], env)
+
+
+def test_startup_refuses_bad_arguments(tmp_path):
+    script = ROOT / "benchmarks" / "startup.py"
+    for args, message in (
+        (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+        (["--peer", tmp_path / "missing"], "--peer must be a directory"),
+    ):
+        completed = run_script(script, *args, cwd=tmp_path)
+        assert completed.returncode == 2 and message in completed.stderr
