@@ -352,10 +352,10 @@ def test_generate_bad_sources(tmp_path, gpt_run):
 
 
 BAD_GENERATE_SETTINGS = [
-    (["--temperature", "-1"], "temperature"),
-    (["--top-p", "1.5"], "top_p"),
-    (["--top-k", "-3"], "top_k"),
-    (["--max-new-tokens", "-1"], "max_new_tokens"),
+    (["--temperature", "-1"], "`--temperature`"),
+    (["--top-p", "1.5"], "`--top-p`"),
+    (["--top-k", "-3"], "`--top-k`"),
+    (["--max-new-tokens", "-1"], "`--max-new-tokens` must be an integer >= 0, got -1."),
 ]
 
 
@@ -400,8 +400,8 @@ def test_export_errors_never_touch_existing_versions(gpt_run, tmp_path, a_file):
         ["export", tmp_path / "missing.keras"],
     )
     assert_user_error(again, "already exists")
-    assert_user_error(long, "max_new_tokens")
-    assert_user_error(cold, "temperature")
+    assert_user_error(long, "`--max-new-tokens`")
+    assert_user_error(cold, "`--temperature`")
     assert_user_error(unwritable, "Not a directory")
     assert_user_error(missing, "No such file or directory")
     assert snapshot(out) == before and sorted(os.listdir(out)) == ["1"]
@@ -437,18 +437,20 @@ def test_plot_bad_inputs(gpt_run, tmp_path, a_file):
     assert_user_error(results[1], "line 1 is not JSON")
     assert_user_error(results[2], "no loss values")
     assert_user_error(results[3], "Not a directory")
-    assert_user_error(results[4], "`text`")
+    assert_user_error(results[4], "`--text`")
     assert not (gpt_run / "plots").exists() and a_file.read_text() == "not a directory"
 
 
 # generate
+# Named by their flags, as the user typed them, not by the Python API's names (`top_p`).
 GENERATE_SETTINGS_ERRORS = [
-    (["--temperature", "nan"], "`temperature`"),
-    (["--temperature", "-1"], "`temperature`"),
-    (["--temperature", "inf"], "`temperature`"),
-    (["--top-p", "0"], "`top_p`"),
-    (["--top-k", "-3"], "`top_k`"),
-    (["--num-samples", "0", "--max-new-chars", "-2"], "`max_new_chars`"),
+    (["--temperature", "nan"], "`--temperature`"),
+    (["--temperature", "-1"], "`--temperature`"),
+    (["--temperature", "inf"], "`--temperature`"),
+    (["--top-p", "0"], "`--top-p`"),
+    (["--top-k", "-3"], "`--top-k`"),
+    (["--num-samples", "0"], "`--num-samples` must be an integer >= 1, got 0."),
+    (["--num-samples", "0", "--max-new-chars", "-2"], "`--max-new-chars`"),
 ]
 
 
@@ -507,6 +509,28 @@ def test_generate_samples_streams_and_counts_characters(gpt_run):
     for text in (streamed, *samples, chars.stdout[:-1]):
         assert not text.endswith("\ufffd")  # a character cut off at the end is dropped
     assert len(chars.stdout[len("你好") : -1]) <= 7
+
+
+def test_errors_name_the_flag_the_user_typed(gpt_run, tmp_path, capsys):
+    """The Python API names a setting `max_batch_size`; the command, `--max-batch-size`
+    (`generate`'s settings are checked above)."""
+    from tf_bigmodels import cli
+    from tf_bigmodels.serving import cli as serving_cli
+
+    export = tmp_path / "gpt" / "1"  # found as an export; the settings are refused before loading
+    export.mkdir(parents=True)
+    (export / "saved_model.pb").touch()
+    for argv, error in [
+        (["export", str(gpt_run), "--temperature", "-1"], "`--temperature` must be a number"),
+        (["serve", str(export.parent), "--max-batch-size", "0"], "`--max-batch-size` must be"),
+        (["train", "gpt", "--seed", "99999999999"], "`--seed` must be an integer in [0, "),
+    ]:
+        assert cli.main(argv) == 2, argv
+        assert f"tf-bigmodels {argv[0]}: error: {error}" in capsys.readouterr().err
+    # `python -m tf_bigmodels.serving`, the server's command on its own, says the same.
+    assert serving_cli.main([str(export.parent), "--batch-wait-ms", "-1"]) == 2
+    assert "serve: error: `--batch-wait-ms` must be a number >= 0" in capsys.readouterr().err
+    assert not (gpt_run / "export").exists()
 
 
 def test_generate_reports_an_in_graph_check_in_one_line():

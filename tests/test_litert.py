@@ -303,7 +303,7 @@ def test_the_command_line_exports_and_generates_from_a_tflite_file(trained, tmp_
     assert (
         main(["export", str(tmp_path / "model.keras"), "--format", "litert", "--top-k", "5"]) == 2
     )
-    assert "`top_k` must not be given with format='litert'" in capsys.readouterr().err
+    assert "`--top-k` must not be given with format='litert'" in capsys.readouterr().err
     assert not out.exists()
     assert (
         main(["export", str(tmp_path / "model.keras"), "--format", "litert", "--out", str(out)])

@@ -176,7 +176,7 @@ def test_cli_plot(gpt_run, tmp_path):
 
     result = run_here("plot", gpt_run, "--out", tmp_path, "--layer", "7")
     assert result.returncode == 2
-    assert "`layer` must be an integer in [0, 1], got 7." in error_line(result)
+    assert "`--layer` must be an integer in [0, 1], got 7." in error_line(result)
     assert (tmp_path / "loss.png").read_bytes() == before
 
 

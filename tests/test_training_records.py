@@ -105,7 +105,7 @@ def test_a_refused_rerun_fails_before_tensorflow_loads(tmp_path):
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert result.returncode == 2
-    assert "`steps` must be at least the 40 steps" in result.stderr
+    assert "`--steps` must be at least the 40 steps" in result.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert "tensorflow" not in imported and "tf_bigmodels.cli" in imported
 

@@ -225,3 +225,30 @@ def non_empty_str(name, value, *, none_ok=False):
     if not isinstance(value, str) or not value:
         _fail(name, "a non-empty str", value, none_ok)
     return value
+
+
+def in_flag_words(message, parser):
+    """`message` with each option's name in backticks, as the Python API names it
+    (`max_new_tokens`, `learning_rate`), replaced by the flag that sets it on the command line
+    (`--max-new-tokens`, `--lr`), so that a command's error reads in the words its user typed.
+
+    Args:
+        message: str. An error message in this module's style.
+        parser: the `argparse.ArgumentParser` of the command that failed.
+
+    Example:
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = parser.add_argument("--lr", dest="learning_rate", type=float)
+    >>> _ = parser.add_argument("--max-new-tokens", type=int)
+    >>> in_flag_words("`learning_rate` must be a number > 0, got -1.", parser)
+    '`--lr` must be a number > 0, got -1.'
+    >>> in_flag_words("`max_new_tokens` must be an integer >= 0, got -1.", parser)
+    '`--max-new-tokens` must be an integer >= 0, got -1.'
+    """
+    for action in parser._actions:  # argparse lists a parser's arguments nowhere public
+        flags = [flag for flag in action.option_strings if flag.startswith("--")]
+        if flags:
+            message = message.replace(f"`{action.dest}`", f"`{flags[0]}`")
+    return message

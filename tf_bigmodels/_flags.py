@@ -98,21 +98,6 @@ def flag_of(field):
     return field.metadata["flag"] or "--" + field.name.replace("_", "-")
 
 
-def in_flag_words(message, fields):
-    """`message` with each field's name in backticks replaced by its flag (`--lr`, not
-    `learning_rate`), so an error reads in the words the user typed.
-
-    Example:
-
-    >>> from tf_bigmodels.training.config import RunConfig
-    >>> in_flag_words("`learning_rate` must be > 0, got -1.", RunConfig.settings())
-    '`--lr` must be > 0, got -1.'
-    """
-    for field in fields:
-        message = message.replace(f"`{field.name}`", f"`{flag_of(field)}`")
-    return message
-
-
 def unescape_prompt(text):
     r"""`text` with the escapes `\n` (newline), `\t` (tab) and `\\` (backslash) read as the
     characters they stand for; any other backslash stays as it is.

@@ -21,7 +21,7 @@ import os
 import pathlib
 import sys
 
-from tf_bigmodels import _flags
+from tf_bigmodels import _checks, _flags
 from tf_bigmodels._flags import READERS, HelpFormatter, Parser, add_setting
 from tf_bigmodels._startup import add_verbose_flag, load_tensorflow
 from tf_bigmodels._version import __version__
@@ -67,22 +67,19 @@ def _add_train(subparsers):
 
 def _train(args):
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "show_tf")}
-    try:  # every setting checked before TensorFlow loads,
-        config = RunConfig(**fields)
-        settled = records.settled(config)
-    except ValueError as error:  # named as the flag the user typed: `--seed`, not `seed`
-        raise ValueError(_flags.in_flag_words(str(error), RunConfig.settings())) from None
+    config = RunConfig(**fields)  # every setting checked before TensorFlow loads,
+    settled = records.settled(config)
     records.check_run_dir(RunDirectory(os.path.join(settled.out, settled.name)), settled)
     load_tensorflow(args.show_tf)  # and the run directory too
     from tf_bigmodels.training import train
 
     try:
         result = train(config)
-    except ValueError as error:  # the Python API's words, in the command's
+    except ValueError as error:  # load_corpus's advice, in the command's words
         message = str(error)
         for python, flag in _CORPUS_ADVICE:
             message = message.replace(python, flag)
-        raise ValueError(_flags.in_flag_words(message, RunConfig.settings())) from None
+        raise ValueError(message) from None
     print(result.report())
     return 0
 
@@ -142,7 +139,6 @@ def _add_generate(subparsers):
 
 
 def _generate(args):
-    from tf_bigmodels import _checks
 
     # Everything is checked before anything is loaded; the prompt is never echoed if invalid.
     try:
@@ -266,12 +262,8 @@ def _export(args):
     load_tensorflow(args.show_tf)
     from tf_bigmodels.training.loading import export_source
 
-    options = {
-        name: getattr(args, name)
-        for name in ("version", "jit_compile", "max_new_tokens", "temperature", "top_k")
-        + ("top_p", "weights")
-        if getattr(args, name) is not None
-    }
+    names = ("version", "jit_compile", "max_new_tokens", "temperature", "top_k", "top_p", "weights")
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.format == "litert":
         options.pop("jit_compile")  # an XLA setting of the SavedModel's decode loop
     path = export_source(source, args.out, tokenizer=args.tokenizer, format=args.format, **options)
@@ -325,6 +317,11 @@ def build_parser():
     >>> build_parser().parse_args(["train", "gpt", "--steps", "100"]).steps
     100
     """
+    return _parsers()[0]
+
+
+def _parsers():
+    """The parser of `tf-bigmodels` and a dict of its subcommands' parsers."""
     parser = Parser(
         prog="tf-bigmodels",
         description="Train, sample from and export the Transformer, GPT and BERT of tf_bigmodels.",
@@ -336,7 +333,7 @@ def build_parser():
     # The server's command line lives with the server, which must run where only an export
     # exists; it adds its own subcommand.
     serving_cli.add_parser(subparsers)
-    return parser
+    return parser, subparsers.choices
 
 
 def _is_user_error(error):
@@ -363,8 +360,9 @@ def main(argv=None):
     """Runs `tf-bigmodels`; returns the exit status (0 ok, 2 a failure, 130 Ctrl-C).
 
     Every failure a user can cause or meet (a bad flag or file, a refused re-run, a diverged run,
-    a full disk, a directory another process is writing) is one line on stderr and status 2.
-    Without arguments it prints the help.
+    a full disk, a directory another process is writing) is one line on stderr and status 2,
+    naming each setting by the flag that sets it (`--max-new-tokens`, not the Python API's
+    `max_new_tokens`). Without arguments it prints the help.
 
     Example:
 
@@ -375,7 +373,7 @@ def main(argv=None):
     logging.getLogger("absl").setLevel(logging.WARNING)
     # TensorFlow's INFO lines ("Assets written to" a temporary path) say nothing to a user.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    parser = build_parser()
+    parser, commands = _parsers()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         parser.print_help()
@@ -386,7 +384,8 @@ def main(argv=None):
     except Exception as error:
         if not _is_user_error(error):
             raise
-        print(f"tf-bigmodels {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        message = _checks.in_flag_words(_one_line(error), commands[args.command])
+        print(f"tf-bigmodels {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

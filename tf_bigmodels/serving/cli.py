@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 
+from tf_bigmodels import _checks
 from tf_bigmodels._startup import add_verbose_flag, load_tensorflow
 
 API_KEY_ENV = "TF_BIGMODELS_API_KEY"
@@ -215,8 +216,6 @@ def run(args):
         state["failed"] = True
         server.should_exit = True
 
-    from tf_bigmodels import _checks
-
     drain_seconds = _checks.number("--drain-seconds", args.drain_seconds, low=0)
     poll_seconds = _checks.number("--poll-seconds", args.poll_seconds, low=0, low_open=True)
     load_tensorflow(args.show_tf)  # SavedModels and LiteRT files alike are served with it
@@ -288,5 +287,8 @@ def main(argv=None):
     try:
         return run(args)
     except (ValueError, OSError) as error:
-        print(f"tf-bigmodels serve: error: {error}", file=sys.stderr)
+        print(
+            f"tf-bigmodels serve: error: {_checks.in_flag_words(str(error), serve)}",
+            file=sys.stderr,
+        )
         return 2
