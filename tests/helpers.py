@@ -78,6 +78,17 @@ def is_tensorflow_log_line(line):
     return bool(_TENSORFLOW_LOG_LINE.match(line))
 
 
+def drain(pieces):
+    """Reads a stream of text pieces to its end: `(text, what the stream returned)` (the
+    `(new_tokens, ended)` of `stream_text`)."""
+    texts = []
+    while True:
+        try:
+            texts.append(next(pieces))
+        except StopIteration as end:
+            return "".join(texts), end.value
+
+
 def run_here(*args):
     """`tf-bigmodels ARGS` run by `main` in this process, with its stdout and stderr captured.
 

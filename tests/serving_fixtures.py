@@ -161,6 +161,7 @@ class FakeModel:
         self.gate.set()
         self.pieces_made = 0
         self.stream_calls = []
+        self.end_after = None  # a number of tokens: the "GPT" then meets its end-of-text token
 
     def describe(self):
         return {
@@ -208,10 +209,11 @@ class FakeModel:
     def stream(self, prompt, max_tokens, *, temperature, top_p, top_k, seed, chunk_tokens=16):
         self.stream_calls.append({"prompt": prompt, "max_tokens": max_tokens, "seed": seed})
         draw = random.Random(seed if seed is not None else random.random())
-        made = 0
-        while made < max_tokens:
+        made, limit = 0, min(max_tokens, self.end_after or max_tokens)
+        while made < limit:
             self.gate.wait()
-            count = min(4, max_tokens - made)
+            count = min(4, limit - made)
             made += count
             self.pieces_made += 1
             yield "".join(draw.choice("abcdefgh ") for _ in range(count))
+        return made, limit < max_tokens  # as `stream_text`: (new tokens, ended by the end token)

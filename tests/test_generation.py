@@ -386,6 +386,33 @@ def test_streamed_text_equals_generated_text_for_one_seed(byte_model):
         assert len(pieces) > 1 or len(out) <= 7  # one piece per chunk of 7 tokens
 
 
+def test_a_stream_returns_its_token_count_and_whether_the_end_token_ended_it(byte_model):
+    from helpers import drain
+
+    from tf_bigmodels.export import stream_text
+    from tf_bigmodels.tokenizers import ByteTokenizer
+
+    tokenizer, model = ByteTokenizer(), byte_model
+    ends = set()
+    for seed in range(100):  # until a text ends at the end token and another at the limit
+        out = model.generate(
+            [[104]],
+            30,
+            temperature=1.0,
+            seed=seed,
+            end_id=tokenizer.end_id,
+            pad_id=tokenizer.pad_id,
+        ).to_list()[0][1:]
+        ended = out[-1] == tokenizer.end_id
+        text, end = drain(stream_text(model, "h", 30, temperature=1.0, seed=seed, chunk_tokens=7))
+        # Counted as decoded: a cut-off character or an invalid byte still counts its tokens.
+        assert end == (len(out) - ended, ended), seed
+        ends.add(ended)
+        if ends == {False, True}:
+            break
+    assert ends == {False, True}
+
+
 @pytest.mark.slow  # XLA compiles the decode loop for several shapes
 def test_streaming_beyond_the_context_does_not_depend_on_the_chunks(byte_model):
     from tf_bigmodels.export import generate_texts, stream_text

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
+from helpers import drain
 
 from tf_bigmodels.data import load_corpus
 from tf_bigmodels.export import stream_text
@@ -185,6 +186,22 @@ def test_the_quality_check_reports_loss_and_first_difference(trained, exports):
     first = result["first_difference"]
     assert first is None or 0 <= first < result["new_tokens"]
     assert result["greedy_text"]["float32"]
+
+
+@pytest.mark.slow
+def test_a_stream_returns_its_token_count_and_whether_the_end_token_ended_it(exports):
+    generator = LiteRTGenerator(exports["float32"])
+    prompt = list(PROMPT.encode())
+    # A space as the end token ends this text early; with none, the limit ends it.
+    for end_id, ended in ((ord(" "), True), (None, False)):
+        ids = list(generator.stream_ids(prompt, 40, seed=3, end_id=end_id))
+        if ended:
+            assert ids[-1] == ord(" ") and len(ids) < 40
+        else:
+            assert len(ids) == 40
+        text, end = drain(generator.stream_text(PROMPT, 40, seed=3, end_id=end_id))
+        assert end == (len(ids) - ended, ended)
+        assert text == generator.tokenizer.decode(ids[: len(ids) - ended]).rstrip("\ufffd")
 
 
 @pytest.mark.slow

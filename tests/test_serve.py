@@ -19,7 +19,7 @@ import tempfile
 import httpx
 import openai
 import pytest
-from helpers import is_tensorflow_log_line
+from helpers import drain, is_tensorflow_log_line
 from serving_fixtures import ServerProcess, export_tiny_models
 
 pytestmark = pytest.mark.slow
@@ -223,6 +223,33 @@ def test_the_openai_client(server):
         client.completions.create(model="gpt", prompt="a", max_tokens=10_000)
     with pytest.raises(openai.BadRequestError, match="/v1/completions"):
         client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_usage_and_finish_reason_are_counted_as_decoded(server, exports):
+    """Not by tokenizing the text again: this untrained byte-level GPT writes bytes that are
+    not UTF-8 (read back as U+FFFD, 3 bytes each) and cuts characters at the limit (dropped),
+    so its text's bytes are not its tokens."""
+    from tf_bigmodels.export import load_generator, stream_text
+
+    source = load_generator(exports["gpt"])
+    decoded, found = {}, {}
+    for seed in range(300):  # a text the end token ended, and one its bytes would miscount
+        text, (new_tokens, ended) = drain(stream_text(source, "To be", 24, seed=seed))
+        decoded[seed] = text, new_tokens, ended
+        if ended:
+            found.setdefault("ended", seed)
+        if min(len(text.encode()), 24) != new_tokens:
+            found.setdefault("miscounted", seed)
+        if len(found) == 2:
+            break
+    assert set(found) == {"ended", "miscounted"}
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    for seed in found.values():
+        text, new_tokens, ended = decoded[seed]
+        answer = client.completions.create(model="gpt", prompt="To be", max_tokens=24, seed=seed)
+        assert answer.choices[0].text == text
+        assert answer.usage.completion_tokens == new_tokens
+        assert answer.choices[0].finish_reason == ("stop" if ended else "length")
 
 
 def test_a_client_leaving_mid_stream_stops_its_generation(server):

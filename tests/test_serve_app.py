@@ -110,6 +110,33 @@ def test_openai_routes(client, gpt):
     assert "/v1/completions" in chat.json()["error"]["message"]
 
 
+def test_finish_reason_and_usage_come_from_how_the_generation_ended(client, gpt):
+    body = {"model": "gpt", "prompt": "a", "max_tokens": 10, "n": 2, "seed": 1}
+    # The stand-in meets its end-of-text token after 8 of the 10 tokens: near the limit, but
+    # the end token ended it, not the limit.
+    gpt.end_after = 8
+    try:
+        ended = client.post("/v1/completions", json=body).json()
+        streamed = [
+            json.loads(e)
+            for e in _events(
+                client.post(
+                    "/v1/completions",
+                    json={**body, "stream": True, "stream_options": {"include_usage": True}},
+                )
+            )[:-1]
+        ]
+    finally:
+        gpt.end_after = None
+    assert [c["finish_reason"] for c in ended["choices"]] == ["stop", "stop"]
+    assert ended["usage"]["completion_tokens"] == 16
+    assert [c["choices"][0]["finish_reason"] for c in streamed[-3:-1]] == ["stop", "stop"]
+    assert streamed[-1]["usage"] == ended["usage"]
+    limited = client.post("/v1/completions", json=body).json()
+    assert [c["finish_reason"] for c in limited["choices"]] == ["length", "length"]
+    assert limited["usage"]["completion_tokens"] == 20
+
+
 def test_stop_strings_end_the_text_before_them(client):
     full = client.post(
         "/v1/completions", json={"model": "gpt", "prompt": "", "max_tokens": 40, "seed": 5}

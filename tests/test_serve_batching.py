@@ -14,6 +14,7 @@ import threading
 import keras
 import pytest
 import tensorflow as tf
+from helpers import drain
 from starlette.testclient import TestClient
 
 from tf_bigmodels.export import (
@@ -58,9 +59,10 @@ def loaded(export_path):
 
 @pytest.fixture(scope="module")
 def alone(source):
-    """Each request's text decoded alone, by `stream_text`."""
+    """Each request decoded alone by `stream_text`: its text, and how it ended (`(new_tokens,
+    ended)`)."""
     return [
-        "".join(
+        drain(
             stream_text(
                 source,
                 prompt,
@@ -81,7 +83,7 @@ class _Collector:
 
     def __init__(self, batcher):
         self.batcher, self.texts, self.finished_order = batcher, {}, []
-        self.started, self.finished = {}, {}
+        self.started, self.finished, self.tickets = {}, {}, {}
 
     def submit(self, name, request):
         self.texts[name] = ""
@@ -96,7 +98,8 @@ class _Collector:
                 self.finished[name].set()
 
         try:
-            return self.batcher.submit([request], on_update)
+            self.tickets[name] = self.batcher.submit([request], on_update)
+            return self.tickets[name]
         except BatcherFull:
             del self.texts[name], self.started[name], self.finished[name]
             raise
@@ -120,7 +123,9 @@ def test_a_text_is_the_same_alone_or_batched_with_others_joining_at_other_times(
         rows.wait()
     finally:
         batcher.close()
-    assert [rows.texts[i] for i in range(len(REQUESTS))] == alone
+    assert [rows.texts[i] for i in range(len(REQUESTS))] == [text for text, _ in alone]
+    # And each ended as it did alone: as many tokens, the end token or the limit.
+    assert [rows.tickets[i].end(0) for i in range(len(REQUESTS))] == [end for _, end in alone]
     assert sizes[0] == 1 and max(sizes) == 4  # alone at first, then batched
 
 
@@ -149,6 +154,7 @@ def test_a_full_batcher_refuses_at_once_and_max_tokens_zero_ends_at_once(source)
     try:
         rows.submit("zero", ("ab", GenerationSettings(0)))
         assert rows.finished["zero"].is_set() and rows.texts["zero"] == ""
+        assert rows.tickets["zero"].end(0) == (0, False)
         rows.submit("running", ("To be", GenerationSettings(60, temperature=0.0)))
         rows.submit("waiting", ("To be", GenerationSettings(60, temperature=0.0)))
         with pytest.raises(BatcherFull, match="1 \\+ 1"):
@@ -195,8 +201,12 @@ def test_an_export_without_batched_decoding_still_serves_one_request_at_a_time(e
         body = {"model": "old", "prompt": "To be", "max_tokens": 12, "temperature": 0}
         answer = client.post("/v1/completions", json=body)
         assert answer.status_code == 200
-        expected = "".join(stream_text((loaded, None), "To be", 12, temperature=0.0))
+        expected, (new_tokens, ended) = drain(
+            stream_text((loaded, None), "To be", 12, temperature=0.0)
+        )
         assert answer.json()["choices"][0]["text"] == expected
+        assert answer.json()["usage"]["completion_tokens"] == new_tokens
+        assert answer.json()["choices"][0]["finish_reason"] == ("stop" if ended else "length")
         assert _histogram(client, "old")[1] == 0  # no batch ever ran
 
 
@@ -255,9 +265,10 @@ def test_concurrent_completions_and_streams_are_batched_and_the_histogram_moves(
         total, chunks = _histogram(client, "gpt")
         # Four rows (the stream's two choices are rows too) decoded together in some chunk.
         assert chunks > before[1] and total - before[0] > chunks - before[1]
-        # The texts are those of each choice alone, streamed or not.
+        # The texts are those of each choice alone, streamed or not, and so are their token
+        # counts and how they ended.
         for body, answer in zip(bodies[:2], answers[:2]):
-            expected = "".join(
+            expected, (new_tokens, ended) = drain(
                 stream_text(
                     source,
                     body["prompt"],
@@ -267,7 +278,10 @@ def test_concurrent_completions_and_streams_are_batched_and_the_histogram_moves(
                     seed=body.get("seed"),
                 )
             )
-            assert answer.json()["choices"][0]["text"] == expected
+            (choice,) = answer.json()["choices"]
+            assert choice["text"] == expected
+            assert answer.json()["usage"]["completion_tokens"] == new_tokens
+            assert choice["finish_reason"] == ("stop" if ended else "length")
         streamed = {0: "", 1: ""}
         events = [e[6:] for e in answers[2].text.split("\n\n") if e.startswith("data: ")]
         assert events[-1] == "[DONE]"

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import drain
 from starlette.testclient import TestClient
 
 from tf_bigmodels.litert import LiteRTEncoder, LiteRTGenerator
@@ -83,9 +84,12 @@ def test_completions_equal_the_litert_runner(client, runner):
     greedy = client.post("/v1/completions", json={**body, "temperature": 0}).json()
     assert greedy["choices"][0]["text"] == runner.generate_text("To be", 20, temperature=0.0)
     seeded = client.post("/v1/completions", json={**body, "seed": 7}).json()
-    expected = runner.generate_text("To be", 20, temperature=1.0, seed=7)
+    expected, (new_tokens, ended) = drain(runner.stream_text("To be", 20, seed=7))
     assert seeded["choices"][0]["text"] == expected
     assert seeded["usage"]["prompt_tokens"] == 5  # one token per byte
+    # Counted as decoded, as the SavedModel's completions are.
+    assert seeded["usage"]["completion_tokens"] == new_tokens
+    assert seeded["choices"][0]["finish_reason"] == ("stop" if ended else "length")
     filtered = {**body, "seed": 7, "top_k": 5, "top_p": 0.9, "temperature": 0.8}
     text = client.post("/v1/completions", json=filtered).json()["choices"][0]["text"]
     assert text == runner.generate_text("To be", 20, temperature=0.8, top_k=5, top_p=0.9, seed=7)

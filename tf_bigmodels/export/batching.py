@@ -51,6 +51,7 @@ class _Row:
     prompt: str
     settings: generation.GenerationSettings
     texts: object = None
+    new_tokens: int = 0
 
 
 class Ticket:
@@ -62,14 +63,21 @@ class Ticket:
     Example:
 
     >>> ticket = Ticket(print)
-    >>> ticket.cancel(); ticket.cancelled(0)
-    True
+    >>> ticket.cancel(); ticket.cancelled(0), ticket.end(0)
+    (True, None)
     """
 
     def __init__(self, on_update):
         self._on_update = on_update
         self._cancelled = set()
         self._all = False
+        self._ends = {}
+
+    def end(self, index):
+        """How row `index` ended, once its last update is sent: `(new_tokens, ended)`, the
+        tokens generated (the end-of-text token not counted) and whether the end-of-text token
+        ended it, as `stream_text` returns them; None before (or for a row that failed)."""
+        return self._ends.get(index)
 
     def cancel(self, index=None):
         """Stops row `index` (None: every row) at the next chunk boundary; it gets no more updates."""
@@ -159,7 +167,8 @@ class ContinuousBatcher:
             on_update: callable `(index, piece, finished, error)`, called from the batcher's
                 thread after every chunk of row `index` (its position in `requests`): `piece`
                 the new text (complete characters; may be empty), `finished` True on its last
-                call; on a failure, `error` is the exception (and `finished` True).
+                call (`Ticket.end` then says how the row ended); on a failure, `error` is the
+                exception (and `finished` True).
 
         Raises:
             BatcherFull: the rows would exceed `max_batch_size + max_queue`.
@@ -182,6 +191,7 @@ class ContinuousBatcher:
                 )
             for row in rows:
                 if row.settings.max_new_tokens == 0:
+                    ticket._ends[row.index] = (0, False)
                     ticket._update(row.index, "", True)
                 else:
                     self._queue.append(row)
@@ -272,10 +282,12 @@ class ContinuousBatcher:
         for b, row in enumerate(self._rows):
             ids = tokens[b, : counts[b]].tolist()
             ended = bool(ids) and ids[-1] == decoder.end_id
+            row.new_tokens += len(ids) - ended
             piece = row.texts.add([ids[:-1] if ended else ids], [ended])[0]
             if done[b]:
                 piece += row.texts.finish()[0]
                 finished.append(b)
+                row.ticket._ends[row.index] = (row.new_tokens, ended)
             row.ticket._update(row.index, piece, bool(done[b]))
         if finished:  # they leave at the next boundary: a merge without them
             for b in finished:

@@ -176,6 +176,12 @@ def stream_text(
     Yields:
         str pieces whose concatenation is the generated text.
 
+    Returns:
+        When the pieces are exhausted (the generator's return value, `StopIteration.value`):
+        `(new_tokens, ended)`, the number of tokens generated (the end-of-text token not
+        counted) and whether the end-of-text token ended the text. Counted as decoded, not from
+        the text: a cut-off character or an invalid byte still counts its tokens.
+
     Example:
 
     >>> model = GPTModel(258, 16, 2, 32, 1, max_length=16)  # untrained: random bytes
@@ -189,15 +195,18 @@ def stream_text(
     chunk_tokens = _checks.integer("chunk_tokens", chunk_tokens, low=1)
     decoder = _decoder(source, tokenizer)
     texts = _Texts(decoder, 1, max_new_chars)
+    new_tokens, ended = 0, [False]
     for new_ids, ended in _token_chunks(decoder, prompt, settings, 1, chunk_tokens):
+        new_tokens += len(new_ids[0])
         pieces = texts.add(new_ids, ended)
         if pieces[0]:
             yield pieces[0]
         if texts.complete():
-            return
+            return new_tokens, ended[0]
     last = texts.finish()[0]
     if last:
         yield last
+    return new_tokens, ended[0]
 
 
 def generate_texts(

@@ -338,19 +338,28 @@ class LiteRTGenerator:
             max_new_tokens: int in [0, max_length - 1].
             **settings: as in `stream_ids`.
 
+        Returns:
+            When the pieces are exhausted (the generator's return value): `(new_tokens,
+            ended)`, the tokens generated (the end-of-text token not counted) and whether the
+            end-of-text token ended the text, as `tf_bigmodels.export.stream_text` returns them.
+
         Example:
 
         >>> pieces = list(generator.stream_text("To be", 20, temperature=0.0))
         ... # doctest: +SKIP
         """
         ids = self.tokenizer.encode(prompt) or [self.end_id]
+        end_id = settings.get("end_id", self.end_id)
         new, emitted = [], ""
         for token in self.stream_ids(ids, max_new_tokens, **settings):
+            if token == end_id:  # the last one stream_ids yields; not part of the text
+                return len(new), True
             new.append(token)
             text = self.tokenizer.decode(new).rstrip(_REPLACEMENT)
             if len(text) > len(emitted) and text.startswith(emitted):
                 yield text[len(emitted) :]
                 emitted = text
+        return len(new), False
 
     def generate_text(self, prompt, max_new_tokens, **settings):
         """The continuation of `prompt` as one string (`stream_text` joined).

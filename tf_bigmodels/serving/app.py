@@ -473,6 +473,7 @@ class _Choice:
     shown: str = ""
     pending: str = ""  # text held back: it may be the start of a stop string
     stopped: bool = False
+    end: tuple | None = None  # (new_tokens, ended) once its generation ran to its end
 
 
 class _Handlers:
@@ -640,7 +641,7 @@ class _Handlers:
                 _after(state.get("running"), release)
             outcome = state["outcome"] or "disconnected"
             self.metrics.generations.labels(model.name, outcome).inc(len(choices))
-            tokens = sum(min(_tokens(model, c.raw), params["max_tokens"]) for c in choices)
+            tokens = sum(_generated_tokens(model, c, params["max_tokens"]) for c in choices)
             self.metrics.tokens.labels(model.name).inc(tokens)
 
         # OpenAI's field for "the configuration the answer was made with": the version.
@@ -667,7 +668,7 @@ class _Handlers:
             {
                 **head,
                 "created": int(time.time()),
-                "choices": [self._final_choice(model, c, params) for c in choices],
+                "choices": [self._final_choice(c) for c in choices],
                 "usage": _usage(model, prompts, choices, params["max_tokens"]),
             }
         )
@@ -685,7 +686,7 @@ class _Handlers:
             yield event({"error": {**error, "param": None}})
         else:
             for choice in choices:
-                final = {**self._final_choice(model, choice, params), "text": ""}
+                final = {**self._final_choice(choice), "text": ""}
                 yield event({**head, "created": created, "choices": [final]})
             if (params["stream_options"] or {}).get("include_usage"):
                 usage = _usage(model, prompts, choices, params["max_tokens"])
@@ -716,7 +717,7 @@ class _Handlers:
                     if await request.is_disconnected():
                         state["outcome"] = "disconnected"
                         return
-                    chunk = asyncio.ensure_future(anyio.to_thread.run_sync(next, pieces, None))
+                    chunk = asyncio.ensure_future(anyio.to_thread.run_sync(_next_piece, pieces))
                     state["running"] = chunk
                     remaining = max(deadline - time.monotonic(), 0)
                     try:
@@ -724,7 +725,8 @@ class _Handlers:
                     except asyncio.TimeoutError:
                         state["outcome"] = "timeout"
                         return
-                    if piece is None:
+                    if not isinstance(piece, str):  # the stream's end: (new_tokens, ended)
+                        choice.end = piece
                         break
                     choice.raw += piece
                     shown = _cut_at_stop(choice, piece, params["stop"])
@@ -796,6 +798,7 @@ class _Handlers:
                     ticket.cancel(index)
                     running.discard(index)
                 elif finished:
+                    choice.end = ticket.end(index)
                     running.discard(index)
                     if choice.pending:
                         choice.shown += choice.pending
@@ -804,18 +807,14 @@ class _Handlers:
         finally:
             ticket.cancel()
 
-    def _final_choice(self, model, choice, params):
-        if choice.stopped:
-            reason = "stop"
-        else:
-            # A text that ends before max_tokens met the end-of-text token; a character cut off
-            # at the limit (at most 3 bytes of UTF-8) is dropped, so "length" allows for it.
-            reason = "length" if _tokens(model, choice.raw) + 3 >= params["max_tokens"] else "stop"
+    def _final_choice(self, choice):
+        # "stop": a stop string or the end-of-text token ended it; "length": max_tokens did.
+        ended = choice.stopped or (choice.end is not None and choice.end[1])
         return {
             "text": choice.shown,
             "index": choice.index,
             "logprobs": None,
-            "finish_reason": reason,
+            "finish_reason": "stop" if ended else "length",
         }
 
     def _timeout_message(self):
@@ -1045,15 +1044,29 @@ def _cut_at_stop(choice, piece, stops):
     return shown
 
 
-def _tokens(model, text):
-    return model.count_tokens(text) if text else 0
+def _next_piece(pieces):
+    """The next piece of a model's stream, or what the stream returned once it is exhausted
+    (`(new_tokens, ended)`)."""
+    try:
+        return next(pieces)
+    except StopIteration as end:
+        return end.value
+
+
+def _generated_tokens(model, choice, max_tokens):
+    """The tokens generated for `choice`: as decoded when its generation ran to its end; for a
+    choice cut short (a stop string, a timeout, a client gone), the tokens of the text it had
+    received, tokenized again (a byte that is not valid UTF-8 reads back as U+FFFD, 3 bytes:
+    at most `max_tokens`)."""
+    if choice.end is not None:
+        return choice.end[0]
+    return min(model.count_tokens(choice.raw), max_tokens) if choice.raw else 0
 
 
 def _usage(model, prompts, choices, max_tokens):
-    """Token counts, by tokenizing the texts again; a choice counts at most `max_tokens` (a
-    generated byte that is not valid UTF-8 reads back as U+FFFD, which is 3 bytes)."""
+    """Token counts: the prompts' tokens and each choice's generated tokens."""
     prompt_tokens = sum(model.count_tokens(p) for p in prompts)
-    completion_tokens = sum(min(_tokens(model, c.shown), max_tokens) for c in choices)
+    completion_tokens = sum(_generated_tokens(model, c, max_tokens) for c in choices)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,

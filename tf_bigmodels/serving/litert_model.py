@@ -46,6 +46,7 @@ from tf_bigmodels.serving.request_values import (
     _number_leaf,
     _string_leaf,
     describe,
+    sampling_settings,
     signature_metadata,
 )
 
@@ -408,16 +409,13 @@ class LiteRTServedModel:
 
         Yields:
             str pieces.
+
+        Returns:
+            `(new_tokens, ended)` once the pieces are exhausted, as `LiteRTGenerator.stream_text`.
         """
         with self._interpreter() as generator:
-            yield from generator.stream_text(
-                prompt,
-                max_tokens,
-                temperature=temperature,
-                top_k=top_k or None,
-                top_p=None if top_p == 1 else top_p,
-                seed=seed,
-            )
+            settings = sampling_settings(temperature, top_p, top_k, seed)
+            return (yield from generator.stream_text(prompt, max_tokens, **settings))
 
 
 def _array(name, value, dtype):

@@ -33,6 +33,7 @@ from tf_bigmodels.serving.request_values import (
     _number_leaf,
     _string_leaf,
     describe,
+    sampling_settings,
     signature_metadata,
 )
 
@@ -355,11 +356,7 @@ class ServedModel:
             (
                 prompt,
                 GenerationSettings(
-                    max_tokens,
-                    temperature=temperature,
-                    top_k=top_k or None,
-                    top_p=None if top_p == 1 else top_p,
-                    seed=seed,
+                    max_tokens, **sampling_settings(temperature, top_p, top_k, seed)
                 ),
             )
             for prompt, seed in rows
@@ -397,18 +394,15 @@ class ServedModel:
 
         Yields:
             str pieces.
+
+        Returns:
+            `(new_tokens, ended)` once the pieces are exhausted, as `stream_text` returns them.
         """
         from tf_bigmodels.export import stream_text
 
+        settings = sampling_settings(temperature, top_p, top_k, seed)
         return stream_text(
-            (self._loaded, None),
-            prompt,
-            max_tokens,
-            temperature=temperature,
-            top_k=top_k or None,
-            top_p=None if top_p == 1 else top_p,
-            seed=seed,
-            chunk_tokens=chunk_tokens,
+            (self._loaded, None), prompt, max_tokens, chunk_tokens=chunk_tokens, **settings
         )
 
 

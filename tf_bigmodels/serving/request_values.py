@@ -14,6 +14,23 @@ GPT, BERT_PRETRAINER, BERT_CLASSIFIER = "gpt", "bert_pretrainer", "bert_classifi
 OTHER = "saved_model"  # any other SavedModel: its signatures over TF Serving's routes
 
 
+def sampling_settings(temperature, top_p, top_k, seed):
+    """A completion's sampling fields in the decoders' terms: OpenAI's `top_p` of 1 and our
+    `top_k` of 0 mean "off", which the decoders write as None.
+
+    Example:
+
+    >>> sampling_settings(0.8, 1.0, 0, 7)
+    {'temperature': 0.8, 'top_k': None, 'top_p': None, 'seed': 7}
+    """
+    return dict(
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=None if top_p == 1 else top_p,
+        seed=seed,
+    )
+
+
 class RequestError(ValueError):
     """A request the model cannot serve, with the HTTP status that says why.
 
