@@ -139,7 +139,6 @@ def _add_generate(subparsers):
 
 
 def _generate(args):
-
     # Everything is checked before anything is loaded; the prompt is never echoed if invalid.
     try:
         args.prompt.encode("utf-8")

@@ -668,7 +668,7 @@ class _Handlers:
             {
                 **head,
                 "created": int(time.time()),
-                "choices": [self._final_choice(c) for c in choices],
+                "choices": [_final_choice(c) for c in choices],
                 "usage": _usage(model, prompts, choices, params["max_tokens"]),
             }
         )
@@ -686,7 +686,7 @@ class _Handlers:
             yield event({"error": {**error, "param": None}})
         else:
             for choice in choices:
-                final = {**self._final_choice(choice), "text": ""}
+                final = {**_final_choice(choice), "text": ""}
                 yield event({**head, "created": created, "choices": [final]})
             if (params["stream_options"] or {}).get("include_usage"):
                 usage = _usage(model, prompts, choices, params["max_tokens"])
@@ -806,16 +806,6 @@ class _Handlers:
             state["outcome"] = "completed"
         finally:
             ticket.cancel()
-
-    def _final_choice(self, choice):
-        # "stop": a stop string or the end-of-text token ended it; "length": max_tokens did.
-        ended = choice.stopped or (choice.end is not None and choice.end[1])
-        return {
-            "text": choice.shown,
-            "index": choice.index,
-            "logprobs": None,
-            "finish_reason": "stop" if ended else "length",
-        }
 
     def _timeout_message(self):
         return (
@@ -1042,6 +1032,18 @@ def _cut_at_stop(choice, piece, stops):
         shown, choice.pending = text[: len(text) - hold], text[len(text) - hold :]
     choice.shown += shown
     return shown
+
+
+def _final_choice(choice):
+    """A choice as OpenAI's answer lists it: "stop" when a stop string or the end-of-text token
+    ended it, "length" when `max_tokens` did."""
+    ended = choice.stopped or (choice.end is not None and choice.end[1])
+    return {
+        "text": choice.shown,
+        "index": choice.index,
+        "logprobs": None,
+        "finish_reason": "stop" if ended else "length",
+    }
 
 
 def _next_piece(pieces):
