@@ -172,8 +172,8 @@ class FakeModel:
             "max_tokens": self.max_tokens,
         }
 
-    def warm_up(self):
-        pass
+    def warm_up(self, **batching):
+        self.warmed_with = batching
 
     def metadata(self):
         return {"model_spec": {"name": self.name, "signature_name": "", "version": "1"}}

@@ -197,6 +197,23 @@ def test_max_tokens_is_capped_by_the_model_and_by_the_server(gpt):
         assert over.status_code == 400 and "255" in over.json()["error"]["message"]
 
 
+def test_the_warm_up_gets_the_batching_the_server_decodes_with():
+    # A GPT's batched loop compiles per batch size and chunk width: a warm-up at other sizes
+    # would compile programs the server never runs and leave its own to the first requests.
+    served, versions = FakeModel("gpt"), []
+
+    def load(name, export_dir, version):
+        versions.append(FakeModel(name))
+        return versions[-1]
+
+    settings = ServerSettings(max_batch_size=3, chunk_tokens=8)
+    with TestClient(create_app([served, ("next", "/nowhere")], settings, load=load)) as client:
+        assert client.app.state.registry.ready.wait(10)
+    for model in (served, *versions):
+        assert model.warmed_with == {"max_batch_size": 3, "chunk_tokens": 8}
+    assert len(versions) == 1
+
+
 def test_health_readiness_and_metrics():
     loaded = threading.Event()
 

@@ -187,7 +187,7 @@ def test_a_version_shows_loading_while_it_loads_and_readiness_waits_for_the_warm
 
     def slow_load(name, export_dir, version):
         model = load(name, export_dir, version)
-        model.warm_up = lambda: release[version].wait(10)  # the warm-up holds the load
+        model.warm_up = lambda **batching: release[version].wait(10)  # it holds the load
         return model
 
     client = TestClient(create_app([("gpt", str(tmp_path / "gpt"))], load=slow_load))
@@ -338,7 +338,14 @@ def _xla_modules(directory):
 def test_the_first_requests_after_ready_compile_nothing(tmp_path):
     export_tiny_gpt(tmp_path / "gpt", 1, max_length=32, jit_compile=True)
     dumps = tmp_path / "xla"
-    server = ServerProcess([str(tmp_path / "gpt")], env={"XLA_FLAGS": f"--xla_dump_to={dumps}"})
+    # At most 3 rows: the batched loop runs at batch sizes 1, 2 and 3 (3 rows take 3, not the
+    # next power of two), and the warm-up compiles those, not the default's 4, 8 and 16.
+    server = ServerProcess(
+        [str(tmp_path / "gpt")],
+        "--max-batch-size",
+        "3",
+        env={"XLA_FLAGS": f"--xla_dump_to={dumps}"},
+    )
     try:
         server.wait_ready()
         compiled = _xla_modules(dumps)
@@ -348,6 +355,7 @@ def test_the_first_requests_after_ready_compile_nothing(tmp_path):
             {"model": "gpt", "prompt": "To be"},  # OpenAI's defaults: 16 tokens
             {"model": "gpt", "prompt": "", "max_tokens": 31, "stream": True, "temperature": 0},
             {"model": "gpt", "prompt": "To be", "n": 2},  # two rows: a batch of 2
+            {"model": "gpt", "prompt": "To be", "n": 3},  # the largest batch
             {"model": "gpt", "prompt": "To be, or not to be, that is", "max_tokens": 3},
             {"model": "gpt", "prompt": "To be, or not to be, that is the question", "stream": True},
         ]

@@ -158,6 +158,26 @@ class ContinuousBatcher:
         self._thread = threading.Thread(target=self._run, daemon=True, name="batcher")
         self._thread.start()
 
+    @property
+    def batch_sizes(self):
+        """Every batch size this batcher decodes at, smallest first: `rows` decoding rows take
+        the next power of two, at most `max_batch_size`. XLA compiles the decode loop once per
+        batch size (and cache length), so a warm-up runs each of these once.
+
+        Example:
+
+        >>> from tf_bigmodels.models import GPTModel
+        >>> model = GPTModel(258, 16, 2, 32, 1, max_length=32)
+        >>> batcher = ContinuousBatcher(model, max_batch_size=6)
+        >>> batcher.batch_sizes
+        [1, 2, 4, 6]
+        >>> batcher.close()
+        """
+        return sorted({self._batch_size(rows) for rows in range(1, self._max_batch + 1)})
+
+    def _batch_size(self, rows):
+        return min(1 << (rows - 1).bit_length(), self._max_batch)
+
     def submit(self, requests, on_update):
         """Queues texts to decode; returns their `Ticket`.
 
@@ -271,8 +291,7 @@ class ContinuousBatcher:
             if not rows:
                 self._state = None
                 return
-            size = min(1 << (len(rows) - 1).bit_length(), self._max_batch)
-            self._state = generation.merge_batch_states(parts, size)
+            self._state = generation.merge_batch_states(parts, self._batch_size(len(rows)))
         buffer = tf.zeros([self._state["done"].shape[0], self._chunk], tf.int32)
         self._state, tokens, counts = decoder.batch_steps(self._state, buffer)
         if self._on_chunk is not None:

@@ -213,6 +213,8 @@ class ModelRegistry:
             (each new version too). Defaults to None.
         poll_seconds: float > 0 or None. Seconds between scans of the export directories;
             None scans never. Defaults to None.
+        warm_up: callable taking a `ServedModel`, run before it is served. Defaults to None
+            (its `warm_up()`).
 
     Example:
 
@@ -221,15 +223,16 @@ class ModelRegistry:
     (True, {})
     """
 
-    def __init__(self, sources, *, load=None, on_ready=None, poll_seconds=None):
+    def __init__(self, sources, *, load=None, on_ready=None, poll_seconds=None, warm_up=None):
         self._sources = list(sources)
         self._load, self._on_ready = load, on_ready
+        self._warm_up = warm_up or (lambda model: model.warm_up())
         self.poll_seconds = _checks.number(
             "poll_seconds", poll_seconds, low=0, low_open=True, none_ok=True
         )
         self.models = {}
         self.versions = {
-            s[0]: ModelVersions(*s, self._load_version)
+            s[0]: ModelVersions(*s, self._load_version, warm_up=self._warm_up)
             for s in self._sources
             if isinstance(s, tuple)
         }
@@ -269,7 +272,7 @@ class ModelRegistry:
                     model = self.versions[source[0]].load_newest()
                 else:
                     model = source
-                    model.warm_up()
+                    self._warm_up(model)
                 self._serve(model)
             self.ready.set()
         except Exception as error:  # noqa: BLE001 (any load failure ends the server)
@@ -315,7 +318,15 @@ def create_app(
     """
     settings = settings or ServerSettings()
     metrics = _Metrics()
-    registry = ModelRegistry(sources, load=load, on_ready=on_ready, poll_seconds=poll_seconds)
+    # A GPT's warm-up compiles the batched loop at the batch sizes and chunk width it will run.
+    batching = dict(max_batch_size=settings.max_batch_size, chunk_tokens=settings.chunk_tokens)
+    registry = ModelRegistry(
+        sources,
+        load=load,
+        on_ready=on_ready,
+        poll_seconds=poll_seconds,
+        warm_up=lambda model: model.warm_up(**batching),
+    )
     limiter = _Limiter(settings.max_concurrency, settings.max_queue, metrics.waiting)
     drain = Drain()
     handlers = _Handlers(registry, settings, metrics, limiter, drain)

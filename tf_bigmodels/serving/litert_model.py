@@ -229,8 +229,11 @@ class LiteRTServedModel:
         """What the OpenAI model list and the page show about this model (a JSON-ready dict)."""
         return describe(self, class_names=None, format="litert", weights=self.config["weights"])
 
-    def warm_up(self):
-        """Runs every signature once (each interpreter allocates its tensors on first use)."""
+    def warm_up(self, **batching):
+        """Runs every signature once (each interpreter allocates its tensors on first use).
+
+        The server's batching settings (`batching`, as `ServedModel.warm_up` takes them) do not
+        apply: an interpreter decodes one request at a time."""
         if self.kind == GPT:
             "".join(self.stream("warm up", 2, temperature=1.0, top_p=1.0, top_k=0, seed=0))
             settings = {"max_new_tokens": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0}

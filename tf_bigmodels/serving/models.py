@@ -177,7 +177,7 @@ class ServedModel:
         """What the OpenAI model list and the page show about this model (a JSON-ready dict)."""
         return describe(self, class_names=self.config.get("class_names"))
 
-    def warm_up(self):
+    def warm_up(self, *, max_batch_size=16, chunk_tokens=16):
         """Runs every path a request takes once, so that the first request builds and compiles
         nothing.
 
@@ -187,6 +187,12 @@ class ServedModel:
         completion runs: the prompt pass and the decode loop at the shapes of common prompts
         and `max_tokens`), in the batched loop when the export has one (completions then use
         only it), else in the one-request loop.
+
+        Args:
+            max_batch_size, chunk_tokens: the batching settings the server decodes with
+                (`ServerSettings`). The batched loop is compiled for each batch size and chunk
+                width it runs at, so the warm-up runs those and no others. Default to 16 and 16,
+                the server's defaults.
         """
         from tf_bigmodels.export.warmup import decode_shapes, read_warmup_requests
 
@@ -198,7 +204,7 @@ class ServedModel:
                 for prompt_tokens, max_tokens in decode_shapes(self.max_tokens + 1)
             ]
             if self.batchable:  # completions decode in the batched loop only
-                self._warm_up_batching(shapes)
+                self._warm_up_batching(shapes, max_batch_size, chunk_tokens)
                 return
             # The first piece has run the prompt pass and a decode chunk at this shape:
             # compiled; the other chunks would only compute.
@@ -208,17 +214,22 @@ class ServedModel:
                 next(pieces, None)
                 pieces.close()
 
-    def _warm_up_batching(self, shapes):
-        """One row per shape through a batcher, stopped after its first chunk; then the first
-        shape (a short prompt, OpenAI's default 16 tokens) at every batch size the batcher
-        uses (powers of two up to its default `max_batch_size`, 16). Other batch sizes at
-        other cache lengths compile once, on first use: all pairs would take minutes of
+    def _warm_up_batching(self, shapes, max_batch_size, chunk_tokens):
+        """One row per shape through a batcher like the server's, stopped after its first
+        chunk; then the first shape (a short prompt, OpenAI's default 16 tokens) at every other
+        batch size that batcher decodes at (`ContinuousBatcher.batch_sizes`). Other batch sizes
+        at other cache lengths compile once, on first use: all pairs would take minutes of
         compiling for a long context."""
         from tf_bigmodels.export import ContinuousBatcher, GenerationSettings
 
-        batcher = ContinuousBatcher((self._loaded, None), batch_wait=0)
+        batcher = ContinuousBatcher(
+            (self._loaded, None),
+            max_batch_size=max_batch_size,
+            chunk_tokens=chunk_tokens,
+            batch_wait=0,
+        )
         rows = [(shape, 1) for shape in shapes]
-        rows += [(shapes[0], size) for size in (2, 4, 8, 16)]
+        rows += [(shapes[0], size) for size in batcher.batch_sizes if size > 1]
         try:
             for (prompt, max_tokens), size in rows:
                 first = threading.Event()
