@@ -307,6 +307,29 @@ def test_an_export_saves_the_weights_not_the_optimizer_s_state(tmp_path, kind):
 
 
 @pytest.mark.slow  # three exports
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_an_export_traces_each_pass_of_the_model_once(tmp_path, monkeypatch, jit_compile):
+    # The signatures share their graph functions (the prompt pass, the decode loop, the batched
+    # loop, the logits pass). `tf.saved_model.save` would trace each of them once more on its
+    # own if the module tracked them: seven traces of the model, not four.
+    passes = []
+    hidden_states = GPTModel.hidden_states
+
+    def counted(self, *args, **kwargs):
+        passes.append(args[0].shape)
+        return hidden_states(self, *args, **kwargs)
+
+    model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
+    model(np.zeros((1, 1), "int32"))
+    monkeypatch.setattr(GPTModel, "hidden_states", counted)
+    path = export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=jit_compile)
+    assert len(passes) == 4, passes
+    loaded = tf.saved_model.load(path)  # and the export still answers each signature
+    assert loaded.signatures["serving_default"](prompts=tf.constant(["To"]))[
+        "completions"
+    ].shape == [1]
+
+
 def test_export_is_atomic_and_never_overwrites(gpt_exports, tmp_path, monkeypatch):
     model = gpt_exports[0]
     first = export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False)

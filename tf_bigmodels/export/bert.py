@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tf_bigmodels import _checks
-from tf_bigmodels._tracing import graph_function
+from tf_bigmodels._tracing import graph_function, untracked
 from tf_bigmodels._version import __version__
 from tf_bigmodels.export import warmup
 from tf_bigmodels.export._layout import write_version
@@ -75,14 +75,18 @@ class BERTServingModule(tf.Module):
         )
         self._config = config
         self._vocabulary = tf.constant(list(tokenizer.vocabulary))
-        self._run = graph_function(lambda inputs: model(inputs), jit_compile=config["jit_compile"])
+        # What the signatures call; saved inside them, not as attributes of their own.
+        jit_compile = config["jit_compile"]
+        self._graph = untracked(
+            run=graph_function(lambda inputs: model(inputs), jit_compile=jit_compile),
+            encoder=graph_function(lambda inputs: model.encoder(inputs), jit_compile=jit_compile)
+            if self._pretrainer
+            else None,
+        )
         if self._pretrainer:
             self.serving_default = graph_function(self._encode, input_signature=[_TEXT])
             self.encode_pair = graph_function(self._encode, input_signature=[_TEXT, _TEXT_PAIR])
             self.fill_mask = graph_function(self._fill_mask, input_signature=[_TEXT])
-            self._encoder = graph_function(
-                lambda inputs: model.encoder(inputs), jit_compile=config["jit_compile"]
-            )
         else:
             self._class_names = tf.constant(config["class_names"])
             self.serving_default = graph_function(self._classify, input_signature=[_TEXT])
@@ -151,7 +155,7 @@ class BERTServingModule(tf.Module):
     def _encode(self, text, text_pair=None):
         segments = [self.tokenizer.tokenize(t) for t in self._texts(text, text_pair)]
         inputs = self._pack(segments)
-        outputs = self._encoder(inputs)
+        outputs = self._graph.encoder(inputs)
         return {
             "pooled_output": tf.cast(outputs["pooled_output"], tf.float32),
             "sequence_output": tf.cast(outputs["sequence_output"], tf.float32),
@@ -179,7 +183,7 @@ class BERTServingModule(tf.Module):
         shown = tf.reduce_max(tf.concat([counts, [0]], axis=0))  # 0, not INT_MIN, for B = 0
         slots = tf.maximum(shown, 1)  # the MLM head needs one slot at least
         mask_positions = tf.pad(positions.to_tensor(0), [[0, 0], [0, slots - shown]])
-        logits = self._run({**inputs, "mask_positions": mask_positions})["mlm_logits"]
+        logits = self._graph.run({**inputs, "mask_positions": mask_positions})["mlm_logits"]
         # logits: (B, slots, vocab)
         scores, indices = tf.math.top_k(tf.nn.softmax(logits), k=self._config["top_k"])
         valid = (tf.range(slots)[tf.newaxis] < counts[:, tf.newaxis])[..., tf.newaxis]
@@ -191,7 +195,7 @@ class BERTServingModule(tf.Module):
 
     def _classify(self, text):
         (text,) = self._texts(text)
-        logits = self._run(self._pack([self.tokenizer.tokenize(text)]))
+        logits = self._graph.run(self._pack([self.tokenizer.tokenize(text)]))
         probabilities = tf.nn.softmax(logits)
         label = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {

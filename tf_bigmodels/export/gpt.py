@@ -6,7 +6,7 @@ import json
 import tensorflow as tf
 
 from tf_bigmodels import _checks
-from tf_bigmodels._tracing import graph_function
+from tf_bigmodels._tracing import graph_function, untracked
 from tf_bigmodels._version import __version__
 from tf_bigmodels.export import warmup
 from tf_bigmodels.export._layout import write_version
@@ -96,11 +96,14 @@ class GPTServingModule(tf.Module):
         self.generation_config = tf.Variable(
             json.dumps(config, sort_keys=True), trainable=False, name="generation_config"
         )
-        self._start = generation.start_function(model, jit_compile=jit_compile)
-        self._steps = generation.steps_function(model, jit_compile=jit_compile)
-        self._batch_steps = generation.batch_steps_function(model, jit_compile=jit_compile)
-        self._generate_ids = generation.generate_function(model, jit_compile=jit_compile)
-        self._forward = graph_function(lambda ids: model(ids), jit_compile=jit_compile)
+        # What the signatures call; saved inside them, not as attributes of their own.
+        self._graph = untracked(
+            start=generation.start_function(model, jit_compile=jit_compile),
+            steps=generation.steps_function(model, jit_compile=jit_compile),
+            batch_steps=generation.batch_steps_function(model, jit_compile=jit_compile),
+            generate_ids=generation.generate_function(model, jit_compile=jit_compile),
+            forward=graph_function(lambda ids: model(ids), jit_compile=jit_compile),
+        )
 
         scalar = tf.TensorSpec
         self.serving_default = graph_function(self._serving_default, input_signature=[_ANY_STRINGS])
@@ -121,7 +124,7 @@ class GPTServingModule(tf.Module):
         self.tokenize = graph_function(self._tokenize, input_signature=[_ANY_STRINGS])
         self.detokenize = graph_function(self.tokenizer.detokenize, input_signature=[_IDS])
         self.decode_start = graph_function(
-            self._start,
+            self._graph.start,
             input_signature=[
                 _IDS,
                 generation.SETTINGS_SIGNATURE,
@@ -129,7 +132,7 @@ class GPTServingModule(tf.Module):
             ],
         )
         self.decode_steps = graph_function(
-            self._steps,
+            self._graph.steps,
             input_signature=[
                 generation.state_signature(model),
                 tf.TensorSpec([], tf.int32, name="stop"),
@@ -137,7 +140,7 @@ class GPTServingModule(tf.Module):
             ],
         )
         self.decode_batch_steps = graph_function(
-            self._batch_steps,
+            self._graph.batch_steps,
             input_signature=[
                 generation.batch_state_signature(model),
                 tf.TensorSpec([None, None], tf.int32, name="tokens"),
@@ -165,7 +168,7 @@ class GPTServingModule(tf.Module):
         return tf.concat([start, ids], axis=1)  # empty rows become [end_id]
 
     def _complete(self, prompts, settings):
-        _, new_tokens, new_lengths = self._generate_ids(self._tokenize(prompts), settings)
+        _, new_tokens, new_lengths = self._graph.generate_ids(self._tokenize(prompts), settings)
         text = self.tokenizer.detokenize(
             tf.RaggedTensor.from_tensor(new_tokens, lengths=new_lengths)
         )
@@ -203,7 +206,7 @@ class GPTServingModule(tf.Module):
             ),
         ]
         with tf.control_dependencies(checks):
-            return {"logits": self._forward(tf.identity(token_ids))}
+            return {"logits": self._graph.forward(tf.identity(token_ids))}
 
 
 def _check_vocabulary(model, tokenizer):
