@@ -307,27 +307,53 @@ def test_an_export_saves_the_weights_not_the_optimizer_s_state(tmp_path, kind):
 
 
 @pytest.mark.slow  # three exports
+def _count_traces(monkeypatch, cls, method):
+    """A list that grows by one each time `cls.method` runs while a graph is traced."""
+    traced = []
+    original = getattr(cls, method)
+
+    def counted(self, *args, **kwargs):
+        if not tf.executing_eagerly():
+            traced.append(method)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, counted)
+    return traced
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_an_export_traces_each_pass_of_the_model_once(tmp_path, monkeypatch, jit_compile):
     # The signatures share their graph functions (the prompt pass, the decode loop, the batched
     # loop, the logits pass). `tf.saved_model.save` would trace each of them once more on its
     # own if the module tracked them: seven traces of the model, not four.
-    passes = []
-    hidden_states = GPTModel.hidden_states
-
-    def counted(self, *args, **kwargs):
-        passes.append(args[0].shape)
-        return hidden_states(self, *args, **kwargs)
-
     model = GPTModel(258, 32, 2, 64, 1, rate=0.0, max_length=64)
     model(np.zeros((1, 1), "int32"))
-    monkeypatch.setattr(GPTModel, "hidden_states", counted)
+    traced = _count_traces(monkeypatch, GPTModel, "hidden_states")
     path = export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=jit_compile)
-    assert len(passes) == 4, passes
+    assert len(traced) == 4
     loaded = tf.saved_model.load(path)  # and the export still answers each signature
     assert loaded.signatures["serving_default"](prompts=tf.constant(["To"]))[
         "completions"
     ].shape == [1]
+
+
+def test_a_bert_export_traces_each_pass_of_the_model_once(tmp_path, monkeypatch):
+    # A pre-trainer's signatures call the encoder (encode, encode_pair) and the whole model
+    # (fill_mask): two traces, not the four of a module that tracks them; a classifier's, one
+    # (not two).
+    from tf_bigmodels.export import export_bert
+    from tf_bigmodels.models import BERTClassifier, BERTEncoder, BERTPretrainer
+    from tf_bigmodels.tokenizers import WordPieceTokenizer
+
+    tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"])
+    encoder = BERTEncoder(tokenizer.vocab_size, 16, 2, 32, 1, max_length=16)
+    traced = _count_traces(monkeypatch, BERTEncoder, "_forward")
+    export_bert(BERTPretrainer(encoder), tokenizer, tmp_path / "p", top_k=3, jit_compile=False)
+    assert len(traced) == 2
+    traced.clear()
+    classifier = BERTClassifier(encoder, 2)
+    export_bert(classifier, tokenizer, tmp_path / "c", class_names=["n", "y"], jit_compile=False)
+    assert len(traced) == 1
 
 
 def test_export_is_atomic_and_never_overwrites(gpt_exports, tmp_path, monkeypatch):
