@@ -78,12 +78,12 @@ class BERTServingModule(tf.Module):
         # What the signatures call; saved inside them, not as attributes of their own.
         jit_compile = config["jit_compile"]
         self._graph = untracked(
-            run=graph_function(lambda inputs: model(inputs), jit_compile=jit_compile),
-            encoder=graph_function(lambda inputs: model.encoder(inputs), jit_compile=jit_compile)
-            if self._pretrainer
-            else None,
+            run=graph_function(lambda inputs: model(inputs), jit_compile=jit_compile)
         )
         if self._pretrainer:
+            self._graph.encoder = graph_function(
+                lambda inputs: model.encoder(inputs), jit_compile=jit_compile
+            )
             self.serving_default = graph_function(self._encode, input_signature=[_TEXT])
             self.encode_pair = graph_function(self._encode, input_signature=[_TEXT, _TEXT_PAIR])
             self.fill_mask = graph_function(self._fill_mask, input_signature=[_TEXT])
