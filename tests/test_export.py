@@ -306,7 +306,6 @@ def test_an_export_saves_the_weights_not_the_optimizer_s_state(tmp_path, kind):
     assert sum(numbers) == sum(int(np.prod(v.shape)) for v in model.variables)
 
 
-@pytest.mark.slow  # three exports
 def _count_traces(monkeypatch, cls, method):
     """A list that grows by one each time `cls.method` runs while a graph is traced."""
     traced = []
@@ -356,6 +355,7 @@ def test_a_bert_export_traces_each_pass_of_the_model_once(tmp_path, monkeypatch)
     assert len(traced) == 1
 
 
+@pytest.mark.slow  # three exports
 def test_export_is_atomic_and_never_overwrites(gpt_exports, tmp_path, monkeypatch):
     model = gpt_exports[0]
     first = export_gpt(model, ByteTokenizer(), tmp_path, max_new_tokens=4, jit_compile=False)

@@ -177,7 +177,7 @@ class ServedModel:
         """What the OpenAI model list and the page show about this model (a JSON-ready dict)."""
         return describe(self, class_names=self.config.get("class_names"))
 
-    def warm_up(self, *, max_batch_size=16, chunk_tokens=16):
+    def warm_up(self, **batching):
         """Runs every path a request takes once, so that the first request builds and compiles
         nothing.
 
@@ -189,10 +189,10 @@ class ServedModel:
         only it), else in the one-request loop.
 
         Args:
-            max_batch_size, chunk_tokens: the batching settings the server decodes with
-                (`ServerSettings`). The batched loop is compiled for each batch size and chunk
-                width it runs at, so the warm-up runs those and no others. Default to 16 and 16,
-                the server's defaults.
+            **batching: `max_batch_size` and `chunk_tokens`, the settings the server decodes
+                with (`ServerSettings`), as `ContinuousBatcher` takes them (its defaults when
+                left out). The batched loop is compiled for each batch size and chunk width it
+                runs at, so the warm-up runs those and no others.
         """
         from tf_bigmodels.export.warmup import decode_shapes, read_warmup_requests
 
@@ -204,7 +204,7 @@ class ServedModel:
                 for prompt_tokens, max_tokens in decode_shapes(self.max_tokens + 1)
             ]
             if self.batchable:  # completions decode in the batched loop only
-                self._warm_up_batching(shapes, max_batch_size, chunk_tokens)
+                self._warm_up_batching(shapes, batching)
                 return
             # The first piece has run the prompt pass and a decode chunk at this shape:
             # compiled; the other chunks would only compute.
@@ -214,7 +214,7 @@ class ServedModel:
                 next(pieces, None)
                 pieces.close()
 
-    def _warm_up_batching(self, shapes, max_batch_size, chunk_tokens):
+    def _warm_up_batching(self, shapes, batching):
         """One row per shape through a batcher like the server's, stopped after its first
         chunk; then the first shape (a short prompt, OpenAI's default 16 tokens) at every other
         batch size that batcher decodes at (`ContinuousBatcher.batch_sizes`). Other batch sizes
@@ -222,12 +222,7 @@ class ServedModel:
         compiling for a long context."""
         from tf_bigmodels.export import ContinuousBatcher, GenerationSettings
 
-        batcher = ContinuousBatcher(
-            (self._loaded, None),
-            max_batch_size=max_batch_size,
-            chunk_tokens=chunk_tokens,
-            batch_wait=0,
-        )
+        batcher = ContinuousBatcher((self._loaded, None), batch_wait=0, **batching)
         rows = [(shape, 1) for shape in shapes]
         rows += [(shapes[0], size) for size in batcher.batch_sizes if size > 1]
         try:
